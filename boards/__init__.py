@@ -1,0 +1,1 @@
+"""Board definitions shipped with microexport (see docs/boards.md)."""

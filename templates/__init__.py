@@ -1,0 +1,1 @@
+"""Jinja templates shipped with microexport (see docs/templates.md)."""
