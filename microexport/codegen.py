@@ -1,0 +1,74 @@
+"""C code generation with TVM's C backend, and making its output TVM-free.
+
+TVM's C codegen always emits TVM runtime includes, an FFI library context and `TVM_DLL` markers,
+even when every function is private. We keep only the function declarations and definitions and
+render them into `templates/codegen/lib.c.j2`, which includes only the C standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import tvm
+from tvm import tirx
+
+from .templating import render_template
+
+# Symbols that would tie the generated C to the TVM runtime.
+FORBIDDEN_SYMBOLS = ("TVMFFI", "TVMBackend", "TVMAPI", "__tvm_ffi", "tvm/")
+
+_DROPPED_LINES = (
+    re.compile(r"^// tvm target:"),
+    re.compile(r"^#define TVM_EXPORTS$"),
+    re.compile(r'^#include "tvm/'),
+    re.compile(r"^#include <(math|stdbool|stdint)\.h>$"),
+    re.compile(r"^void\* __tvm_ffi__library_ctx = NULL;$"),
+)
+_EXTERN_C_GUARD = re.compile(r'^#ifdef __cplusplus\nextern "C"\n#endif\n', re.MULTILINE)
+# `TVM_DLL float expf(float);` style re-declarations of libm functions.
+_LIBM_DECL = re.compile(
+    r"^(TVM_DLL )?(float|double|int32_t) [a-z0-9_]+\((float|double)(, (float|double))*\);$"
+)
+
+
+@dataclass(frozen=True)
+class GeneratedC:
+    """The model library C source, TVM-free."""
+
+    filename: str
+    source: str
+
+
+def finalize_passes() -> tvm.transform.Pass:
+    """Last TIR passes before C codegen: lower math intrinsics (`exp` → `expf`, …)."""
+    return tvm.transform.Sequential([tirx.transform.LowerIntrin()])
+
+
+def build_c(mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    """Run TVM's C code generator on `mod` (the `codegen` stage module) and return its source."""
+    build = tvm.get_global_func("target.build.c")
+    return build(mod, target).inspect_source()
+
+
+def make_tvm_free(raw: str, model_name: str, filename: str) -> GeneratedC:
+    """Strip TVM runtime scaffolding from raw C codegen output and render it into our template."""
+    lines = []
+    for line in _EXTERN_C_GUARD.sub("", raw).splitlines():
+        if any(p.match(line) for p in _DROPPED_LINES) or _LIBM_DECL.match(line):
+            continue
+        lines.append(line.replace("TVM_DLL ", ""))
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+    for symbol in FORBIDDEN_SYMBOLS:
+        if symbol in body:
+            raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
+    source = render_template("codegen/lib.c.j2", model_name=model_name, body=body)
+    return GeneratedC(filename=filename, source=source)
+
+
+def generate_c(mod: tvm.IRModule, model_name: str, prefix: str) -> tuple[tvm.IRModule, GeneratedC]:
+    """Finalize `mod`, generate C and make it TVM-free. Returns the codegen-stage module too."""
+    final = finalize_passes()(mod)
+    target = next(iter(final.functions.values())).attrs["target"]
+    raw = build_c(final, target)
+    return final, make_tvm_free(raw, model_name, f"{prefix}lib.c")
