@@ -1,0 +1,344 @@
+"""The Python API; the CLI mirrors it.
+
+    result = microexport.compile("kws.onnx", output="build/kws.tar", name="kws")
+    outputs = microexport.run(result.archive, {"input": x})
+    report = microexport.test("kws.onnx", board="host")
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .artifacts import ConstantSpec, MemoryReport, TensorSpec, c_identifier
+from .errors import Error, InputError
+
+if TYPE_CHECKING:
+    import tvm
+
+    from .frontend import ImportedModel
+
+FLOAT_RTOL = 1e-4
+FLOAT_ATOL = 1e-5
+QUANTIZED_MAX_DIFF = 1
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """What `compile` produced: the archive and its metadata (the contents of metadata.json)."""
+
+    archive: Path
+    metadata: dict[str, Any]
+
+    @property
+    def memory(self) -> MemoryReport:
+        mem = self.metadata["memory"]
+        return MemoryReport(
+            workspace_bytes=mem["workspace_bytes"],
+            constants_bytes=mem["constants_bytes"],
+            io_bytes=mem["io_bytes"],
+            kernel_workspace_bytes={k: v["workspace_bytes"] for k, v in mem["functions"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class Compilation:
+    """Every file of the archive, in memory, with the metadata."""
+
+    files: dict[str, bytes]
+    metadata: dict[str, Any]
+
+
+def import_model(
+    model: str | Path | tvm.IRModule, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> ImportedModel:
+    """Import a model file or wrap a Relax IRModule."""
+    from .frontend import from_relax, load_model
+
+    if isinstance(model, str | Path):
+        return load_model(Path(model), input_shapes)
+    return from_relax(model)
+
+
+def compile_model(
+    imported: ImportedModel,
+    *,
+    name: str = "model",
+    target: str = "c",
+    workspace: str = "static",
+    alignment: int = 16,
+    templates: Path | None = None,
+) -> Compilation:
+    """Run the pipeline lower → plan → aot → codegen → glue on an imported model."""
+    from .aot import build_aot_module, symbol_prefix
+    from .codegen import generate_c
+    from .glue import GlueContext, render_glue
+    from .lower import lower
+    from .package import ArchiveLayout, build_metadata, parameters_npz
+    from .plan import plan_memory
+
+    if c_identifier(name) != name:
+        raise Error(f"model name '{name}' is not a C identifier: try '{c_identifier(name)}'")
+    if workspace not in ("static", "external"):
+        raise Error(f"unknown workspace mode '{workspace}': use static or external")
+    if templates is not None and not Path(templates).is_dir():
+        raise Error(f"templates directory '{templates}' does not exist")
+    lowered = lower(imported, target)
+    try:
+        plan = plan_memory(lowered.schedule, lowered.scratch, alignment)
+    except ValueError as err:
+        raise Error(f"--workspace-alignment: {err}") from None
+    aot = build_aot_module(name, lowered, plan, imported.inputs, imported.outputs)
+    final, lib = generate_c(aot.mod, name, symbol_prefix(name))
+
+    schedule = lowered.schedule
+    constants = tuple(
+        ConstantSpec(cname, tuple(schedule.constants[cname].shape),
+                     str(schedule.constants[cname].dtype), offset)
+        for cname, offset in plan.constant_offsets.items()
+    )
+    pool = bytearray(plan.constants_bytes)
+    for spec in constants:
+        data = np.ascontiguousarray(schedule.constants[spec.name]).astype(
+            np.dtype(spec.dtype).newbyteorder("<"), copy=False
+        )
+        pool[spec.offset : spec.offset + spec.nbytes] = data.tobytes()
+
+    kernel_ws = {
+        aot.kernel_symbols[kernel]: layout.nbytes for kernel, layout in lowered.scratch.items()
+    }
+    memory = MemoryReport(
+        workspace_bytes=plan.workspace_bytes,
+        constants_bytes=plan.constants_bytes,
+        io_bytes=sum(t.nbytes for t in imported.inputs + imported.outputs),
+        kernel_workspace_bytes=kernel_ws,
+    )
+    ctx = GlueContext(
+        name=name,
+        inputs=imported.inputs,
+        outputs=imported.outputs,
+        constants=constants,
+        constant_pool=bytes(pool),
+        workspace_bytes=plan.workspace_bytes,
+        workspace_mode=workspace,
+        alignment=alignment,
+        main_symbol=aot.main_symbol,
+    )
+    glue = render_glue(ctx, templates)
+    metadata = build_metadata(
+        model_name=name,
+        target=target,
+        inputs=imported.inputs,
+        outputs=imported.outputs,
+        memory=memory,
+        workspace_mode=workspace,
+    )
+    layout = ArchiveLayout
+    files: dict[str, bytes] = {
+        layout.METADATA: (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
+        f"{layout.SRC_DIR}/{lib.filename}": lib.source.encode(),
+        f"{layout.PARAMETERS_DIR}/{name}.npz": parameters_npz(
+            {spec.name: schedule.constants[spec.name] for spec in constants}
+        ),
+        layout.RELAX_TEXT: imported.mod.script().encode(),
+        layout.TIR_TEXT: final.script().encode(),
+    }
+    for filename, text in glue.items():
+        folder = layout.INCLUDE_DIR if filename.endswith(".h") else layout.SRC_DIR
+        files[f"{folder}/{filename}"] = text.encode()
+    return Compilation(files=files, metadata=metadata)
+
+
+def compile(  # noqa: A001 - mirrors the CLI command name
+    model: str | Path | tvm.IRModule,
+    output: str | Path | None = None,
+    *,
+    name: str = "model",
+    target: str = "c",
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    workspace: str = "static",
+    alignment: int = 16,
+    templates: str | Path | None = None,
+) -> CompileResult:
+    """Compile a model file (or Relax IRModule) to a Model Library Format archive.
+
+    `output` defaults to `<name>.tar` in the current directory.
+    """
+    from .package import write_archive
+
+    imported = import_model(model, input_shapes)
+    compilation = compile_model(
+        imported,
+        name=name,
+        target=target,
+        workspace=workspace,
+        alignment=alignment,
+        templates=Path(templates) if templates is not None else None,
+    )
+    archive = Path(output) if output is not None else Path(f"{name}.tar")
+    write_archive(archive, compilation.files)
+    return CompileResult(archive=archive, metadata=compilation.metadata)
+
+
+def run(
+    archive: str | Path,
+    inputs: dict[str, np.ndarray],
+    *,
+    board: str = "host",
+    build_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Build the archive for `board`, run it on `inputs` (name → array), return the outputs."""
+    from .boards import load_board
+    from .platforms import get_platform
+
+    board_info = load_board(board)
+    platform = get_platform(board_info)
+    with tempfile.TemporaryDirectory(prefix="microexport-") as tmp:
+        work = Path(build_dir) if build_dir is not None else Path(tmp)
+        return platform.run_archive(Path(archive), inputs, work)
+
+
+def read_inputs(specs: list[str], input_specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Load `NAME=FILE.npy` / `FILE.npy` arguments, matched to the archive's inputs."""
+    names = [spec["name"] for spec in input_specs]
+    arrays: dict[str, np.ndarray] = {}
+    for position, item in enumerate(specs):
+        name, sep, path = item.partition("=")
+        if not sep:
+            if position >= len(names):
+                raise InputError(f"too many --input files: the model has {len(names)} inputs")
+            name, path = names[position], item
+        if name not in names:
+            raise InputError(f"unknown input '{name}': the model's inputs are {', '.join(names)}")
+        try:
+            arrays[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read input '{name}' from {path}: {err}") from None
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"missing --input for {', '.join(missing)}")
+    return arrays
+
+
+def run_files(
+    archive: str | Path,
+    input_files: list[str],
+    output_dir: str | Path,
+    *,
+    board: str = "host",
+    build_dir: str | Path | None = None,
+) -> list[Path]:
+    """CLI `run`: read .npy inputs, run, write one `<output>.npy` per output; returns the paths."""
+    from .package import read_metadata
+
+    metadata = read_metadata(Path(archive))
+    inputs = read_inputs(input_files, metadata["inputs"])
+    outputs = run(archive, inputs, board=board, build_dir=build_dir)
+    out_dir = Path(output_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise Error(f"cannot create output directory {out_dir}: {err.strerror}") from None
+    paths = []
+    for spec in metadata["outputs"]:
+        path = out_dir / f"{spec['c_name']}.npy"
+        tmp = path.with_suffix(".npy.tmp")
+        with open(tmp, "wb") as handle:
+            np.save(handle, outputs[spec["name"]])
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """One output compared with the reference runtime."""
+
+    name: str
+    max_abs_error: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """Result of `test`: per-output comparison against the reference runtime."""
+
+    model: str
+    board: str
+    reference: str
+    outputs: tuple[OutputComparison, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def summary(self) -> str:
+        lines = [
+            f"{o.name}: max abs error {o.max_abs_error:.3g} {'PASS' if o.passed else 'FAIL'}"
+            for o in self.outputs
+        ]
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(f"{verdict}: {self.model} on {self.board} vs {self.reference}")
+        return "\n".join(lines)
+
+
+def sample_inputs(specs: tuple[TensorSpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic random inputs: uniform in [-1, 1) for floats, full range for integers."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            arrays[spec.name] = rng.integers(info.min, info.max, spec.shape, endpoint=True,
+                                             dtype=dtype)
+        elif dtype == np.bool_:
+            arrays[spec.name] = rng.integers(0, 1, spec.shape, endpoint=True).astype(bool)
+        else:
+            arrays[spec.name] = rng.uniform(-1.0, 1.0, spec.shape).astype(dtype)
+    return arrays
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray) -> OutputComparison:
+    """Compare one output: float32 with rtol/atol, quantized (integer) off by at most one."""
+    if got.shape != want.shape:
+        return OutputComparison(name, float("inf"), False)
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    max_err = float(diff.max()) if diff.size else 0.0
+    if np.issubdtype(want.dtype, np.integer):
+        return OutputComparison(name, max_err, max_err <= QUANTIZED_MAX_DIFF)
+    ok = bool(np.allclose(got, want, rtol=FLOAT_RTOL, atol=FLOAT_ATOL))
+    return OutputComparison(name, max_err, ok)
+
+
+def test(
+    model: str | Path,
+    *,
+    board: str = "host",
+    build_dir: str | Path | None = None,
+    seed: int = 0,
+    **compile_options: Any,
+) -> TestReport:
+    """Compile `model`, run it on `board` with seeded inputs, compare with a reference runtime."""
+    from .package import write_archive
+    from .reference import run_reference
+
+    model_path = Path(model)
+    imported = import_model(model_path, compile_options.pop("input_shapes", None))
+    inputs = sample_inputs(imported.inputs, seed)
+    reference_name, expected = run_reference(model_path, inputs)
+    compilation = compile_model(imported, **compile_options)
+    with tempfile.TemporaryDirectory(prefix="microexport-test-") as tmp:
+        archive = Path(tmp) / "model.tar"
+        write_archive(archive, compilation.files)
+        got = run(archive, inputs, board=board, build_dir=build_dir)
+    comparisons = tuple(
+        compare(spec.name, got[spec.name], want)
+        for spec, want in zip(imported.outputs, expected, strict=True)
+    )
+    return TestReport(str(model_path), board, reference_name, comparisons)

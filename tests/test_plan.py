@@ -1,0 +1,104 @@
+"""Memory planner: liveness, greedy placement, lower bound, no overlap between live buffers."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from microexport.lower import KernelCall, Schedule, TensorInfo
+from microexport.plan import Interval, align, greedy_by_size, lower_bound, plan_memory
+from microexport.unpacked import ScratchBuffer, ScratchLayout
+
+
+def chain_schedule(sizes: list[int]) -> Schedule:
+    """input → k0 → t0 → k1 → t1 … → output, each tensor `sizes[i]` float32 elements."""
+    tensors = {"x": TensorInfo("x", (4,), "float32", "input")}
+    calls = []
+    prev = "x"
+    for i, n in enumerate(sizes):
+        name = f"t{i}" if i < len(sizes) - 1 else "y"
+        kind = "intermediate" if name != "y" else "output"
+        tensors[name] = TensorInfo(name, (n,), "float32", kind)
+        calls.append(KernelCall(f"k{i}", (prev,), (name,)))
+        prev = name
+    return Schedule(tensors, tuple(calls), ("x",), ("y",), {}, {})
+
+
+def test_chain_reuses_memory_of_dead_tensors() -> None:
+    schedule = chain_schedule([100, 100, 100, 100, 4])
+    plan = plan_memory(schedule, {})
+    # at most two intermediates live at once (producer input and output)
+    assert plan.workspace_bytes == 2 * 400
+    assert plan.lower_bound_bytes == 800
+    assert plan.workspace_offsets["t0"] != plan.workspace_offsets["t1"]
+    assert plan.workspace_offsets["t0"] == plan.workspace_offsets["t2"]
+
+
+def test_scratch_lives_only_during_its_call() -> None:
+    schedule = chain_schedule([10, 10, 4])
+    scratch = {"k1": ScratchLayout((ScratchBuffer("acc", 0, 64),))}
+    plan = plan_memory(schedule, scratch)
+    assert plan.scratch_names == {1: "k1_scratch_1"}
+    start = plan.workspace_offsets["k1_scratch_1"]
+    for name in ("t0", "t1"):
+        other = plan.workspace_offsets[name]
+        assert start + 64 <= other or other + 48 <= start
+
+
+def test_views_extend_the_life_of_their_base() -> None:
+    tensors = {
+        "x": TensorInfo("x", (8,), "float32", "input"),
+        "a": TensorInfo("a", (8,), "float32", "intermediate"),
+        "a2": TensorInfo("a2", (2, 4), "float32", "intermediate"),
+        "b": TensorInfo("b", (8,), "float32", "intermediate"),
+        "y": TensorInfo("y", (8,), "float32", "output"),
+    }
+    calls = (
+        KernelCall("k0", ("x",), ("a",)),
+        KernelCall("k1", ("x",), ("b",)),
+        KernelCall("k2", ("a2", "b"), ("y",)),
+    )
+    schedule = Schedule(tensors, calls, ("x",), ("y",), {"a2": "a"}, {})
+    plan = plan_memory(schedule, {})
+    assert "a2" not in plan.workspace_offsets
+    assert plan.workspace_offsets["a"] != plan.workspace_offsets["b"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_greedy_never_overlaps_live_buffers(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    intervals = []
+    for i in range(12):
+        first = int(rng.integers(0, 10))
+        intervals.append(Interval(f"b{i}", int(rng.integers(1, 500)), first,
+                                  first + int(rng.integers(0, 4))))
+    offsets = greedy_by_size(intervals, 16)
+    for a, b in itertools.combinations(intervals, 2):
+        if a.overlaps(b):
+            oa, ob = offsets[a.name], offsets[b.name]
+            assert oa + a.nbytes <= ob or ob + b.nbytes <= oa, (a, b, oa, ob)
+    assert all(o % 16 == 0 for o in offsets.values())
+    size = max(offsets[b.name] + b.nbytes for b in intervals)
+    assert size >= lower_bound(intervals, 14)
+
+
+def test_constants_are_aligned_back_to_back() -> None:
+    tensors = {
+        "x": TensorInfo("x", (3,), "float32", "input"),
+        "c0": TensorInfo("c0", (3,), "float32", "constant"),
+        "c1": TensorInfo("c1", (5,), "int8", "constant"),
+        "y": TensorInfo("y", (3,), "float32", "output"),
+    }
+    consts = {"c0": np.zeros(3, np.float32), "c1": np.zeros(5, np.int8)}
+    schedule = Schedule(tensors, (KernelCall("k", ("x", "c0", "c1"), ("y",)),), ("x",), ("y",),
+                        {}, consts)
+    plan = plan_memory(schedule, {}, alignment=8)
+    assert plan.constant_offsets == {"c0": 0, "c1": 16}
+    assert plan.constants_bytes == align(21, 8)
+
+
+def test_alignment_must_be_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        plan_memory(chain_schedule([4]), {}, alignment=12)
