@@ -3,4 +3,8 @@
 The pipeline: import → lower → plan → aot → codegen → glue → package → deploy.
 """
 
+from .api import CompileResult, TestReport, compile, run, test  # noqa: A004
+
 __version__ = "0.1.0"
+
+__all__ = ["CompileResult", "TestReport", "__version__", "compile", "run", "test"]

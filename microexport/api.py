@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +78,7 @@ def compile_model(
     from .codegen import generate_c
     from .glue import GlueContext, render_glue
     from .lower import lower
-    from .package import ArchiveLayout, build_metadata, parameters_npz
+    from .package import ArchiveLayout, build_metadata, metadata_json, parameters_npz
     from .plan import plan_memory
 
     if c_identifier(name) != name:
@@ -137,10 +136,11 @@ def compile_model(
         outputs=imported.outputs,
         memory=memory,
         workspace_mode=workspace,
+        alignment=alignment,
     )
     layout = ArchiveLayout
     files: dict[str, bytes] = {
-        layout.METADATA: (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
+        layout.METADATA: metadata_json(metadata),
         f"{layout.SRC_DIR}/{lib.filename}": lib.source.encode(),
         f"{layout.PARAMETERS_DIR}/{name}.npz": parameters_npz(
             {spec.name: schedule.constants[spec.name] for spec in constants}
@@ -191,13 +191,17 @@ def run(
     *,
     board: str = "host",
     build_dir: str | Path | None = None,
+    templates: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Build the archive for `board`, run it on `inputs` (name → array), return the outputs."""
+    """Build the archive for `board`, run it on `inputs` (name → array), return the outputs.
+
+    `templates` overrides the packaged test-harness templates by file name.
+    """
     from .boards import load_board
     from .platforms import get_platform
 
     board_info = load_board(board)
-    platform = get_platform(board_info)
+    platform = get_platform(board_info, templates=Path(templates) if templates else None)
     with tempfile.TemporaryDirectory(prefix="microexport-") as tmp:
         work = Path(build_dir) if build_dir is not None else Path(tmp)
         return platform.run_archive(Path(archive), inputs, work)
@@ -232,13 +236,14 @@ def run_files(
     *,
     board: str = "host",
     build_dir: str | Path | None = None,
+    templates: str | Path | None = None,
 ) -> list[Path]:
     """CLI `run`: read .npy inputs, run, write one `<output>.npy` per output; returns the paths."""
     from .package import read_metadata
 
     metadata = read_metadata(Path(archive))
     inputs = read_inputs(input_files, metadata["inputs"])
-    outputs = run(archive, inputs, board=board, build_dir=build_dir)
+    outputs = run(archive, inputs, board=board, build_dir=build_dir, templates=templates)
     out_dir = Path(output_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +341,8 @@ def test(
     with tempfile.TemporaryDirectory(prefix="microexport-test-") as tmp:
         archive = Path(tmp) / "model.tar"
         write_archive(archive, compilation.files)
-        got = run(archive, inputs, board=board, build_dir=build_dir)
+        got = run(archive, inputs, board=board, build_dir=build_dir,
+                  templates=compile_options.get("templates"))
     comparisons = tuple(
         compare(spec.name, got[spec.name], want)
         for spec, want in zip(imported.outputs, expected, strict=True)

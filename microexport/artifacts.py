@@ -66,3 +66,38 @@ class MemoryReport:
     constants_bytes: int
     io_bytes: int
     kernel_workspace_bytes: dict[str, int] = field(default_factory=dict)
+
+
+# C type of one element of each dtype, as TVM's C code generator spells it.
+C_TYPES: dict[str, str] = {
+    "float32": "float",
+    "float64": "double",
+    "int8": "int8_t",
+    "int16": "int16_t",
+    "int32": "int32_t",
+    "int64": "int64_t",
+    "uint8": "uint8_t",
+    "uint16": "uint16_t",
+    "uint32": "uint32_t",
+    "uint64": "uint64_t",
+    "bool": "bool",
+}
+
+# C99 keywords (and a few standard macros used as identifiers); not valid as tensor C names.
+C_KEYWORDS: frozenset[str] = frozenset({
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+    "union", "unsigned", "void", "volatile", "while", "_Bool", "_Complex", "_Imaginary", "bool",
+    "true", "false", "NULL",
+})
+
+
+def c_type(dtype: str) -> str:
+    """The C element type of `dtype` (`float32` → `float`); ValueError if C has no such type."""
+    try:
+        return C_TYPES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"dtype '{dtype}' has no C type: supported are {', '.join(sorted(C_TYPES))}"
+        ) from None

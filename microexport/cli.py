@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import api
 
     outputs = api.run_files(args.archive, args.input, args.output, board=args.board,
-                            build_dir=args.build_dir)
+                            build_dir=args.build_dir, templates=args.templates)
     for path in outputs:
         print(f"wrote {path}")
     return 0
@@ -147,7 +147,7 @@ COMMANDS = (
         cmd_run,
         (Option(("archive",), "Model Library Format archive (.tar)", {"type": Path}),),
         (BOARD, INPUT, Option(("-o", "--output"), "directory for output .npy files",
-                              {"type": Path, "required": True}), BUILD_DIR),
+                              {"type": Path, "required": True}), BUILD_DIR, TEMPLATES),
     ),
     Command(
         "test",

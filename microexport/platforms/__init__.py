@@ -1,0 +1,34 @@
+"""Platforms that build and run compiled models (see `base.Platform`).
+
+`PLATFORMS` maps each platform name to its class, sorted by name. It lives here rather than in
+`base.py` so that `base` does not import the platforms that subclass it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..boards import Board
+from ..errors import Error
+from .base import Build, Capabilities, Platform, Project
+from .host import HostPlatform
+
+PLATFORMS: dict[str, type[Platform]] = dict(
+    sorted({cls.name: cls for cls in (HostPlatform,)}.items())
+)
+
+__all__ = ["PLATFORMS", "Build", "Capabilities", "Platform", "Project", "get_platform"]
+
+
+def get_platform(
+    board: Board, name: str | None = None, *, templates: Path | None = None
+) -> Platform:
+    """The platform `name` (default: the board's first) for `board`; Error if unavailable."""
+    chosen = name or board.default_platform
+    if chosen not in board.platforms:
+        raise Error(f"board '{board.name}' does not support platform '{chosen}': "
+                    f"it supports {', '.join(board.platforms)}")
+    if chosen not in PLATFORMS:
+        raise Error(f"platform '{chosen}' of board '{board.name}' is not implemented: "
+                    f"available are {', '.join(PLATFORMS)}")
+    return PLATFORMS[chosen](board, templates=templates)

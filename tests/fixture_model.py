@@ -1,0 +1,107 @@
+"""A hand-written stand-in model ("fixture") for glue, package and platform tests.
+
+`tests/fixtures/tvmgen_fixture_lib.c` implements the AOT main ABI by hand:
+y = x + scale (through a workspace copy), count = bias + offsets. These helpers build the glue
+context, the archive contents and the expected outputs around it, as `api.compile_model` does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from microexport.artifacts import ConstantSpec, MemoryReport, TensorSpec
+from microexport.glue import GlueContext, render_glue
+from microexport.package import ArchiveLayout, build_metadata, parameters_npz
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_LIB = FIXTURES / "tvmgen_fixture_lib.c"
+FIXTURE_TEMPLATES = FIXTURES / "templates"
+NAME = "fixture"
+INPUTS = (TensorSpec("x:0", (2, 3), "float32"), TensorSpec("bias", (4,), "int32"))
+OUTPUTS = (TensorSpec("y", (2, 3), "float32"), TensorSpec("count", (4,), "int32"))
+CONSTANTS = (
+    ConstantSpec("scale", (), "float32", 0),
+    ConstantSpec("offsets", (4,), "int32", 16),
+)
+PARAMS = {"scale": np.array(0.5, np.float32), "offsets": np.array([1, 2, 3, 4], np.int32)}
+WORKSPACE_BYTES = 32
+CONSTANTS_BYTES = 32
+
+
+def constant_pool() -> bytes:
+    """The fixture's constant pool: every constant at its offset, little-endian."""
+    pool = bytearray(CONSTANTS_BYTES)
+    for spec in CONSTANTS:
+        data = PARAMS[spec.name].astype(np.dtype(spec.dtype).newbyteorder("<")).tobytes()
+        pool[spec.offset : spec.offset + spec.nbytes] = data
+    return bytes(pool)
+
+
+def fixture_context(**overrides: object) -> GlueContext:
+    """The fixture's GlueContext; keyword arguments replace fields."""
+    fields: dict[str, object] = {
+        "name": NAME,
+        "inputs": INPUTS,
+        "outputs": OUTPUTS,
+        "constants": CONSTANTS,
+        "constant_pool": constant_pool(),
+        "workspace_bytes": WORKSPACE_BYTES,
+        "workspace_mode": "static",
+        "alignment": 16,
+    }
+    fields.update(overrides)
+    return GlueContext(**fields)  # type: ignore[arg-type]
+
+
+def fixture_metadata(workspace_mode: str = "static") -> dict:
+    """The fixture's metadata.json contents."""
+    memory = MemoryReport(
+        workspace_bytes=WORKSPACE_BYTES,
+        constants_bytes=CONSTANTS_BYTES,
+        io_bytes=sum(t.nbytes for t in INPUTS + OUTPUTS),
+        kernel_workspace_bytes={"tvmgen_fixture_double": 24},
+    )
+    return build_metadata(
+        model_name=NAME, target="c", inputs=INPUTS, outputs=OUTPUTS, memory=memory,
+        workspace_mode=workspace_mode,
+    )
+
+
+def fixture_files(
+    workspace_mode: str = "static", templates: Path | None = None
+) -> dict[str, bytes]:
+    """Every file of the fixture's archive, as `api.compile_model` assembles them."""
+    layout = ArchiveLayout
+    metadata = fixture_metadata(workspace_mode)
+    files = {
+        layout.METADATA: (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
+        layout.source(FIXTURE_LIB.name): FIXTURE_LIB.read_bytes(),
+        layout.parameters(NAME): parameters_npz(PARAMS),
+        layout.RELAX_TEXT: b"# relax\n",
+        layout.TIR_TEXT: b"# tir\n",
+    }
+    ctx = fixture_context(workspace_mode=workspace_mode)
+    for filename, text in render_glue(ctx, templates).items():
+        path = layout.header(filename) if filename.endswith(".h") else layout.source(filename)
+        files[path] = text.encode()
+    return files
+
+
+def fixture_inputs(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the right shapes and dtypes."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x:0": rng.uniform(-1, 1, (2, 3)).astype(np.float32),
+        "bias": rng.integers(-1000, 1000, (4,), dtype=np.int32),
+    }
+
+
+def expected_outputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the fixture model computes."""
+    return {
+        "y": (inputs["x:0"] * np.float32(2) / np.float32(2) + PARAMS["scale"]).astype(np.float32),
+        "count": (inputs["bias"] + PARAMS["offsets"]).astype(np.int32),
+    }

@@ -1,0 +1,147 @@
+"""Board YAML files: schema, validation, lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from microexport.boards import (
+    Board,
+    MemoryRegion,
+    SerialConfig,
+    list_boards,
+    load_board,
+    parse_board,
+    parse_size,
+)
+
+from microexport.errors import Error
+from microexport.platforms import PLATFORMS
+
+CORTEX_M = """
+name: example_m4
+description: a Cortex-M4F board
+platforms: [qemu, zephyr]
+cpu: cortex-m4
+fpu: fpv4-sp-d16
+float_abi: hard
+compiler: arm-none-eabi-gcc
+compiler_package: gcc-arm-none-eabi
+cflags: [-mcpu=cortex-m4, -mthumb]
+ldflags: [-lm]
+flash: {origin: 0x08000000, size: 1M}
+ram: {origin: 0x20000000, size: 128K}
+qemu_machine: netduinoplus2
+zephyr_board: example_m4
+serial: {baud: 115200, vid_pid: "0483:374b"}
+run_timeout: 30
+"""
+
+
+def test_host_board() -> None:
+    board = load_board("host")
+    assert board.name == "host"
+    assert board.platforms == ("host",) and board.default_platform == "host"
+    assert board.compiler == "cc" and board.compiler_package == "gcc"
+    assert board.cflags == ("-O2", "-std=c99", "-Wall", "-Wextra", "-Werror")
+    assert board.ldflags == ("-lm",)
+    assert board.flash is None and board.ram is None and board.cpu is None
+
+
+def test_list_boards_is_sorted_and_has_host() -> None:
+    names = list_boards()
+    assert names == sorted(names)
+    assert "host" in names
+
+
+@pytest.mark.parametrize("name", list_boards())
+def test_every_shipped_board_loads_and_has_a_known_platform(name: str) -> None:
+    board = load_board(name)
+    assert board.name == name
+    assert any(p in PLATFORMS for p in board.platforms), board.platforms
+
+
+def test_unknown_board_lists_known_names() -> None:
+    with pytest.raises(Error, match="unknown board 'nope': known boards are .*host"):
+        load_board("nope")
+
+
+def test_full_schema() -> None:
+    board = parse_board(CORTEX_M, "example.yaml")
+    assert board == Board(
+        name="example_m4",
+        description="a Cortex-M4F board",
+        platforms=("qemu", "zephyr"),
+        cpu="cortex-m4",
+        fpu="fpv4-sp-d16",
+        float_abi="hard",
+        compiler="arm-none-eabi-gcc",
+        compiler_package="gcc-arm-none-eabi",
+        cflags=("-mcpu=cortex-m4", "-mthumb"),
+        ldflags=("-lm",),
+        flash=MemoryRegion(0x08000000, 1024 * 1024),
+        ram=MemoryRegion(0x20000000, 128 * 1024),
+        qemu_machine="netduinoplus2",
+        zephyr_board="example_m4",
+        serial=SerialConfig(115200, "0483:374b"),
+        run_timeout=30.0,
+    )
+
+
+def test_board_from_path(tmp_path: Path) -> None:
+    path = tmp_path / "custom.yaml"
+    path.write_text(CORTEX_M)
+    assert load_board(str(path)).name == "example_m4"
+
+
+def mutate(**changes: object) -> str:
+    data = yaml.safe_load(CORTEX_M)
+    for key, value in changes.items():
+        if value is None:
+            del data[key]
+        else:
+            data[key] = value
+    return yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (mutate(colour="red"), "unknown field(s) colour"),
+        (mutate(compiler=None), "missing required field 'compiler'"),
+        (mutate(platforms=[]), "missing required field 'platforms'"),
+        (mutate(cflags="-O2"), "cflags: expected a list of strings"),
+        (mutate(flash={"origin": 0}), "flash: expected a mapping with 'origin' and 'size'"),
+        (mutate(ram={"origin": 0, "size": "lots"}), "ram.size: expected a size"),
+        (mutate(serial={"vid_pid": "1:2"}), "serial: expected a mapping with 'baud'"),
+        (mutate(cpu=3), "cpu: expected a string or null"),
+        (mutate(run_timeout=0), "run_timeout: expected a positive number"),
+        ("name: [unclosed", "invalid YAML"),
+        ("- a list", "expected a YAML mapping"),
+    ],
+)
+def test_invalid_board_is_a_one_line_error(text: str, message: str) -> None:
+    with pytest.raises(Error) as info:
+        parse_board(text, "b.yaml")
+    assert message in info.value.one_line()
+    assert info.value.one_line().startswith("b.yaml")
+
+
+@pytest.mark.parametrize(
+    ("value", "size"), [(4096, 4096), ("64K", 65536), ("1M", 1048576), (" 2 k ", 2048)]
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value, "x") == size
+
+
+@pytest.mark.parametrize("value", [-1, "1G", "1.5K", True, None])
+def test_parse_size_rejects(value: object) -> None:
+    with pytest.raises(Error, match="expected a size"):
+        parse_size(value, "x")
+
+
+def test_boards_are_documented() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "boards.md").read_text()
+    for field in Board.__dataclass_fields__:
+        assert f"`{field}`" in docs, field
