@@ -1,0 +1,146 @@
+"""End to end on the host: every zoo model compiles, its C is TVM-free and builds with -Werror for
+the host and for Cortex-M3, and `test` agrees with the model's reference runtime."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_program
+from zoo import ZOO, Builder, Inputs
+
+import microexport
+from microexport.api import compare
+from microexport.reference import run_reference
+
+ZOO_IDS = [name for name, _, _ in ZOO]
+BuildModel = Callable[[Builder], tuple[Path, Inputs]]
+
+WARNING_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-c"]
+TARGETS = {
+    "gcc": ("gcc", "gcc", []),
+    "cortex-m3": ("arm-none-eabi-gcc", "gcc-arm-none-eabi", ["-mcpu=cortex-m3", "-mthumb"]),
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory, build_model: BuildModel) -> Callable:
+    """`compiled(name)` → (archive, model path, sample inputs), compiled once per module."""
+    cache: dict[str, tuple[Path, Path, Inputs]] = {}
+    out = tmp_path_factory.mktemp("archives")
+
+    def get(name: str) -> tuple[Path, Path, Inputs]:
+        if name not in cache:
+            _, builder, shapes = next(entry for entry in ZOO if entry[0] == name)
+            path, inputs = build_model(builder)
+            result = microexport.compile(path, out / f"{name}.tar", name=name,
+                                         input_shapes=shapes)
+            cache[name] = (result.archive, path, inputs)
+        return cache[name]
+
+    return get
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+@pytest.mark.parametrize("name", ZOO_IDS)
+def test_outputs_match_reference_runtime(name: str, compiled: Callable) -> None:
+    archive, model, inputs = compiled(name)
+    runtime, expected = run_reference(model, inputs)
+    got = microexport.run(archive, inputs)
+    metadata_outputs = list(got)
+    assert len(metadata_outputs) == len(expected)
+    for out_name, want in zip(metadata_outputs, expected, strict=True):
+        result = compare(out_name, got[out_name], want)
+        assert result.passed, f"{name}/{out_name} vs {runtime}: max abs err {result.max_abs_error}"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("name", ZOO_IDS)
+def test_c_is_tvm_free_and_warning_free(
+    name: str, target: str, compiled: Callable, tmp_path: Path
+) -> None:
+    program, package, flags = TARGETS[target]
+    compiler = require_program(program, package)
+    root = extract(compiled(name)[0], tmp_path)
+    sources = sorted((root / "codegen/host/src").glob("*.c"))
+    headers = sorted((root / "codegen/host/include").glob("*.h"))
+    assert sources and headers
+    for path in sources + headers:
+        text = path.read_text()
+        for forbidden in ("TVMFFI", "TVMBackend", "TVM_DLL", '#include "tvm/', "malloc", "free("):
+            assert forbidden not in text, f"{path.name} contains {forbidden}"
+    for source in sources:
+        subprocess.run(
+            [compiler, *flags, *WARNING_FLAGS, "-I", str(root / "codegen/host/include"),
+             str(source), "-o", str(tmp_path / (source.stem + ".o"))],
+            check=True, capture_output=True, text=True,
+        )
+
+
+@pytest.mark.parametrize("name", ZOO_IDS)
+def test_kernels_are_unpacked_functions_called_by_main(name: str, compiled: Callable,
+                                                        tmp_path: Path) -> None:
+    root = extract(compiled(name)[0], tmp_path)
+    lib = (root / f"codegen/host/src/tvmgen_{name}_lib.c").read_text()
+    main = re.search(rf"int32_t tvmgen_{name}___tvm_main__\((.*?)\) \{{(.*?)\n\}}", lib, re.S)
+    assert main, "no AOT main"
+    assert main.group(1).endswith("uint8_t* constants, uint8_t* workspace")
+    called = re.findall(rf"(tvmgen_{name}_\w+)\(", main.group(2))
+    assert called, "the main calls no kernel"
+    for kernel in set(called):
+        assert re.search(rf"^int32_t {kernel}\([^)]*\) \{{", lib, re.M), kernel
+    assert "workspace" in (root / "metadata.json").read_text()
+
+
+def test_archive_is_deterministic(build_model: BuildModel, tmp_path: Path) -> None:
+    _, builder, shapes = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
+    path, _ = build_model(builder)
+    first = microexport.compile(path, tmp_path / "a.tar", name="cnn", input_shapes=shapes)
+    second = microexport.compile(path, tmp_path / "b.tar", name="cnn", input_shapes=shapes)
+    assert first.archive.read_bytes() == second.archive.read_bytes()
+
+
+def test_archive_layout_and_metadata(compiled: Callable) -> None:
+    archive, _, _ = compiled("cnn_onnx")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        metadata = tar.extractfile("metadata.json").read().decode()
+        tir = tar.extractfile("src/tir.txt").read().decode()
+        params = np.load(tar.extractfile("parameters/cnn_onnx.npz"))
+        assert params.files
+    for member in ("metadata.json", "codegen/host/src/tvmgen_cnn_onnx_lib.c",
+                   "codegen/host/src/tvmgen_cnn_onnx.c", "codegen/host/include/tvmgen_cnn_onnx.h",
+                   "src/relax.txt", "src/tir.txt", "parameters/cnn_onnx.npz"):
+        assert member in names
+    meta = json.loads(metadata)
+    assert meta["executor"] == "aot" and meta["unpacked_api"] is True
+    memory = meta["memory"]
+    assert memory["workspace_bytes"] > 0 and memory["constants_bytes"] > 0
+    assert memory["functions"]
+    assert all(k.startswith("tvmgen_cnn_onnx_") for k in memory["functions"])
+    assert "tvmgen_cnn_onnx___tvm_main__" in tir
+
+
+def test_external_workspace_runs_the_same(build_model: BuildModel, tmp_path: Path) -> None:
+    _, builder, _ = next(entry for entry in ZOO if entry[0] == "mlp_onnx")
+    path, inputs = build_model(builder)
+    static = microexport.compile(path, tmp_path / "s.tar", name="mlp")
+    external = microexport.compile(path, tmp_path / "e.tar", name="mlp", workspace="external")
+    with tarfile.open(external.archive) as tar:
+        header = tar.extractfile("codegen/host/include/tvmgen_mlp.h").read()
+    assert b"struct tvmgen_mlp_workspace_pools" in header
+    a = microexport.run(static.archive, inputs)
+    b = microexport.run(external.archive, inputs)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
