@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import ir, tirx
 
 from .artifacts import TensorSpec, c_identifier
-from .lower import LoweredModel
+from .lower import Schedule, TensorInfo
 from .plan import MemoryPlan
 from .unpacked import byte_pool, pool_pointer
 
 CONSTANTS_PARAM = "constants"
 WORKSPACE_PARAM = "workspace"
+CONSTANTS_ATTR = "microexport.constants"
 
 
 @dataclass(frozen=True)
@@ -39,38 +41,44 @@ def symbol_prefix(model_name: str) -> str:
 
 def build_aot_module(
     model_name: str,
-    lowered: LoweredModel,
+    schedule: Schedule,
+    kernels: tvm.IRModule,
     plan: MemoryPlan,
     inputs: tuple[TensorSpec, ...],
     outputs: tuple[TensorSpec, ...],
+    *,
+    pass_scratch: bool = True,
 ) -> AotModule:
-    """Rename kernels to `tvmgen_<name>_<kernel>` and add the AOT main that calls them."""
+    """Rename kernels to `tvmgen_<name>_<kernel>` and add the AOT main that calls them.
+
+    Every tensor the main touches is declared as a named buffer (shape, dtype) on its pointer, so
+    the graph (tensors, pools, offsets, producers, consumers) can be read back from the main alone.
+    The constants travel with the main as its `microexport.constants` attribute (name → tensor).
+    `pass_scratch=False` leaves out the kernels' scratch arguments (for kernels not yet unpacked).
+    """
     prefix = symbol_prefix(model_name)
-    schedule = lowered.schedule
-    kernel_vars = {
-        gv.name_hint: ir.GlobalVar(prefix + gv.name_hint) for gv in lowered.kernels.functions
-    }
-    funcs = {kernel_vars[gv.name_hint]: f for gv, f in lowered.kernels.functions.items()}
+    kernel_vars = {gv.name_hint: ir.GlobalVar(prefix + gv.name_hint) for gv in kernels.functions}
+    funcs = {kernel_vars[gv.name_hint]: f for gv, f in kernels.functions.items()}
 
     params: list[tirx.Var] = []
-    pointers: dict[str, tirx.PrimExpr] = {}
+    buffers: dict[str, tirx.Buffer] = {}
+    body: list[tirx.Stmt] = []
     for tensor, spec in zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True):
-        dtype = schedule.tensors[tensor].dtype
-        var = tirx.Var(spec.c_name, ir.PointerType(ir.PrimType(dtype)))
+        var = tirx.Var(spec.c_name, ir.PointerType(ir.PrimType(schedule.tensors[tensor].dtype)))
         params.append(var)
-        pointers[schedule.root(tensor)] = var
+        root = schedule.root(tensor)
+        buffers[root] = _declare(schedule.tensors[root], var, body, spec.c_name)
     const_ptr, const_pool = byte_pool(CONSTANTS_PARAM, plan.constants_bytes)
     ws_ptr, ws_pool = byte_pool(WORKSPACE_PARAM, plan.workspace_bytes)
     params += [const_ptr, ws_ptr]
-
-    body: list[tirx.Stmt] = [
+    body[:0] = [
         tirx.DeclBuffer(const_pool, data=const_ptr),
         tirx.DeclBuffer(ws_pool, data=ws_ptr),
     ]
 
-    def pointer(name: str) -> tirx.PrimExpr:
+    def data(name: str) -> tirx.PrimExpr:
         root = schedule.root(name)
-        if root not in pointers:
+        if root not in buffers:
             info = schedule.tensors[root]
             if info.kind == "constant":
                 value = pool_pointer(const_pool, plan.constant_offsets[root], info.dtype)
@@ -78,15 +86,14 @@ def build_aot_module(
                 value = pool_pointer(ws_pool, plan.workspace_offsets[root], info.dtype)
             var = tirx.Var(c_identifier(root), ir.PointerType(ir.PrimType(info.dtype)))
             body.append(tirx.Bind(var, value))
-            pointers[root] = var
-        return pointers[root]
+            buffers[root] = _declare(info, var, body)
+        return buffers[root].data
 
     for step, call in enumerate(schedule.calls):
-        args = [pointer(name) for name in call.inputs + call.outputs]
-        if step in plan.scratch_names:
-            args.append(
-                pool_pointer(ws_pool, plan.workspace_offsets[plan.scratch_names[step]], "uint8")
-            )
+        args = [data(name) for name in call.inputs + call.outputs]
+        if pass_scratch and step in plan.scratch_names:
+            offset = plan.workspace_offsets[plan.scratch_names[step]]
+            args.append(pool_pointer(ws_pool, offset, "uint8"))
         status = tirx.Var(f"status_{step}", ir.PrimType("int32"))
         kernel_call = ir.Call(kernel_vars[call.kernel], args, ret_ty=ir.PrimType("int32"))
         body.append(tirx.Bind(status, kernel_call))
@@ -98,7 +105,20 @@ def build_aot_module(
     main_symbol = prefix + "__tvm_main__"
     target = next(iter(funcs.values())).attrs["target"]
     main = tirx.PrimFunc(params, tirx.SeqStmt(body), ret_type=ir.PrimType("int32"))
-    main = main.with_attr("target", target)
+    constants = {
+        name: tvm.runtime.tensor(np.ascontiguousarray(schedule.constants[name]))
+        for name in plan.constant_offsets
+    }
+    main = main.with_attrs({"target": target, CONSTANTS_ATTR: constants})
     funcs[ir.GlobalVar(main_symbol)] = main
     symbols = {name: gv.name_hint for name, gv in kernel_vars.items()}
     return AotModule(tvm.IRModule(funcs), main_symbol, symbols)
+
+
+def _declare(
+    info: TensorInfo, data: tirx.Var, body: list[tirx.Stmt], name: str | None = None
+) -> tirx.Buffer:
+    """Declare `info` as a named buffer on pointer `data`, appending the DeclBuffer to `body`."""
+    buffer = tirx.decl_buffer(info.shape, info.dtype, name or c_identifier(info.name), data=data)
+    body.append(tirx.DeclBuffer(buffer, data=data))
+    return buffer

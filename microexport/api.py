@@ -45,12 +45,22 @@ class CompileResult:
         )
 
 
+# TIR extraction points, in pipeline order (see docs/tir-json.md).
+TIR_STAGES = ("scheduled", "lowered", "codegen")
+
+
 @dataclass(frozen=True)
 class Compilation:
-    """Every file of the archive, in memory, with the metadata."""
+    """Every file of the archive, in memory, with the metadata and the TIR of each stage.
+
+    `stages` maps each of `TIR_STAGES` to kernels + AOT main as one IRModule: `scheduled` (after
+    Relax legalization and fusion, before TIR lowering), `lowered` (flattened, unpacked API) and
+    `codegen` (exactly what the C code generator received).
+    """
 
     files: dict[str, bytes]
     metadata: dict[str, Any]
+    stages: dict[str, tvm.IRModule]
 
 
 def import_model(
@@ -92,8 +102,15 @@ def compile_model(
         plan = plan_memory(lowered.schedule, lowered.scratch, alignment)
     except ValueError as err:
         raise Error(f"--workspace-alignment: {err}") from None
-    aot = build_aot_module(name, lowered, plan, imported.inputs, imported.outputs)
+    aot = build_aot_module(
+        name, lowered.schedule, lowered.kernels, plan, imported.inputs, imported.outputs
+    )
     final, lib = generate_c(aot.mod, name, symbol_prefix(name))
+    scheduled = build_aot_module(
+        name, lowered.schedule, lowered.block_kernels, plan, imported.inputs, imported.outputs,
+        pass_scratch=False,
+    )
+    stages = {"scheduled": scheduled.mod, "lowered": aot.mod, "codegen": final}
 
     schedule = lowered.schedule
     constants = tuple(
@@ -151,7 +168,7 @@ def compile_model(
     for filename, text in glue.items():
         folder = layout.INCLUDE_DIR if filename.endswith(".h") else layout.SRC_DIR
         files[f"{folder}/{filename}"] = text.encode()
-    return Compilation(files=files, metadata=metadata)
+    return Compilation(files=files, metadata=metadata, stages=stages)
 
 
 def compile(  # noqa: A001 - mirrors the CLI command name

@@ -7,11 +7,13 @@ render them into `templates/codegen/lib.c.j2`, which includes only the C standar
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
-from tvm import tirx
+from tvm import ir, tirx
 
 from .templating import render_template
 
@@ -40,8 +42,29 @@ class GeneratedC:
     source: str
 
 
+# libm names of intrinsics TVM 0.27 has no C lowering for (its C codegen rejects `tirx.fabs`).
+_C_INTRINSICS = {"tirx.fabs": {"float32": "fabsf", "float64": "fabs"}}
+
+
+def _lower_to_libm(op_name: str) -> Callable[[ir.Call], ir.Expr]:
+    def lower(call: ir.Call) -> ir.Expr:
+        dtype = str(call.ty.dtype)
+        function = _C_INTRINSICS[op_name].get(dtype)
+        return call if function is None else tirx.call_pure_extern(dtype, function, *call.args)
+
+    return lower
+
+
+@functools.cache
+def _register_c_intrinsics() -> None:
+    """Teach LowerIntrin the C spelling of the intrinsics above (once per process)."""
+    for op_name in _C_INTRINSICS:
+        tirx.register_intrin_lowering(op_name, target="c", f=_lower_to_libm(op_name), level=99)
+
+
 def finalize_passes() -> tvm.transform.Pass:
     """Last TIR passes before C codegen: lower math intrinsics (`exp` → `expf`, …)."""
+    _register_c_intrinsics()
     return tvm.transform.Sequential([tirx.transform.LowerIntrin()])
 
 

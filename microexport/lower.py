@@ -71,9 +71,10 @@ class Schedule:
 class LoweredModel:
     """Output of lowering: the fused Relax module, its schedule and the lowered kernels."""
 
-    scheduled: tvm.IRModule  # Relax main + block-level PrimFuncs (stage `scheduled`)
+    scheduled: tvm.IRModule  # fused Relax main + the PrimFuncs it calls
     schedule: Schedule
-    kernels: tvm.IRModule  # flattened, unpacked PrimFuncs (stage `lowered`)
+    block_kernels: tvm.IRModule  # the used PrimFuncs, scheduled, before TIR lowering
+    kernels: tvm.IRModule  # flattened, unpacked PrimFuncs
     scratch: dict[str, ScratchLayout]  # kernel name → its internal scratch needs
 
 
@@ -143,9 +144,15 @@ def lower(model: ImportedModel, target: str = "c") -> LoweredModel:
         for gv, func in scheduled.functions.items()
         if isinstance(func, tirx.PrimFunc) and gv.name_hint in used
     }
-    flat = tir_pipeline()(tvm.IRModule(prim_funcs))
-    kernels, scratch = make_unpacked(flat)
-    return LoweredModel(scheduled=scheduled, schedule=schedule, kernels=kernels, scratch=scratch)
+    block_kernels = tvm.IRModule(prim_funcs)
+    kernels, scratch = make_unpacked(tir_pipeline()(block_kernels))
+    return LoweredModel(
+        scheduled=scheduled,
+        schedule=schedule,
+        block_kernels=block_kernels,
+        kernels=kernels,
+        scratch=scratch,
+    )
 
 
 def _check_static(mod: tvm.IRModule) -> None:

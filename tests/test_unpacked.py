@@ -69,3 +69,24 @@ def test_kernels_compile_to_plain_c_functions_returning_int32() -> None:
     assert "return 0;" in lib.source
     for forbidden in ("TVM_DLL", "TVMFFI", "TVMBackend", "#include \"tvm", "malloc"):
         assert forbidden not in lib.source
+
+
+@T.prim_func(private=True, s_tir=True)
+def absolute(a: T.Buffer((4,), "float32"), b: T.Buffer((4,), "float32")):
+    for i in range(4):
+        with T.sblock("abs"):
+            vi = T.axis.spatial(4, i)
+            b[vi] = T.fabs(a[vi])
+
+
+def test_float_abs_lowers_to_libm() -> None:
+    target = tvm.target.Target("c")
+    mod = tvm.IRModule(
+        {
+            ir.GlobalVar("absolute"): absolute.with_attr("target", target),
+            ir.GlobalVar("copy"): copy.with_attr("target", target),
+        }
+    )
+    unpacked, _ = make_unpacked(tir_pipeline()(mod))
+    _, lib = generate_c(unpacked, "m", "tvmgen_m_")
+    assert "fabsf(a[" in lib.source
