@@ -3,7 +3,7 @@
 `tvmgen_<name>___tvm_main__(inputs..., outputs..., uint8_t* constants, uint8_t* workspace)` calls
 every kernel in schedule order with typed pointers into the inputs, outputs, the constant pool and
 the workspace pool at the byte offsets of the memory plan, and returns the first non-zero kernel
-status.
+status. A pool of size zero is left out of the signature.
 Kernels and main end up in one IRModule of private functions, so the C codegen emits plain C calls.
 """
 
@@ -70,11 +70,11 @@ def build_aot_module(
         buffers[root] = _declare(schedule.tensors[root], var, body, spec.c_name)
     const_ptr, const_pool = byte_pool(CONSTANTS_PARAM, plan.constants_bytes)
     ws_ptr, ws_pool = byte_pool(WORKSPACE_PARAM, plan.workspace_bytes)
-    params += [const_ptr, ws_ptr]
-    body[:0] = [
-        tirx.DeclBuffer(const_pool, data=const_ptr),
-        tirx.DeclBuffer(ws_pool, data=ws_ptr),
-    ]
+    # An empty pool is left out of the signature: C compilers warn about unused parameters.
+    pools = [(ptr, pool) for size, ptr, pool in ((plan.constants_bytes, const_ptr, const_pool),
+                                                 (plan.workspace_bytes, ws_ptr, ws_pool)) if size]
+    params += [ptr for ptr, _ in pools]
+    body[:0] = [tirx.DeclBuffer(pool, data=ptr) for ptr, pool in pools]
 
     def data(name: str) -> tirx.PrimExpr:
         root = schedule.root(name)

@@ -8,7 +8,6 @@ followed by our unpacked-API pass (stage `lowered`).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ from tvm import ir, relax, s_tir, tirx
 from .artifacts import TensorSpec, dtype_bytes
 from .errors import DynamicShape, ModelError, UnsupportedOperator
 from .frontend import ImportedModel
+from .schedules import schedule_for_c
 from .unpacked import ScratchLayout, make_unpacked
 
 SUPPORTED_TARGETS = ("c",)
@@ -140,7 +140,7 @@ def lower(model: ImportedModel, target: str = "c") -> LoweredModel:
     schedule = extract_schedule(scheduled, model)
     used = {call.kernel for call in schedule.calls}
     prim_funcs = {
-        gv: _auto_inline(func).with_attr("target", tvm_target)
+        gv: schedule_for_c(func).with_attr("target", tvm_target)
         for gv, func in scheduled.functions.items()
         if isinstance(func, tirx.PrimFunc) and gv.name_hint in used
     }
@@ -163,19 +163,6 @@ def _check_static(mod: tvm.IRModule) -> None:
                 f"input '{param.name}' has a dynamic shape {shape}: fix it with "
                 f"--input-shape {param.name}:1x3x48x192 (your sizes)"
             )
-
-
-def _auto_inline(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Inline elementwise producers and epilogues so fewer intermediate buffers remain."""
-    sch = s_tir.Schedule(func, error_render_level="none")
-    root = sch.get_sblock("root")
-    for block in sch.get_child_blocks(root)[:-1]:
-        with contextlib.suppress(s_tir.ScheduleError):
-            sch.compute_inline(block)
-    for block in reversed(sch.get_child_blocks(root)):
-        with contextlib.suppress(s_tir.ScheduleError):
-            sch.reverse_compute_inline(block)
-    return sch.mod["main"]
 
 
 class _ScheduleBuilder:

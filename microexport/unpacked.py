@@ -4,7 +4,9 @@ For every kernel PrimFunc:
 - each buffer parameter becomes a typed pointer parameter, and the buffer is re-declared on it
   (`float* A` + `DeclBuffer(A_buf, data=A)`), so the C codegen emits a plain C function;
 - every buffer the kernel allocates internally is moved to one `scratch` pointer parameter at a
-  compile-time byte offset, so no allocation (stack or `TVMBackendAllocWorkspace`) is left;
+  compile-time byte offset, so no `TVMBackendAllocWorkspace` is left; only buffers of at most
+  `STACK_LIMIT_BYTES` (accumulators of one output element) stay C local arrays, which the C
+  compiler keeps in registers;
 - the function returns `int32_t` 0.
 """
 
@@ -21,6 +23,7 @@ from .errors import DynamicShape
 
 SCRATCH_ALIGNMENT = 16
 SCRATCH_PARAM = "scratch"
+STACK_LIMIT_BYTES = 16
 
 StmtRewriter = Callable[[tirx.Stmt], tirx.Stmt | None]
 
@@ -36,9 +39,11 @@ class ScratchBuffer:
 
 @dataclass(frozen=True)
 class ScratchLayout:
-    """A kernel's internal scratch region: its buffers and total size in bytes."""
+    """A kernel's internal scratch region: its buffers and total size in bytes, and the bytes of
+    the small buffers left on the C stack."""
 
     buffers: tuple[ScratchBuffer, ...]
+    stack_bytes: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -102,14 +107,18 @@ def _static_nbytes(buffer: tirx.Buffer) -> int:
     return count * dtype_bytes(str(buffer.dtype))
 
 
-def _layout(buffers: list[tirx.Buffer]) -> ScratchLayout:
+def _stays_on_stack(buffer: tirx.Buffer) -> bool:
+    return _static_nbytes(buffer) <= STACK_LIMIT_BYTES
+
+
+def _layout(buffers: list[tirx.Buffer], stack_bytes: int) -> ScratchLayout:
     placed: list[ScratchBuffer] = []
     offset = 0
     for buf in buffers:
         nbytes = _static_nbytes(buf)
         placed.append(ScratchBuffer(buf.name, offset, nbytes))
         offset = _align(offset + nbytes, SCRATCH_ALIGNMENT)
-    return ScratchLayout(tuple(placed))
+    return ScratchLayout(tuple(placed), stack_bytes)
 
 
 def unpack_function(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, ScratchLayout]:
@@ -126,19 +135,21 @@ def unpack_function(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, ScratchLayout]:
 
     allocated: list[tirx.Buffer] = []
 
+    on_stack: list[tirx.Buffer] = []
+
     def collect(stmt: tirx.Stmt) -> tirx.Stmt | None:
         if isinstance(stmt, tirx.AllocBuffer):
-            allocated.append(stmt.buffer)
+            (on_stack if _stays_on_stack(stmt.buffer) else allocated).append(stmt.buffer)
             return stmt
         return None
 
     rewrite_stmt(func.body, collect)
-    layout = _layout(allocated)
+    layout = _layout(allocated, sum(_static_nbytes(b) for b in on_stack))
     scratch_ptr, scratch = byte_pool(SCRATCH_PARAM, layout.nbytes)
     placements = iter(layout.buffers)
 
     def lift(stmt: tirx.Stmt) -> tirx.Stmt | None:
-        if not isinstance(stmt, tirx.AllocBuffer):
+        if not isinstance(stmt, tirx.AllocBuffer) or _stays_on_stack(stmt.buffer):
             return None
         offset = next(placements).offset
         return tirx.DeclBuffer(

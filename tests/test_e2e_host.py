@@ -95,7 +95,9 @@ def test_kernels_are_unpacked_functions_called_by_main(name: str, compiled: Call
     lib = (root / f"codegen/host/src/tvmgen_{name}_lib.c").read_text()
     main = re.search(rf"int32_t tvmgen_{name}___tvm_main__\((.*?)\) \{{(.*?)\n\}}", lib, re.S)
     assert main, "no AOT main"
-    assert main.group(1).endswith("uint8_t* constants, uint8_t* workspace")
+    meta = json.loads((root / "metadata.json").read_text())["memory"]
+    pools = [f"uint8_t* {pool}" for pool in ("constants", "workspace") if meta[f"{pool}_bytes"]]
+    assert [p.strip() for p in main.group(1).split(",")][-len(pools):] == pools
     called = re.findall(rf"(tvmgen_{name}_\w+)\(", main.group(2))
     assert called, "the main calls no kernel"
     for kernel in set(called):

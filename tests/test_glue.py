@@ -94,11 +94,12 @@ def test_custom_main_symbol() -> None:
     assert "__tvm_main__" not in wrapper
 
 
-def test_zero_sized_pools_pass_null() -> None:
+def test_zero_sized_pools_are_left_out_of_the_main_call() -> None:
     ctx = fixture_context(constants=(), constant_pool=b"", workspace_bytes=0)
     wrapper = render_glue(ctx)["tvmgen_fixture.c"]
     assert "[0]" not in wrapper
-    assert "NULL, NULL);" in wrapper
+    assert "outputs->count);" in wrapper
+    assert "uint8_t* constants" not in wrapper and "uint8_t* workspace" not in wrapper
 
 
 def test_rendering_is_deterministic() -> None:
