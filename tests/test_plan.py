@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from microexport.lower import KernelCall, Schedule, TensorInfo
-from microexport.plan import Interval, align, greedy_by_size, lower_bound, plan_memory
+from microexport.plan import (
+    STRATEGIES,
+    Interval,
+    align,
+    best_placement,
+    greedy_by_size,
+    io_intervals,
+    lower_bound,
+    plan_memory,
+    pool_size,
+)
 from microexport.unpacked import ScratchBuffer, ScratchLayout
 
 
@@ -31,6 +41,7 @@ def test_chain_reuses_memory_of_dead_tensors() -> None:
     plan = plan_memory(schedule, {})
     # at most two intermediates live at once (producer input and output)
     assert plan.workspace_bytes == 2 * 400
+    # steps 1-3 each hold two 400-byte intermediates; the 16-byte input dies after step 0
     assert plan.lower_bound_bytes == 800
     assert plan.workspace_offsets["t0"] != plan.workspace_offsets["t1"]
     assert plan.workspace_offsets["t0"] == plan.workspace_offsets["t2"]
@@ -102,3 +113,42 @@ def test_constants_are_aligned_back_to_back() -> None:
 def test_alignment_must_be_a_power_of_two() -> None:
     with pytest.raises(ValueError, match="power of two"):
         plan_memory(chain_schedule([4]), {}, alignment=12)
+
+
+def test_io_is_part_of_the_lower_bound() -> None:
+    schedule = chain_schedule([100, 4])  # x(16 B) → t0(400 B) → y(16 B)
+    intervals = io_intervals(schedule)
+    assert [(b.name, b.first, b.last) for b in intervals] == [("x", 0, 0), ("y", 1, 1)]
+    assert plan_memory(schedule, {}).lower_bound_bytes == 416
+
+
+def random_intervals(seed: int, count: int) -> list[Interval]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        first = int(rng.integers(0, 8))
+        out.append(Interval(f"b{i}", int(rng.integers(1, 300)), first,
+                            first + int(rng.integers(0, 3))))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_every_strategy_is_valid_and_the_best_is_chosen(seed: int) -> None:
+    intervals = random_intervals(seed, 6)
+    sizes = {}
+    for name, strategy in STRATEGIES.items():
+        offsets = strategy(intervals, 8)
+        for a, b in itertools.combinations(intervals, 2):
+            if a.overlaps(b):
+                oa, ob = offsets[a.name], offsets[b.name]
+                assert oa + a.nbytes <= ob or ob + b.nbytes <= oa, name
+        sizes[name] = pool_size(intervals, offsets)
+    name, best = best_placement(intervals, 8)
+    assert pool_size(intervals, best) == min(sizes.values()) == sizes[name]
+    assert sizes["exhaustive"] <= sizes["greedy_by_size"]
+    assert sizes["hill_climb"] <= sizes["greedy_by_size"]
+
+
+def test_planning_is_deterministic() -> None:
+    intervals = random_intervals(3, 12)
+    assert best_placement(intervals, 16) == best_placement(intervals, 16)
