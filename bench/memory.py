@@ -1,0 +1,50 @@
+"""Memory: our workspace + I/O bytes against TFLite Micro's arena and the liveness lower bound.
+
+    python bench/memory.py
+
+For every TFLite model of the test zoo (and tflite-micro's sine_float.tflite), prints
+ours = workspace + inputs + outputs, TFLite Micro's arena bytes (its RecordingMicroAllocator total,
+which also holds its own bookkeeping) and the lower bound (largest total of bytes live at one step
+of our schedule, inputs and outputs included), with the ratios, all measured in this run.
+Target: ours <= TFLite Micro on every model, and within 1.05x the lower bound on average.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from common import TFLITE_MODELS, build, markdown_table
+
+from microexport.api import import_model
+from microexport.lower import lower
+from microexport.plan import plan_memory
+from microexport.reference import tflm_arena_bytes
+
+
+def measure(name: str, directory: Path) -> list[object]:
+    path, shapes = build(name, directory)
+    imported = import_model(path, shapes)
+    lowered = lower(imported)
+    plan = plan_memory(lowered.schedule, lowered.scratch)
+    io_bytes = sum(t.nbytes for t in imported.inputs + imported.outputs)
+    ours = plan.workspace_bytes + io_bytes
+    arena = tflm_arena_bytes(path)
+    vs_tflm = f"{ours / arena:.2f}" if arena else "n/a (TFLM cannot run it)"
+    bound = plan.lower_bound_bytes
+    return [name, plan.workspace_bytes, io_bytes, ours, arena or "n/a", vs_tflm, bound,
+            f"{ours / bound:.3f}" if bound else "n/a", plan.strategy]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [measure(name, Path(tmp)) for name in TFLITE_MODELS]
+    header = ["model", "workspace B", "I/O B", "ours B", "TFLM arena B", "ours/TFLM",
+              "lower bound B", "ours/bound", "planner"]
+    print(markdown_table(header, rows))
+    ratios = [float(r[7]) for r in rows if r[7] != "n/a"]
+    print(f"\nmean ours/lower bound: {sum(ratios) / len(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
