@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts import TensorSpec
 from ..errors import DynamicShape, Error, InputError, ModelError
@@ -185,6 +185,22 @@ def dynamic_dim_error(name: str, axis: int, dim: object, shape: list[object]) ->
         f"--input-shape {name}:{'x'.join(map(str, example))} "
         f"(input_shapes={{{name!r}: {example}}} in Python)"
     )
+
+
+def resolve_shape(name: str, dims: list[Any], given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The static shape of input `name`: `given` (from --input-shape, same rank as `dims`), else
+    `dims` if every dimension is a positive int, else a DynamicShape error."""
+    if given is not None:
+        if len(given) != len(dims):
+            raise InputError(
+                f"--input-shape {name} has {len(given)} dimensions, the model input has "
+                f"{len(dims)}"
+            )
+        return tuple(int(d) for d in given)
+    for axis, dim in enumerate(dims):
+        if not isinstance(dim, int) or dim <= 0:
+            raise dynamic_dim_error(name, axis, dim, dims)
+    return tuple(dims)
 
 
 def check_shape_names(input_shapes: Shapes, names: list[str], path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..artifacts import TensorSpec
-from ..errors import InputError, ModelError, UnsupportedOperator
+from ..errors import ModelError, UnsupportedOperator
 from . import (
     ImportedModel,
     Shapes,
@@ -26,6 +26,7 @@ from . import (
     finish_import,
     first_line,
     require,
+    resolve_shape,
 )
 
 if TYPE_CHECKING:
@@ -87,17 +88,7 @@ def _static_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> 
     dims: list[Any] = [
         d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor_type.shape.dim
     ]
-    if given is not None:
-        if len(given) != len(dims):
-            raise InputError(
-                f"--input-shape {value.name} has {len(given)} dimensions, the model input "
-                f"has {len(dims)}"
-            )
-        return tuple(int(d) for d in given)
-    for axis, dim in enumerate(dims):
-        if not isinstance(dim, int) or dim <= 0:
-            raise dynamic_dim_error(value.name, axis, dim, dims)
-    return tuple(dims)
+    return resolve_shape(value.name, dims, given)
 
 
 def _check_operators(model: onnx.ModelProto) -> None:

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import TensorSpec
-from ..errors import InputError, ModelError, UnsupportedOperator
+from ..errors import ModelError, UnsupportedOperator
 from . import (
     ImportedModel,
     Shapes,
     check_shape_names,
-    dynamic_dim_error,
     finish_import,
     first_line,
     require,
+    resolve_shape,
 )
 
 _QUOTED = re.compile(r"'([A-Za-z0-9_:]+)'")
@@ -84,24 +84,10 @@ def _model_inputs(subgraph: Any, input_shapes: Shapes, path: Path) -> list[Tenso
     for index, name in zip(indices, names, strict=True):
         tensor = subgraph.Tensors(index)
         shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
-        shape = _static_shape(name, shape, input_shapes.get(name))
+        # TFLite's `shape` field is concrete even where `shape_signature` has -1.
+        shape = resolve_shape(name, list(shape), input_shapes.get(name))
         specs.append(TensorSpec(name=name, shape=shape, dtype=_type_name(tensor.Type())))
     return specs
-
-
-def _static_shape(name: str, shape: list[int], given: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The TFLite `shape` field (concrete even where `shape_signature` has -1), unless given."""
-    if given is not None:
-        if len(given) != len(shape):
-            raise InputError(
-                f"--input-shape {name} has {len(given)} dimensions, the model input has "
-                f"{len(shape)}"
-            )
-        return tuple(int(d) for d in given)
-    for axis, dim in enumerate(shape):
-        if dim <= 0:
-            raise dynamic_dim_error(name, axis, dim, shape)
-    return tuple(shape)
 
 
 def _check_operators(converter: Any, subgraph: Any, path: Path) -> None:
