@@ -2,8 +2,9 @@
 
 `tvmgen_<name>___tvm_main__(inputs..., outputs..., uint8_t* constants, uint8_t* workspace)` calls
 every kernel in schedule order with typed pointers into the inputs, outputs, the constant pool and
-the workspace pool at the byte offsets of the memory plan, and returns the first non-zero kernel
-status. A pool of size zero is left out of the signature.
+the workspace pool(s) at the byte offsets of the memory plan, and returns the first non-zero kernel
+status. A pool of size zero is left out of the signature; with inputs and outputs planned inside
+the workspace, they are not parameters either.
 Kernels and main end up in one IRModule of private functions, so the C codegen emits plain C calls.
 """
 
@@ -21,7 +22,6 @@ from .plan import MemoryPlan
 from .unpacked import byte_pool, pool_pointer
 
 CONSTANTS_PARAM = "constants"
-WORKSPACE_PARAM = "workspace"
 CONSTANTS_ATTR = "microexport.constants"
 
 
@@ -63,37 +63,44 @@ def build_aot_module(
     params: list[tirx.Var] = []
     buffers: dict[str, tirx.Buffer] = {}
     body: list[tirx.Stmt] = []
-    for tensor, spec in zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True):
-        var = tirx.Var(spec.c_name, ir.PointerType(ir.PrimType(schedule.tensors[tensor].dtype)))
-        params.append(var)
-        root = schedule.root(tensor)
-        buffers[root] = _declare(schedule.tensors[root], var, body, spec.c_name)
-    const_ptr, const_pool = byte_pool(CONSTANTS_PARAM, plan.constants_bytes)
-    ws_ptr, ws_pool = byte_pool(WORKSPACE_PARAM, plan.workspace_bytes)
-    # An empty pool is left out of the signature: C compilers warn about unused parameters.
-    pools = [(ptr, pool) for size, ptr, pool in ((plan.constants_bytes, const_ptr, const_pool),
-                                                 (plan.workspace_bytes, ws_ptr, ws_pool)) if size]
-    params += [ptr for ptr, _ in pools]
-    body[:0] = [tirx.DeclBuffer(pool, data=ptr) for ptr, pool in pools]
+    io_specs = zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True)
+    io_names = {schedule.root(tensor): spec.c_name for tensor, spec in io_specs}
+    # A pool of size zero is left out of the signature: C compilers warn about unused parameters.
+    pool_sizes = {CONSTANTS_PARAM: plan.constants_bytes, **plan.pool_bytes}
+    pools = {name: byte_pool(name, size) for name, size in pool_sizes.items() if size}
+    if not plan.io_in_workspace:
+        for tensor, spec in zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True):
+            dtype = schedule.tensors[tensor].dtype
+            var = tirx.Var(spec.c_name, ir.PointerType(ir.PrimType(dtype)))
+            params.append(var)
+            root = schedule.root(tensor)
+            buffers[root] = _declare(schedule.tensors[root], var, body, spec.c_name)
+    params += [ptr for ptr, _ in pools.values()]
+    body[:0] = [tirx.DeclBuffer(pool, data=ptr) for ptr, pool in pools.values()]
+
+    def pool_pointer_of(name: str, dtype: str) -> tirx.PrimExpr:
+        pool, offset = plan.placements[name]
+        return pool_pointer(pools[pool][1], offset, dtype)
 
     def data(name: str) -> tirx.PrimExpr:
         root = schedule.root(name)
         if root not in buffers:
             info = schedule.tensors[root]
             if info.kind == "constant":
-                value = pool_pointer(const_pool, plan.constant_offsets[root], info.dtype)
+                value = pool_pointer(pools[CONSTANTS_PARAM][1], plan.constant_offsets[root],
+                                     info.dtype)
             else:
-                value = pool_pointer(ws_pool, plan.workspace_offsets[root], info.dtype)
-            var = tirx.Var(c_identifier(root), ir.PointerType(ir.PrimType(info.dtype)))
+                value = pool_pointer_of(root, info.dtype)
+            var = tirx.Var(io_names.get(root, c_identifier(root)),
+                           ir.PointerType(ir.PrimType(info.dtype)))
             body.append(tirx.Bind(var, value))
-            buffers[root] = _declare(info, var, body)
+            buffers[root] = _declare(info, var, body, io_names.get(root))
         return buffers[root].data
 
     for step, call in enumerate(schedule.calls):
         args = [data(name) for name in call.inputs + call.outputs]
         if pass_scratch and step in plan.scratch_names:
-            offset = plan.workspace_offsets[plan.scratch_names[step]]
-            args.append(pool_pointer(ws_pool, offset, "uint8"))
+            args.append(pool_pointer_of(plan.scratch_names[step], "uint8"))
         status = tirx.Var(f"status_{step}", ir.PrimType("int32"))
         kernel_call = ir.Call(kernel_vars[call.kernel], args, ret_ty=ir.PrimType("int32"))
         body.append(tirx.Bind(status, kernel_call))

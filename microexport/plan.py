@@ -16,10 +16,26 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .errors import Error
 from .lower import Schedule
 from .unpacked import ScratchLayout
 
 DEFAULT_ALIGNMENT = 16
+DEFAULT_POOL = "workspace"
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A workspace pool: its C name, an optional size limit in bytes and an optional linker
+    section for its static array (e.g. fast on-chip SRAM)."""
+
+    name: str = DEFAULT_POOL
+    size_limit: int | None = None
+    section: str | None = None
+
+
+class PoolOverflow(Error):
+    """The buffers do not fit in the workspace pools' size limits."""
 
 
 @dataclass(frozen=True)
@@ -37,9 +53,15 @@ class Interval:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Byte offsets of every workspace buffer and every constant, and the pool sizes."""
+    """Where every workspace buffer and every constant lives, and the pool sizes.
 
-    workspace_offsets: dict[str, int]
+    `placements` maps each buffer to (pool name, byte offset); `pool_bytes` gives each pool's
+    size (a pool of size zero is not used); `workspace_bytes` is their total.
+    """
+
+    pools: tuple[PoolSpec, ...]
+    pool_bytes: dict[str, int]
+    placements: dict[str, tuple[str, int]]
     workspace_bytes: int
     constant_offsets: dict[str, int]
     constants_bytes: int
@@ -47,6 +69,7 @@ class MemoryPlan:
     lower_bound_bytes: int  # liveness lower bound of workspace + inputs + outputs
     alignment: int
     strategy: str  # the placement strategy that gave the smallest pool
+    io_in_workspace: bool = False
 
 
 def align(value: int, alignment: int) -> int:
@@ -83,77 +106,123 @@ def live_intervals(
     return intervals, scratch_names
 
 
-Placement = dict[str, int]
+Placement = dict[str, tuple[int, int]]  # buffer → (pool index, byte offset)
+Strategy = Callable[[list[Interval], int, Sequence[PoolSpec]], Placement]
 EXHAUSTIVE_MAX_BUFFERS = 7
 HILL_CLIMB_STEPS = 400
 HILL_CLIMB_SEED = 0
+UNLIMITED = (PoolSpec(),)
 
 
-def first_fit(order: Sequence[Interval], alignment: int) -> Placement:
-    """Place buffers in `order`, each at the lowest aligned offset free during its life."""
-    placed: list[tuple[Interval, int]] = []
-    offsets: Placement = {}
+def first_fit(
+    order: Sequence[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """Place buffers in `order`, each in the first pool where it fits within the pool's limit,
+    at the lowest aligned offset free during its life. PoolOverflow if it fits nowhere."""
+    placed: list[tuple[Interval, int, int]] = []
+    placement: Placement = {}
     for buf in order:
-        busy = sorted((off, off + other.nbytes) for other, off in placed if other.overlaps(buf))
-        offset = 0
-        for start, end in busy:
-            if offset + buf.nbytes <= start:
+        for index, pool in enumerate(pools):
+            offset = _lowest_offset(buf, [(o, p) for o, i, p in placed if i == index], alignment)
+            if pool.size_limit is None or offset + buf.nbytes <= pool.size_limit:
+                placement[buf.name] = (index, offset)
+                placed.append((buf, index, offset))
                 break
-            offset = max(offset, align(end, alignment))
-        offsets[buf.name] = offset
-        placed.append((buf, offset))
-    return offsets
+        else:
+            limits = ", ".join(f"{p.name} ({p.size_limit} B)" for p in pools)
+            raise PoolOverflow(
+                f"workspace buffer '{buf.name}' ({buf.nbytes} B) fits in none of the pools "
+                f"{limits}: raise a limit or add a pool"
+            )
+    return placement
 
 
-def pool_size(intervals: Sequence[Interval], offsets: Placement) -> int:
-    """Bytes a placement needs: the highest end of any buffer."""
-    return max((offsets[b.name] + b.nbytes for b in intervals), default=0)
+def _lowest_offset(buf: Interval, placed: list[tuple[Interval, int]], alignment: int) -> int:
+    busy = sorted((off, off + other.nbytes) for other, off in placed if other.overlaps(buf))
+    offset = 0
+    for start, end in busy:
+        if offset + buf.nbytes <= start:
+            break
+        offset = max(offset, align(end, alignment))
+    return offset
 
 
-def greedy_by_size(intervals: list[Interval], alignment: int) -> Placement:
+def pool_sizes(intervals: Sequence[Interval], placement: Placement, count: int) -> list[int]:
+    """Bytes each pool needs under `placement`: the highest end of any of its buffers."""
+    sizes = [0] * count
+    for buf in intervals:
+        index, offset = placement[buf.name]
+        sizes[index] = max(sizes[index], offset + buf.nbytes)
+    return sizes
+
+
+def pool_size(intervals: Sequence[Interval], placement: Placement) -> int:
+    """Total bytes of all pools under `placement`."""
+    count = 1 + max((index for index, _ in placement.values()), default=0)
+    return sum(pool_sizes(intervals, placement, count))
+
+
+def greedy_by_size(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
     """TFLite Micro's strategy: largest buffers first, first fit."""
-    return first_fit(sorted(intervals, key=lambda b: (-b.nbytes, b.first, b.name)), alignment)
+    order = sorted(intervals, key=lambda b: (-b.nbytes, b.first, b.name))
+    return first_fit(order, alignment, pools)
 
 
-def greedy_by_schedule(intervals: list[Interval], alignment: int) -> Placement:
+def greedy_by_schedule(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
     """Buffers in the order the schedule creates them, first fit."""
-    return first_fit(sorted(intervals, key=lambda b: (b.first, -b.nbytes, b.name)), alignment)
+    order = sorted(intervals, key=lambda b: (b.first, -b.nbytes, b.name))
+    return first_fit(order, alignment, pools)
 
 
-def exhaustive(intervals: list[Interval], alignment: int) -> Placement:
-    """Every placement order (small graphs only), first fit; the smallest pool wins."""
-    best: Placement = greedy_by_size(intervals, alignment)
-    best_size = pool_size(intervals, best)
+def exhaustive(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """Every placement order (small graphs only), first fit; the smallest total wins."""
+    best: Placement | None = None
+    best_size = 0
     for order in itertools.permutations(sorted(intervals, key=lambda b: b.name)):
-        offsets = first_fit(order, alignment)
-        size = pool_size(intervals, offsets)
-        if size < best_size:
-            best, best_size = offsets, size
+        try:
+            placement = first_fit(order, alignment, pools)
+        except PoolOverflow:
+            continue
+        size = pool_size(intervals, placement)
+        if best is None or size < best_size:
+            best, best_size = placement, size
+    if best is None:
+        return greedy_by_size(intervals, alignment, pools)  # raises the overflow
     return best
 
 
-def hill_climb(intervals: list[Interval], alignment: int) -> Placement:
+def hill_climb(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
     """Swap two buffers of the size-ordered placement order at a time; keep swaps that do not
-    grow the pool. Seeded, so the result is the same on every run."""
+    grow the total. Seeded, so the result is the same on every run."""
     rng = random.Random(HILL_CLIMB_SEED)
     order = sorted(intervals, key=lambda b: (-b.nbytes, b.first, b.name))
-    best = first_fit(order, alignment)
+    best = first_fit(order, alignment, pools)
     best_size = pool_size(intervals, best)
     if len(order) < 2:
         return best
     for _ in range(HILL_CLIMB_STEPS):
         i, j = rng.sample(range(len(order)), 2)
         order[i], order[j] = order[j], order[i]
-        offsets = first_fit(order, alignment)
-        size = pool_size(intervals, offsets)
-        if size <= best_size:
-            best, best_size = offsets, size
+        try:
+            placement = first_fit(order, alignment, pools)
+        except PoolOverflow:
+            placement = None
+        if placement is not None and pool_size(intervals, placement) <= best_size:
+            best, best_size = placement, pool_size(intervals, placement)
         else:
             order[i], order[j] = order[j], order[i]
     return best
 
 
-STRATEGIES: dict[str, Callable[[list[Interval], int], Placement]] = {
+STRATEGIES: dict[str, Strategy] = {
     "greedy_by_size": greedy_by_size,
     "greedy_by_schedule": greedy_by_schedule,
     "hill_climb": hill_climb,
@@ -161,17 +230,27 @@ STRATEGIES: dict[str, Callable[[list[Interval], int], Placement]] = {
 }
 
 
-def best_placement(intervals: list[Interval], alignment: int) -> tuple[str, Placement]:
-    """Run every applicable strategy; return the name and placement of the smallest pool
-    (ties go to the earlier strategy in `STRATEGIES`)."""
+def best_placement(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> tuple[str, Placement]:
+    """Run every applicable strategy; return the name and placement with the smallest total
+    (ties go to the earlier strategy in `STRATEGIES`). PoolOverflow if none fits."""
     results = []
+    failure: PoolOverflow | None = None
     for name, strategy in STRATEGIES.items():
         if name == "exhaustive" and len(intervals) > EXHAUSTIVE_MAX_BUFFERS:
             continue
-        offsets = strategy(intervals, alignment)
-        results.append((pool_size(intervals, offsets), name, offsets))
-    size, name, offsets = min(results, key=lambda r: r[0])
-    return name, offsets
+        try:
+            placement = strategy(intervals, alignment, pools)
+        except PoolOverflow as err:
+            failure = failure or err
+            continue
+        results.append((pool_size(intervals, placement), name, placement))
+    if not results:
+        assert failure is not None
+        raise failure
+    _, name, placement = min(results, key=lambda r: r[0])
+    return name, placement
 
 
 def io_intervals(schedule: Schedule) -> list[Interval]:
@@ -203,14 +282,28 @@ def lower_bound(intervals: list[Interval], steps: int) -> int:
 
 
 def plan_memory(
-    schedule: Schedule, scratch: dict[str, ScratchLayout], alignment: int = DEFAULT_ALIGNMENT
+    schedule: Schedule,
+    scratch: dict[str, ScratchLayout],
+    alignment: int = DEFAULT_ALIGNMENT,
+    pools: Sequence[PoolSpec] = UNLIMITED,
+    io_in_workspace: bool = False,
 ) -> MemoryPlan:
-    """Compute the static memory plan for a schedule."""
+    """Compute the static memory plan for a schedule.
+
+    With `io_in_workspace`, model inputs and outputs are workspace buffers too (inputs live
+    from before the first call to their last read, outputs from their write to after the last).
+    """
     if alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"alignment must be a power of two, got {alignment}")
+    names = [pool.name for pool in pools]
+    if not pools or len(set(names)) != len(names):
+        raise ValueError(f"workspace pools need distinct names, got {names}")
     intervals, scratch_names = live_intervals(schedule, scratch)
-    strategy, offsets = best_placement(intervals, alignment)
-    size = pool_size(intervals, offsets)
+    io = io_intervals(schedule)
+    placed = intervals + io if io_in_workspace else intervals
+    strategy, placement = best_placement(placed, alignment, pools)
+    sizes = pool_sizes(placed, placement, len(pools))
+    pool_bytes = {p.name: align(size, alignment) for p, size in zip(pools, sizes, strict=True)}
     constant_offsets: dict[str, int] = {}
     cursor = 0
     for name in schedule.constants:
@@ -219,12 +312,15 @@ def plan_memory(
         constant_offsets[name] = cursor
         cursor = align(cursor + schedule.tensors[name].nbytes, alignment)
     return MemoryPlan(
-        workspace_offsets=offsets,
-        workspace_bytes=align(size, alignment) if size else 0,
+        pools=tuple(pools),
+        pool_bytes=pool_bytes,
+        placements={name: (pools[index].name, off) for name, (index, off) in placement.items()},
+        workspace_bytes=sum(pool_bytes.values()),
         constant_offsets=constant_offsets,
         constants_bytes=cursor,
         scratch_names=scratch_names,
-        lower_bound_bytes=lower_bound(intervals + io_intervals(schedule), len(schedule.calls)),
+        lower_bound_bytes=lower_bound(intervals + io, len(schedule.calls)),
         alignment=alignment,
         strategy=strategy,
+        io_in_workspace=io_in_workspace,
     )

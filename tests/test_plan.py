@@ -11,6 +11,8 @@ from microexport.lower import KernelCall, Schedule, TensorInfo
 from microexport.plan import (
     STRATEGIES,
     Interval,
+    PoolOverflow,
+    PoolSpec,
     align,
     best_placement,
     greedy_by_size,
@@ -43,8 +45,8 @@ def test_chain_reuses_memory_of_dead_tensors() -> None:
     assert plan.workspace_bytes == 2 * 400
     # steps 1-3 each hold two 400-byte intermediates; the 16-byte input dies after step 0
     assert plan.lower_bound_bytes == 800
-    assert plan.workspace_offsets["t0"] != plan.workspace_offsets["t1"]
-    assert plan.workspace_offsets["t0"] == plan.workspace_offsets["t2"]
+    assert plan.placements["t0"][1] != plan.placements["t1"][1]
+    assert plan.placements["t0"][1] == plan.placements["t2"][1]
 
 
 def test_scratch_lives_only_during_its_call() -> None:
@@ -52,9 +54,9 @@ def test_scratch_lives_only_during_its_call() -> None:
     scratch = {"k1": ScratchLayout((ScratchBuffer("acc", 0, 64),))}
     plan = plan_memory(schedule, scratch)
     assert plan.scratch_names == {1: "k1_scratch_1"}
-    start = plan.workspace_offsets["k1_scratch_1"]
+    start = plan.placements["k1_scratch_1"][1]
     for name in ("t0", "t1"):
-        other = plan.workspace_offsets[name]
+        other = plan.placements[name][1]
         assert start + 64 <= other or other + 48 <= start
 
 
@@ -73,8 +75,8 @@ def test_views_extend_the_life_of_their_base() -> None:
     )
     schedule = Schedule(tensors, calls, ("x",), ("y",), {"a2": "a"}, {})
     plan = plan_memory(schedule, {})
-    assert "a2" not in plan.workspace_offsets
-    assert plan.workspace_offsets["a"] != plan.workspace_offsets["b"]
+    assert "a2" not in plan.placements
+    assert plan.placements["a"][1] != plan.placements["b"][1]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -85,7 +87,7 @@ def test_greedy_never_overlaps_live_buffers(seed: int) -> None:
         first = int(rng.integers(0, 10))
         intervals.append(Interval(f"b{i}", int(rng.integers(1, 500)), first,
                                   first + int(rng.integers(0, 4))))
-    offsets = greedy_by_size(intervals, 16)
+    offsets = {name: off for name, (_, off) in greedy_by_size(intervals, 16).items()}
     for a, b in itertools.combinations(intervals, 2):
         if a.overlaps(b):
             oa, ob = offsets[a.name], offsets[b.name]
@@ -140,7 +142,7 @@ def test_every_strategy_is_valid_and_the_best_is_chosen(seed: int) -> None:
         offsets = strategy(intervals, 8)
         for a, b in itertools.combinations(intervals, 2):
             if a.overlaps(b):
-                oa, ob = offsets[a.name], offsets[b.name]
+                oa, ob = offsets[a.name][1], offsets[b.name][1]
                 assert oa + a.nbytes <= ob or ob + b.nbytes <= oa, name
         sizes[name] = pool_size(intervals, offsets)
     name, best = best_placement(intervals, 8)
@@ -152,3 +154,31 @@ def test_every_strategy_is_valid_and_the_best_is_chosen(seed: int) -> None:
 def test_planning_is_deterministic() -> None:
     intervals = random_intervals(3, 12)
     assert best_placement(intervals, 16) == best_placement(intervals, 16)
+
+
+def test_pools_respect_their_limits_and_spill_in_order() -> None:
+    schedule = chain_schedule([100, 100, 100, 4])  # three 400 B intermediates, two live at once
+    pools = (PoolSpec("fast", 512), PoolSpec("slow", None))
+    plan = plan_memory(schedule, {}, pools=pools)
+    assert plan.pool_bytes["fast"] <= 512 and plan.pool_bytes["fast"] > 0
+    assert plan.pool_bytes["slow"] > 0
+    assert plan.workspace_bytes == sum(plan.pool_bytes.values())
+    for name, (pool, offset) in plan.placements.items():
+        size = schedule.tensors[name].nbytes
+        assert pool != "fast" or offset + size <= 512
+
+
+def test_pools_too_small_is_a_clear_error() -> None:
+    schedule = chain_schedule([100, 100, 4])
+    with pytest.raises(PoolOverflow, match=r"fits in none of the pools a \(64 B\), b \(128 B\)"):
+        plan_memory(schedule, {}, pools=(PoolSpec("a", 64), PoolSpec("b", 128)))
+
+
+def test_io_in_workspace_places_inputs_and_outputs() -> None:
+    schedule = chain_schedule([100, 100, 4])
+    plan = plan_memory(schedule, {}, io_in_workspace=True)
+    assert {"x", "y"} <= set(plan.placements)
+    # the 16-byte input dies after the first call, so t1 may reuse its bytes; the pool is
+    # never smaller than the lower bound and never larger than everything side by side
+    everything = 16 + 400 + 400 + 16
+    assert plan.lower_bound_bytes <= plan.workspace_bytes <= everything
