@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import ConstantSpec, MemoryReport, TensorSpec, c_identifier
+from .artifacts import (
+    ConstantSpec,
+    MemoryReport,
+    PoolReport,
+    PoolSpec,
+    TensorSpec,
+    c_identifier,
+)
 from .errors import Error, InputError
 
 if TYPE_CHECKING:
@@ -82,11 +89,17 @@ def compile_model(
     workspace: str = "static",
     alignment: int = 16,
     templates: Path | None = None,
+    pools: tuple[PoolSpec, ...] = (),
+    io_in_workspace: bool = False,
 ) -> Compilation:
-    """Run the pipeline lower → plan → aot → codegen → glue on an imported model."""
+    """Run the pipeline lower → plan → aot → codegen → glue on an imported model.
+
+    `pools` splits the workspace into named pools with size limits (default: one unlimited pool
+    `workspace`); `io_in_workspace` plans the inputs and outputs inside the workspace too.
+    """
     from .aot import build_aot_module, symbol_prefix
     from .codegen import generate_c
-    from .glue import GlueContext, render_glue
+    from .glue import GlueContext, WorkspacePool, render_glue
     from .lower import lower
     from .package import ArchiveLayout, build_metadata, metadata_json, parameters_npz
     from .plan import plan_memory
@@ -99,9 +112,10 @@ def compile_model(
         raise Error(f"templates directory '{templates}' does not exist")
     lowered = lower(imported, target)
     try:
-        plan = plan_memory(lowered.schedule, lowered.scratch, alignment)
+        plan = plan_memory(lowered.schedule, lowered.scratch, alignment,
+                           pools or (PoolSpec(),), io_in_workspace)
     except ValueError as err:
-        raise Error(f"--workspace-alignment: {err}") from None
+        raise Error(f"workspace planning: {err}") from None
     aot = build_aot_module(
         name, lowered.schedule, lowered.kernels, plan, imported.inputs, imported.outputs
     )
@@ -128,11 +142,29 @@ def compile_model(
     kernel_ws = {
         aot.kernel_symbols[kernel]: layout.nbytes for kernel, layout in lowered.scratch.items()
     }
+    io_placements = {}
+    if io_in_workspace:
+        specs = zip(lowered.schedule.inputs + lowered.schedule.outputs,
+                    imported.inputs + imported.outputs, strict=True)
+        io_placements = {
+            spec.name: plan.placements[lowered.schedule.root(tensor)] for tensor, spec in specs
+        }
+    pool_reports = tuple(
+        PoolReport(p.name, plan.pool_bytes[p.name], p.size_limit, p.section) for p in plan.pools
+    )
     memory = MemoryReport(
         workspace_bytes=plan.workspace_bytes,
         constants_bytes=plan.constants_bytes,
         io_bytes=sum(t.nbytes for t in imported.inputs + imported.outputs),
         kernel_workspace_bytes=kernel_ws,
+        kernel_stack_bytes={
+            aot.kernel_symbols[kernel]: layout.stack_bytes
+            for kernel, layout in lowered.scratch.items()
+        },
+        pools=pool_reports,
+        lower_bound_bytes=plan.lower_bound_bytes,
+        planner=plan.strategy,
+        io_placements=io_placements,
     )
     ctx = GlueContext(
         name=name,
@@ -144,6 +176,8 @@ def compile_model(
         workspace_mode=workspace,
         alignment=alignment,
         main_symbol=aot.main_symbol,
+        pools=tuple(WorkspacePool(p.name, p.nbytes, p.section) for p in pool_reports),
+        io_placements=io_placements,
     )
     glue = render_glue(ctx, templates)
     metadata = build_metadata(
@@ -181,6 +215,8 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     workspace: str = "static",
     alignment: int = 16,
     templates: str | Path | None = None,
+    pools: tuple[PoolSpec, ...] = (),
+    io_in_workspace: bool = False,
 ) -> CompileResult:
     """Compile a model file (or Relax IRModule) to a Model Library Format archive.
 
@@ -196,6 +232,8 @@ def compile(  # noqa: A001 - mirrors the CLI command name
         workspace=workspace,
         alignment=alignment,
         templates=Path(templates) if templates is not None else None,
+        pools=pools,
+        io_in_workspace=io_in_workspace,
     )
     archive = Path(output) if output is not None else Path(f"{name}.tar")
     write_archive(archive, compilation.files)

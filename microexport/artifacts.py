@@ -59,13 +59,43 @@ class ConstantSpec:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """A workspace pool to plan: its C name, an optional size limit in bytes and an optional
+    linker section for its static array (e.g. fast on-chip SRAM)."""
+
+    name: str = "workspace"
+    size_limit: int | None = None
+    section: str | None = None
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """One workspace pool of the plan: name, bytes used, limit and linker section (or None)."""
+
+    name: str
+    nbytes: int
+    size_limit: int | None = None
+    section: str | None = None
+
+
+@dataclass(frozen=True)
 class MemoryReport:
-    """Static memory needs of a compiled model, all in bytes."""
+    """Static memory needs of a compiled model, all in bytes.
+
+    `lower_bound_bytes` is the liveness lower bound of workspace + inputs + outputs;
+    `io_placements` maps tensor names to (pool, offset) when inputs and outputs live in the
+    workspace; `kernel_stack_bytes` counts the small buffers kernels keep as C locals.
+    """
 
     workspace_bytes: int
     constants_bytes: int
     io_bytes: int
     kernel_workspace_bytes: dict[str, int] = field(default_factory=dict)
+    kernel_stack_bytes: dict[str, int] = field(default_factory=dict)
+    pools: tuple[PoolReport, ...] = ()
+    lower_bound_bytes: int = 0
+    planner: str = ""
+    io_placements: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 # C type of one element of each dtype, as TVM's C code generator spells it.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,21 @@ class TensorVar:
     ctype: str
     nbytes: int
     elements: int
+    pool: str | None = None  # with inputs/outputs in the workspace: the pool holding it
+    offset: int | None = None  # … and its byte offset there
+
+
+@dataclass(frozen=True)
+class WorkspacePool:
+    """One workspace pool: its C name, size in bytes and optional linker section."""
+
+    name: str = "workspace"
+    nbytes: int = 0
+    section: str | None = None
+
+    @property
+    def upper_name(self) -> str:
+        return self.name.upper()
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,11 @@ def comment_safe(text: str) -> str:
     return cleaned.replace("*/", "*_/").replace("/*", "/_*")
 
 
-def tensor_var(spec: TensorSpec, direction: str) -> TensorVar:
-    """The template view of one input/output; Error if its dtype has no C type."""
+def tensor_var(
+    spec: TensorSpec, direction: str, placement: tuple[str, int] | None = None
+) -> TensorVar:
+    """The template view of one input/output (`placement`: its workspace pool and offset when
+    inputs and outputs live in the workspace); Error if its dtype has no C type."""
     try:
         ctype = c_type(spec.dtype)
     except ValueError as err:
@@ -92,6 +110,8 @@ def tensor_var(spec: TensorSpec, direction: str) -> TensorVar:
         ctype=ctype,
         nbytes=spec.nbytes,
         elements=_element_count(spec.shape),
+        pool=placement[0] if placement else None,
+        offset=placement[1] if placement else None,
     )
 
 
@@ -167,6 +187,10 @@ class GlueContext:
     workspace_mode: str = "static"
     alignment: int = 16
     main_symbol: str = ""
+    # Workspace pools; empty means one pool `workspace` of `workspace_bytes`.
+    pools: tuple[WorkspacePool, ...] = ()
+    # With inputs and outputs planned inside the workspace: tensor name → (pool, byte offset).
+    io_placements: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or c_identifier(self.name) != self.name:
@@ -187,12 +211,38 @@ class GlueContext:
         if self.main_symbol and c_identifier(self.main_symbol) != self.main_symbol:
             raise Error(f"main symbol '{self.main_symbol}' is not a C identifier")
         check_tensor_names(self.inputs, self.outputs)
+        self._check_pools()
         for spec in self.constants:
             if spec.offset < 0 or spec.offset + spec.nbytes > len(self.constant_pool):
                 raise Error(
                     f"constant '{spec.name}' ({spec.nbytes} B at offset {spec.offset}) lies "
                     f"outside the {len(self.constant_pool)} B constant pool"
                 )
+
+    def _check_pools(self) -> None:
+        names = [pool.name for pool in self.workspace_pools]
+        for name in names:
+            if c_identifier(name) != name or name in C_KEYWORDS or name == "constants":
+                raise Error(f"workspace pool name '{name}' is not a usable C identifier")
+        if len(set(names)) != len(names):
+            raise Error(f"workspace pool names must differ, got {', '.join(names)}")
+        if self.pools and sum(p.nbytes for p in self.pools) != self.workspace_bytes:
+            raise Error("workspace_bytes must be the total of the workspace pools")
+        clashes = sorted(set(names) & {t.c_name for t in self.inputs + self.outputs})
+        if clashes:
+            raise Error(f"tensor C name '{clashes[0]}' is also a workspace pool name: rename one")
+        sizes = {pool.name: pool.nbytes for pool in self.workspace_pools}
+        io = {spec.name: spec.nbytes for spec in self.inputs + self.outputs}
+        if self.io_placements and set(self.io_placements) != set(io):
+            raise Error("with inputs and outputs in the workspace, every one needs a placement")
+        for name, (pool, offset) in self.io_placements.items():
+            if pool not in sizes or offset < 0 or offset + io[name] > sizes[pool]:
+                raise Error(f"tensor '{name}' placed outside workspace pool '{pool}'")
+
+    @property
+    def workspace_pools(self) -> tuple[WorkspacePool, ...]:
+        """The workspace pools (one `workspace` pool unless several were planned)."""
+        return self.pools or (WorkspacePool("workspace", self.workspace_bytes),)
 
     @property
     def upper_name(self) -> str:
@@ -216,10 +266,11 @@ class GlueContext:
 
     def template_variables(self) -> dict[str, Any]:
         """The variables every interface template receives (see docs/templates.md)."""
-        inputs = [tensor_var(spec, "input") for spec in self.inputs]
-        outputs = [tensor_var(spec, "output") for spec in self.outputs]
+        place = self.io_placements.get
+        inputs = [tensor_var(spec, "input", place(spec.name)) for spec in self.inputs]
+        outputs = [tensor_var(spec, "output", place(spec.name)) for spec in self.outputs]
         variables = interface_variables(
-            self.name, inputs, outputs, self.workspace_mode, self.workspace_bytes,
+            self.name, inputs, outputs, self.workspace_mode, self.workspace_pools,
             self.constants_bytes, self.alignment,
         )
         variables.update(
@@ -235,7 +286,7 @@ def interface_variables(
     inputs: list[TensorVar],
     outputs: list[TensorVar],
     workspace_mode: str,
-    workspace_bytes: int,
+    pools: tuple[WorkspacePool, ...],
     constants_bytes: int,
     alignment: int,
 ) -> dict[str, Any]:
@@ -253,7 +304,9 @@ def interface_variables(
         "outputs": outputs,
         "workspace_mode": workspace_mode,
         "external_workspace": workspace_mode == "external",
-        "workspace_bytes": workspace_bytes,
+        "workspace_bytes": sum(pool.nbytes for pool in pools),
+        "pools": list(pools),
+        "io_in_workspace": any(t.pool is not None for t in inputs + outputs),
         "constants_bytes": constants_bytes,
         "io_bytes": sum(t.nbytes for t in inputs + outputs),
         "alignment": alignment,
@@ -325,12 +378,21 @@ def harness_variables(metadata: Mapping[str, Any]) -> dict[str, Any]:
     inputs, outputs = specs("inputs"), specs("outputs")
     check_tensor_names(inputs, outputs)
     memory = metadata["memory"]
+    placements = {
+        t["name"]: (t["workspace_pool"], t["workspace_offset"])
+        for t in metadata["inputs"] + metadata["outputs"]
+        if "workspace_pool" in t
+    }
+    pools = tuple(
+        WorkspacePool(p["name"], p["bytes"], p.get("section"))
+        for p in memory.get("pools", [{"name": "workspace", "bytes": memory["workspace_bytes"]}])
+    )
     return interface_variables(
         metadata["model_name"],
-        [tensor_var(spec, "input") for spec in inputs],
-        [tensor_var(spec, "output") for spec in outputs],
+        [tensor_var(spec, "input", placements.get(spec.name)) for spec in inputs],
+        [tensor_var(spec, "output", placements.get(spec.name)) for spec in outputs],
         metadata["workspace_mode"],
-        memory["workspace_bytes"],
+        pools,
         memory["constants_bytes"],
         memory.get("alignment", 16),
     )

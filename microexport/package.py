@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from .artifacts import MemoryReport, TensorSpec
+from .artifacts import MemoryReport, PoolReport, TensorSpec
 from .errors import Error
 
 METADATA_VERSION: Final = 1  # bump when metadata.json or the layout changes incompatibly
@@ -63,15 +63,19 @@ class ArchiveLayout:
 # metadata.json
 
 
-def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    """The metadata.json entry of one input or output."""
-    return {
+def tensor_metadata(spec: TensorSpec, placement: tuple[str, int] | None = None) -> dict[str, Any]:
+    """The metadata.json entry of one input or output (with its workspace pool and offset when
+    inputs and outputs live in the workspace)."""
+    entry: dict[str, Any] = {
         "name": spec.name,
         "c_name": spec.c_name,
         "shape": [int(d) for d in spec.shape],
         "dtype": spec.dtype,
         "size_bytes": spec.nbytes,
     }
+    if placement is not None:
+        entry["workspace_pool"], entry["workspace_offset"] = placement
+    return entry
 
 
 def build_metadata(
@@ -88,9 +92,14 @@ def build_metadata(
     from . import __version__
 
     functions = {
-        name: {"workspace_bytes": nbytes}
+        name: {
+            "workspace_bytes": nbytes,
+            "stack_bytes": memory.kernel_stack_bytes.get(name, 0),
+        }
         for name, nbytes in sorted(memory.kernel_workspace_bytes.items())
     }
+    pools = memory.pools or (PoolReport("workspace", memory.workspace_bytes),)
+    place = memory.io_placements.get
     return {
         "version": METADATA_VERSION,
         "model_name": model_name,
@@ -98,12 +107,20 @@ def build_metadata(
         "executor": "aot",
         "interface_api": "c",
         "unpacked_api": True,
-        "inputs": [tensor_metadata(spec) for spec in inputs],
-        "outputs": [tensor_metadata(spec) for spec in outputs],
+        "inputs": [tensor_metadata(spec, place(spec.name)) for spec in inputs],
+        "outputs": [tensor_metadata(spec, place(spec.name)) for spec in outputs],
         "memory": {
             "workspace_bytes": memory.workspace_bytes,
             "constants_bytes": memory.constants_bytes,
             "io_bytes": memory.io_bytes,
+            "io_in_workspace": bool(memory.io_placements),
+            "lower_bound_bytes": memory.lower_bound_bytes,
+            "planner": memory.planner,
+            "pools": [
+                {"name": p.name, "bytes": p.nbytes, "size_limit": p.size_limit,
+                 "section": p.section}
+                for p in pools
+            ],
             "alignment": alignment,
             "functions": functions,
         },

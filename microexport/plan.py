@@ -16,22 +16,12 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .artifacts import PoolSpec
 from .errors import Error
 from .lower import Schedule
 from .unpacked import ScratchLayout
 
 DEFAULT_ALIGNMENT = 16
-DEFAULT_POOL = "workspace"
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """A workspace pool: its C name, an optional size limit in bytes and an optional linker
-    section for its static array (e.g. fast on-chip SRAM)."""
-
-    name: str = DEFAULT_POOL
-    size_limit: int | None = None
-    section: str | None = None
 
 
 class PoolOverflow(Error):

@@ -146,3 +146,46 @@ def test_external_workspace_runs_the_same(build_model: BuildModel, tmp_path: Pat
     b = microexport.run(external.archive, inputs)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("workspace", ["static", "external"])
+def test_pools_and_io_in_workspace_run_the_same(workspace: str, build_model: BuildModel,
+                                                 tmp_path: Path) -> None:
+    from microexport.artifacts import PoolSpec
+
+    _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
+    path, inputs = build_model(builder)
+    plain = microexport.compile(path, tmp_path / "plain.tar", name="cnn")
+    split = microexport.compile(
+        path, tmp_path / "split.tar", name="cnn", workspace=workspace, io_in_workspace=True,
+        pools=(PoolSpec("fast", 2048, ".bss.fast"), PoolSpec("slow", None)),
+    )
+    memory = split.metadata["memory"]
+    assert memory["io_in_workspace"] is True
+    assert [p["name"] for p in memory["pools"]] == ["fast", "slow"]
+    assert 0 < memory["pools"][0]["bytes"] <= 2048
+    assert memory["workspace_bytes"] == sum(p["bytes"] for p in memory["pools"])
+    assert memory["lower_bound_bytes"] <= memory["workspace_bytes"]
+    assert all("workspace_offset" in t for t in split.metadata["inputs"])
+    with tarfile.open(split.archive) as tar:
+        header = tar.extractfile("codegen/host/include/tvmgen_cnn.h").read().decode()
+        wrapper = tar.extractfile("codegen/host/src/tvmgen_cnn.c").read().decode()
+    assert "void tvmgen_cnn_map_inputs(" in header and "TVMGEN_CNN_FAST_POOL_SIZE" in header
+    if workspace == "static":
+        assert 'section(".bss.fast")' in wrapper
+    expected = microexport.run(plain.archive, inputs)
+    got = microexport.run(split.archive, inputs)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_pool_limits_too_small_are_refused(build_model: BuildModel, tmp_path: Path) -> None:
+    from microexport.artifacts import PoolSpec
+    from microexport.errors import Error
+
+    _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
+    path, _ = build_model(builder)
+    with pytest.raises(Error, match="fits in none of the pools"):
+        microexport.compile(path, tmp_path / "x.tar", name="cnn",
+                            pools=(PoolSpec("tiny", 64),))
+    assert not (tmp_path / "x.tar").exists()

@@ -210,7 +210,9 @@ def test_metadata_fields() -> None:
         "name": "x:0", "c_name": "x_0", "shape": [2, 3], "dtype": "float32", "size_bytes": 24}
     assert metadata["memory"] == {
         "workspace_bytes": 32, "constants_bytes": 32, "io_bytes": 80, "alignment": 16,
-        "functions": {"tvmgen_fixture_double": {"workspace_bytes": 24}},
+        "functions": {"tvmgen_fixture_double": {"workspace_bytes": 24, "stack_bytes": 0}},
+        "io_in_workspace": False, "lower_bound_bytes": 0, "planner": "",
+        "pools": [{"name": "workspace", "bytes": 32, "size_limit": None, "section": None}],
     }
     assert fixture_metadata("external") == metadata  # no timestamps
 

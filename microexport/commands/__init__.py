@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import PoolSpec
+
 
 @dataclass(frozen=True)
 class Option:
@@ -71,7 +73,43 @@ INPUT = Option(
 )
 BUILD_DIR = Option(("--build-dir",), "keep build files here (default: a temporary directory)",
                    {"type": Path})
-COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, TEMPLATES)
+
+
+def parse_pool(text: str) -> PoolSpec:
+    """`NAME:SIZE[:SECTION]` → PoolSpec; SIZE in bytes, with K/M suffixes, or `unlimited`."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or not parts[0].isidentifier():
+            raise ValueError
+        size = parts[1].strip().upper()
+        factor = {"K": 1024, "M": 1024 * 1024}.get(size[-1:], 1)
+        limit = None if size == "UNLIMITED" else int(size.rstrip("KM")) * factor
+        if limit is not None and limit <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad --workspace-pool '{text}': expected NAME:SIZE[:SECTION], e.g. dtcm:64K:.dtcm "
+            "or sram:unlimited"
+        ) from None
+    return PoolSpec(parts[0], limit, parts[2] if len(parts) == 3 else None)
+
+
+POOL = Option(
+    ("--workspace-pool",),
+    "split the workspace into pools, filled in the order given, e.g. --workspace-pool "
+    "dtcm:64K:.dtcm --workspace-pool sram:unlimited (repeatable; SECTION places the static "
+    "array in a linker section)",
+    {"type": parse_pool, "action": "append", "default": [], "metavar": "NAME:SIZE[:SECTION]",
+     "dest": "pools"},
+)
+IO_IN_WORKSPACE = Option(
+    ("--io-in-workspace",),
+    "plan inputs and outputs inside the workspace; tvmgen_<name>_map_inputs/_map_outputs give "
+    "their addresses",
+    {"action": "store_true"},
+)
+COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
+                   TEMPLATES)
 
 
 @dataclass(frozen=True)

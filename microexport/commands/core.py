@@ -25,6 +25,8 @@ def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "workspace": args.workspace,
         "alignment": args.workspace_alignment,
         "templates": args.templates,
+        "pools": tuple(args.pools),
+        "io_in_workspace": args.io_in_workspace,
     }
 
 
