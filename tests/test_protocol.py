@@ -1,0 +1,697 @@
+"""The serial protocol: frames and payloads, the rendered device C, and whole sessions with the
+device C compiled for the host and served on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import select
+import struct
+import subprocess
+import time
+import tty
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixture_model import (
+    FIXTURE_LIB,
+    INPUTS,
+    NAME,
+    OUTPUTS,
+    expected_outputs,
+    fixture_context,
+    fixture_inputs,
+    fixture_metadata,
+)
+from serial.tools.list_ports_common import ListPortInfo
+from support import require_program
+
+from microexport.artifacts import MemoryReport, TensorSpec
+from microexport.errors import Error, InputError
+from microexport.glue import render_glue
+from microexport.package import build_metadata
+from microexport.protocol import (
+    CHUNK_HEADER_SIZE,
+    ERROR_TEXTS,
+    FRAME_OVERHEAD,
+    MAGIC,
+    MAX_ERROR_TEXT,
+    MAX_PAYLOAD,
+    Ack,
+    Chunk,
+    DeviceInfo,
+    DeviceRunFailed,
+    ErrorCode,
+    ErrorReport,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    Hello,
+    ResultSummary,
+    RunStats,
+    SerialLink,
+    crc32,
+    crc32_nibble_table,
+    decode_frame,
+    encode_frame,
+    find_port,
+    model_signature,
+    open_port,
+    render_device_sources,
+    render_host_board,
+    run_inference,
+)
+from microexport.subproc import run_command
+
+WARNINGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
+BOARD_MAX_PAYLOAD = 24  # small: the fixture's 24-byte tensors travel in two chunks
+CLOCK_HZ = 1_000_000
+
+
+# --- frames and payloads --------------------------------------------------------------------
+
+
+def test_crc32_check_value_and_nibble_table() -> None:
+    assert crc32(b"123456789") == 0xCBF43926
+    table = crc32_nibble_table()
+    data = bytes(range(256)) * 3
+    crc = 0xFFFFFFFF  # the device's algorithm, four bits at a time
+    for byte in data:
+        crc ^= byte
+        crc = (crc >> 4) ^ table[crc & 15]
+        crc = (crc >> 4) ^ table[crc & 15]
+    assert crc ^ 0xFFFFFFFF == zlib.crc32(data) == crc32(data[100:], crc32(data[:100]))
+
+
+def test_frame_layout() -> None:
+    hello = Frame(FrameType.HELLO, 1, b"\x01")
+    assert hello.encode() == bytes.fromhex("a55a 0101 0100 01 69e33b35")
+    assert encode_frame(FrameType.RUN, 7) == bytes.fromhex("a55a 0307 0000 7766be36")
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, MAX_PAYLOAD])
+@pytest.mark.parametrize("frame_type", list(FrameType) + [0x42])
+def test_frame_round_trip(frame_type: int, size: int) -> None:
+    frame = Frame(frame_type, 200, bytes(i % 251 for i in range(size)))
+    data = frame.encode()
+    assert len(data) == FRAME_OVERHEAD + size
+    assert data[:2] == MAGIC
+    assert decode_frame(data) == frame
+
+
+def test_every_single_bit_error_is_rejected() -> None:
+    data = Frame(FrameType.INPUT, 9, Chunk(1, 4, b"\x00\x10\xff\x7f").encode()).encode()
+    for position in range(len(data)):
+        for bit in range(8):
+            corrupted = bytearray(data)
+            corrupted[position] ^= 1 << bit
+            with pytest.raises(FrameError):
+                decode_frame(bytes(corrupted))
+
+
+def test_truncated_and_padded_frames_are_rejected() -> None:
+    data = encode_frame(FrameType.ACK, 3, Ack(FrameType.INPUT, 0, 24).encode())
+    with pytest.raises(FrameError, match="too short"):
+        decode_frame(data[:5])
+    with pytest.raises(FrameError, match="length field says 6 payload bytes, the frame has 5"):
+        decode_frame(data[:-1])
+    with pytest.raises(FrameError, match="length field"):
+        decode_frame(data + b"\x00")
+    with pytest.raises(FrameError, match="magic"):
+        decode_frame(b"\x00" + data[1:])
+    corrupted = bytearray(data)
+    corrupted[8] ^= 0x01
+    with pytest.raises(FrameError, match=r"bad CRC in ACK frame \(seq 3, 6 payload bytes\)"):
+        decode_frame(bytes(corrupted))
+
+
+def test_frame_fields_are_range_checked() -> None:
+    with pytest.raises(ValueError, match="sequence number 256"):
+        Frame(FrameType.RUN, 256)
+    with pytest.raises(ValueError, match="frame type"):
+        Frame(0x100, 0)
+    with pytest.raises(ValueError, match="payload"):
+        Frame(FrameType.INPUT, 0, bytes(MAX_PAYLOAD + 1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Frame(FrameType.RUN, 0).seq = 1  # type: ignore[misc]
+
+
+def test_stream_decoder_skips_garbage_and_corrupt_frames() -> None:
+    first = Frame(FrameType.INFO, 1, b"abc")
+    second = Frame(FrameType.RESULT, 2, ResultSummary(2, 40, 0x12345678).encode())
+    corrupt = bytearray(Frame(FrameType.OUTPUT, 5, b"xyz" * 4).encode())
+    corrupt[-6] ^= 0x80
+    banner = b"*** Booting Zephyr OS ***\r\n\xa5"
+    stream = banner + first.encode() + bytes(corrupt) + second.encode()
+    decoder = FrameDecoder()
+    results: list[Frame | str] = []
+    for byte in stream:  # one byte at a time, as a slow UART delivers it
+        decoder.feed(bytes([byte]))
+        while True:
+            try:
+                frame = decoder.next_frame()
+            except FrameError as err:
+                results.append(str(err))
+                continue
+            if frame is None:
+                break
+            results.append(frame)
+    assert results[0] == first
+    assert isinstance(results[1], str) and results[1].startswith("bad CRC in OUTPUT frame")
+    assert results[-1] == second
+    assert decoder.skipped >= len(banner)
+
+
+def test_stream_decoder_finds_a_frame_behind_a_corrupt_length() -> None:
+    good = Frame(FrameType.ACK, 4, Ack(FrameType.INPUT, 1, 16).encode()).encode()
+    bogus = bytearray(Frame(FrameType.ACK, 3, b"").encode())
+    bogus[4] = 20  # says 20 payload bytes: swallows the good frame
+    decoder = FrameDecoder()
+    decoder.feed(bytes(bogus) + good + bytes(20))
+    with pytest.raises(FrameError, match="bad CRC"):
+        decoder.next_frame()
+    assert decoder.next_frame() == decode_frame(good)
+
+
+def test_decoder_needs_the_rest_of_a_frame() -> None:
+    data = encode_frame(FrameType.STATS, 1, RunStats(0, 5, 1).encode())
+    decoder = FrameDecoder()
+    assert decoder.needed == 6
+    decoder.feed(data[:3])
+    assert decoder.needed == 3
+    decoder.feed(data[3:8])
+    assert decoder.needed == len(data) - 8
+    assert decoder.next_frame() is None
+
+
+@pytest.mark.parametrize("payload", [
+    Hello(1),
+    DeviceInfo(1, 3, 256, 0xDEADBEEF, 48_000_000, (24, 16), (24, 16, 0), "kws"),
+    DeviceInfo(1, 0, 8, 0, 0, (), (4,), ""),
+    Chunk(3, 0x01020304, b"\x00\xff" * 10),
+    Chunk(0, 0, b""),
+    Ack(FrameType.INPUT, 1, 123456),
+    RunStats(-7, 0xFFFFFFFF, 1),
+    ResultSummary(2, 40, 0xCBF43926),
+    ErrorReport(ErrorCode.BAD_OFFSET, FrameType.INPUT, 19, ERROR_TEXTS[ErrorCode.BAD_OFFSET]),
+])
+def test_payload_round_trip(payload: object) -> None:
+    assert type(payload).decode(payload.encode()) == payload  # type: ignore[attr-defined]
+
+
+def test_malformed_payloads_are_rejected() -> None:
+    with pytest.raises(FrameError, match="STATS payload has 8 bytes, expected 9"):
+        RunStats.decode(bytes(8))
+    with pytest.raises(FrameError, match="ACK payload has 7 bytes, expected 6"):
+        Ack.decode(bytes(7))
+    with pytest.raises(FrameError, match="at least 5"):
+        Chunk.decode(bytes(4))
+    info = DeviceInfo(1, 0, 64, 1, 0, (4,), (8,), "model").encode()
+    with pytest.raises(FrameError, match="model name has 4 bytes, expected 5"):
+        DeviceInfo.decode(info[:-1])
+    with pytest.raises(FrameError, match="truncated"):
+        DeviceInfo.decode(info[:16])
+
+
+def test_error_codes_are_dense_and_texts_short() -> None:
+    assert [code.value for code in ErrorCode] == list(range(1, len(ErrorCode) + 1))
+    assert all(len(code.text) <= MAX_ERROR_TEXT and code.text.isascii() for code in ErrorCode)
+
+
+def test_model_signature_sees_names_shapes_and_dtypes() -> None:
+    metadata = fixture_metadata()
+    base = model_signature(metadata)
+    assert model_signature(fixture_metadata("external")) == base  # memory does not matter
+    for change in ({"name": "x"}, {"shape": [3, 2]}, {"dtype": "int32"}):
+        other = fixture_metadata()
+        other["inputs"][0].update(change)
+        assert model_signature(other) != base
+
+
+# --- find_port ------------------------------------------------------------------------------
+
+
+def port_info(device: str, usb: tuple[int, int] | None = None, description: str = "n/a"
+              ) -> ListPortInfo:
+    info = ListPortInfo(device, skip_link_detection=True)
+    if usb is not None:
+        info.vid, info.pid = usb
+    info.description = description
+    return info
+
+
+def test_find_port() -> None:
+    ports = [
+        port_info("/dev/ttyS0"),
+        port_info("/dev/ttyACM0", (0x0483, 0x374B), "STLink Virtual COM Port"),
+        port_info("/dev/ttyUSB0", (0x10C4, 0xEA60), "CP2102"),
+    ]
+    assert find_port(None, "/dev/ttyX", available=ports) == "/dev/ttyX"
+    assert find_port("0483:374B", None, available=ports) == "/dev/ttyACM0"
+    assert find_port(None, None, available=ports[:2]) == "/dev/ttyACM0"
+    with pytest.raises(Error, match=r"2 serial ports on USB found \(/dev/ttyACM0 0483:374b "
+                                    r"\(STLink Virtual COM Port\), /dev/ttyUSB0 10c4:ea60 "
+                                    r"\(CP2102\)\): pick one with --port"):
+        find_port(None, None, available=ports)
+    with pytest.raises(Error, match=r"no serial port with USB id 1366:0105 found \(seen: "
+                                    r"/dev/ttyACM0 .*, /dev/ttyS0, /dev/ttyUSB0 .*\).*--port"):
+        find_port("1366:0105", None, available=ports)
+    with pytest.raises(Error, match=r"no serial port on USB found \(seen: none\)"):
+        find_port(None, None, available=[])
+    with pytest.raises(Error, match="not VID:PID in hex"):
+        find_port("stlink", None, available=ports)
+
+
+def test_find_port_lists_the_real_ports() -> None:
+    with pytest.raises(Error, match=r"no serial port with USB id ffff:fffe found \(seen: .*\)"):
+        find_port("ffff:fffe", None)
+
+
+def test_open_port() -> None:
+    with pytest.raises(Error, match="^cannot open serial port /nonexistent/tty: "):
+        open_port("/nonexistent/tty")
+    port = open_port("loop://", baudrate=9600)
+    try:
+        port.write(b"ping")
+        assert port.read(4) == b"ping"
+    finally:
+        port.close()  # type: ignore[attr-defined]
+
+
+# --- device sources -------------------------------------------------------------------------
+
+
+def no_input_metadata() -> dict:
+    memory = MemoryReport(workspace_bytes=0, constants_bytes=0, io_bytes=16)
+    return build_metadata(model_name="noin", target="c", inputs=(),
+                          outputs=(TensorSpec("out", (4,), "float32"),), memory=memory,
+                          workspace_mode="static")
+
+
+def write_device_sources(directory: Path, mode: str = "static") -> list[Path]:
+    """The fixture's glue and library plus the protocol sources, written to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = fixture_metadata(mode)
+    files = dict(render_glue(fixture_context(workspace_mode=mode)))
+    files.update(render_device_sources(metadata))
+    files[FIXTURE_LIB.name] = FIXTURE_LIB.read_text()
+    for filename, text in files.items():
+        (directory / filename).write_text(text)
+    return [directory / f for f in sorted(files) if f.endswith(".c")]
+
+
+def test_render_device_sources() -> None:
+    metadata = fixture_metadata()
+    files = render_device_sources(metadata)
+    assert sorted(files) == ["microexport_protocol.c", "microexport_protocol.h"]
+    header, source = files["microexport_protocol.h"], files["microexport_protocol.c"]
+    for declaration in (
+        "int microexport_serve_once(const struct microexport_transport* transport);",
+        "int microexport_serve_forever(const struct microexport_transport* transport);",
+        "int (*read)(void* context, uint8_t* buffer, size_t length);",
+        "int (*write)(void* context, const uint8_t* buffer, size_t length);",
+        "uint32_t (*clock)(void* context);",
+    ):
+        assert declaration in header
+    assert '#include "tvmgen_fixture.h"' in source
+    assert "status = tvmgen_fixture_run(&inputs, &outputs);" in source
+    assert "TVMGEN_FIXTURE_X_0_SIZE" in source and "TVMGEN_FIXTURE_COUNT_SIZE" in source
+    assert f"0x{model_signature(metadata):08X}u" in source
+    assert "malloc" not in source and "stdio" not in source
+    external = render_device_sources(fixture_metadata("external"))["microexport_protocol.c"]
+    assert "tvmgen_fixture_run(&inputs, &outputs, &pools)" in external
+
+
+def test_device_template_override(tmp_path: Path) -> None:
+    (tmp_path / "microexport_protocol.h.j2").write_text(
+        '/* ACME {{ name }} */\n{% include "builtin/protocol/microexport_protocol.h.j2" %}')
+    header = render_device_sources(fixture_metadata(), tmp_path)["microexport_protocol.h"]
+    assert header.startswith("/* ACME fixture */\n/*\n * Serial protocol")
+
+
+def test_render_refuses_what_the_protocol_cannot_carry() -> None:
+    metadata = fixture_metadata()
+    metadata["outputs"] = [dict(metadata["outputs"][0], name=f"o{i}") for i in range(256)]
+    with pytest.raises(Error, match="256 outputs: the serial protocol carries at most 255"):
+        render_device_sources(metadata)
+
+
+@pytest.mark.parametrize("mode", ["static", "external"])
+def test_device_c_compiles_for_cortex_m4(tmp_path: Path, mode: str) -> None:
+    cc = require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    write_device_sources(tmp_path, mode)
+    for max_payload in ("8", "65535"):
+        run_command([cc, "-mcpu=cortex-m4", "-mthumb", *WARNINGS, "-Os",
+                     f"-DMICROEXPORT_MAX_PAYLOAD={max_payload}", "-c", "microexport_protocol.c",
+                     "-o", "protocol.o"], cwd=tmp_path, check=True)
+
+
+@pytest.mark.parametrize("mode", ["static", "external", "no-inputs"])
+def test_device_c_compiles_with_gcc(tmp_path: Path, mode: str) -> None:
+    cc = require_program("gcc", "gcc")
+    if mode == "no-inputs":
+        metadata = no_input_metadata()
+        context = dataclasses.replace(fixture_context(), name="noin", inputs=(),
+                                      outputs=(TensorSpec("out", (4,), "float32"),),
+                                      constants=(), constant_pool=b"", workspace_bytes=0)
+        files = {**render_glue(context), **render_device_sources(metadata)}
+        for filename, text in files.items():
+            (tmp_path / filename).write_text(text)
+    else:
+        write_device_sources(tmp_path, mode)
+    run_command([cc, *WARNINGS, "-pedantic", "-Wconversion", "-Wsign-conversion", "-Wshadow",
+                 "-Wmissing-prototypes", "-c", "microexport_protocol.c", "-o", "protocol.o"],
+                cwd=tmp_path, check=True)
+
+
+def test_too_small_max_payload_is_a_compile_error(tmp_path: Path) -> None:
+    cc = require_program("gcc", "gcc")
+    write_device_sources(tmp_path)
+    result = run_command([cc, *WARNINGS, "-DMICROEXPORT_MAX_PAYLOAD=4", "-c",
+                          "microexport_protocol.c"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "MICROEXPORT_MAX_PAYLOAD must be between 8 and 65535" in result.stderr
+
+
+# --- sessions on a pseudo-terminal ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture model, the protocol and the host board main, built for the host."""
+    cc = require_program("gcc", "gcc")
+    directory = tmp_path_factory.mktemp("board")
+    sources = write_device_sources(directory)
+    (directory / "host_board_main.c").write_text(render_host_board(fixture_metadata()))
+    program = directory / "fixture_board"
+    run_command([cc, *WARNINGS, f"-DMICROEXPORT_MAX_PAYLOAD={BOARD_MAX_PAYLOAD}",
+                 f"-DMICROEXPORT_CLOCK_HZ={CLOCK_HZ}", "-I", directory,
+                 directory / "host_board_main.c", *sources, "-o", program, "-lm"], check=True)
+    return program
+
+
+class PtyPort:
+    """The master side of a pseudo-terminal with pyserial's `read`, `write` and `timeout`."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.timeout: float | None = None
+
+    def read(self, size: int = 1) -> bytes:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        data = b""
+        while len(data) < size:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.fd], [], [], left)[0]:
+                break
+            data += os.read(self.fd, size - len(data))
+        return data
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        return len(data)
+
+
+class CorruptingPort:
+    """A port that flips one bit of the `at`-th byte the host writes (a noisy line)."""
+
+    def __init__(self, port: PtyPort, at: int) -> None:
+        self.port = port
+        self.at = at
+        self.written = 0
+
+    @property
+    def timeout(self) -> float | None:
+        return self.port.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self.port.timeout = value
+
+    def read(self, size: int = 1) -> bytes:
+        return self.port.read(size)
+
+    def write(self, data: bytes) -> int:
+        data = bytearray(data)
+        if 0 <= self.at - self.written < len(data):
+            data[self.at - self.written] ^= 0x04
+        self.written += len(data)
+        return self.port.write(bytes(data))
+
+
+@contextmanager
+def serve(program: Path, *options: str, host_side: str = "master") -> Iterator[PtyPort]:
+    """Run the board on one side of a fresh pty pair and yield the host's port on the other.
+
+    `host_side="master"`: the board opens the slave by name, the host talks on the master fd.
+    `host_side="slave"`: the board serves the master fd, the host opens the slave by name with
+    pyserial. Both fds stay open here, so a board that dies leaves a silent line, as a hung board
+    behind a USB serial adapter does.
+    """
+    master, slave = os.openpty()
+    tty.setraw(slave)  # before the board writes anything: no echo, no translation
+    port: object
+    if host_side == "master":
+        argv = [str(program), "--device", os.ttyname(slave), *options]
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+        port = PtyPort(master)
+    else:
+        import serial
+
+        argv = [str(program), "--fd", str(master), *options]
+        proc = subprocess.Popen(argv, pass_fds=(master,), stderr=subprocess.PIPE)
+        port = serial.Serial(os.ttyname(slave), baudrate=115200, timeout=1)
+    try:
+        yield port  # type: ignore[misc]
+    finally:
+        close = getattr(port, "close", None)
+        if callable(close):
+            close()
+        os.close(master)
+        os.close(slave)
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert proc.returncode == 0, stderr
+
+
+def assert_outputs(got: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> None:
+    want = expected_outputs(inputs)
+    assert sorted(got) == sorted(want)
+    for name, array in want.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape
+        np.testing.assert_array_equal(got[name], array)
+
+
+@pytest.mark.parametrize("host_side", ["master", "slave"])
+def test_inference_over_a_pty(board: Path, host_side: str) -> None:
+    metadata = fixture_metadata()
+    with serve(board, host_side=host_side) as port:
+        saved_timeout = port.timeout
+        for seed in range(3):  # one board, several sessions
+            inputs = fixture_inputs(seed)
+            outputs, stats = run_inference(port, metadata, inputs, timeout=5)
+            assert_outputs(outputs, inputs)
+            assert stats.status == 0
+            assert stats.ticks is not None and 0 <= stats.ticks < 5 * CLOCK_HZ
+            assert stats.clock_hz == CLOCK_HZ
+            assert stats.device_seconds is not None and stats.device_seconds < 5
+            raw = b"".join(outputs[t.name].astype(np.dtype(t.dtype).newbyteorder("<"))
+                           .tobytes() for t in OUTPUTS)
+            assert stats.output_crc32 == crc32(raw)
+            assert stats.bytes_received > 0 and 0 < stats.host_seconds < 5
+        assert port.timeout == saved_timeout  # given back
+
+
+def test_inputs_are_checked_before_anything_is_sent(board: Path) -> None:
+    inputs = fixture_inputs()
+    inputs["bias"] = inputs["bias"].astype(np.int64)
+    with serve(board) as port:
+        with pytest.raises(InputError, match=r"input 'bias': expected shape \(4,\) int32, got "
+                                              r"shape \(4,\) int64"):
+            run_inference(port, fixture_metadata(), inputs, timeout=2)
+        port.timeout = 0.2
+        assert port.read(1) == b""  # nothing was sent, so the board said nothing
+        good = fixture_inputs(1)
+        assert_outputs(run_inference(port, fixture_metadata(), good, timeout=2)[0], good)
+
+
+def test_run_failure_reports_the_status(board: Path) -> None:
+    inputs = fixture_inputs()
+    inputs["x:0"][0, 0] = np.nan  # the fixture model returns 7
+    with serve(board) as port:
+        with pytest.raises(DeviceRunFailed, match="^tvmgen_fixture_run failed on the device "
+                                                  "with status 7$") as info:
+            run_inference(port, fixture_metadata(), inputs, timeout=2)
+        assert info.value.stats.status == 7 and info.value.stats.ticks is not None
+        good = fixture_inputs(2)  # the board serves the next session
+        assert_outputs(run_inference(port, fixture_metadata(), good, timeout=2)[0], good)
+
+
+def test_wrong_model_is_refused(board: Path) -> None:
+    other = fixture_metadata()
+    other["model_name"] = "kws"
+    renamed = fixture_metadata()
+    renamed["inputs"][0]["name"] = "x"
+    inputs = fixture_inputs()
+    with serve(board) as port:
+        with pytest.raises(Error, match=r"^the device runs model 'fixture' \(\[24 B, 16 B\] in, "
+                                        r"\[24 B, 16 B\] out\), expected 'kws' .*--port$"):
+            run_inference(port, other, inputs, timeout=2)
+        with pytest.raises(Error, match="other tensor names, shapes or dtypes"):
+            run_inference(port, renamed, {"x": inputs["x:0"], "bias": inputs["bias"]}, timeout=2)
+
+
+def session_bytes_before_outputs() -> int:
+    """Bytes the board writes in a session before the first OUTPUT frame."""
+    info = DeviceInfo(1, 0, 0, 0, 0, tuple(t.nbytes for t in INPUTS),
+                      tuple(t.nbytes for t in OUTPUTS), NAME).encode()
+    chunk = BOARD_MAX_PAYLOAD - CHUNK_HEADER_SIZE
+    acks = sum(-(-t.nbytes // chunk) for t in INPUTS)
+    stats = RunStats(0, 0, 0).encode()
+    return 2 * FRAME_OVERHEAD + len(info) + len(stats) + acks * (FRAME_OVERHEAD + 6)
+
+
+@pytest.mark.parametrize("fault", ["--exit-after-bytes", "--mute-after-bytes"])
+def test_device_that_stops_answering(board: Path, fault: str) -> None:
+    died_at = session_bytes_before_outputs() + 7  # inside the first OUTPUT frame
+    with serve(board, fault, str(died_at)) as port:
+        started = time.monotonic()
+        with pytest.raises(Error) as info:
+            run_inference(port, fixture_metadata(), fixture_inputs(), timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert str(info.value) == "device stopped answering after 0.5 s while waiting for RESULT"
+    assert 0.5 <= elapsed < 1.5
+
+
+def test_device_that_never_answers(board: Path) -> None:
+    with serve(board, "--mute-after-bytes", "0") as port:
+        started = time.monotonic()
+        with pytest.raises(Error, match=r"^device did not answer HELLO within 0.4 s: is the "
+                                        r"microexport firmware of 'fixture' running"):
+            run_inference(port, fixture_metadata(), fixture_inputs(), timeout=0.4)
+        assert time.monotonic() - started < 1.4
+
+
+def test_corrupt_frame_from_the_device_is_an_error(board: Path) -> None:
+    info_frame = session_bytes_before_outputs() - 19 - 3 * 16  # INFO, then 3 ACKs and STATS
+    message = (r"^bad CRC in ACK frame \(seq 2, 6 payload bytes\): "
+               r"received 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}$")
+    with (serve(board, "--corrupt-byte", str(info_frame + 8)) as port,  # first ACK's payload
+          pytest.raises(Error, match=message)):
+        run_inference(port, fixture_metadata(), fixture_inputs(), timeout=2)
+
+
+def test_request_corrupted_on_the_way_is_sent_again(board: Path) -> None:
+    hello = len(encode_frame(FrameType.HELLO, 1, Hello().encode()))
+    inputs = fixture_inputs(4)
+    with serve(board) as port:
+        _, clean = run_inference(port, fixture_metadata(), inputs, timeout=2)
+        noisy = CorruptingPort(port, hello + 8)  # a data byte of the first INPUT frame
+        outputs, stats = run_inference(noisy, fixture_metadata(), inputs, timeout=2)
+    assert_outputs(outputs, inputs)
+    first_input = FRAME_OVERHEAD + BOARD_MAX_PAYLOAD
+    assert stats.bytes_sent == clean.bytes_sent + first_input
+
+
+def exchange(link: SerialLink, frame_type: int, seq: int, payload: bytes = b"") -> Frame:
+    link.send(Frame(frame_type, seq, payload))
+    reply = link.receive(2.0)
+    assert reply is not None, f"no reply to {frame_type:#x}"
+    assert reply.seq == seq
+    return reply
+
+
+def rejected(reply: Frame) -> tuple[str, int, int]:
+    assert reply.type == FrameType.ERROR
+    report = ErrorReport.decode(reply.payload)
+    assert report.text == ErrorCode(report.code).text
+    return ErrorCode(report.code).name, report.request_type, report.detail
+
+
+def test_device_rejects_bad_requests(board: Path) -> None:
+    metadata = fixture_metadata()
+    with serve(board) as port, SerialLink(port) as link:
+        assert rejected(exchange(link, FrameType.RUN, 1)) == ("NO_SESSION", FrameType.RUN, 0)
+        assert rejected(exchange(link, FrameType.INPUT, 2, Chunk(0, 0, b"1234").encode())) == (
+            "NO_SESSION", FrameType.INPUT, 0)
+
+        info = DeviceInfo.decode(exchange(link, FrameType.HELLO, 3, Hello().encode()).payload)
+        assert info == DeviceInfo(1, 1, BOARD_MAX_PAYLOAD, model_signature(metadata), CLOCK_HZ,
+                                  (24, 16), (24, 16), "fixture")
+        assert info.has_clock and not info.big_endian
+
+        assert rejected(exchange(link, 0x42, 4)) == ("UNKNOWN_TYPE", 0x42, 0)
+        assert rejected(exchange(link, FrameType.INPUT, 5, b"\x00\x00\x00")) == (
+            "BAD_PAYLOAD", FrameType.INPUT, 3)
+        assert rejected(exchange(link, FrameType.INPUT, 6, Chunk(2, 0, b"1").encode())) == (
+            "BAD_TENSOR", FrameType.INPUT, 2)
+        assert rejected(exchange(link, FrameType.INPUT, 7, Chunk(0, 4, b"1").encode())) == (
+            "BAD_OFFSET", FrameType.INPUT, 0)
+        ack = Ack.decode(exchange(link, FrameType.INPUT, 8, Chunk(1, 0, bytes(10)).encode())
+                         .payload)
+        assert ack == Ack(FrameType.INPUT, 1, 10)
+        assert rejected(exchange(link, FrameType.INPUT, 9, Chunk(1, 8, bytes(9)).encode())) == (
+            "BAD_OFFSET", FrameType.INPUT, 10)  # would end past the 16-byte input
+        assert Ack.decode(exchange(link, FrameType.INPUT, 10, Chunk(1, 4, bytes(12)).encode())
+                          .payload) == Ack(FrameType.INPUT, 1, 16)  # overlap is fine
+        assert rejected(exchange(link, FrameType.RUN, 11)) == ("INCOMPLETE", FrameType.RUN, 0)
+        assert rejected(exchange(link, FrameType.RUN, 12, b"\x00")) == (
+            "BAD_PAYLOAD", FrameType.RUN, 1)
+
+        corrupt = bytearray(Frame(FrameType.RUN, 13).encode())
+        corrupt[-1] ^= 0xFF
+        port.write(bytes(corrupt))
+        reply = link.receive(2.0)
+        assert reply is not None and rejected(reply) == ("BAD_CRC", FrameType.RUN, 0)
+
+        # A length beyond the receive buffer is refused at once; the board resynchronises.
+        port.write(MAGIC + struct.pack("<BBH", FrameType.INPUT, 14, 1000))
+        reply = link.receive(2.0)
+        assert reply is not None and rejected(reply) == (
+            "TOO_LONG", FrameType.INPUT, BOARD_MAX_PAYLOAD)
+
+        # HELLO in another version: INFO says ours, and no session opens.
+        assert DeviceInfo.decode(exchange(link, FrameType.HELLO, 15, b"\x02").payload).version == 1
+        assert rejected(exchange(link, FrameType.RUN, 16)) == ("NO_SESSION", FrameType.RUN, 0)
+        assert rejected(exchange(link, FrameType.HELLO, 17)) == ("BAD_PAYLOAD", FrameType.HELLO, 0)
+
+
+def test_board_streams_chunked_outputs(board: Path) -> None:
+    inputs = fixture_inputs(5)
+    raw = {t.name: np.ascontiguousarray(inputs[t.name]).tobytes() for t in INPUTS}
+    with serve(board) as port, SerialLink(port) as link:
+        exchange(link, FrameType.HELLO, 1, Hello().encode())
+        seq = 2
+        for index, spec in enumerate(INPUTS):
+            for offset in range(0, spec.nbytes, 8):
+                exchange(link, FrameType.INPUT, seq,
+                         Chunk(index, offset, raw[spec.name][offset : offset + 8]).encode())
+                seq += 1
+        stats = RunStats.decode(exchange(link, FrameType.RUN, seq).payload)
+        assert stats.status == 0 and stats.has_ticks
+        frames = []
+        while not frames or frames[-1].type != FrameType.RESULT:
+            frame = link.receive(2.0)
+            assert frame is not None and frame.seq == seq
+            frames.append(frame)
+    chunks = [Chunk.decode(f.payload) for f in frames[:-1]]
+    chunk = BOARD_MAX_PAYLOAD - CHUNK_HEADER_SIZE
+    assert [(c.index, c.offset, len(c.data)) for c in chunks] == [
+        (0, 0, chunk), (0, chunk, 24 - chunk), (1, 0, 16)]
+    data = b"".join(c.data for c in chunks)
+    assert ResultSummary.decode(frames[-1].payload) == ResultSummary(2, 40, crc32(data))
+    want = expected_outputs(inputs)
+    assert data == want["y"].tobytes() + want["count"].tobytes()
