@@ -22,6 +22,7 @@ from ..errors import Error
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+_VID_PID = re.compile(r"^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$")
 DEFAULT_RUN_TIMEOUT = 60.0
 
 
@@ -35,10 +36,10 @@ class MemoryRegion:
 
 @dataclass(frozen=True)
 class SerialConfig:
-    """How to reach a board over a serial port."""
+    """How to reach a board over a serial port: baud rate and the USB VID:PID of its probe(s)."""
 
     baud: int
-    vid_pid: str | None = None  # "0483:374b"
+    vid_pid: tuple[str, ...] = ()  # ("0483:374b", ...): any of these identifies the board's port
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,30 @@ class Board:
     zephyr_board: str | None = None
     serial: SerialConfig | None = None
     run_timeout: float = DEFAULT_RUN_TIMEOUT  # seconds one inference may take
+    clock_hz: int | None = None  # core clock (SysTick processor clock); QEMU instruction counts
+    stack_size: int | None = None  # bytes of stack to reserve; None: the platform's default
+    heap_size: int | None = None  # bytes of heap to reserve; None: the platform's default
+    west_runner: str | None = None  # `west flash --runner`; None: the Zephyr board's default
 
     @property
     def default_platform(self) -> str:
         """The platform used when none is asked for: the first listed."""
         return self.platforms[0]
+
+    @property
+    def cpu_flags(self) -> tuple[str, ...]:
+        """GCC flags selecting the CPU and float ABI (`-mcpu=cortex-m4 -mthumb -mfloat-abi=hard
+        -mfpu=fpv4-sp-d16`); empty for the host."""
+        flags: list[str] = []
+        if self.cpu:
+            flags.append(f"-mcpu={self.cpu}")
+            if self.cpu.startswith("cortex-m"):
+                flags.append("-mthumb")
+        if self.float_abi:
+            flags.append(f"-mfloat-abi={self.float_abi}")
+        if self.fpu:
+            flags.append(f"-mfpu={self.fpu}")
+        return tuple(flags)
 
 
 def parse_size(value: object, where: str) -> int:
@@ -93,10 +113,18 @@ def _serial(value: object, where: str) -> SerialConfig | None:
     if not isinstance(value, dict) or not set(value) <= {"baud", "vid_pid"} or "baud" not in value:
         raise Error(f"{where}: expected a mapping with 'baud' and optionally 'vid_pid'")
     baud = value["baud"]
-    vid_pid = value.get("vid_pid")
-    if not isinstance(baud, int) or (vid_pid is not None and not isinstance(vid_pid, str)):
-        raise Error(f"{where}: 'baud' must be an integer and 'vid_pid' a string like '0483:374b'")
-    return SerialConfig(baud, vid_pid)
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+        raise Error(f"{where}.baud: expected a positive integer, got {baud!r}")
+    raw = value.get("vid_pid")
+    ids = [] if raw is None else [raw] if isinstance(raw, str) else raw
+    if not isinstance(ids, list) or not all(isinstance(i, str) and _VID_PID.match(i) for i in ids):
+        raise Error(f"{where}.vid_pid: expected a USB id like '0483:374b' or a list of them, "
+                    f"got {raw!r}")
+    return SerialConfig(baud, tuple(i.lower() for i in ids))
+
+
+def _optional_size(value: object, where: str) -> int | None:
+    return None if value is None else parse_size(value, where)
 
 
 def _strings(value: object, where: str) -> tuple[str, ...]:
@@ -128,7 +156,13 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
         raise Error(f"{origin}.run_timeout: expected a positive number of seconds")
     optional = {key: _optional_str(data.get(key), f"{origin}.{key}")
                 for key in ("description", "cpu", "fpu", "float_abi", "compiler_package",
-                            "qemu_machine", "zephyr_board")}
+                            "qemu_machine", "zephyr_board", "west_runner")}
+    if optional["float_abi"] not in (None, "soft", "softfp", "hard"):
+        raise Error(f"{origin}.float_abi: expected soft, softfp or hard, "
+                    f"got {optional['float_abi']!r}")
+    clock = data.get("clock_hz")
+    if clock is not None and (isinstance(clock, bool) or not isinstance(clock, int) or clock <= 0):
+        raise Error(f"{origin}.clock_hz: expected a positive integer (Hz), got {clock!r}")
     name = _optional_str(data["name"], f"{origin}.name")
     compiler = _optional_str(data["compiler"], f"{origin}.compiler")
     assert name is not None and compiler is not None
@@ -149,7 +183,31 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
         zephyr_board=optional["zephyr_board"],
         serial=_serial(data.get("serial"), f"{origin}.serial"),
         run_timeout=float(timeout),
+        clock_hz=clock,
+        stack_size=_optional_size(data.get("stack_size"), f"{origin}.stack_size"),
+        heap_size=_optional_size(data.get("heap_size"), f"{origin}.heap_size"),
+        west_runner=optional["west_runner"],
     )
+
+
+def board_to_dict(board: Board) -> dict[str, Any]:
+    """The YAML mapping of `board` (the inverse of `board_from_dict`)."""
+    data: dict[str, Any] = {}
+    for f in fields(Board):
+        value = getattr(board, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, MemoryRegion):
+            value = {"origin": value.origin, "size": value.size}
+        elif isinstance(value, SerialConfig):
+            value = {"baud": value.baud, "vid_pid": list(value.vid_pid)}
+        data[f.name] = value
+    return data
+
+
+def dump_board(board: Board) -> str:
+    """`board` as YAML text that `parse_board` reads back to an equal `Board`."""
+    return yaml.safe_dump(board_to_dict(board), sort_keys=False)
 
 
 def parse_board(text: str, origin: str) -> Board:

@@ -23,6 +23,7 @@ from .unpacked import byte_pool, pool_pointer
 
 CONSTANTS_PARAM = "constants"
 CONSTANTS_ATTR = "microexport.constants"
+IO_ATTR = "microexport.io"  # names of the main's input and output buffers, in model order
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def build_aot_module(
 
     Every tensor the main touches is declared as a named buffer (shape, dtype) on its pointer, so
     the graph (tensors, pools, offsets, producers, consumers) can be read back from the main alone.
-    The constants travel with the main as its `microexport.constants` attribute (name → tensor).
+    The constants travel with the main as its `microexport.constants` attribute (name → tensor);
+    `microexport.io` lists the buffer names of the model inputs and outputs in order.
     `pass_scratch=False` leaves out the kernels' scratch arguments (for kernels not yet unpacked).
     """
     prefix = symbol_prefix(model_name)
@@ -116,7 +118,8 @@ def build_aot_module(
         name: tvm.runtime.tensor(np.ascontiguousarray(schedule.constants[name]))
         for name in plan.constant_offsets
     }
-    main = main.with_attrs({"target": target, CONSTANTS_ATTR: constants})
+    io = {"inputs": [spec.c_name for spec in inputs], "outputs": [spec.c_name for spec in outputs]}
+    main = main.with_attrs({"target": target, CONSTANTS_ATTR: constants, IO_ATTR: io})
     funcs[ir.GlobalVar(main_symbol)] = main
     symbols = {name: gv.name_hint for name, gv in kernel_vars.items()}
     return AotModule(tvm.IRModule(funcs), main_symbol, symbols)

@@ -91,11 +91,14 @@ def compile_model(
     templates: Path | None = None,
     pools: tuple[PoolSpec, ...] = (),
     io_in_workspace: bool = False,
+    tir_stages: tuple[str, ...] = ("codegen",),
 ) -> Compilation:
     """Run the pipeline lower → plan → aot → codegen → glue on an imported model.
 
     `pools` splits the workspace into named pools with size limits (default: one unlimited pool
     `workspace`); `io_in_workspace` plans the inputs and outputs inside the workspace too.
+    `tir_stages` (of `TIR_STAGES`) selects the stages written as `src/tir-<stage>.json`
+    (docs/tir-json.md); `src/graph.json` is always written.
     """
     from .aot import build_aot_module, symbol_prefix
     from .codegen import generate_c
@@ -110,6 +113,7 @@ def compile_model(
         raise Error(f"unknown workspace mode '{workspace}': use static or external")
     if templates is not None and not Path(templates).is_dir():
         raise Error(f"templates directory '{templates}' does not exist")
+    check_tir_stages(tir_stages)
     lowered = lower(imported, target)
     try:
         plan = plan_memory(lowered.schedule, lowered.scratch, alignment,
@@ -202,7 +206,33 @@ def compile_model(
     for filename, text in glue.items():
         folder = layout.INCLUDE_DIR if filename.endswith(".h") else layout.SRC_DIR
         files[f"{folder}/{filename}"] = text.encode()
+    files.update(tir_json_files(stages, tir_stages))
     return Compilation(files=files, metadata=metadata, stages=stages)
+
+
+def check_tir_stages(tir_stages: tuple[str, ...]) -> None:
+    """Error unless every stage is one of `TIR_STAGES`."""
+    for stage in tir_stages:
+        if stage not in TIR_STAGES:
+            raise Error(f"unknown TIR stage '{stage}': use {', '.join(TIR_STAGES)}")
+
+
+def tir_json_files(
+    stages: dict[str, tvm.IRModule], tir_stages: tuple[str, ...]
+) -> dict[str, bytes]:
+    """`src/tir-<stage>.json` for each requested stage and `src/graph.json` (from `codegen`)."""
+    from . import tir_json
+    from .graph import graph_from_tir, graph_json
+    from .package import ArchiveLayout
+
+    docs = {stage: tir_json.to_dict(stages[stage], stage) for stage in dict.fromkeys(tir_stages)}
+    codegen = docs.get("codegen") or tir_json.to_dict(stages["codegen"], "codegen")
+    files = {
+        ArchiveLayout.tir_json(stage): tir_json.encode(doc).encode()
+        for stage, doc in docs.items()
+    }
+    files[ArchiveLayout.GRAPH_JSON] = graph_json(graph_from_tir(codegen, validate=False)).encode()
+    return files
 
 
 def compile(  # noqa: A001 - mirrors the CLI command name
@@ -217,10 +247,12 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     templates: str | Path | None = None,
     pools: tuple[PoolSpec, ...] = (),
     io_in_workspace: bool = False,
+    tir_stages: tuple[str, ...] = ("codegen",),
 ) -> CompileResult:
     """Compile a model file (or Relax IRModule) to a Model Library Format archive.
 
-    `output` defaults to `<name>.tar` in the current directory.
+    `output` defaults to `<name>.tar` in the current directory. `tir_stages` selects the TIR
+    stages written as `src/tir-<stage>.json` (default: codegen).
     """
     from .package import write_archive
 
@@ -234,6 +266,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
         templates=Path(templates) if templates is not None else None,
         pools=pools,
         io_in_workspace=io_in_workspace,
+        tir_stages=tir_stages,
     )
     archive = Path(output) if output is not None else Path(f"{name}.tar")
     write_archive(archive, compilation.files)
@@ -384,7 +417,11 @@ def test(
     seed: int = 0,
     **compile_options: Any,
 ) -> TestReport:
-    """Compile `model`, run it on `board` with seeded inputs, compare with a reference runtime."""
+    """Compile `model`, run it on `board` with seeded inputs, compare with a reference runtime.
+
+    `compile_options` are those of `compile_model` (`tir_stages`, `pools`, ...) plus
+    `input_shapes`.
+    """
     from .package import write_archive
     from .reference import run_reference
 

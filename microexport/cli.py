@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import core
+from .commands import core, deploy, tir
 from .errors import Error
 
-COMMANDS = (*core.COMMANDS,)
+COMMANDS = (*core.COMMANDS, *deploy.COMMANDS, *tir.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,3 +47,8 @@ class MissingTool(Error):
         super().__init__(f"'{program}' not found: install it with 'apt-get install {package}'")
         self.program = program
         self.package = package
+
+
+class TirJsonError(Error):
+    """A `microexport-tir` / `microexport-graph` document is malformed or invalid, or a TIR node
+    has no mapping in the format. The message starts with the JSON path of the problem."""

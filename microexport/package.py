@@ -44,6 +44,11 @@ class ArchiveLayout:
     GRAPH_JSON: Final = "src/graph.json"
 
     @staticmethod
+    def tir_json(stage: str) -> str:
+        """Path of the `microexport-tir` JSON of one TIR stage (`src/tir-<stage>.json`)."""
+        return f"src/tir-{stage}.json"
+
+    @staticmethod
     def source(filename: str) -> str:
         """Path of a C source file in the archive."""
         return f"{ArchiveLayout.SRC_DIR}/{filename}"

@@ -10,6 +10,7 @@ from microexport.boards import (
     Board,
     MemoryRegion,
     SerialConfig,
+    dump_board,
     list_boards,
     load_board,
     parse_board,
@@ -36,6 +37,10 @@ qemu_machine: netduinoplus2
 zephyr_board: example_m4
 serial: {baud: 115200, vid_pid: "0483:374b"}
 run_timeout: 30
+clock_hz: 168000000
+stack_size: 8K
+heap_size: 0
+west_runner: openocd
 """
 
 
@@ -84,8 +89,12 @@ def test_full_schema() -> None:
         ram=MemoryRegion(0x20000000, 128 * 1024),
         qemu_machine="netduinoplus2",
         zephyr_board="example_m4",
-        serial=SerialConfig(115200, "0483:374b"),
+        serial=SerialConfig(115200, ("0483:374b",)),
         run_timeout=30.0,
+        clock_hz=168_000_000,
+        stack_size=8192,
+        heap_size=0,
+        west_runner="openocd",
     )
 
 
@@ -117,6 +126,12 @@ def mutate(**changes: object) -> str:
         (mutate(serial={"vid_pid": "1:2"}), "serial: expected a mapping with 'baud'"),
         (mutate(cpu=3), "cpu: expected a string or null"),
         (mutate(run_timeout=0), "run_timeout: expected a positive number"),
+        (mutate(float_abi="soft-ish"), "float_abi: expected soft, softfp or hard"),
+        (mutate(serial={"baud": 9600, "vid_pid": "0483-374b"}), "serial.vid_pid: expected a USB"),
+        (mutate(serial={"baud": 9600, "vid_pid": ["0483:374b", 7]}), "serial.vid_pid"),
+        (mutate(serial={"baud": -1}), "serial.baud: expected a positive integer"),
+        (mutate(clock_hz="fast"), "clock_hz: expected a positive integer"),
+        (mutate(stack_size="big"), "stack_size: expected a size"),
         ("name: [unclosed", "invalid YAML"),
         ("- a list", "expected a YAML mapping"),
     ],
@@ -145,3 +160,65 @@ def test_boards_are_documented() -> None:
     docs = (Path(__file__).parent.parent / "docs" / "boards.md").read_text()
     for field in Board.__dataclass_fields__:
         assert f"`{field}`" in docs, field
+
+
+CATALOGUE = {
+    # name: (platforms, cpu, fpu, float ABI, flash origin/size, RAM origin/size, QEMU machine,
+    #        Zephyr board)
+    "host": (("host",), None, None, None, None, None, None, None),
+    "mps2_an385": (("baremetal", "zephyr"), "cortex-m3", None, "soft", (0, 4 << 20),
+                   (0x20000000, 4 << 20), "mps2-an385", "mps2/an385"),
+    "mps2_an386": (("baremetal", "zephyr"), "cortex-m4", "fpv4-sp-d16", "hard", (0, 4 << 20),
+                   (0x20000000, 4 << 20), "mps2-an386", "mps2/an386"),
+    "mps2_an500": (("baremetal", "zephyr"), "cortex-m7", "fpv5-d16", "hard", (0, 4 << 20),
+                   (0x20000000, 4 << 20), "mps2-an500", "mps2/an500"),
+    "mps2_an521": (("zephyr",), "cortex-m33", "fpv5-sp-d16", "hard", (0x10000000, 4 << 20),
+                   (0x38000000, 4 << 20), "mps2-an521", "mps2/an521/cpu0"),
+    "mps3_an547": (("baremetal", "zephyr"), "cortex-m55", "auto", "hard", (0x10000000, 512 << 10),
+                   (0x30000000, 512 << 10), "mps3-an547", "mps3/corstone300/an547"),
+    "nrf5340dk_nrf5340_cpuapp": (("zephyr",), "cortex-m33", "fpv5-sp-d16", "hard", (0, 1 << 20),
+                                 (0x20000000, 448 << 10), None, "nrf5340dk/nrf5340/cpuapp"),
+    "nucleo_f746zg": (("zephyr",), "cortex-m7", "fpv5-sp-d16", "hard", (0x08000000, 1 << 20),
+                      (0x20010000, 256 << 10), None, "nucleo_f746zg"),
+    "nucleo_l4r5zi": (("zephyr",), "cortex-m4", "fpv4-sp-d16", "hard", (0x08000000, 2 << 20),
+                      (0x20000000, 192 << 10), None, "nucleo_l4r5zi"),
+    "qemu_cortex_m3": (("zephyr",), "cortex-m3", None, "soft", (0, 256 << 10),
+                       (0x20000000, 64 << 10), "lm3s6965evb", "qemu_cortex_m3"),
+    "qemu_x86": (("zephyr",), None, None, None, (0x00500000, 4 << 20), (0, 32 << 20), "q35",
+                 "qemu_x86"),
+    "stm32f746g_disco": (("zephyr",), "cortex-m7", "fpv5-sp-d16", "hard", (0x08000000, 1 << 20),
+                         (0x20010000, 256 << 10), None, "stm32f746g_disco"),
+}
+PROBES = {"nrf5340dk_nrf5340_cpuapp": ("1366:1015", "1366:1051", "1366:1061"),
+          "nucleo_f746zg": ("0483:374b", "0483:3752"), "nucleo_l4r5zi": ("0483:374b", "0483:3752"),
+          "stm32f746g_disco": ("0483:374b", "0483:3752")}
+
+
+def _region(region: MemoryRegion | None) -> tuple[int, int] | None:
+    return None if region is None else (region.origin, region.size)
+
+
+def test_catalogue_is_pinned() -> None:
+    assert list_boards() == sorted(CATALOGUE)
+    for name, (platforms, cpu, fpu, abi, flash, ram, machine, zephyr) in CATALOGUE.items():
+        board = load_board(name)
+        assert (board.platforms, board.cpu, board.fpu, board.float_abi, _region(board.flash),
+                _region(board.ram), board.qemu_machine, board.zephyr_board) == (
+            platforms, cpu, fpu, abi, flash, ram, machine, zephyr), name
+        assert board.serial == (SerialConfig(115200, PROBES[name]) if name in PROBES else None)
+        if "baremetal" in platforms:
+            assert board.clock_hz is not None and board.compiler == "arm-none-eabi-gcc"
+
+
+def test_cpu_flags() -> None:
+    assert load_board("mps2_an386").cpu_flags == (
+        "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
+    assert load_board("mps2_an385").cpu_flags == ("-mcpu=cortex-m3", "-mthumb",
+                                                  "-mfloat-abi=soft")
+    assert load_board("host").cpu_flags == ()
+
+
+@pytest.mark.parametrize("name", list_boards())
+def test_board_yaml_round_trips(name: str) -> None:
+    board = load_board(name)
+    assert parse_board(dump_board(board), "x.yaml") == board

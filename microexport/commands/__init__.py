@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import PoolSpec
+from ..tir_json.spec import STAGES as TIR_STAGES
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,24 @@ IO_IN_WORKSPACE = Option(
     "their addresses",
     {"action": "store_true"},
 )
+PLATFORM = Option(("--platform",), "platform to use on the board: host, baremetal or zephyr "
+                  "(default: the board's first; see `microexport boards`)", {})
+PORT = Option(("--port",), "serial port of the board (default: found by the board's USB VID:PID); "
+              "a pyserial URL such as socket://host:4000 works too", {})
+TIMEOUT = Option(("--timeout",), "seconds one run may take (default: the board's run_timeout)",
+                 {"type": float})
+DRY_RUN = Option(("--dry-run",), "print the commands instead of running them",
+                 {"action": "store_true"})
+TIR_STAGE = Option(
+    ("--tir-stage",),
+    "write the TIR of this pipeline stage as src/tir-<stage>.json: scheduled (block-level "
+    "kernels), lowered (flat, unpacked) or codegen (what the C code generator received) "
+    "(repeatable; default: codegen only; see docs/tir-json.md)",
+    {"action": "append", "choices": list(TIR_STAGES), "default": [],
+     "metavar": "STAGE", "dest": "tir_stages"},
+)
 COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
-                   TEMPLATES)
+                   TEMPLATES, TIR_STAGE)
 
 
 @dataclass(frozen=True)

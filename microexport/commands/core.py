@@ -15,6 +15,7 @@ from . import (
     Command,
     Option,
 )
+from .deploy import RUN_OPTIONS
 
 
 def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "templates": args.templates,
         "pools": tuple(args.pools),
         "io_in_workspace": args.io_in_workspace,
+        "tir_stages": tuple(dict.fromkeys(args.tir_stages)) or ("codegen",),
     }
 
 
@@ -43,13 +45,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .. import api
+    from .deploy import run_target  # a project directory, or an archive for --board
 
-    outputs = api.run_files(args.archive, args.input, args.output, board=args.board,
-                            build_dir=args.build_dir, templates=args.templates)
-    for path in outputs:
-        print(f"wrote {path}")
-    return 0
+    return run_target(args)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -72,11 +70,14 @@ COMMANDS = (
     ),
     Command(
         "run",
-        "build an archive for a board, run it on .npy inputs, write <output>.npy files",
+        "run a project, or an archive built for --board, on .npy inputs; write <output>.npy "
+        "files (and, on Cortex-M in QEMU, the instructions per inference)",
         cmd_run,
-        (Option(("archive",), "Model Library Format archive (.tar)", {"type": Path}),),
+        (Option(("archive",), "Model Library Format archive (.tar) or project directory",
+                {"type": Path}),),
         (BOARD, INPUT, Option(("-o", "--output"), "directory for output .npy files",
-                              {"type": Path, "required": True}), BUILD_DIR, TEMPLATES),
+                              {"type": Path, "required": True}), BUILD_DIR, TEMPLATES,
+         *RUN_OPTIONS),
     ),
     Command(
         "test",

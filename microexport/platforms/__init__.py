@@ -10,14 +10,40 @@ from pathlib import Path
 
 from ..boards import Board
 from ..errors import Error
-from .base import Build, Capabilities, Platform, Project
+from .baremetal import BaremetalPlatform
+from .base import (
+    Build,
+    Capabilities,
+    DoesNotFit,
+    Invocation,
+    Platform,
+    Project,
+    RunOptions,
+    RunResult,
+    RunStats,
+    Unsupported,
+)
 from .host import HostPlatform
+from .zephyr import ZephyrPlatform
 
 PLATFORMS: dict[str, type[Platform]] = dict(
-    sorted({cls.name: cls for cls in (HostPlatform,)}.items())
+    sorted({cls.name: cls for cls in (BaremetalPlatform, HostPlatform, ZephyrPlatform)}.items())
 )
 
-__all__ = ["PLATFORMS", "Build", "Capabilities", "Platform", "Project", "get_platform"]
+__all__ = [
+    "PLATFORMS",
+    "Build",
+    "Capabilities",
+    "DoesNotFit",
+    "Invocation",
+    "Platform",
+    "Project",
+    "RunOptions",
+    "RunResult",
+    "RunStats",
+    "Unsupported",
+    "get_platform",
+]
 
 
 def get_platform(

@@ -6,13 +6,12 @@ little-endian file, calls `tvmgen_<name>_run` and writes each output to a raw fi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import Error
 from ..glue import HARNESS_FILENAME, render_harness
-from ..subproc import CommandResult, exit_description, last_line, run_command
-from .base import Build, Capabilities, Platform, Project
+from ..subproc import CommandResult, exit_description, last_line
+from .base import Build, Capabilities, Invocation, Platform, Project, RawRun, RunOptions
 
 COMPILE_TIMEOUT = 600.0
 COMPILE_LOG = "compile.log"
@@ -50,16 +49,25 @@ class HostPlatform(Platform):
             *self.board.ldflags,
         ]
 
+    def do_expected_build(self, project: Project) -> Build:
+        return Build(project, self.program_path(project))
+
+    def do_build_plan(self, project: Project) -> list[Invocation]:
+        harness = project.build_dir / HARNESS_FILENAME
+        return [Invocation(
+            tuple(self.compile_command(project, harness)),
+            cwd=project.build_dir,
+            env=(("LC_ALL", "C"),),  # plain ASCII diagnostics
+            timeout=COMPILE_TIMEOUT,
+            what=f"compiling '{project.name}' for host",
+            package=self.board.compiler_package,
+        )]
+
     def do_build(self, project: Project) -> Build:
         harness = project.build_dir / HARNESS_FILENAME
         harness.write_text(render_harness(project.metadata, self.templates), encoding="utf-8")
-        result = run_command(
-            self.compile_command(project, harness),
-            cwd=project.build_dir,
-            timeout=COMPILE_TIMEOUT,
-            package=self.board.compiler_package,
-            env={**os.environ, "LC_ALL": "C"},  # plain ASCII diagnostics
-        )
+        (compile_step,) = self.do_build_plan(project)
+        result = compile_step.execute()
         log = project.build_dir / COMPILE_LOG
         log.write_text(result.stdout + result.stderr, encoding="utf-8")
         if result.returncode != 0:
@@ -68,7 +76,7 @@ class HostPlatform(Platform):
                 f"({exit_description(result.returncode)}): "
                 f"{first_error(result.stderr or result.stdout)} (full log: {log})"
             )
-        return Build(project, self.program_path(project))
+        return self.do_expected_build(project)
 
     def io_paths(self, build: Build) -> tuple[dict[str, Path], dict[str, Path]]:
         """The raw input and output files of one run, by tensor name."""
@@ -78,7 +86,17 @@ class HostPlatform(Platform):
         outputs = {t["name"]: io_dir / f"output_{t['c_name']}.bin" for t in metadata["outputs"]}
         return inputs, outputs
 
-    def do_run(self, build: Build, inputs: dict[str, bytes]) -> dict[str, bytes]:
+    def do_run_plan(self, build: Build, options: RunOptions) -> list[Invocation]:
+        input_paths, output_paths = self.io_paths(build)
+        files = [*input_paths.values(), *output_paths.values()]
+        return [Invocation(
+            tuple(str(a) for a in (build.artifact, *files)),
+            cwd=build.project.build_dir,
+            timeout=self.run_timeout(options),
+            what=f"running '{build.project.name}' on host",
+        )]
+
+    def do_run(self, build: Build, inputs: dict[str, bytes], options: RunOptions) -> RawRun:
         input_paths, output_paths = self.io_paths(build)
         io_dir = build.project.build_dir / "io"
         io_dir.mkdir(exist_ok=True)
@@ -86,15 +104,10 @@ class HostPlatform(Platform):
             path.write_bytes(inputs[name])
         for path in output_paths.values():
             path.unlink(missing_ok=True)
-        files = [*input_paths.values(), *output_paths.values()]
-        result = run_command(
-            [build.artifact, *files],
-            cwd=build.project.build_dir,
-            timeout=self.board.run_timeout,
-            what=f"running '{build.project.name}' on host",
-        )
+        (step,) = self.do_run_plan(build, options)
+        result = step.execute()
         check_run(result, build.project.name)
-        return {name: path.read_bytes() for name, path in output_paths.items()}
+        return RawRun({name: path.read_bytes() for name, path in output_paths.items()})
 
 
 def check_run(result: CommandResult, model: str) -> None:

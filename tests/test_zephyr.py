@@ -1,0 +1,258 @@
+"""The Zephyr platform without Zephyr: the rendered application is complete, its portable sources
+compile with arm-none-eabi-gcc against the real model and protocol headers, the west command
+lines are exact, and what cannot work here fails with one line saying what to install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fixture_model import fixture_files
+from microexport.boards import list_boards, load_board
+from support import require_program
+
+from microexport.cli import main
+from microexport.errors import Error
+from microexport.package import write_archive
+from microexport.platforms import RunOptions, Unsupported
+from microexport.platforms.zephyr import ZephyrPlatform, find_board_port, zephyr_base
+from microexport.project import create_project
+
+ZEPHYR_BOARDS = [name for name in list_boards() if "zephyr" in load_board(name).platforms]
+HARDWARE = ["nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi", "stm32f746g_disco"]
+APP_FILES = ["CMakeLists.txt", "board.yaml", "microexport.json", "prj.conf", "src/main.c",
+             "src/microexport_port.h", "src/microexport_protocol.c",
+             "src/microexport_protocol.h", "src/port_zephyr.c"]
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    path = tmp_path / "fixture.tar"
+    write_archive(path, fixture_files())
+    return path
+
+
+def zephyr_project(archive: Path, board: str, directory: Path):  # noqa: ANN201
+    return create_project(archive, board, directory, platform="zephyr")
+
+
+def test_zephyr_boards_are_pinned() -> None:
+    assert ZEPHYR_BOARDS == ["mps2_an385", "mps2_an386", "mps2_an500", "mps2_an521", "mps3_an547",
+                             "nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi",
+                             "qemu_cortex_m3", "qemu_x86", "stm32f746g_disco"]
+
+
+@pytest.mark.parametrize("board", ZEPHYR_BOARDS)
+def test_rendered_application_is_complete(board: str, archive: Path, tmp_path: Path) -> None:
+    opened = zephyr_project(archive, board, tmp_path / "app")
+    root = tmp_path / "app"
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if p.is_file() and p.parts[len(root.parts)] != "model")
+    assert files == APP_FILES
+    cmake = (root / "CMakeLists.txt").read_text()
+    assert "find_package(Zephyr REQUIRED HINTS $ENV{ZEPHYR_BASE})" in cmake
+    for source in ("tvmgen_fixture.c", "tvmgen_fixture_lib.c"):
+        assert f"model/codegen/host/src/{source}" in cmake
+    assert "target_link_libraries(app PRIVATE microexport_model)" in cmake
+    conf = (root / "prj.conf").read_text()
+    assert "CONFIG_MAIN_STACK_SIZE=2048" in conf and "CONFIG_HEAP_MEM_POOL_SIZE=0" in conf
+    assert "CONFIG_UART_CONSOLE=n" in conf
+    assert ("CONFIG_FPU=y" in conf) == (load_board(board).fpu is not None)
+    assert opened.info.platform == "zephyr"
+
+
+def test_stack_grows_with_the_kernels_c_locals(archive: Path, tmp_path: Path) -> None:
+    opened = zephyr_project(archive, "nucleo_f746zg", tmp_path / "app")
+    platform = opened.platform
+    assert isinstance(platform, ZephyrPlatform)
+    metadata = {**opened.project.metadata}
+    metadata["memory"] = {**metadata["memory"], "functions": {
+        "tvmgen_fixture_a": {"stack_bytes": 100, "workspace_bytes": 0},
+        "tvmgen_fixture_b": {"stack_bytes": 1000, "workspace_bytes": 0}}}
+    assert platform.main_stack_size(metadata) == 3072  # 2048 + 1000, rounded up to 256
+
+
+def test_west_command_lines(archive: Path, tmp_path: Path) -> None:
+    opened = zephyr_project(archive, "nrf5340dk_nrf5340_cpuapp", tmp_path / "app")
+    root, build_dir = tmp_path / "app", str(tmp_path / "app" / "build")
+    platform = opened.platform
+    (build,) = platform.build_plan(opened.project)
+    assert build.argv == ("west", "build", "-b", "nrf5340dk/nrf5340/cpuapp", "-d", build_dir,
+                          str(root))
+    assert build.cwd == root
+    expected = platform.expected_build(opened.project)
+    (flash,) = platform.flash_plan(expected)
+    assert flash.argv == ("west", "flash", "-d", build_dir)
+    assert platform.run_plan(expected) == []  # hardware: the serial port, no command
+
+    qemu = zephyr_project(archive, "qemu_cortex_m3", tmp_path / "qemu")
+    qemu_build = qemu.platform.expected_build(qemu.project)
+    (run,) = qemu.platform.run_plan(qemu_build)
+    qemu_dir = tmp_path / "qemu" / "build"
+    assert run.argv == ("west", "build", "-d", str(qemu_dir), "-t", "run", "--",
+                        f"-DQEMU_PIPE={qemu_dir / 'qemu-fifo'}")
+    (qemu_west,) = qemu.platform.build_plan(qemu.project)
+    assert qemu_west.argv[:4] == ("west", "build", "-b", "qemu_cortex_m3")
+    assert load_board("mps2_an521").zephyr_board == "mps2/an521/cpu0"
+
+
+def test_capabilities_depend_on_the_board(archive: Path, tmp_path: Path) -> None:
+    qemu = zephyr_project(archive, "qemu_x86", tmp_path / "qemu")
+    assert qemu.platform.caps.emulated and not qemu.platform.caps.can_flash
+    with pytest.raises(Unsupported, match="^zephyr doesn't support flash on board 'qemu_x86'"):
+        qemu.platform.flash_plan(qemu.platform.expected_build(qemu.project))
+    with pytest.raises(Unsupported, match="^zephyr doesn't support --port"):
+        qemu.platform.run_plan(qemu.platform.expected_build(qemu.project), RunOptions(port="x"))
+    board = zephyr_project(archive, "nucleo_l4r5zi", tmp_path / "board")
+    assert board.platform.caps.can_flash and board.platform.caps.has_serial
+
+
+@pytest.mark.parametrize("board", ["nucleo_f746zg", "qemu_cortex_m3", "mps2_an521",
+                                   "nrf5340dk_nrf5340_cpuapp"])
+def test_portable_sources_compile_for_the_board(board: str, archive: Path,
+                                                tmp_path: Path) -> None:
+    compiler = require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    zephyr_project(archive, board, tmp_path / "app")
+    root = tmp_path / "app"
+    info = load_board(board)
+    sources = [*sorted((root / "model/codegen/host/src").glob("*.c")), root / "src/main.c",
+               root / "src/microexport_protocol.c"]
+    for source in sources:
+        subprocess.run(
+            [compiler, *info.cpu_flags, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror",
+             "-DMICROEXPORT_CLOCK_HZ=1000000", "-I", str(root / "model/codegen/host/include"),
+             "-I", str(root / "src"), "-c", str(source), "-o", str(tmp_path / f"{source.stem}.o")],
+            check=True, capture_output=True, text=True,
+        )
+    # port_zephyr.c needs Zephyr's headers, which are not installed here.
+    assert "#include <zephyr/drivers/uart.h>" in (root / "src/port_zephyr.c").read_text()
+
+
+def test_build_without_zephyr_says_what_to_install(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    zephyr_project(archive, "nucleo_f746zg", tmp_path / "app")
+    monkeypatch.delenv("ZEPHYR_BASE", raising=False)
+    if __import__("shutil").which("west") is None:
+        expected = "'west' not found"
+    else:
+        expected = "ZEPHYR_BASE is not set"
+    status = main(["build", str(tmp_path / "app")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert expected in err and "ZEPHYR_BASE=" in err and "west init" in err
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    status = main(["build", str(tmp_path / "app")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "'west' not found: install Zephyr (pip install west" in err
+
+
+def test_zephyr_base_must_be_a_zephyr_tree(tmp_path: Path) -> None:
+    with pytest.raises(Error, match="is not a Zephyr tree"):
+        zephyr_base({"ZEPHYR_BASE": str(tmp_path)})
+    (tmp_path / "cmake" / "modules").mkdir(parents=True)
+    assert zephyr_base({"ZEPHYR_BASE": str(tmp_path)}) == tmp_path
+
+
+def test_build_dry_run_prints_west(archive: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    zephyr_project(archive, "stm32f746g_disco", tmp_path / "app")
+    assert main(["build", str(tmp_path / "app"), "--dry-run"]) == 0
+    assert main(["flash", str(tmp_path / "app"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"(cd {tmp_path / 'app'} && west build -b stm32f746g_disco -d "
+                   f"{tmp_path / 'app/build'} {tmp_path / 'app'})",
+                   f"(cd {tmp_path / 'app'} && west flash -d {tmp_path / 'app/build'})"]
+
+
+def test_no_serial_port_is_one_line(archive: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    zephyr_project(archive, "nucleo_f746zg", tmp_path / "app")
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros(4, np.int32))
+    from serial.tools import list_ports
+
+    if any((p.vid, p.pid) in {(0x0483, 0x374B), (0x0483, 0x3752)} for p in list_ports.comports()):
+        pytest.skip("an ST-LINK is attached")
+    status = main(["run", str(tmp_path / "app"), "--input", str(tmp_path / "x.npy"),
+                   "--input", str(tmp_path / "b.npy"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert ("no serial port of board 'nucleo_f746zg' (USB 0483:374b or 0483:3752) found" in err
+            and "--port" in err)
+
+
+def test_device_that_stops_answering_is_one_line(archive: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    zephyr_project(archive, "nucleo_l4r5zi", tmp_path / "app")
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros(4, np.int32))
+    controller, device = os.openpty()  # a serial port whose board never answers
+    try:
+        status = main(["run", str(tmp_path / "app"), "--port", os.ttyname(device),
+                       "--timeout", "1", "--input", str(tmp_path / "x.npy"),
+                       "--input", str(tmp_path / "b.npy"), "-o", str(tmp_path / "out")])
+    finally:
+        os.close(controller)
+        os.close(device)
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert "did not answer HELLO within 1 s" in err
+
+
+def _port(device: str, vid: int | None, pid: int | None, serial: str | None = None,
+          location: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(device=device, vid=vid, pid=pid, serial_number=serial,
+                           location=location)
+
+
+def test_find_board_port_by_vid_pid() -> None:
+    nrf = load_board("nrf5340dk_nrf5340_cpuapp")
+    ports = [_port("/dev/ttyS0", None, None),
+             _port("/dev/ttyACM1", 0x1366, 0x1051, "1050", "1-2:1.2"),
+             _port("/dev/ttyACM0", 0x1366, 0x1051, "1050", "1-2:1.0")]
+    assert find_board_port(nrf, ports) == "/dev/ttyACM0"  # one probe: its first interface
+    two = [*ports, _port("/dev/ttyACM2", 0x1366, 0x1015, "2000", "1-3:1.0")]
+    with pytest.raises(Error, match="several boards with USB .* pick one with --port"):
+        find_board_port(nrf, two)
+    with pytest.raises(Error, match=r"no serial port of board 'nucleo_f746zg' .*ttyS0"):
+        find_board_port(load_board("nucleo_f746zg"), ports)
+
+
+def test_fifo_port_talks_through_qemu_pipes(tmp_path: Path) -> None:
+    """FifoPort against an echoing peer that opens the FIFOs as QEMU's `-serial pipe:` does."""
+    import threading
+
+    from microexport.platforms.zephyr import FifoPort
+
+    pipe = tmp_path / "qemu-fifo"
+    for suffix in (".in", ".out"):
+        os.mkfifo(f"{pipe}{suffix}")
+
+    def echo() -> None:
+        guest_in = os.open(f"{pipe}.in", os.O_RDWR)
+        guest_out = os.open(f"{pipe}.out", os.O_RDWR)
+        os.write(guest_out, os.read(guest_in, 5).upper())
+        os.close(guest_in)
+        os.close(guest_out)
+
+    peer = threading.Thread(target=echo)
+    peer.start()
+    port = FifoPort(pipe, deadline=__import__("time").monotonic() + 10, alive=lambda: True)
+    try:
+        assert port.write(b"hello") == 5
+        received = b""
+        while len(received) < 5:
+            received += port.read(5 - len(received))
+        assert received == b"HELLO"
+    finally:
+        port.close()
+        peer.join(5)
