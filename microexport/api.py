@@ -317,37 +317,6 @@ def read_inputs(specs: list[str], input_specs: list[dict[str, Any]]) -> dict[str
     return arrays
 
 
-def run_files(
-    archive: str | Path,
-    input_files: list[str],
-    output_dir: str | Path,
-    *,
-    board: str = "host",
-    build_dir: str | Path | None = None,
-    templates: str | Path | None = None,
-) -> list[Path]:
-    """CLI `run`: read .npy inputs, run, write one `<output>.npy` per output; returns the paths."""
-    from .package import read_metadata
-
-    metadata = read_metadata(Path(archive))
-    inputs = read_inputs(input_files, metadata["inputs"])
-    outputs = run(archive, inputs, board=board, build_dir=build_dir, templates=templates)
-    out_dir = Path(output_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise Error(f"cannot create output directory {out_dir}: {err.strerror}") from None
-    paths = []
-    for spec in metadata["outputs"]:
-        path = out_dir / f"{spec['c_name']}.npy"
-        tmp = path.with_suffix(".npy.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, outputs[spec["name"]])
-        tmp.replace(path)
-        paths.append(path)
-    return paths
-
-
 @dataclass(frozen=True)
 class OutputComparison:
     """One output compared with the reference runtime."""

@@ -18,14 +18,12 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from .artifacts import c_identifier, c_type
-from .errors import Error, TirJsonError
+from .errors import TirJsonError
+from .glue import glue_environment, hex_rows, render
 from .tir_json.reader import (
     called_functions,
     callee,
@@ -489,29 +487,6 @@ def load_graph(doc: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
 # -- the graph-walker runtime ----------------------------------------------------------------
 
 
-def _walker_environment(templates_dir: Path | None) -> jinja2.Environment:
-    packaged = Path(str(files("microexport.templates"))) / WALKER_TEMPLATES
-    loaders: list[jinja2.BaseLoader] = []
-    if templates_dir is not None:
-        if not Path(templates_dir).is_dir():
-            raise Error(f"templates directory '{templates_dir}' does not exist")
-        loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
-    loaders.append(jinja2.FileSystemLoader(str(packaged)))
-    return jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-
-
-def _hex_rows(data: bytes, per_row: int = 16) -> list[str]:
-    return [", ".join(f"0x{b:02x}" for b in data[i: i + per_row])
-            for i in range(0, len(data), per_row)]
-
-
 def walker_variables(graph: Mapping[str, Any]) -> dict[str, Any]:
     """What the graph-walker templates receive (see docs/tir-json.md)."""
     graph = load_graph(graph)
@@ -523,7 +498,7 @@ def walker_variables(graph: Mapping[str, Any]) -> dict[str, Any]:
         if const["data"] is None:
             raise TirJsonError(f"$.constants: constant '{const['name']}' carries no data")
         constants.append({**const, "c_name": f"const_{c_identifier(const['name'])}",
-                          "rows": _hex_rows(base64.b64decode(const["data"]))})
+                          "rows": hex_rows(base64.b64decode(const["data"]))})
 
     def tensor_var(tensor: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         return {**tensor, "c_name": f"{prefix}{c_identifier(tensor['name'])}",
@@ -596,12 +571,9 @@ def render_graph_walker(graph: Mapping[str, Any] | str, templates_dir: Path | No
     """Render the graph-walker runtime of `graph` (a microexport-graph document): file name →
     C text. `templates_dir` overrides the templates of templates/runtimes/graph-walker by name."""
     variables = walker_variables(load_graph(graph) if isinstance(graph, str) else graph)
-    env = _walker_environment(templates_dir)
-    rendered = {}
-    for template, pattern in WALKER_FILES.items():
-        try:
-            text = env.get_template(template).render(**variables)
-        except jinja2.TemplateError as err:
-            raise Error(f"template {template}: {' '.join(str(err).split())}") from None
-        rendered[pattern.format(model=variables["model"])] = text
-    return rendered
+    env = glue_environment(templates_dir)
+    return {
+        pattern.format(model=variables["model"]): render(env, f"{WALKER_TEMPLATES}/{template}",
+                                                         variables)
+        for template, pattern in WALKER_FILES.items()
+    }
