@@ -189,3 +189,13 @@ def test_pool_limits_too_small_are_refused(build_model: BuildModel, tmp_path: Pa
         microexport.compile(path, tmp_path / "x.tar", name="cnn",
                             pools=(PoolSpec("tiny", 64),))
     assert not (tmp_path / "x.tar").exists()
+
+
+@pytest.mark.parametrize("name", ZOO_IDS)
+def test_every_zoo_model_passes_the_test_command(name: str, build_model: BuildModel) -> None:
+    """`microexport test MODEL --board host`: seeded inputs, reference runtime, PASS."""
+    _, builder, shapes = next(entry for entry in ZOO if entry[0] == name)
+    path, _ = build_model(builder)
+    report = microexport.test(path, board="host", name=name, input_shapes=shapes)
+    assert report.passed, report.summary()
+    assert "PASS" in report.summary().splitlines()[-1]
