@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..artifacts import PoolSpec
 from ..errors import Error
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
@@ -66,6 +67,9 @@ class Board:
     stack_size: int | None = None  # bytes of stack to reserve; None: the platform's default
     heap_size: int | None = None  # bytes of heap to reserve; None: the platform's default
     west_runner: str | None = None  # `west flash --runner`; None: the Zephyr board's default
+    # Workspace pools to plan for this board, filled in order (e.g. fast DTCM, then SRAM);
+    # empty: one unlimited pool.
+    workspace_pools: tuple[PoolSpec, ...] = ()
 
     @property
     def default_platform(self) -> str:
@@ -121,6 +125,25 @@ def _serial(value: object, where: str) -> SerialConfig | None:
         raise Error(f"{where}.vid_pid: expected a USB id like '0483:374b' or a list of them, "
                     f"got {raw!r}")
     return SerialConfig(baud, tuple(i.lower() for i in ids))
+
+
+def _pools(value: object, where: str) -> tuple[PoolSpec, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise Error(f"{where}: expected a list of {{name, size, section}} mappings")
+    pools = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        if (not isinstance(item, dict) or not set(item) <= {"name", "size", "section"}
+                or not isinstance(item.get("name"), str) or not item["name"].isidentifier()):
+            raise Error(f"{at}: expected {{name: C identifier, size: bytes or unlimited, "
+                        f"section: optional linker section}}")
+        size = item.get("size", "unlimited")
+        limit = None if size == "unlimited" else parse_size(size, f"{at}.size")
+        pools.append(PoolSpec(item["name"], limit, _optional_str(item.get("section"),
+                                                                f"{at}.section")))
+    return tuple(pools)
 
 
 def _optional_size(value: object, where: str) -> int | None:
@@ -187,6 +210,7 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
         stack_size=_optional_size(data.get("stack_size"), f"{origin}.stack_size"),
         heap_size=_optional_size(data.get("heap_size"), f"{origin}.heap_size"),
         west_runner=optional["west_runner"],
+        workspace_pools=_pools(data.get("workspace_pools"), f"{origin}.workspace_pools"),
     )
 
 
@@ -201,6 +225,9 @@ def board_to_dict(board: Board) -> dict[str, Any]:
             value = {"origin": value.origin, "size": value.size}
         elif isinstance(value, SerialConfig):
             value = {"baud": value.baud, "vid_pid": list(value.vid_pid)}
+        if f.name == "workspace_pools":
+            value = [{"name": p.name, "size": "unlimited" if p.size_limit is None
+                      else p.size_limit, "section": p.section} for p in board.workspace_pools]
         data[f.name] = value
     return data
 

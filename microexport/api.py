@@ -235,6 +235,15 @@ def tir_json_files(
     return files
 
 
+def board_pools(board: str | None) -> tuple[PoolSpec, ...]:
+    """The workspace pools a board file asks for (none for no board)."""
+    if board is None:
+        return ()
+    from .boards import load_board
+
+    return load_board(board).workspace_pools
+
+
 def compile(  # noqa: A001 - mirrors the CLI command name
     model: str | Path | tvm.IRModule,
     output: str | Path | None = None,
@@ -248,11 +257,13 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     pools: tuple[PoolSpec, ...] = (),
     io_in_workspace: bool = False,
     tir_stages: tuple[str, ...] = ("codegen",),
+    board: str | None = None,
 ) -> CompileResult:
     """Compile a model file (or Relax IRModule) to a Model Library Format archive.
 
     `output` defaults to `<name>.tar` in the current directory. `tir_stages` selects the TIR
-    stages written as `src/tir-<stage>.json` (default: codegen).
+    stages written as `src/tir-<stage>.json` (default: codegen). `board` takes the workspace
+    pools from that board's file when `pools` is empty.
     """
     from .package import write_archive
 
@@ -264,7 +275,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
         workspace=workspace,
         alignment=alignment,
         templates=Path(templates) if templates is not None else None,
-        pools=pools,
+        pools=pools or board_pools(board),
         io_in_workspace=io_in_workspace,
         tir_stages=tir_stages,
     )
@@ -398,6 +409,8 @@ def test(
     imported = import_model(model_path, compile_options.pop("input_shapes", None))
     inputs = sample_inputs(imported.inputs, seed)
     reference_name, expected = run_reference(model_path, inputs)
+    if not compile_options.get("pools"):
+        compile_options["pools"] = board_pools(board)
     compilation = compile_model(imported, **compile_options)
     with tempfile.TemporaryDirectory(prefix="microexport-test-") as tmp:
         archive = Path(tmp) / "model.tar"

@@ -199,3 +199,18 @@ def test_every_zoo_model_passes_the_test_command(name: str, build_model: BuildMo
     report = microexport.test(path, board="host", name=name, input_shapes=shapes)
     assert report.passed, report.summary()
     assert "PASS" in report.summary().splitlines()[-1]
+
+
+def test_board_file_pools_are_planned(build_model: BuildModel, tmp_path: Path) -> None:
+    """A board declaring fast and slow memories gets a workspace split into those pools."""
+    from microexport.boards import load_board
+
+    board = load_board("nucleo_f746zg")
+    assert [p.name for p in board.workspace_pools] == ["dtcm", "sram"]
+    _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
+    path, _ = build_model(builder)
+    result = microexport.compile(path, tmp_path / "m.tar", name="cnn", board="nucleo_f746zg")
+    pools = result.metadata["memory"]["pools"]
+    assert [(p["name"], p["size_limit"], p["section"]) for p in pools] == [
+        ("dtcm", 64 * 1024, ".dtcm_bss"), ("sram", None, None)]
+    assert pools[0]["bytes"] == result.metadata["memory"]["workspace_bytes"]  # it all fits

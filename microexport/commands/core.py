@@ -35,7 +35,8 @@ def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .. import api
 
-    result = api.compile(args.model, output=args.output, **_compile_kwargs(args))
+    result = api.compile(args.model, output=args.output, board=args.board,
+                         **_compile_kwargs(args))
     memory = result.metadata["memory"]
     print(
         f"wrote {result.archive}: workspace {memory['workspace_bytes']} B, "
@@ -66,6 +67,8 @@ COMMANDS = (
         cmd_compile,
         (Option(("model",), "model file", {"type": Path}),),
         (Option(("-o", "--output"), "archive to write (.tar)", {"type": Path, "required": True}),
+         Option(("--board",), "plan the workspace pools the board's file declares (e.g. DTCM "
+                "then SRAM), unless --workspace-pool is given", {"default": None}),
          *COMPILE_OPTIONS),
     ),
     Command(
