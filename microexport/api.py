@@ -178,7 +178,7 @@ def compile_model(
         constant_pool=bytes(pool),
         workspace_bytes=plan.workspace_bytes,
         workspace_mode=workspace,
-        alignment=alignment,
+        alignment=plan.alignment,
         main_symbol=aot.main_symbol,
         pools=tuple(WorkspacePool(p.name, p.nbytes, p.section) for p in pool_reports),
         io_placements=io_placements,
@@ -191,7 +191,7 @@ def compile_model(
         outputs=imported.outputs,
         memory=memory,
         workspace_mode=workspace,
-        alignment=alignment,
+        alignment=plan.alignment,
     )
     layout = ArchiveLayout
     files: dict[str, bytes] = {

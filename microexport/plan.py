@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .artifacts import PoolSpec
+from .artifacts import PoolSpec, dtype_bytes
 from .errors import Error
 from .lower import Schedule
 from .unpacked import ScratchLayout
@@ -57,7 +57,7 @@ class MemoryPlan:
     constants_bytes: int
     scratch_names: dict[int, str]  # call index → name of that call's scratch buffer
     lower_bound_bytes: int  # liveness lower bound of workspace + inputs + outputs
-    alignment: int
+    alignment: int  # the alignment used: the requested one, raised to the largest element size
     strategy: str  # the placement strategy that gave the smallest pool
     io_in_workspace: bool = False
 
@@ -114,7 +114,9 @@ def first_fit(
     for buf in order:
         for index, pool in enumerate(pools):
             offset = _lowest_offset(buf, [(o, p) for o, i, p in placed if i == index], alignment)
-            if pool.size_limit is None or offset + buf.nbytes <= pool.size_limit:
+            # Pools are rounded up to the alignment, so the aligned end must fit the limit.
+            end = align(offset + buf.nbytes, alignment)
+            if pool.size_limit is None or end <= pool.size_limit:
                 placement[buf.name] = (index, offset)
                 placed.append((buf, index, offset))
                 break
@@ -285,6 +287,10 @@ def plan_memory(
     """
     if alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"alignment must be a power of two, got {alignment}")
+    # Every buffer must at least be aligned for its elements (Cortex-M4/M7 fault otherwise).
+    element_sizes = [dtype_bytes(t.dtype) for t in schedule.tensors.values()]
+    element_sizes += [dtype_bytes(b.dtype) for layout in scratch.values() for b in layout.buffers]
+    alignment = max(alignment, *element_sizes)
     names = [pool.name for pool in pools]
     if not pools or len(set(names)) != len(names):
         raise ValueError(f"workspace pools need distinct names, got {names}")

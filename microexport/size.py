@@ -177,7 +177,7 @@ def size_report(elf_path: Path, board: Board, metadata: Mapping[str, Any]) -> Si
     pools = [p["name"] for p in metadata["memory"].get("pools", [{"name": "workspace"}])]
     # The run wrapper's pools, the harness's external pools, the serial protocol's workspace.
     workspace_symbols = ({f"{prefix}{p}_pool" for p in pools} | {f"pool_{p}" for p in pools}
-                         | {"me_workspace"})
+                         | {f"me_pool_{p}" for p in pools})
     # The harness's and the serial protocol's input and output buffers.
     io_symbols = {f"{owner}{direction}_{t['c_name']}" for owner in ("", "me_")
                   for direction in ("input", "output") for t in metadata[f"{direction}s"]}

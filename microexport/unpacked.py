@@ -35,6 +35,7 @@ class ScratchBuffer:
     name: str
     offset: int
     nbytes: int
+    dtype: str = "uint8"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ def rewrite_stmt(stmt: tirx.Stmt, rewrite: StmtRewriter) -> tirx.Stmt:
             rewrite_stmt(stmt.body, rewrite),
             stmt.thread_binding,
             stmt.annotations,
+            step=stmt.step,
+            span=stmt.span,
         )
     if isinstance(stmt, tirx.IfThenElse):
         else_case = None if stmt.else_case is None else rewrite_stmt(stmt.else_case, rewrite)
@@ -116,7 +119,7 @@ def _layout(buffers: list[tirx.Buffer], stack_bytes: int) -> ScratchLayout:
     offset = 0
     for buf in buffers:
         nbytes = _static_nbytes(buf)
-        placed.append(ScratchBuffer(buf.name, offset, nbytes))
+        placed.append(ScratchBuffer(buf.name, offset, nbytes, str(buf.dtype)))
         offset = _align(offset + nbytes, SCRATCH_ALIGNMENT)
     return ScratchLayout(tuple(placed), stack_bytes)
 

@@ -182,3 +182,24 @@ def test_io_in_workspace_places_inputs_and_outputs() -> None:
     # never smaller than the lower bound and never larger than everything side by side
     everything = 16 + 400 + 400 + 16
     assert plan.lower_bound_bytes <= plan.workspace_bytes <= everything
+
+
+def test_alignment_is_raised_to_the_largest_element_size() -> None:
+    tensors = {
+        "x": TensorInfo("x", (3,), "float32", "input"),
+        "c0": TensorInfo("c0", (5,), "int8", "constant"),
+        "c1": TensorInfo("c1", (3,), "float32", "constant"),
+        "y": TensorInfo("y", (3,), "float32", "output"),
+    }
+    consts = {"c0": np.zeros(5, np.int8), "c1": np.zeros(3, np.float32)}
+    schedule = Schedule(tensors, (KernelCall("k", ("x", "c0", "c1"), ("y",)),), ("x",), ("y",),
+                        {}, consts)
+    plan = plan_memory(schedule, {}, alignment=1)
+    assert plan.alignment == 4
+    assert plan.constant_offsets == {"c0": 0, "c1": 8}
+
+
+def test_pool_limits_hold_after_rounding_up() -> None:
+    schedule = chain_schedule([5, 5, 4])  # 20-byte intermediates, 16-byte alignment
+    plan = plan_memory(schedule, {}, pools=(PoolSpec("a", 20), PoolSpec("b", None)))
+    assert plan.pool_bytes["a"] <= 20

@@ -4,6 +4,7 @@ device C compiled for the host and served on a pseudo-terminal."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import select
 import struct
@@ -11,7 +12,7 @@ import subprocess
 import time
 import tty
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -319,12 +320,12 @@ def test_render_device_sources() -> None:
     ):
         assert declaration in header
     assert '#include "tvmgen_fixture.h"' in source
-    assert "status = tvmgen_fixture_run(&inputs, &outputs);" in source
+    assert "status = tvmgen_fixture_run(&me_inputs, &me_outputs);" in source
     assert "TVMGEN_FIXTURE_X_0_SIZE" in source and "TVMGEN_FIXTURE_COUNT_SIZE" in source
     assert f"0x{model_signature(metadata):08X}u" in source
     assert "malloc" not in source and "stdio" not in source
     external = render_device_sources(fixture_metadata("external"))["microexport_protocol.c"]
-    assert "tvmgen_fixture_run(&inputs, &outputs, &pools)" in external
+    assert "tvmgen_fixture_run(&me_inputs, &me_outputs, &me_pools)" in external
 
 
 def test_device_template_override(tmp_path: Path) -> None:
@@ -695,3 +696,46 @@ def test_board_streams_chunked_outputs(board: Path) -> None:
     assert ResultSummary.decode(frames[-1].payload) == ResultSummary(2, 40, crc32(data))
     want = expected_outputs(inputs)
     assert data == want["y"].tobytes() + want["count"].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("workspace", "io_in_workspace"), [("external", False), ("static", True), ("external", True)]
+)
+def test_real_model_with_pools_over_a_pty(workspace: str, io_in_workspace: bool,
+                                          build_model: Callable, tmp_path: Path) -> None:
+    """A compiled zoo model with two workspace pools, served by the host board: the device code
+    passes every pool and, with inputs/outputs in the workspace, writes and reads them there."""
+    import tarfile
+
+    from zoo import mlp_onnx
+
+    import microexport
+    from microexport.artifacts import PoolSpec
+
+    cc = require_program("gcc", "gcc")
+    path, inputs = build_model(mlp_onnx)
+    archive = microexport.compile(
+        path, tmp_path / "mlp.tar", name="mlp", workspace=workspace,
+        io_in_workspace=io_in_workspace, pools=(PoolSpec("fast", 64), PoolSpec("slow", None)),
+    ).archive
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "archive", filter="data")
+    root = tmp_path / "archive"
+    metadata = json.loads((root / "metadata.json").read_text())
+    assert [p["name"] for p in metadata["memory"]["pools"]] == ["fast", "slow"]
+    for name, text in render_device_sources(metadata).items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "host_board_main.c").write_text(render_host_board(metadata))
+    program = tmp_path / "mlp_board"
+    sources = [*sorted((root / "codegen/host/src").glob("*.c")),
+               tmp_path / "microexport_protocol.c", tmp_path / "host_board_main.c"]
+    run_command([cc, *WARNINGS, "-I", root / "codegen/host/include", "-I", tmp_path, *sources,
+                 "-o", program, "-lm"], check=True)
+    expected = microexport.run(microexport.compile(path, tmp_path / "plain.tar", name="mlp")
+                               .archive, inputs)
+    with serve(program) as port:
+        for _ in range(2):
+            outputs, stats = run_inference(port, metadata, inputs, timeout=5)
+            assert stats.status == 0
+            for name, array in expected.items():
+                np.testing.assert_array_equal(outputs[name], array)

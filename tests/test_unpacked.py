@@ -90,3 +90,12 @@ def test_float_abs_lowers_to_libm() -> None:
     unpacked, _ = make_unpacked(tir_pipeline()(mod))
     _, lib = generate_c(unpacked, "m", "tvmgen_m_")
     assert "fabsf(a[" in lib.source
+
+
+def test_rewrite_keeps_loop_steps() -> None:
+    from microexport.unpacked import rewrite_stmt
+
+    i = tirx.Var("i", "int32")
+    loop = tirx.For(i, 0, 8, tirx.ForKind.SERIAL, tirx.Evaluate(tirx.IntImm("int32", 0)),
+                    step=tirx.IntImm("int32", 2))
+    assert int(rewrite_stmt(loop, lambda s: None).step) == 2
