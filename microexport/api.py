@@ -320,8 +320,12 @@ def read_inputs(specs: list[str], input_specs: list[dict[str, Any]]) -> dict[str
             raise InputError(f"unknown input '{name}': the model's inputs are {', '.join(names)}")
         try:
             arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read input '{name}' from {path}: {err}") from None
+        except OSError as err:
+            raise InputError(f"cannot read input '{name}' from {path}: "
+                             f"{err.strerror or err}") from None
+        except ValueError:
+            raise InputError(f"input '{name}': {path} is not a .npy array file "
+                             "(write one with numpy.save)") from None
     missing = [n for n in names if n not in arrays]
     if missing:
         raise InputError(f"missing --input for {', '.join(missing)}")

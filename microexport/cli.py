@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .commands import core, deploy, tir
@@ -18,9 +19,16 @@ from .errors import Error
 COMMANDS = (*core.COMMANDS, *deploy.COMMANDS, *tir.COMMANDS)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (exit status 2), pointing at --help instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every command."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="microexport",
         description="Compile neural networks to TVM-free C for microcontrollers.",
     )

@@ -11,6 +11,7 @@ The variables each template receives are listed in docs/templates.md.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ GLUE_TEMPLATES: dict[str, str] = {
 
 WORKSPACE_MODES = ("static", "external")
 HEX_BYTES_PER_ROW = 16
+_SECTION = re.compile(r"^[.\w]+$")
 # Names the AOT main already uses for its pool parameters.
 RESERVED_PARAMETERS = frozenset({"constants", "workspace"})
 # Upper-case tensor names that would collide with the pool macros TVMGEN_<NAME>_<X>_SIZE.
@@ -226,6 +228,10 @@ class GlueContext:
                 raise Error(f"workspace pool name '{name}' is not a usable C identifier")
         if len(set(names)) != len(names):
             raise Error(f"workspace pool names must differ, got {', '.join(names)}")
+        for pool in self.workspace_pools:
+            if pool.section is not None and not _SECTION.match(pool.section):
+                raise Error(f"workspace pool '{pool.name}': bad linker section name "
+                            f"'{pool.section}' (letters, digits, '_' and '.' only)")
         if self.pools and sum(p.nbytes for p in self.pools) != self.workspace_bytes:
             raise Error("workspace_bytes must be the total of the workspace pools")
         clashes = sorted(set(names) & {t.c_name for t in self.inputs + self.outputs})

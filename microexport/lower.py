@@ -296,16 +296,18 @@ def _bind_outputs(
     if len(results) != len(specs):
         raise ModelError(f"the model returns {len(results)} tensors but declares {len(specs)}")
     outputs = []
+    roots: set[str] = set()
     for name, spec in zip(results, specs, strict=True):
         root = name
         while root in builder.views:
             root = builder.views[root]
         kind = builder.tensors[root].kind
-        if kind != "intermediate" or root in outputs or name in outputs:
+        if kind != "intermediate" or root in roots:
             raise ModelError(
-                f"output '{spec.name}' is a model input, a constant or another output: "
-                "microexport needs every output computed by a kernel"
+                f"output '{spec.name}' is a model input, a constant or (a reshape of) another "
+                "output: microexport needs every output computed by its own kernel"
             )
+        roots.add(root)
         for tensor in (name, root):
             info = builder.tensors[tensor]
             builder.tensors[tensor] = TensorInfo(info.name, info.shape, info.dtype, "output")

@@ -45,6 +45,7 @@ from .platforms.base import (
 
 PROJECT_FILE = "microexport.json"
 BOARD_FILE = "board.yaml"
+TEMPLATES_DIR = "templates"  # the project's copy of --templates
 PROJECT_FORMAT = 1
 
 
@@ -56,7 +57,7 @@ class ProjectInfo:
     platform: str
     model: str
     microexport_version: str
-    templates: str | None = None  # template directory given at creation (absolute), if any
+    templates: str | None = None  # the project's copy of the --templates directory, if any
 
     def to_json(self) -> str:
         """The JSON text of `microexport.json`."""
@@ -120,9 +121,13 @@ def create_project(
     staging = parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         project = chosen.create(Path(archive), staging)
+        if template_dir is not None:
+            # A copy, so the project builds the same wherever it moves and whatever happens to
+            # the original directory.
+            shutil.copytree(template_dir, staging / TEMPLATES_DIR)
         info = ProjectInfo(board=board_info.name, platform=chosen.name, model=project.name,
                            microexport_version=__version__,
-                           templates=str(template_dir) if template_dir else None)
+                           templates=TEMPLATES_DIR if template_dir else None)
         (staging / PROJECT_FILE).write_text(info.to_json(), encoding="utf-8")
         (staging / BOARD_FILE).write_text(dump_board(board_info), encoding="utf-8")
         _move_into_place(staging, output)
@@ -186,7 +191,7 @@ def open_project(directory: str | Path) -> OpenProject:
     if info.platform not in PLATFORMS:
         raise Error(f"{directory}: platform '{info.platform}' is not available: available are "
                     f"{', '.join(PLATFORMS)}")
-    templates = Path(info.templates) if info.templates else None
+    templates = directory / info.templates if info.templates else None
     platform = get_platform(board, info.platform, templates=templates)
     project = Project.from_directory(directory / MODEL_DIR, directory / BUILD_DIR, directory)
     return OpenProject(project, platform, info)

@@ -74,3 +74,20 @@ def test_cli_test_command_on_qemu(board: str, build_model: BuildModel, qemu: Non
     out = capsys.readouterr().out
     assert status == 0, out
     assert out.strip().endswith(f"PASS: {model} on {board} vs onnxruntime")
+
+
+@pytest.mark.parametrize("io_in_workspace", [False, True])
+def test_external_pools_with_sections_on_cortex_m(io_in_workspace: bool,
+                                                  build_model: BuildModel) -> None:
+    """--workspace external with two pools (one in a linker section) runs bare metal."""
+    from microexport.artifacts import PoolSpec
+
+    require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    require_program("qemu-system-arm", "qemu-system-arm")
+    path, _ = build_model(mlp_onnx)
+    report = microexport.test(
+        path, board="mps2_an385", name="mlp", workspace="external",
+        io_in_workspace=io_in_workspace,
+        pools=(PoolSpec("fast", 256, ".bss.fast"), PoolSpec("slow", None)),
+    )
+    assert report.passed, report.summary()

@@ -7,6 +7,7 @@ builds the argparse parser from all of them.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,23 +77,21 @@ BUILD_DIR = Option(("--build-dir",), "keep build files here (default: a temporar
                    {"type": Path})
 
 
+_POOL = re.compile(r"^([A-Za-z_]\w*):(?:(\d+)([KkMm]?)|unlimited)(?::([.\w]+))?$")
+
+
 def parse_pool(text: str) -> PoolSpec:
-    """`NAME:SIZE[:SECTION]` → PoolSpec; SIZE in bytes, with K/M suffixes, or `unlimited`."""
-    parts = text.split(":")
-    try:
-        if len(parts) not in (2, 3) or not parts[0].isidentifier():
-            raise ValueError
-        size = parts[1].strip().upper()
-        factor = {"K": 1024, "M": 1024 * 1024}.get(size[-1:], 1)
-        limit = None if size == "UNLIMITED" else int(size.rstrip("KM")) * factor
-        if limit is not None and limit <= 0:
-            raise ValueError
-    except ValueError:
+    """`NAME:SIZE[:SECTION]` → PoolSpec; SIZE in bytes with an optional K/M suffix, or
+    `unlimited`; SECTION a linker section name such as `.dtcm_bss`."""
+    match = _POOL.match(text)
+    if match is None or (match.group(2) is not None and int(match.group(2)) == 0):
         raise argparse.ArgumentTypeError(
             f"bad --workspace-pool '{text}': expected NAME:SIZE[:SECTION], e.g. dtcm:64K:.dtcm "
             "or sram:unlimited"
-        ) from None
-    return PoolSpec(parts[0], limit, parts[2] if len(parts) == 3 else None)
+        )
+    name, digits, unit, section = match.groups()
+    factor = {"": 1, "k": 1024, "m": 1024 * 1024}[(unit or "").lower()]
+    return PoolSpec(name, None if digits is None else int(digits) * factor, section)
 
 
 POOL = Option(

@@ -78,9 +78,10 @@ COMMANDS = (
         cmd_run,
         (Option(("archive",), "Model Library Format archive (.tar) or project directory",
                 {"type": Path}),),
-        (BOARD, INPUT, Option(("-o", "--output"), "directory for output .npy files",
-                              {"type": Path, "required": True}), BUILD_DIR, TEMPLATES,
-         *RUN_OPTIONS),
+        (Option(("--board",), "board to run an archive on (default host; a project knows its "
+                "board)", {"default": None}),
+         INPUT, Option(("-o", "--output"), "directory for output .npy files",
+                       {"type": Path, "required": True}), BUILD_DIR, TEMPLATES, *RUN_OPTIONS),
     ),
     Command(
         "test",

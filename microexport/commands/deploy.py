@@ -130,9 +130,13 @@ def run_target(args: argparse.Namespace) -> int:
     target = Path(args.archive)
     if is_project(target):
         opened = open_project(target)
-        if args.board not in ("host", opened.info.board):  # "host": the option's default
+        if args.board not in (None, opened.info.board):
             raise Error(f"{target} is a project for board '{opened.info.board}': drop "
                         f"--board {args.board} or create a project for that board")
+        for flag, value in (("--templates", args.templates), ("--build-dir", args.build_dir)):
+            if value is not None:
+                raise Error(f"{flag} does not apply to a project (its templates and build "
+                            f"directory were fixed by 'project create'): drop {flag}")
         if args.platform not in (None, opened.info.platform):
             raise Error(f"{target} is a project for platform '{opened.info.platform}': drop "
                         f"--platform {args.platform} or create another project")
@@ -146,7 +150,7 @@ def run_target(args: argparse.Namespace) -> int:
     else:
         from ..package import read_metadata
 
-        platform = get_platform(resolve_board(args.board), args.platform,
+        platform = get_platform(resolve_board(args.board or "host"), args.platform,
                                 templates=args.templates)
         platform.check_options(options)
         if args.dry_run:
