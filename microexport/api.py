@@ -92,13 +92,15 @@ def compile_model(
     pools: tuple[PoolSpec, ...] = (),
     io_in_workspace: bool = False,
     tir_stages: tuple[str, ...] = ("codegen",),
+    kernel_stack_limit: int = 0,
 ) -> Compilation:
     """Run the pipeline lower → plan → aot → codegen → glue on an imported model.
 
     `pools` splits the workspace into named pools with size limits (default: one unlimited pool
     `workspace`); `io_in_workspace` plans the inputs and outputs inside the workspace too.
-    `tir_stages` (of `TIR_STAGES`) selects the stages written as `src/tir-<stage>.json`
-    (docs/tir-json.md); `src/graph.json` is always written.
+    `kernel_stack_limit` keeps kernel buffers of at most that many bytes as C locals instead of
+    workspace scratch (0: none). `tir_stages` (of `TIR_STAGES`) selects the stages written as
+    `src/tir-<stage>.json` (docs/tir-json.md); `src/graph.json` is always written.
     """
     from .aot import build_aot_module, symbol_prefix
     from .codegen import generate_c
@@ -114,7 +116,9 @@ def compile_model(
     if templates is not None and not Path(templates).is_dir():
         raise Error(f"templates directory '{templates}' does not exist")
     check_tir_stages(tir_stages)
-    lowered = lower(imported, target)
+    if kernel_stack_limit < 0:
+        raise Error(f"--kernel-stack-limit must not be negative, got {kernel_stack_limit}")
+    lowered = lower(imported, target, kernel_stack_limit)
     try:
         plan = plan_memory(lowered.schedule, lowered.scratch, alignment,
                            pools or (PoolSpec(),), io_in_workspace)
@@ -258,6 +262,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     io_in_workspace: bool = False,
     tir_stages: tuple[str, ...] = ("codegen",),
     board: str | None = None,
+    kernel_stack_limit: int = 0,
 ) -> CompileResult:
     """Compile a model file (or Relax IRModule) to a Model Library Format archive.
 
@@ -278,6 +283,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
         pools=pools or board_pools(board),
         io_in_workspace=io_in_workspace,
         tir_stages=tir_stages,
+        kernel_stack_limit=kernel_stack_limit,
     )
     archive = Path(output) if output is not None else Path(f"{name}.tar")
     write_archive(archive, compilation.files)

@@ -18,7 +18,7 @@ from .artifacts import TensorSpec, dtype_bytes
 from .errors import DynamicShape, ModelError, UnsupportedOperator
 from .frontend import ImportedModel
 from .schedules import schedule_for_c
-from .unpacked import ScratchLayout, make_unpacked
+from .unpacked import DEFAULT_STACK_LIMIT, ScratchLayout, make_unpacked
 
 SUPPORTED_TARGETS = ("c",)
 
@@ -131,8 +131,14 @@ def tir_pipeline() -> tvm.transform.Pass:
     )
 
 
-def lower(model: ImportedModel, target: str = "c") -> LoweredModel:
-    """Lower an imported model: fuse in Relax, extract the schedule, lower kernels to flat TIR."""
+def lower(
+    model: ImportedModel, target: str = "c", kernel_stack_limit: int = DEFAULT_STACK_LIMIT
+) -> LoweredModel:
+    """Lower an imported model: fuse in Relax, extract the schedule, lower kernels to flat TIR.
+
+    Kernel-internal buffers of at most `kernel_stack_limit` bytes stay C locals; all others
+    become scratch in the workspace.
+    """
     tvm_target = check_target(target)
     _check_static(model.mod)
     with tvm_target:
@@ -145,7 +151,7 @@ def lower(model: ImportedModel, target: str = "c") -> LoweredModel:
         if isinstance(func, tirx.PrimFunc) and gv.name_hint in used
     }
     block_kernels = tvm.IRModule(prim_funcs)
-    kernels, scratch = make_unpacked(tir_pipeline()(block_kernels))
+    kernels, scratch = make_unpacked(tir_pipeline()(block_kernels), kernel_stack_limit)
     return LoweredModel(
         scheduled=scheduled,
         schedule=schedule,

@@ -214,3 +214,20 @@ def test_board_file_pools_are_planned(build_model: BuildModel, tmp_path: Path) -
     assert [(p["name"], p["size_limit"], p["section"]) for p in pools] == [
         ("dtcm", 64 * 1024, ".dtcm_bss"), ("sram", None, None)]
     assert pools[0]["bytes"] == result.metadata["memory"]["workspace_bytes"]  # it all fits
+
+
+def test_kernel_stack_limit_keeps_accumulators_local(build_model: BuildModel,
+                                                     tmp_path: Path) -> None:
+    """By default every kernel buffer is workspace scratch; --kernel-stack-limit keeps small
+    ones as C locals (reported as stack bytes), with the same outputs."""
+    _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
+    path, inputs = build_model(builder)
+    default = microexport.compile(path, tmp_path / "a.tar", name="cnn")
+    local = microexport.compile(path, tmp_path / "b.tar", name="cnn", kernel_stack_limit=16)
+    functions = default.metadata["memory"]["functions"]
+    assert all(f["stack_bytes"] == 0 for f in functions.values())
+    assert any(f["stack_bytes"] > 0 for f in local.metadata["memory"]["functions"].values())
+    expected = microexport.run(default.archive, inputs)
+    got = microexport.run(local.archive, inputs)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])

@@ -77,7 +77,9 @@ def test_kernel_params_read_and_written(zoo_compilation: ZooCompilation) -> None
     doc = json.loads(compilation.files["src/tir-codegen.json"])
     functions = {f["name"]: f for f in doc["modules"][0]["functions"]}
     params = kernel_params(functions["tvmgen_mlp_onnx_fused_matmul_add_relu"])
-    assert [p.access for p in params] == ["read", "read", "read", "write"]
+    # inputs, weights, bias, output, then the kernel's scratch (its accumulator)
+    assert [p.access for p in params] == ["read", "read", "read", "write", "readwrite"]
+    assert params[4].name == "scratch"
     assert params[1].declared_bytes == 16 * 32 * 4
     assert find_main(doc["modules"][0])["name"] == "tvmgen_mlp_onnx___tvm_main__"
 

@@ -124,8 +124,15 @@ TIR_STAGE = Option(
     {"action": "append", "choices": list(TIR_STAGES), "default": [],
      "metavar": "STAGE", "dest": "tir_stages"},
 )
+KERNEL_STACK_LIMIT = Option(
+    ("--kernel-stack-limit",),
+    "keep kernel-internal buffers of at most BYTES (e.g. one-element accumulators) as C locals "
+    "the compiler can hold in registers, instead of workspace scratch (default 0: every buffer "
+    "in the workspace)",
+    {"type": int, "default": 0, "metavar": "BYTES"},
+)
 COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
-                   TEMPLATES, TIR_STAGE)
+                   KERNEL_STACK_LIMIT, TEMPLATES, TIR_STAGE)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "templates": args.templates,
         "pools": tuple(args.pools),
         "io_in_workspace": args.io_in_workspace,
+        "kernel_stack_limit": args.kernel_stack_limit,
         "tir_stages": tuple(dict.fromkeys(args.tir_stages)) or ("codegen",),
     }
 
