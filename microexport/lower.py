@@ -140,7 +140,6 @@ def lower(
     become scratch in the workspace.
     """
     tvm_target = check_target(target)
-    _check_static(model.mod)
     with tvm_target:
         scheduled = relax_pipeline()(model.mod)
     schedule = extract_schedule(scheduled, model)
@@ -159,16 +158,6 @@ def lower(
         kernels=kernels,
         scratch=scratch,
     )
-
-
-def _check_static(mod: tvm.IRModule) -> None:
-    for param in mod["main"].params:
-        shape = getattr(param.ty, "shape", None)
-        if shape is None or any(not isinstance(v, tirx.IntImm) for v in shape):
-            raise DynamicShape(
-                f"input '{param.name}' has a dynamic shape {shape}: fix it with "
-                f"--input-shape {param.name}:1x3x48x192 (your sizes)"
-            )
 
 
 class _ScheduleBuilder:
