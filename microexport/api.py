@@ -127,7 +127,7 @@ def compile_model(
     aot = build_aot_module(
         name, lowered.schedule, lowered.kernels, plan, imported.inputs, imported.outputs
     )
-    final, lib = generate_c(aot.mod, name, symbol_prefix(name))
+    final, lib = generate_c(aot.mod, name, symbol_prefix(name), templates)
     scheduled = build_aot_module(
         name, lowered.schedule, lowered.block_kernels, plan, imported.inputs, imported.outputs,
         pass_scratch=False,

@@ -11,12 +11,14 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import tvm
 from tvm import ir, tirx
 
-from .templating import render_template
+from .glue import glue_environment, render
 
+LIB_TEMPLATE = "codegen/lib.c.j2"
 # Symbols that would tie the generated C to the TVM runtime.
 FORBIDDEN_SYMBOLS = ("TVMFFI", "TVMBackend", "TVMAPI", "__tvm_ffi", "tvm/")
 
@@ -74,8 +76,11 @@ def build_c(mod: tvm.IRModule, target: tvm.target.Target) -> str:
     return build(mod, target).inspect_source()
 
 
-def make_tvm_free(raw: str, model_name: str, filename: str) -> GeneratedC:
-    """Strip TVM runtime scaffolding from raw C codegen output and render it into our template."""
+def make_tvm_free(
+    raw: str, model_name: str, filename: str, templates: Path | None = None
+) -> GeneratedC:
+    """Strip TVM runtime scaffolding from raw C codegen output and render it into our template
+    (`templates` overrides it like `--templates`)."""
     lines = []
     for line in _EXTERN_C_GUARD.sub("", raw).splitlines():
         if any(p.match(line) for p in _DROPPED_LINES) or _LIBM_DECL.match(line):
@@ -85,13 +90,16 @@ def make_tvm_free(raw: str, model_name: str, filename: str) -> GeneratedC:
     for symbol in FORBIDDEN_SYMBOLS:
         if symbol in body:
             raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
-    source = render_template("codegen/lib.c.j2", model_name=model_name, body=body)
+    source = render(glue_environment(templates), LIB_TEMPLATE,
+                    {"model_name": model_name, "body": body})
     return GeneratedC(filename=filename, source=source)
 
 
-def generate_c(mod: tvm.IRModule, model_name: str, prefix: str) -> tuple[tvm.IRModule, GeneratedC]:
+def generate_c(
+    mod: tvm.IRModule, model_name: str, prefix: str, templates: Path | None = None
+) -> tuple[tvm.IRModule, GeneratedC]:
     """Finalize `mod`, generate C and make it TVM-free. Returns the codegen-stage module too."""
     final = finalize_passes()(mod)
     target = next(iter(final.functions.values())).attrs["target"]
     raw = build_c(final, target)
-    return final, make_tvm_free(raw, model_name, f"{prefix}lib.c")
+    return final, make_tvm_free(raw, model_name, f"{prefix}lib.c", templates)

@@ -22,8 +22,3 @@ def template_environment(user_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-
-
-def render_template(name: str, user_dir: Path | None = None, **context: object) -> str:
-    """Render one template by its path under `templates/`."""
-    return template_environment(user_dir).get_template(name).render(**context)

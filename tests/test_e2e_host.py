@@ -231,3 +231,18 @@ def test_kernel_stack_limit_keeps_accumulators_local(build_model: BuildModel,
     got = microexport.run(local.archive, inputs)
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_templates_override_the_kernel_library_too(build_model: BuildModel,
+                                                   tmp_path: Path) -> None:
+    _, builder, _ = next(entry for entry in ZOO if entry[0] == "mlp_onnx")
+    path, inputs = build_model(builder)
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "lib.c.j2").write_text(
+        '/* ACME build of {{ model_name }} */\n{% include "builtin/codegen/lib.c.j2" %}')
+    result = microexport.compile(path, tmp_path / "m.tar", name="mlp", templates=templates)
+    with tarfile.open(result.archive) as tar:
+        lib = tar.extractfile("codegen/host/src/tvmgen_mlp_lib.c").read().decode()
+    assert lib.startswith("/* ACME build of mlp */\n")
+    assert microexport.run(result.archive, inputs)
