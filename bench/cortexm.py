@@ -15,12 +15,12 @@ import tempfile
 from pathlib import Path
 
 from common import build, markdown_table, zoo_names
-from microexport.boards import load_board
 
 import microexport
 from microexport.api import import_model, sample_inputs
-from microexport.platforms import RunOptions, get_platform
-from microexport.size import size_report
+from microexport.deploy.boards import load_board
+from microexport.deploy.platforms import RunOptions, get_platform
+from microexport.deploy.size import size_report
 
 DEFAULT_BOARDS = "mps2_an385,mps2_an386,mps2_an500"
 

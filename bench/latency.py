@@ -22,9 +22,9 @@ from common import TFLITE_MODELS, build, markdown_table
 
 import microexport
 from microexport.api import sample_inputs
-from microexport.glue import render_harness
-from microexport.package import extract_archive, read_metadata
-from microexport.subproc import run_command
+from microexport.archive.glue import render_harness
+from microexport.archive.mlf import extract_archive, read_metadata
+from microexport.deploy.subproc import run_command
 
 
 def ours_ns(archive: Path, inputs: dict[str, np.ndarray], repeat: int, work: Path) -> float:

@@ -18,9 +18,9 @@ from pathlib import Path
 from common import TFLITE_MODELS, build, markdown_table
 
 from microexport.api import import_model
-from microexport.lower import lower
-from microexport.plan import plan_memory
-from microexport.reference import tflm_arena_bytes
+from microexport.compiler.lower import lower
+from microexport.compiler.plan import plan_memory
+from microexport.deploy.reference import tflm_arena_bytes
 
 
 def measure(name: str, directory: Path) -> list[object]:

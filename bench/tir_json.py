@@ -2,10 +2,11 @@
 
     python bench/tir_json.py [--repeat 20]
 
-Export: `microexport.tir_json.dump` vs `tvm.ir.save_json`. Load: `microexport.tir_json.load`
-(schema validation included) vs `tvm.ir.load_json`; the validation alone is shown too. Size: bytes
-of the JSON text (ours compact). Every ratio divides figures measured in the same run (ours /
-TVM's: below 1 means ours is faster or smaller). Times are medians of `--repeat` runs.
+Export: `microexport.archive.tir_json.dump` vs `tvm.ir.save_json`. Load:
+`microexport.archive.tir_json.load` (schema validation included) vs `tvm.ir.load_json`; the
+validation alone is shown too. Size: bytes of the JSON text (ours compact). Every ratio divides
+figures measured in the same run (ours / TVM's: below 1 means ours is faster or smaller). Times
+are medians of `--repeat` runs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 import tvm
 from common import build, markdown_table, zoo_names
 
-from microexport import tir_json
 from microexport.api import TIR_STAGES, compile_model, import_model
-from microexport.tir_json.reader import parse
+from microexport.archive import tir_json
+from microexport.archive.tir_json.reader import parse
 
 
 def median_ms(func: Callable[[], object], repeat: int) -> float:

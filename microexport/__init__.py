@@ -3,7 +3,7 @@
 The pipeline: import → lower → plan → aot → codegen → glue → package → deploy.
 """
 
-from .api import CompileResult, TestReport, compile, run, test  # noqa: A004
+from microexport.api import CompileResult, TestReport, compile, run, test  # noqa: A004
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import (
+from microexport.errors import Error, InputError
+from microexport.model import (
     ConstantSpec,
     MemoryReport,
     PoolReport,
@@ -22,12 +23,11 @@ from .artifacts import (
     TensorSpec,
     c_identifier,
 )
-from .errors import Error, InputError
 
 if TYPE_CHECKING:
     import tvm
 
-    from .frontend import ImportedModel
+    from microexport.compiler.frontend import ImportedModel
 
 FLOAT_RTOL = 1e-4
 FLOAT_ATOL = 1e-5
@@ -74,7 +74,7 @@ def import_model(
     model: str | Path | tvm.IRModule, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> ImportedModel:
     """Import a model file or wrap a Relax IRModule."""
-    from .frontend import from_relax, load_model
+    from microexport.compiler.frontend import from_relax, load_model
 
     if isinstance(model, str | Path):
         return load_model(Path(model), input_shapes)
@@ -102,12 +102,12 @@ def compile_model(
     workspace scratch (0: none). `tir_stages` (of `TIR_STAGES`) selects the stages written as
     `src/tir-<stage>.json` (docs/tir-json.md); `src/graph.json` is always written.
     """
-    from .aot import build_aot_module, symbol_prefix
-    from .codegen import generate_c
-    from .glue import GlueContext, WorkspacePool, render_glue
-    from .lower import lower
-    from .package import ArchiveLayout, build_metadata, metadata_json, parameters_npz
-    from .plan import plan_memory
+    from microexport.archive.glue import GlueContext, WorkspacePool, render_glue
+    from microexport.archive.mlf import ArchiveLayout, build_metadata, metadata_json, parameters_npz
+    from microexport.compiler.aot import build_aot_module, symbol_prefix
+    from microexport.compiler.codegen import generate_c
+    from microexport.compiler.lower import lower
+    from microexport.compiler.plan import plan_memory
 
     if c_identifier(name) != name:
         raise Error(f"model name '{name}' is not a C identifier: try '{c_identifier(name)}'")
@@ -225,9 +225,9 @@ def tir_json_files(
     stages: dict[str, tvm.IRModule], tir_stages: tuple[str, ...]
 ) -> dict[str, bytes]:
     """`src/tir-<stage>.json` for each requested stage and `src/graph.json` (from `codegen`)."""
-    from . import tir_json
-    from .graph import graph_from_tir, graph_json
-    from .package import ArchiveLayout
+    from microexport.archive import tir_json
+    from microexport.archive.graph import graph_from_tir, graph_json
+    from microexport.archive.mlf import ArchiveLayout
 
     docs = {stage: tir_json.to_dict(stages[stage], stage) for stage in dict.fromkeys(tir_stages)}
     codegen = docs.get("codegen") or tir_json.to_dict(stages["codegen"], "codegen")
@@ -243,7 +243,7 @@ def board_pools(board: str | None) -> tuple[PoolSpec, ...]:
     """The workspace pools a board file asks for (none for no board)."""
     if board is None:
         return ()
-    from .boards import load_board
+    from microexport.deploy.boards import load_board
 
     return load_board(board).workspace_pools
 
@@ -270,7 +270,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     stages written as `src/tir-<stage>.json` (default: codegen). `board` takes the workspace
     pools from that board's file when `pools` is empty.
     """
-    from .package import write_archive
+    from microexport.archive.mlf import write_archive
 
     imported = import_model(model, input_shapes)
     compilation = compile_model(
@@ -302,8 +302,8 @@ def run(
 
     `templates` overrides the packaged test-harness templates by file name.
     """
-    from .boards import load_board
-    from .platforms import get_platform
+    from microexport.deploy.boards import load_board
+    from microexport.deploy.platforms import get_platform
 
     board_info = load_board(board)
     platform = get_platform(board_info, templates=Path(templates) if templates else None)
@@ -412,8 +412,8 @@ def test(
     `compile_options` are those of `compile_model` (`tir_stages`, `pools`, ...) plus
     `input_shapes`.
     """
-    from .package import write_archive
-    from .reference import run_reference
+    from microexport.archive.mlf import write_archive
+    from microexport.deploy.reference import run_reference
 
     model_path = Path(model)
     imported = import_model(model_path, compile_options.pop("input_shapes", None))

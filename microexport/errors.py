@@ -49,6 +49,14 @@ class MissingTool(Error):
         self.package = package
 
 
+class Unsupported(Error):
+    """The platform cannot do what was asked (flash an emulated board, `--port` without serial)."""
+
+
+class DoesNotFit(Error):
+    """The model needs more flash or RAM than the board has."""
+
+
 class TirJsonError(Error):
     """A `microexport-tir` / `microexport-graph` document is malformed or invalid, or a TIR node
     has no mapping in the format. The message starts with the JSON path of the problem."""

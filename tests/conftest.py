@@ -35,7 +35,7 @@ def zoo_compilation(
     from zoo import ZOO
 
     from microexport.api import TIR_STAGES, compile_model, import_model
-    from microexport.package import write_archive
+    from microexport.archive.mlf import write_archive
 
     directory = tmp_path_factory.mktemp("tir-archives")
     cache: dict[str, tuple[object, Path, Inputs]] = {}

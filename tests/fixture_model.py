@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from microexport.artifacts import ConstantSpec, MemoryReport, TensorSpec
-from microexport.glue import GlueContext, render_glue
-from microexport.package import ArchiveLayout, build_metadata, parameters_npz
+from microexport.archive.glue import GlueContext, render_glue
+from microexport.archive.mlf import ArchiveLayout, build_metadata, parameters_npz
+from microexport.model import ConstantSpec, MemoryReport, TensorSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_LIB = FIXTURES / "tvmgen_fixture_lib.c"

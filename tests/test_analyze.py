@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microexport.analyze import analyze, format_report
+from microexport.archive.analyze import analyze, format_report
 from microexport.cli import main as cli_main
 
 ZooCompilation = Callable[[str], tuple]

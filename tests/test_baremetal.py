@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixture_model import FIXTURES, expected_outputs, fixture_files, fixture_inputs
-from microexport.boards import MemoryRegion, load_board
 from support import require_program
 
-from microexport.errors import Error, MissingTool
-from microexport.package import ArchiveLayout, write_archive
-from microexport.platforms import DoesNotFit, RunOptions, Unsupported, get_platform
-from microexport.platforms.baremetal import (
+from microexport.archive.mlf import ArchiveLayout, write_archive
+from microexport.deploy.boards import MemoryRegion, load_board
+from microexport.deploy.platforms import DoesNotFit, RunOptions, Unsupported, get_platform
+from microexport.deploy.platforms.baremetal import (
     BaremetalPlatform,
     icount_shift,
     ticks_to_instructions,
 )
+from microexport.errors import Error, MissingTool
 
 QEMU_BOARDS = ["mps2_an385", "mps2_an386", "mps2_an500", "mps3_an547"]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from microexport.boards import (
+
+from microexport.deploy.boards import (
     Board,
     MemoryRegion,
     SerialConfig,
@@ -16,9 +17,8 @@ from microexport.boards import (
     parse_board,
     parse_size,
 )
-
+from microexport.deploy.platforms import PLATFORMS
 from microexport.errors import Error
-from microexport.platforms import PLATFORMS
 
 CORTEX_M = """
 name: example_m4

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixture_model import expected_outputs, fixture_files, fixture_inputs
-from microexport.boards import load_board
 from support import require_program
 
+from microexport.archive.mlf import write_archive
 from microexport.cli import main
-from microexport.package import write_archive
+from microexport.deploy.boards import load_board
 
 CATALOGUE = ["host", "mps2_an385", "mps2_an386", "mps2_an500", "mps2_an521", "mps3_an547",
              "nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi", "qemu_cortex_m3",

@@ -17,7 +17,7 @@ from zoo import ZOO, Builder, Inputs
 
 import microexport
 from microexport.api import compare
-from microexport.reference import run_reference
+from microexport.deploy.reference import run_reference
 
 ZOO_IDS = [name for name, _, _ in ZOO]
 BuildModel = Callable[[Builder], tuple[Path, Inputs]]
@@ -151,7 +151,7 @@ def test_external_workspace_runs_the_same(build_model: BuildModel, tmp_path: Pat
 @pytest.mark.parametrize("workspace", ["static", "external"])
 def test_pools_and_io_in_workspace_run_the_same(workspace: str, build_model: BuildModel,
                                                  tmp_path: Path) -> None:
-    from microexport.artifacts import PoolSpec
+    from microexport.model import PoolSpec
 
     _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
     path, inputs = build_model(builder)
@@ -180,8 +180,8 @@ def test_pools_and_io_in_workspace_run_the_same(workspace: str, build_model: Bui
 
 
 def test_pool_limits_too_small_are_refused(build_model: BuildModel, tmp_path: Path) -> None:
-    from microexport.artifacts import PoolSpec
     from microexport.errors import Error
+    from microexport.model import PoolSpec
 
     _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
     path, _ = build_model(builder)
@@ -203,7 +203,7 @@ def test_every_zoo_model_passes_the_test_command(name: str, build_model: BuildMo
 
 def test_board_file_pools_are_planned(build_model: BuildModel, tmp_path: Path) -> None:
     """A board declaring fast and slow memories gets a workspace split into those pools."""
-    from microexport.boards import load_board
+    from microexport.deploy.boards import load_board
 
     board = load_board("nucleo_f746zg")
     assert [p.name for p in board.workspace_pools] == ["dtcm", "sram"]

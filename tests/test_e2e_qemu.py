@@ -8,15 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from microexport.boards import load_board
 from support import require_program
 from zoo import ZOO, Builder, Inputs, mlp_onnx
 
 import microexport
 from microexport.api import compare
 from microexport.cli import main
-from microexport.platforms import DoesNotFit, get_platform
-from microexport.reference import run_reference
+from microexport.deploy.boards import load_board
+from microexport.deploy.platforms import DoesNotFit, get_platform
+from microexport.deploy.reference import run_reference
 
 ZOO_IDS = [name for name, _, _ in ZOO]
 BOARDS = ["mps2_an385", "mps2_an386"]
@@ -80,7 +80,7 @@ def test_cli_test_command_on_qemu(board: str, build_model: BuildModel, qemu: Non
 def test_external_pools_with_sections_on_cortex_m(io_in_workspace: bool,
                                                   build_model: BuildModel) -> None:
     """--workspace external with two pools (one in a linker section) runs bare metal."""
-    from microexport.artifacts import PoolSpec
+    from microexport.model import PoolSpec
 
     require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     require_program("qemu-system-arm", "qemu-system-arm")

@@ -12,9 +12,9 @@ import zoo
 from tvm import relax
 
 from microexport import errors
-from microexport.artifacts import TensorSpec
-from microexport.frontend import ImportedModel, from_relax, load_model, require
-from microexport.reference import run_reference
+from microexport.compiler.frontend import ImportedModel, from_relax, load_model, require
+from microexport.deploy.reference import run_reference
+from microexport.model import TensorSpec
 
 FLOAT_RTOL, FLOAT_ATOL, QUANTIZED_MAX_DIFF = 1e-4, 1e-5, 1
 

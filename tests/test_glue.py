@@ -11,9 +11,7 @@ import pytest
 from fixture_model import FIXTURE_LIB, FIXTURE_TEMPLATES, fixture_context, fixture_metadata
 from support import require_program
 
-from microexport.artifacts import ConstantSpec, TensorSpec
-from microexport.errors import Error
-from microexport.glue import (
+from microexport.archive.glue import (
     GlueContext,
     comment_safe,
     glue_environment,
@@ -21,6 +19,8 @@ from microexport.glue import (
     render_glue,
     render_harness,
 )
+from microexport.errors import Error
+from microexport.model import ConstantSpec, TensorSpec
 
 WERROR = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 ARM = ["-mcpu=cortex-m3", "-mthumb"]

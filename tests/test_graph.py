@@ -16,10 +16,16 @@ import numpy as np
 import pytest
 from zoo import ZOO
 
-from microexport import tir_json
-from microexport.artifacts import PoolSpec
+from microexport.archive import tir_json
+from microexport.archive.graph import (
+    find_main,
+    graph_from_tir,
+    graph_json,
+    kernel_params,
+    load_graph,
+)
 from microexport.errors import TirJsonError
-from microexport.graph import find_main, graph_from_tir, graph_json, kernel_params, load_graph
+from microexport.model import PoolSpec
 
 ZOO_IDS = [name for name, _, _ in ZOO]
 ZooCompilation = Callable[[str], tuple]

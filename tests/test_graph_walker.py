@@ -14,7 +14,7 @@ from support import require_program
 from zoo import ZOO
 
 import microexport
-from microexport.graph import load_graph, render_graph_walker
+from microexport.archive.graph import load_graph, render_graph_walker
 
 ZOO_IDS = [name for name, _, _ in ZOO]
 ZooCompilation = Callable[[str], tuple]
@@ -92,9 +92,9 @@ def softmax_module() -> object:
 
 
 def test_walker_passes_scratch_areas(tmp_path: Path) -> None:
-    from microexport.analyze import analyze
     from microexport.api import compile_model, import_model
-    from microexport.package import write_archive
+    from microexport.archive.analyze import analyze
+    from microexport.archive.mlf import write_archive
 
     compilation = compile_model(import_model(softmax_module()), name="sm")
     graph = load_graph(compilation.files["src/graph.json"])

@@ -17,16 +17,16 @@ from fixture_model import (
     fixture_inputs,
     fixture_metadata,
 )
-from microexport.boards import load_board
 from support import require_program
 
 import microexport
+from microexport.archive.mlf import ArchiveLayout, write_archive
+from microexport.deploy.boards import load_board
+from microexport.deploy.platforms import PLATFORMS, Capabilities, Platform, get_platform
+from microexport.deploy.platforms.base import decode_outputs, encode_inputs
+from microexport.deploy.platforms.host import HostPlatform, first_error
+from microexport.deploy.subproc import CommandFailed, debian_package, run_command
 from microexport.errors import Error, InputError, MissingTool
-from microexport.package import ArchiveLayout, write_archive
-from microexport.platforms import PLATFORMS, Capabilities, Platform, get_platform
-from microexport.platforms.base import decode_outputs, encode_inputs
-from microexport.platforms.host import HostPlatform, first_error
-from microexport.subproc import CommandFailed, debian_package, run_command
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def test_first_error() -> None:
 def test_run_command_logs_quoted_command(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="microexport.subproc"):
+    with caplog.at_level(logging.INFO, logger="microexport.deploy.subproc"):
         result = run_command([sys.executable, "-c", "print('hi there')"], cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == "hi there\n"
     assert "-c 'print('\"'\"'hi there'\"'\"')'" in caplog.text

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from fixture_model import PARAMS, fixture_files, fixture_metadata
 
-from microexport import __version__, package
-from microexport.artifacts import MemoryReport, TensorSpec
-from microexport.errors import Error
-from microexport.package import (
+from microexport import __version__
+from microexport.archive import mlf as package
+from microexport.archive.mlf import (
     METADATA_VERSION,
     ArchiveLayout,
     build_metadata,
@@ -28,6 +27,8 @@ from microexport.package import (
     read_parameters,
     write_archive,
 )
+from microexport.errors import Error
+from microexport.model import MemoryReport, TensorSpec
 
 FILES = {
     "metadata.json": b"{}\n",

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from microexport.lower import KernelCall, Schedule, TensorInfo
-from microexport.plan import (
+from microexport.compiler.lower import KernelCall, Schedule, TensorInfo
+from microexport.compiler.plan import (
     STRATEGIES,
     Interval,
     PoolOverflow,
@@ -21,7 +21,7 @@ from microexport.plan import (
     plan_memory,
     pool_size,
 )
-from microexport.unpacked import ScratchBuffer, ScratchLayout
+from microexport.compiler.unpacked import ScratchBuffer, ScratchLayout
 
 
 def chain_schedule(sizes: list[int]) -> Schedule:

@@ -31,11 +31,9 @@ from fixture_model import (
 from serial.tools.list_ports_common import ListPortInfo
 from support import require_program
 
-from microexport.artifacts import MemoryReport, TensorSpec
-from microexport.errors import Error, InputError
-from microexport.glue import render_glue
-from microexport.package import build_metadata
-from microexport.protocol import (
+from microexport.archive.glue import render_glue
+from microexport.archive.mlf import build_metadata
+from microexport.deploy.protocol import (
     CHUNK_HEADER_SIZE,
     ERROR_TEXTS,
     FRAME_OVERHEAD,
@@ -67,7 +65,9 @@ from microexport.protocol import (
     render_host_board,
     run_inference,
 )
-from microexport.subproc import run_command
+from microexport.deploy.subproc import run_command
+from microexport.errors import Error, InputError
+from microexport.model import MemoryReport, TensorSpec
 
 WARNINGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 BOARD_MAX_PAYLOAD = 24  # small: the fixture's 24-byte tensors travel in two chunks
@@ -710,7 +710,7 @@ def test_real_model_with_pools_over_a_pty(workspace: str, io_in_workspace: bool,
     from zoo import mlp_onnx
 
     import microexport
-    from microexport.artifacts import PoolSpec
+    from microexport.model import PoolSpec
 
     cc = require_program("gcc", "gcc")
     path, inputs = build_model(mlp_onnx)

@@ -10,8 +10,8 @@ import pytest
 import zoo
 
 from microexport import errors
-from microexport.frontend import load_model
-from microexport.reference import run_reference, tflm_arena_bytes
+from microexport.compiler.frontend import load_model
+from microexport.deploy.reference import run_reference, tflm_arena_bytes
 
 RUNTIME = {".onnx": "onnxruntime", ".tflite": "tflite-micro", ".pt2": "torch"}
 

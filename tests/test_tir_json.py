@@ -20,15 +20,15 @@ from tvm import ir, tirx
 from tvm.tirx.layout import S, TileLayout
 from zoo import ZOO
 
-from microexport import tir_json
 from microexport.api import TIR_STAGES
+from microexport.archive import tir_json
+from microexport.archive.tir_json.nodes import NODE_SPECS
+from microexport.archive.tir_json.reader import schema, walk
+from microexport.archive.tir_json.schema_gen import json_schema, schema_text
+from microexport.archive.tir_json.spec import ALL_KINDS
 from microexport.cli import main as cli_main
-from microexport.codegen import build_c, make_tvm_free
+from microexport.compiler.codegen import build_c, make_tvm_free
 from microexport.errors import Error, TirJsonError
-from microexport.tir_json.nodes import NODE_SPECS
-from microexport.tir_json.reader import schema, walk
-from microexport.tir_json.schema_gen import json_schema, schema_text
-from microexport.tir_json.spec import ALL_KINDS
 
 ZOO_IDS = [name for name, _, _ in ZOO]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -200,7 +200,7 @@ def test_every_reflected_tvm_field_is_mapped() -> None:
 
 
 def test_shipped_schema_is_generated_from_the_table() -> None:
-    shipped = FIXTURES.parent.parent / "microexport/tir_json/schema/tir.schema.json"
+    shipped = FIXTURES.parent.parent / "microexport/archive/tir_json/schema/tir.schema.json"
     assert shipped.read_text() == schema_text()
     assert schema() == json_schema()
     jsonschema.Draft202012Validator.check_schema(schema())
@@ -234,7 +234,7 @@ def test_primfunc_and_any_module_dump() -> None:
 
 
 def test_host_and_device_modules() -> None:
-    from microexport.tir_json.device import lower_for_target
+    from microexport.archive.tir_json.device import lower_for_target
 
     mod = runpy.run_path(str(FIXTURES / "tir_cuda.py"))["Module"]
     target = tvm.target.Target("cuda", host="c")
@@ -347,7 +347,7 @@ def test_validate_and_reader_need_no_tvm(zoo_compilation: ZooCompilation, tmp_pa
     path = tmp_path / "tir.json"
     path.write_bytes(compilation.files["src/tir-codegen.json"])
     code = NO_TVM + (
-        "from microexport import tir_json; from pathlib import Path; "
+        "from microexport.archive import tir_json; from pathlib import Path; "
         f"doc = tir_json.validate(Path({str(path)!r}).read_text()); "
         "assert 'tvm' not in sys.modules or sys.modules['tvm'] is None; print(doc['stage'])"
     )

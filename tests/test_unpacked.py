@@ -6,9 +6,9 @@ import tvm
 from tvm import ir, tirx
 from tvm.script import tirx as T
 
-from microexport.codegen import generate_c
-from microexport.lower import tir_pipeline
-from microexport.unpacked import make_unpacked
+from microexport.compiler.codegen import generate_c
+from microexport.compiler.lower import tir_pipeline
+from microexport.compiler.unpacked import make_unpacked
 
 
 @T.prim_func(private=True, s_tir=True)
@@ -56,7 +56,7 @@ def test_buffer_params_become_pointers_and_allocs_move_to_scratch() -> None:
     def no_alloc(stmt: tirx.Stmt) -> None:
         assert not isinstance(stmt, tirx.AllocBuffer)
 
-    from microexport.unpacked import rewrite_stmt
+    from microexport.compiler.unpacked import rewrite_stmt
 
     rewrite_stmt(func.body, lambda s: no_alloc(s))
 
@@ -93,7 +93,7 @@ def test_float_abs_lowers_to_libm() -> None:
 
 
 def test_rewrite_keeps_loop_steps() -> None:
-    from microexport.unpacked import rewrite_stmt
+    from microexport.compiler.unpacked import rewrite_stmt
 
     i = tirx.Var("i", "int32")
     loop = tirx.For(i, 0, 8, tirx.ForKind.SERIAL, tirx.Evaluate(tirx.IntImm("int32", 0)),

@@ -11,15 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 from fixture_model import fixture_files
-from microexport.boards import list_boards, load_board
 from support import require_program
 
+from microexport.archive.mlf import write_archive
 from microexport.cli import main
+from microexport.deploy.boards import list_boards, load_board
+from microexport.deploy.platforms import RunOptions, Unsupported
+from microexport.deploy.platforms.zephyr import ZephyrPlatform, find_board_port, zephyr_base
+from microexport.deploy.project import create_project
 from microexport.errors import Error
-from microexport.package import write_archive
-from microexport.platforms import RunOptions, Unsupported
-from microexport.platforms.zephyr import ZephyrPlatform, find_board_port, zephyr_base
-from microexport.project import create_project
 
 ZEPHYR_BOARDS = [name for name in list_boards() if "zephyr" in load_board(name).platforms]
 HARDWARE = ["nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi", "stm32f746g_disco"]
@@ -231,7 +231,7 @@ def test_fifo_port_talks_through_qemu_pipes(tmp_path: Path) -> None:
     """FifoPort against an echoing peer that opens the FIFOs as QEMU's `-serial pipe:` does."""
     import threading
 
-    from microexport.platforms.zephyr import FifoPort
+    from microexport.deploy.platforms.zephyr import FifoPort
 
     pipe = tmp_path / "qemu-fifo"
     for suffix in (".in", ".out"):

@@ -1,7 +1,8 @@
 """The Zephyr application's portable half on an emulated Cortex-M3, without Zephyr: its main.c and
 the serial protocol, with a bare-metal UART port (tests/fixtures/port_cmsdk_uart.c) standing in
 for port_zephyr.c, run in `qemu-system-arm -M mps2-an385` with UART0 on a TCP socket; the host
-side is `microexport.protocol.run_inference`, as `microexport run` uses it on a real board."""
+side is `microexport.deploy.protocol.run_inference`, as `microexport run` uses it on a real
+board."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 from fixture_model import FIXTURES, expected_outputs, fixture_files, fixture_inputs
-from microexport.boards import load_board
 from support import require_program
 
-from microexport import protocol
-from microexport.package import write_archive
-from microexport.platforms.baremetal import BaremetalPlatform
-from microexport.project import create_project
+from microexport.archive.mlf import write_archive
+from microexport.deploy import protocol
+from microexport.deploy.boards import load_board
+from microexport.deploy.platforms.baremetal import BaremetalPlatform
+from microexport.deploy.project import create_project
 
 BOARD = "mps2_an385"
 

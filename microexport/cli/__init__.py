@@ -1,0 +1,67 @@
+"""Command-line front end: each command is a thin call into `microexport.api`.
+
+User errors (`microexport.errors.Error`) print one line and exit with status 2; `-v` shows the
+traceback and the commands run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from microexport import __version__
+from microexport.cli import core, deploy, tir
+from microexport.errors import Error
+
+COMMANDS = (*core.COMMANDS, *deploy.COMMANDS, *tir.COMMANDS)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (exit status 2), pointing at --help instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every command."""
+    parser = _OneLineParser(
+        prog="microexport",
+        description="Compile neural networks to TVM-free C for microcontrollers.",
+    )
+    parser.add_argument("--version", action="version", version=f"microexport {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log commands run and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        for option in (*command.positionals, *command.options):
+            option.add_to(p)
+        p.set_defaults(handler=command.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `microexport` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="microexport: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except Error as err:
+        if args.verbose:
+            raise
+        print(f"microexport: error: {err.one_line()}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("microexport: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Build the AOT main as a TIR PrimFunc.
+
+`tvmgen_<name>___tvm_main__(inputs..., outputs..., uint8_t* constants, uint8_t* workspace)` calls
+every kernel in schedule order with typed pointers into the inputs, outputs, the constant pool and
+the workspace pool(s) at the byte offsets of the memory plan, and returns the first non-zero kernel
+status. A pool of size zero is left out of the signature; with inputs and outputs planned inside
+the workspace, they are not parameters either.
+Kernels and main end up in one IRModule of private functions, so the C codegen emits plain C calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import ir, tirx
+
+from microexport.compiler.lower import Schedule, TensorInfo
+from microexport.compiler.plan import MemoryPlan
+from microexport.compiler.unpacked import byte_pool, pool_pointer
+from microexport.model import TensorSpec, c_identifier
+
+CONSTANTS_PARAM = "constants"
+CONSTANTS_ATTR = "microexport.constants"
+IO_ATTR = "microexport.io"  # names of the main's input and output buffers, in model order
+
+
+@dataclass(frozen=True)
+class AotModule:
+    """Kernels and AOT main in one TIR IRModule, with the C symbol names used."""
+
+    mod: tvm.IRModule
+    main_symbol: str
+    kernel_symbols: dict[str, str]  # kernel name → C symbol
+
+
+def symbol_prefix(model_name: str) -> str:
+    """`tvmgen_<name>_`: the prefix of every generated C symbol."""
+    return f"tvmgen_{c_identifier(model_name)}_"
+
+
+def build_aot_module(
+    model_name: str,
+    schedule: Schedule,
+    kernels: tvm.IRModule,
+    plan: MemoryPlan,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    *,
+    pass_scratch: bool = True,
+) -> AotModule:
+    """Rename kernels to `tvmgen_<name>_<kernel>` and add the AOT main that calls them.
+
+    Every tensor the main touches is declared as a named buffer (shape, dtype) on its pointer, so
+    the graph (tensors, pools, offsets, producers, consumers) can be read back from the main alone.
+    The constants travel with the main as its `microexport.constants` attribute (name → tensor);
+    `microexport.io` lists the buffer names of the model inputs and outputs in order.
+    `pass_scratch=False` leaves out the kernels' scratch arguments (for kernels not yet unpacked).
+    """
+    prefix = symbol_prefix(model_name)
+    kernel_vars = {gv.name_hint: ir.GlobalVar(prefix + gv.name_hint) for gv in kernels.functions}
+    funcs = {kernel_vars[gv.name_hint]: f for gv, f in kernels.functions.items()}
+
+    params: list[tirx.Var] = []
+    buffers: dict[str, tirx.Buffer] = {}
+    body: list[tirx.Stmt] = []
+    io_specs = zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True)
+    io_names = {schedule.root(tensor): spec.c_name for tensor, spec in io_specs}
+    # A pool of size zero is left out of the signature: C compilers warn about unused parameters.
+    pool_sizes = {CONSTANTS_PARAM: plan.constants_bytes, **plan.pool_bytes}
+    pools = {name: byte_pool(name, size) for name, size in pool_sizes.items() if size}
+    if not plan.io_in_workspace:
+        for tensor, spec in zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True):
+            dtype = schedule.tensors[tensor].dtype
+            var = tirx.Var(spec.c_name, ir.PointerType(ir.PrimType(dtype)))
+            params.append(var)
+            root = schedule.root(tensor)
+            buffers[root] = _declare(schedule.tensors[root], var, body, spec.c_name)
+    params += [ptr for ptr, _ in pools.values()]
+    body[:0] = [tirx.DeclBuffer(pool, data=ptr) for ptr, pool in pools.values()]
+
+    def pool_pointer_of(name: str, dtype: str) -> tirx.PrimExpr:
+        pool, offset = plan.placements[name]
+        return pool_pointer(pools[pool][1], offset, dtype)
+
+    def data(name: str) -> tirx.PrimExpr:
+        root = schedule.root(name)
+        if root not in buffers:
+            info = schedule.tensors[root]
+            if info.kind == "constant":
+                value = pool_pointer(pools[CONSTANTS_PARAM][1], plan.constant_offsets[root],
+                                     info.dtype)
+            else:
+                value = pool_pointer_of(root, info.dtype)
+            var = tirx.Var(io_names.get(root, c_identifier(root)),
+                           ir.PointerType(ir.PrimType(info.dtype)))
+            body.append(tirx.Bind(var, value))
+            buffers[root] = _declare(info, var, body, io_names.get(root))
+        return buffers[root].data
+
+    for step, call in enumerate(schedule.calls):
+        args = [data(name) for name in call.inputs + call.outputs]
+        if pass_scratch and step in plan.scratch_names:
+            args.append(pool_pointer_of(plan.scratch_names[step], "uint8"))
+        status = tirx.Var(f"status_{step}", ir.PrimType("int32"))
+        kernel_call = ir.Call(kernel_vars[call.kernel], args, ret_ty=ir.PrimType("int32"))
+        body.append(tirx.Bind(status, kernel_call))
+        body.append(
+            tirx.IfThenElse(tirx.NE(status, tirx.IntImm("int32", 0)), tirx.Return(status), None)
+        )
+    body.append(tirx.Return(tirx.IntImm("int32", 0)))
+
+    main_symbol = prefix + "__tvm_main__"
+    target = next(iter(funcs.values())).attrs["target"]
+    main = tirx.PrimFunc(params, tirx.SeqStmt(body), ret_type=ir.PrimType("int32"))
+    constants = {
+        name: tvm.runtime.tensor(np.ascontiguousarray(schedule.constants[name]))
+        for name in plan.constant_offsets
+    }
+    io = {"inputs": [spec.c_name for spec in inputs], "outputs": [spec.c_name for spec in outputs]}
+    main = main.with_attrs({"target": target, CONSTANTS_ATTR: constants, IO_ATTR: io})
+    funcs[ir.GlobalVar(main_symbol)] = main
+    symbols = {name: gv.name_hint for name, gv in kernel_vars.items()}
+    return AotModule(tvm.IRModule(funcs), main_symbol, symbols)
+
+
+def _declare(
+    info: TensorInfo, data: tirx.Var, body: list[tirx.Stmt], name: str | None = None
+) -> tirx.Buffer:
+    """Declare `info` as a named buffer on pointer `data`, appending the DeclBuffer to `body`."""
+    buffer = tirx.decl_buffer(info.shape, info.dtype, name or c_identifier(info.name), data=data)
+    body.append(tirx.DeclBuffer(buffer, data=data))
+    return buffer

@@ -1,0 +1,105 @@
+"""C code generation with TVM's C backend, and making its output TVM-free.
+
+TVM's C codegen always emits TVM runtime includes, an FFI library context and `TVM_DLL` markers,
+even when every function is private. We keep only the function declarations and definitions and
+render them into `templates/codegen/lib.c.j2`, which includes only the C standard library.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import ir, tirx
+
+from microexport.archive.glue import glue_environment, render
+
+LIB_TEMPLATE = "codegen/lib.c.j2"
+# Symbols that would tie the generated C to the TVM runtime.
+FORBIDDEN_SYMBOLS = ("TVMFFI", "TVMBackend", "TVMAPI", "__tvm_ffi", "tvm/")
+
+_DROPPED_LINES = (
+    re.compile(r"^// tvm target:"),
+    re.compile(r"^#define TVM_EXPORTS$"),
+    re.compile(r'^#include "tvm/'),
+    re.compile(r"^#include <(math|stdbool|stdint)\.h>$"),
+    re.compile(r"^void\* __tvm_ffi__library_ctx = NULL;$"),
+)
+_EXTERN_C_GUARD = re.compile(r'^#ifdef __cplusplus\nextern "C"\n#endif\n', re.MULTILINE)
+# `TVM_DLL float expf(float);` style re-declarations of libm functions.
+_LIBM_DECL = re.compile(
+    r"^(TVM_DLL )?(float|double|int32_t) [a-z0-9_]+\((float|double)(, (float|double))*\);$"
+)
+
+
+@dataclass(frozen=True)
+class GeneratedC:
+    """The model library C source, TVM-free."""
+
+    filename: str
+    source: str
+
+
+# libm names of intrinsics TVM 0.27 has no C lowering for (its C codegen rejects `tirx.fabs`).
+_C_INTRINSICS = {"tirx.fabs": {"float32": "fabsf", "float64": "fabs"}}
+
+
+def _lower_to_libm(op_name: str) -> Callable[[ir.Call], ir.Expr]:
+    def lower(call: ir.Call) -> ir.Expr:
+        dtype = str(call.ty.dtype)
+        function = _C_INTRINSICS[op_name].get(dtype)
+        return call if function is None else tirx.call_pure_extern(dtype, function, *call.args)
+
+    return lower
+
+
+@functools.cache
+def _register_c_intrinsics() -> None:
+    """Teach LowerIntrin the C spelling of the intrinsics above (once per process)."""
+    for op_name in _C_INTRINSICS:
+        tirx.register_intrin_lowering(op_name, target="c", f=_lower_to_libm(op_name), level=99)
+
+
+def finalize_passes() -> tvm.transform.Pass:
+    """Last TIR passes before C codegen: lower math intrinsics (`exp` → `expf`, …)."""
+    _register_c_intrinsics()
+    return tvm.transform.Sequential([tirx.transform.LowerIntrin()])
+
+
+def build_c(mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    """Run TVM's C code generator on `mod` (the `codegen` stage module) and return its source."""
+    build = tvm.get_global_func("target.build.c")
+    return build(mod, target).inspect_source()
+
+
+def make_tvm_free(
+    raw: str, model_name: str, filename: str, templates: Path | None = None
+) -> GeneratedC:
+    """Strip TVM runtime scaffolding from raw C codegen output and render it into our template
+    (`templates` overrides it like `--templates`)."""
+    lines = []
+    for line in _EXTERN_C_GUARD.sub("", raw).splitlines():
+        if any(p.match(line) for p in _DROPPED_LINES) or _LIBM_DECL.match(line):
+            continue
+        lines.append(line.replace("TVM_DLL ", ""))
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+    for symbol in FORBIDDEN_SYMBOLS:
+        if symbol in body:
+            raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
+    source = render(glue_environment(templates), LIB_TEMPLATE,
+                    {"model_name": model_name, "body": body})
+    return GeneratedC(filename=filename, source=source)
+
+
+def generate_c(
+    mod: tvm.IRModule, model_name: str, prefix: str, templates: Path | None = None
+) -> tuple[tvm.IRModule, GeneratedC]:
+    """Finalize `mod`, generate C and make it TVM-free. Returns the codegen-stage module too."""
+    final = finalize_passes()(mod)
+    target = next(iter(final.functions.values())).attrs["target"]
+    raw = build_c(final, target)
+    return final, make_tvm_free(raw, model_name, f"{prefix}lib.c", templates)

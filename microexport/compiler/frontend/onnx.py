@@ -1,0 +1,271 @@
+"""ONNX → Relax with TVM's Relax ONNX frontend (weights bound as constants).
+
+Graph inputs that are also initializers (as `keep_initializers_as_inputs=True` exporters write
+them) are weights, not model inputs. Dynamic input dimensions must be fixed with
+`input_shapes`. With the input shapes fixed, shape computations (`Shape → Gather → Concat`
+reshape targets, scale factors from `x.shape`) are folded into initializers on the ONNX graph
+before import: TVM's frontend folds the simple chains itself but not all arithmetic on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from microexport.compiler.frontend import (
+    ImportedModel,
+    Shapes,
+    check_shape_names,
+    dynamic_dim_error,
+    finish_import,
+    first_line,
+    require,
+    resolve_shape,
+)
+from microexport.errors import ModelError, UnsupportedOperator
+from microexport.model import TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_HANDLED_WITHOUT_CONVERTER = {"Constant", "If"}
+_FAILED_OP = re.compile(r"Error converting operator (\S+?),")
+
+
+def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
+    """Import the ONNX model at `path`; `input_shapes` fixes dynamic input dimensions."""
+    require("onnx", "onnx")
+    model = _read(path)
+    inputs = _model_inputs(model, input_shapes, path)
+    model = fold_shape_computations(model, inputs)
+    _check_operators(model)
+    mod = _convert(model, inputs, path)
+    output_names = [o.name for o in model.graph.output]
+    return finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf DecodeError, external-data errors, …
+        raise ModelError(f"cannot parse {path} as an ONNX model: {first_line(err)}") from err
+    if not model.graph.output:
+        raise ModelError(f"cannot parse {path} as an ONNX model: the graph has no outputs")
+    return model
+
+
+def _model_inputs(model: onnx.ModelProto, input_shapes: Shapes, path: Path) -> list[TensorSpec]:
+    """Graph inputs that are not initializers, with static shapes (from `input_shapes` for
+    dynamic dimensions)."""
+    from onnx import helper
+
+    weights = {init.name for init in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in weights]
+    check_shape_names(input_shapes, [i.name for i in graph_inputs], path)
+    specs = []
+    for value in graph_inputs:
+        if not value.type.HasField("tensor_type"):
+            raise ModelError(f"input '{value.name}' of {path} is not a tensor")
+        dtype = str(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        shape = _static_shape(value, input_shapes.get(value.name))
+        specs.append(TensorSpec(name=value.name, shape=shape, dtype=dtype))
+    return specs
+
+
+def _static_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        if given is None:
+            raise dynamic_dim_error(value.name, 0, "unknown rank", [])
+        return tuple(int(d) for d in given)
+    dims: list[Any] = [
+        d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor_type.shape.dim
+    ]
+    return resolve_shape(value.name, dims, given)
+
+
+def _check_operators(model: onnx.ModelProto) -> None:
+    """UnsupportedOperator for the first (by name) node type the frontend cannot convert."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | _HANDLED_WITHOUT_CONVERTER
+    missing = set()
+    for node in model.graph.node:
+        if node.domain not in _DEFAULT_DOMAINS:
+            missing.add(f"{node.domain}::{node.op_type}")
+        elif node.op_type not in known:
+            missing.add(node.op_type)
+    if missing:
+        first, *others = sorted(missing)
+        detail = "ONNX, not in TVM's Relax ONNX frontend"
+        if others:
+            detail += f"; also {', '.join(others)}"
+        raise UnsupportedOperator(first, detail)
+
+
+def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> Any:
+    """Run TVM's from_onnx; a failing node's operator becomes UnsupportedOperator."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    captured = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+            warnings.simplefilter("ignore")
+            return from_onnx(
+                model,
+                shape_dict={i.name: list(i.shape) for i in inputs},
+                dtype_dict={i.name: i.dtype for i in inputs},
+                keep_params_in_input=False,
+            )
+    except Exception as err:  # the frontend raises all kinds of errors
+        failed = _FAILED_OP.search(captured.getvalue())
+        if failed:
+            raise UnsupportedOperator(failed.group(1), first_line(err)) from err
+        raise ModelError(f"cannot import {path}: {first_line(err)}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# folding shape computations on the ONNX graph
+# --------------------------------------------------------------------------------------------
+
+FOLD_MAX_ELEMENTS = 1024  # only small constant inputs are folded (shapes, scalars), not weights
+_NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                 "Multinomial", "Bernoulli"}  # fmt: skip
+
+
+def fold_shape_computations(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx.ModelProto:
+    """A copy of `model` with static input shapes in which `Shape` of statically-shaped tensors,
+    `Constant` nodes and nodes computing on small constants only are replaced by initializers.
+
+    Exporters compute reshape targets and scale factors from `x.shape`
+    (Shape → Gather → Div → Cast → Concat …); once the input shapes are fixed these are
+    constants, and folding them here spares TVM's frontend the shape arithmetic it handles
+    only partly.
+    """
+    import onnx
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    _fix_input_shapes(folded.graph, inputs)
+    shapes = _inferred_shapes(folded)
+    consts = _initializer_arrays(folded.graph)
+    kept = []
+    for node in folded.graph.node:
+        values = _fold_node(node, consts, shapes, folded.opset_import)
+        if values is None:
+            kept.append(node)
+        else:
+            consts.update(zip(node.output, values, strict=True))
+    _replace_nodes(folded.graph, kept, consts)
+    return folded
+
+
+def _fix_input_shapes(graph: onnx.GraphProto, inputs: list[TensorSpec]) -> None:
+    by_name = {spec.name: spec for spec in inputs}
+    for value in graph.input:
+        spec = by_name.get(value.name)
+        if spec is None:
+            continue
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for size in spec.shape:
+            shape.dim.add().dim_value = size
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the values onnx shape inference can determine (none if it fails)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is an optimisation here; the frontend checks the model
+        return {}
+    graph = inferred.graph
+    shapes = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        if all(d >= 0 for d in dims):
+            shapes[value.name] = tuple(dims)
+    return shapes
+
+
+def _initializer_arrays(graph: onnx.GraphProto) -> dict[str, Any]:
+    from onnx import numpy_helper
+
+    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+
+def _fold_node(
+    node: onnx.NodeProto, consts: dict[str, Any], shapes: dict[str, tuple[int, ...]], opsets: Any
+) -> list[Any] | None:
+    """The output values of `node` if it can be computed now, else None."""
+    import numpy as np
+
+    if node.domain not in _DEFAULT_DOMAINS or node.op_type in _NOT_FOLDABLE:
+        return None
+    if any(attr.g.node or attr.graphs for attr in node.attribute):
+        return None
+    if node.op_type == "Shape":
+        return _shape_value(node, consts, shapes)
+    inputs = [name for name in node.input if name]
+    if not all(name in consts for name in inputs):
+        return None
+    if any(np.size(consts[name]) > FOLD_MAX_ELEMENTS for name in inputs):
+        return None
+    return _evaluate(node, {name: consts[name] for name in inputs}, opsets)
+
+
+def _shape_value(
+    node: onnx.NodeProto, consts: dict[str, Any], shapes: dict[str, tuple[int, ...]]
+) -> list[Any] | None:
+    """The output of a Shape node whose input has a static shape (start/end of opset 15)."""
+    import numpy as np
+
+    source = node.input[0]
+    shape = tuple(np.shape(consts[source])) if source in consts else shapes.get(source)
+    if shape is None:
+        return None
+    attrs = {attr.name: attr.i for attr in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+    return [np.array(shape[start:end], dtype=np.int64)]
+
+
+def _evaluate(node: onnx.NodeProto, values: dict[str, Any], opsets: Any) -> list[Any] | None:
+    """Run one node with onnx's reference evaluator (None if it cannot)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph(
+        [node],
+        "fold",
+        [],
+        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output],
+        initializer=[numpy_helper.from_array(v, n) for n, v in values.items()],
+    )
+    try:
+        model = helper.make_model(graph, opset_imports=list(opsets))
+        return list(ReferenceEvaluator(model).run(None, {}))
+    except Exception:  # leave the node to the frontend
+        return None
+
+
+def _replace_nodes(graph: onnx.GraphProto, kept: list[Any], consts: dict[str, Any]) -> None:
+    """Keep only `kept` nodes; add initializers for folded values they (or outputs) use."""
+    from onnx import numpy_helper
+
+    have = {init.name for init in graph.initializer}
+    used = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    for name in sorted(used & (set(consts) - have)):
+        graph.initializer.append(numpy_helper.from_array(consts[name], name))
+    del graph.node[:]
+    graph.node.extend(kept)

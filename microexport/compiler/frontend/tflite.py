@@ -1,0 +1,281 @@
+"""TFLite → Relax with TVM's Relax TFLite frontend.
+
+Fully int8-quantized models import as dequantize → float op → quantize (QDQ). Two local
+adjustments, made through the frontend's `op_converter` hook:
+
+- every operator converter is wrapped so that a failure names the TFLite operator;
+- FULLY_CONNECTED flattens an input of rank > 2 (as TFLite does); the stock converter
+  passes it to matmul as is and fails;
+- quantized AVERAGE_POOL_2D rounds to nearest like TFLite (Micro) does: the stock converter
+  averages in int32, which truncates toward zero and biases every pooled value downward.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from microexport.compiler.frontend import (
+    ImportedModel,
+    Shapes,
+    check_shape_names,
+    finish_import,
+    first_line,
+    require,
+    resolve_shape,
+)
+from microexport.errors import ModelError, UnsupportedOperator
+from microexport.model import TensorSpec
+
+_QUOTED = re.compile(r"'([A-Za-z0-9_:]+)'")
+_NOT_QUANTIZED_OPS = {"DEQUANTIZE", "QUANTIZE"}
+
+
+def load_tflite(path: Path, input_shapes: Shapes) -> ImportedModel:
+    """Import the TFLite model at `path`; `input_shapes` overrides input shapes by name."""
+    require("tflite", "tflite")
+    model = _read(path)
+    subgraph = model.Subgraphs(0)
+    inputs = _model_inputs(subgraph, input_shapes, path)
+    converter = _converter_class()(model, subgraph, _expr_table(), _block_builder())
+    _check_operators(converter, subgraph, path)
+    mod = _convert(model, inputs, path)
+    output_names = [_tensor_name(subgraph, i) for i in subgraph.OutputsAsNumpy()]
+    return finish_import(mod, [i.name for i in inputs], output_names, "tflite", path)
+
+
+def _read(path: Path) -> Any:
+    import tflite
+
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelError(f"cannot parse {path} as a TFLite model: no 'TFL3' flatbuffer identifier")
+    try:
+        model = tflite.Model.GetRootAsModel(data, 0)
+        if model.SubgraphsLength() < 1:
+            raise ModelError(f"cannot parse {path} as a TFLite model: it has no subgraph")
+        subgraph = model.Subgraphs(0)
+        for index in [*subgraph.InputsAsNumpy(), *subgraph.OutputsAsNumpy()]:
+            _tensor_name(subgraph, index)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError, AttributeError) as err:
+        raise ModelError(f"cannot parse {path} as a TFLite model: {first_line(err)}") from err
+    return model
+
+
+def _tensor_name(subgraph: Any, index: int) -> str:
+    return subgraph.Tensors(int(index)).Name().decode("utf-8")
+
+
+def _type_name(type_code: int) -> str:
+    import tflite
+
+    names = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    return names[type_code].lower()
+
+
+def _model_inputs(subgraph: Any, input_shapes: Shapes, path: Path) -> list[TensorSpec]:
+    indices = [int(i) for i in subgraph.InputsAsNumpy()]
+    names = [_tensor_name(subgraph, i) for i in indices]
+    check_shape_names(input_shapes, names, path)
+    specs = []
+    for index, name in zip(indices, names, strict=True):
+        tensor = subgraph.Tensors(index)
+        shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+        # TFLite's `shape` field is concrete even where `shape_signature` has -1.
+        shape = resolve_shape(name, list(shape), input_shapes.get(name))
+        specs.append(TensorSpec(name=name, shape=shape, dtype=_type_name(tensor.Type())))
+    return specs
+
+
+def _check_operators(converter: Any, subgraph: Any, path: Path) -> None:
+    """UnsupportedOperator for an operator without converter; ModelError for dynamic-range
+    quantization (float activations with quantized weights)."""
+    for op_index in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(op_index)
+        try:
+            name = converter.get_op_code_str(op)
+        except NotImplementedError as err:  # custom operators, unknown builtin codes
+            raise UnsupportedOperator(_custom_name(converter, op), first_line(err)) from err
+        if name not in converter.convert_map:
+            raise UnsupportedOperator(name, "TFLite, not in TVM's Relax TFLite frontend")
+        if name not in _NOT_QUANTIZED_OPS and _is_dynamic_range(converter, op):
+            raise ModelError(
+                f"{path} is dynamic-range quantized ({name} has float activations and "
+                "quantized weights): convert it with full integer quantization (int8 "
+                "activations, a representative dataset) or keep it float"
+            )
+
+
+def _custom_name(converter: Any, op: Any) -> str:
+    code = converter.model.OperatorCodes(op.OpcodeIndex())
+    custom = code.CustomCode()
+    return f"CUSTOM:{custom.decode()}" if custom else f"builtin code {code.BuiltinCode()}"
+
+
+def _is_dynamic_range(converter: Any, op: Any) -> bool:
+    inputs = converter.get_input_tensors(op)
+    outputs = converter.get_output_tensors(op)
+    if not inputs or inputs[0].qnn_params is not None:
+        return False
+    if any(t.qnn_params is not None for t in outputs):
+        return False
+    return any(t.qnn_params is not None for t in inputs[1:])
+
+
+def _convert(model: Any, inputs: list[TensorSpec], path: Path) -> Any:
+    from tvm.relax.frontend.tflite import from_tflite
+
+    try:
+        return from_tflite(
+            model,
+            shape_dict={i.name: i.shape for i in inputs},
+            dtype_dict={i.name: i.dtype for i in inputs},
+            op_converter=_converter_class(),
+        )
+    except _OperatorFailed as err:
+        raise UnsupportedOperator(err.op, first_line(err.__cause__ or err)) from err
+    except Exception as err:  # the frontend raises all kinds of errors
+        quoted = _QUOTED.search(str(err))
+        if quoted and "operator" in str(err).lower():
+            raise UnsupportedOperator(quoted.group(1), first_line(err)) from err
+        raise ModelError(f"cannot import {path}: {first_line(err)}") from err
+
+
+class _OperatorFailed(Exception):
+    """Raised by a wrapped converter: `op` is the TFLite operator whose conversion failed."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__(op)
+        self.op = op
+
+
+def _expr_table() -> Any:
+    from tvm.relax.frontend.tflite.tflite_frontend import ExprTable
+
+    return ExprTable()
+
+
+def _block_builder() -> Any:
+    from tvm import relax
+
+    return relax.BlockBuilder()
+
+
+@functools.cache
+def _converter_class() -> type:
+    """The frontend's OperatorConverter with named failures and rounding average pooling
+    (built on first use, so that importing this module does not import TVM)."""
+    from tvm import relax
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+
+    class Converter(OperatorConverter):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.convert_map["AVERAGE_POOL_2D"] = self._average_pool2d
+            self.convert_map["FULLY_CONNECTED"] = self._fully_connected
+            self.convert_map = {
+                name: self._named(name, convert) for name, convert in self.convert_map.items()
+            }
+
+        def _named(self, name: str, convert: Any) -> Any:
+            """`convert`, raising _OperatorFailed(name) if it (or normalizing its result)
+            fails."""
+
+            def call(op: Any) -> Any:
+                try:
+                    ret = convert(op=op)
+                    return None if ret is None else self.bb.normalize(ret)
+                except _OperatorFailed:
+                    raise
+                except Exception as err:
+                    raise _OperatorFailed(name) from err
+
+            return call
+
+        def _fully_connected(self, op: Any) -> Any:
+            """FULLY_CONNECTED, flattening an input of rank > 2 to (-1, inputs) as TFLite does
+            without keep_num_dims (the stock converter feeds it to matmul unflattened)."""
+            data = self.get_input_tensors(op)[0]
+            shape = self.get_tensor_shape(data)
+            if len(shape) <= 2 or _keep_num_dims(op) or not self.has_expr(data.tensor_idx):
+                return self.convert_fully_connected(op)
+            name = data.tensor.Name().decode("utf-8")
+            original = self.get_expr(data.tensor_idx)
+            depth = int(self.get_tensor_shape(self.get_input_tensors(op)[1])[1])
+            flat = self.bb.normalize(relax.op.reshape(original, (-1, depth)))
+            self.exp_tab.set_expr(name, flat, force_override=True)
+            try:
+                return self.convert_fully_connected(op)
+            finally:
+                self.exp_tab.set_expr(name, original, force_override=True)
+
+        def _average_pool2d(self, op: Any) -> Any:
+            if self.get_input_tensors(op)[0].qnn_params is None:
+                return self.convert_pool2d(op, pool_type="average")
+            return _quantized_average_pool2d(self, op)
+
+    return Converter
+
+
+def _keep_num_dims(op: Any) -> bool:
+    from tflite.FullyConnectedOptions import FullyConnectedOptions
+
+    table = op.BuiltinOptions()
+    if table is None:
+        return False
+    options = FullyConnectedOptions()
+    options.Init(table.Bytes, table.Pos)
+    return bool(options.KeepNumDims())
+
+
+def _pool_params(converter: Any, op: Any) -> tuple[dict[str, Any], int]:
+    """avg_pool2d keyword arguments (NHWC) and the fused activation of a Pool2D operator."""
+    from tflite.Padding import Padding
+    from tflite.Pool2DOptions import Pool2DOptions
+    from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value, to_int_list
+
+    table = op.BuiltinOptions()
+    options = Pool2DOptions()
+    options.Init(table.Bytes, table.Pos)
+    kernel = (options.FilterHeight(), options.FilterWidth())
+    strides = (options.StrideH(), options.StrideW())
+    padding = [0, 0, 0, 0]
+    if options.Padding() == Padding.SAME:
+        shape = to_int_list(converter.get_tensor_shape(converter.get_input_tensors(op)[0]))
+        top, bottom = get_pad_value(shape[1], kernel[0], strides[0])
+        left, right = get_pad_value(shape[2], kernel[1], strides[1])
+        padding = [top, left, bottom, right]
+    params = {"pool_size": kernel, "strides": strides, "padding": padding, "layout": "NHWC"}
+    return params, options.FusedActivationFunction()
+
+
+def _quantized_average_pool2d(converter: Any, op: Any) -> Any:
+    """Average in float32 and round half away from zero, as TFLite's integer kernel does
+    (`(sum ± count/2) / count`); input and output share scale and zero point."""
+    from tvm import relax
+    from tvm.relax.frontend.tflite.tflite_frontend import get_scalar_from_constant
+
+    data = converter.get_input_tensors(op)[0]
+    output = converter.get_output_tensors(op)[0]
+    if not converter.has_same_qnn_params(data, output):
+        raise ValueError("quantized AVERAGE_POOL_2D needs equal input and output quantization")
+    dtype = converter.get_tensor_type_str(output.tensor.Type())
+    params, activation = _pool_params(converter, op)
+    mean = relax.op.nn.avg_pool2d(
+        relax.op.astype(converter.get_expr(data.tensor_idx), "float32"), **params
+    )
+    half, zero = relax.const(0.5, "float32"), relax.const(0.0, "float32")
+    rounded = relax.op.where(  # no abs/sign: TVM's C codegen cannot lower float abs (fabs)
+        relax.op.greater_equal(mean, zero),
+        relax.op.floor(relax.op.add(mean, half)),
+        relax.op.ceil(relax.op.subtract(mean, half)),
+    )
+    out = relax.op.astype(rounded, dtype)
+    scale = get_scalar_from_constant(output.qnn_params["scale"])
+    zero_point = get_scalar_from_constant(output.qnn_params["zero_point"])
+    return converter.convert_qnn_fused_activation_function(
+        expr=out, fused_activation_fn=activation, scale=scale, zero_point=zero_point, dtype=dtype
+    )

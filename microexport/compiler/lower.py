@@ -1,0 +1,317 @@
+"""Relax → TIR lowering for C targets.
+
+TVM 0.27's default Relax pipeline does not support target `c`, so this module spells out the
+pipeline: Relax legalization and operator fusion (stage `scheduled`), extraction of the call
+schedule from the Relax `main`, then TIR lowering of every kernel up to buffer flattening,
+followed by our unpacked-API pass (stage `lowered`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import ir, relax, s_tir, tirx
+
+from microexport.compiler.frontend import ImportedModel
+from microexport.compiler.schedules import schedule_for_c
+from microexport.compiler.unpacked import DEFAULT_STACK_LIMIT, ScratchLayout, make_unpacked
+from microexport.errors import DynamicShape, ModelError, UnsupportedOperator
+from microexport.model import TensorSpec, dtype_bytes
+
+SUPPORTED_TARGETS = ("c",)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor of the schedule: a model input, output, intermediate or constant."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str  # "input" | "output" | "intermediate" | "constant"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * dtype_bytes(self.dtype)
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One step of the AOT schedule: `kernel(*args)`, inputs first, then outputs."""
+
+    kernel: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The model as an ordered list of kernel calls over named tensors.
+
+    `views` maps a reshaped tensor to the tensor whose memory it shares (reshapes are views).
+    """
+
+    tensors: dict[str, TensorInfo]
+    calls: tuple[KernelCall, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    views: dict[str, str]
+    constants: dict[str, np.ndarray]
+
+    def root(self, name: str) -> str:
+        """The tensor that owns the memory of `name` (follows reshape views)."""
+        while name in self.views:
+            name = self.views[name]
+        return name
+
+
+@dataclass(frozen=True)
+class LoweredModel:
+    """Output of lowering: the fused Relax module, its schedule and the lowered kernels."""
+
+    scheduled: tvm.IRModule  # fused Relax main + the PrimFuncs it calls
+    schedule: Schedule
+    block_kernels: tvm.IRModule  # the used PrimFuncs, scheduled, before TIR lowering
+    kernels: tvm.IRModule  # flattened, unpacked PrimFuncs
+    scratch: dict[str, ScratchLayout]  # kernel name → its internal scratch needs
+
+
+def check_target(target: str) -> tvm.target.Target:
+    """Accept only C targets; anything else is a one-line error."""
+    kind = target.split()[0] if target else ""
+    if kind not in SUPPORTED_TARGETS:
+        raise ModelError(f"unsupported target '{target}': microexport generates C; use --target c")
+    return tvm.target.Target(target)
+
+
+def relax_pipeline() -> tvm.transform.Pass:
+    """Relax passes from an imported model to fused `call_tir` kernels (stage `scheduled`)."""
+    return tvm.transform.Sequential(
+        [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.FoldConstant(),
+            relax.transform.LegalizeOps(),
+            relax.transform.FoldConstant(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
+
+
+def tir_pipeline() -> tvm.transform.Pass:
+    """TIR passes from block-level kernels to flattened loops, before our unpacked-API pass."""
+    return tvm.transform.Sequential(
+        [
+            s_tir.transform.CanonicalizeLoop(),
+            s_tir.transform.LowerCrossThreadReduction(),
+            s_tir.transform.LowerInitBlock(),
+            s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+            s_tir.transform.ConvertBlocksToOpaque(),
+            s_tir.transform.CompactBufferAllocation(),
+            s_tir.transform.LowerMatchBuffer(),
+            s_tir.transform.StmtSimplify(),
+            s_tir.transform.LowerOpaqueBlock(),
+            tirx.transform.FlattenBuffer(),
+            tirx.transform.NarrowDataType(32),
+            s_tir.transform.LoopPartition(),
+            tirx.transform.VectorizeLoop(False),
+            tirx.transform.StorageRewrite(),
+            tirx.transform.UnrollLoop(),
+            tirx.transform.StmtSimplify(),
+            tirx.transform.RemoveNoOp(),
+            tirx.transform.CommonSubexprElim(),
+        ]
+    )
+
+
+def lower(
+    model: ImportedModel, target: str = "c", kernel_stack_limit: int = DEFAULT_STACK_LIMIT
+) -> LoweredModel:
+    """Lower an imported model: fuse in Relax, extract the schedule, lower kernels to flat TIR.
+
+    Kernel-internal buffers of at most `kernel_stack_limit` bytes stay C locals; all others
+    become scratch in the workspace.
+    """
+    tvm_target = check_target(target)
+    with tvm_target:
+        scheduled = relax_pipeline()(model.mod)
+    schedule = extract_schedule(scheduled, model)
+    used = {call.kernel for call in schedule.calls}
+    prim_funcs = {
+        gv: schedule_for_c(func).with_attr("target", tvm_target)
+        for gv, func in scheduled.functions.items()
+        if isinstance(func, tirx.PrimFunc) and gv.name_hint in used
+    }
+    block_kernels = tvm.IRModule(prim_funcs)
+    kernels, scratch = make_unpacked(tir_pipeline()(block_kernels), kernel_stack_limit)
+    return LoweredModel(
+        scheduled=scheduled,
+        schedule=schedule,
+        block_kernels=block_kernels,
+        kernels=kernels,
+        scratch=scratch,
+    )
+
+
+class _ScheduleBuilder:
+    """Walks the fused Relax `main` and records tensors, kernel calls and views."""
+
+    def __init__(self, model: ImportedModel) -> None:
+        self.model = model
+        self.tensors: dict[str, TensorInfo] = {}
+        self.calls: list[KernelCall] = []
+        self.views: dict[str, str] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.names: dict[ir.Var, str | tuple[str, ...]] = {}
+        self.const_names: list[tuple[ir.Constant, str]] = []
+        self.used_names: set[str] = set()
+
+    def unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used_names:
+            name, i = f"{base}_{i}", i + 1
+        self.used_names.add(name)
+        return name
+
+    def add_tensor(self, name: str, ty: ir.Type, kind: str) -> None:
+        shape = _static_shape(ty, name)
+        self.tensors[name] = TensorInfo(name, shape, str(ty.dtype), kind)
+
+    def constant(self, const: ir.Constant) -> str:
+        for seen, name in self.const_names:
+            if seen.same_as(const):
+                return name
+        name = self.unique(f"constant_{len(self.constants)}")
+        self.const_names.append((const, name))
+        data = const.value.numpy()
+        self.constants[name] = data
+        self.tensors[name] = TensorInfo(name, tuple(data.shape), str(data.dtype), "constant")
+        return name
+
+    def arg(self, expr: ir.Expr) -> str:
+        if isinstance(expr, ir.Constant):
+            return self.constant(expr)
+        if isinstance(expr, ir.Var) and isinstance(self.names.get(expr), str):
+            return self.names[expr]  # type: ignore[return-value]
+        raise ModelError(f"unsupported argument in the Relax main: {expr}")
+
+    def bind(self, var: ir.Var, value: ir.Expr) -> None:
+        if isinstance(value, ir.Call) and isinstance(value.op, ir.Op):
+            op = value.op.name
+            if op == "relax.call_tir":
+                self.call_tir(var, value)
+            elif op in ("relax.reshape", "relax.memory.view"):
+                self.view(var, value.args[0])
+            else:
+                raise UnsupportedOperator(op.removeprefix("relax."), "no C lowering for it")
+        elif isinstance(value, ir.TupleGetItem):
+            outs = self.names[value.tuple_value]
+            self.names[var] = outs[value.index]  # type: ignore[index]
+        elif isinstance(value, ir.Tuple):
+            self.names[var] = tuple(self.arg(f) for f in value.fields)
+        elif isinstance(value, ir.Var):
+            self.names[var] = self.names[value]
+        elif isinstance(value, ir.Constant):
+            self.names[var] = self.constant(value)
+        else:
+            raise ModelError(f"unsupported binding in the Relax main: {value}")
+
+    def call_tir(self, var: ir.Var, call: ir.Call) -> None:
+        kernel = call.args[0].name_hint
+        inputs = tuple(self.arg(a) for a in call.args[1].fields)
+        if len(call.args) > 2:
+            raise DynamicShape(f"kernel '{kernel}' needs symbolic shape arguments")
+        out_ty = call.ty_args[0]
+        if isinstance(out_ty, ir.TupleType):
+            outs = []
+            for i, field in enumerate(out_ty.fields):
+                name = self.unique(f"{var.name}_{i}")
+                self.add_tensor(name, field, "intermediate")
+                outs.append(name)
+            self.names[var] = tuple(outs)
+        else:
+            name = self.unique(var.name)
+            self.add_tensor(name, out_ty, "intermediate")
+            outs = [name]
+            self.names[var] = name
+        self.calls.append(KernelCall(kernel, inputs, tuple(outs)))
+
+    def view(self, var: ir.Var, source: ir.Expr) -> None:
+        base = self.arg(source)
+        name = self.unique(var.name)
+        self.add_tensor(name, var.ty, self.tensors[base].kind)
+        if self.tensors[base].kind == "constant":
+            self.constants[name] = self.constants[base].reshape(self.tensors[name].shape)
+        self.views[name] = base
+        self.names[var] = name
+
+
+def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel) -> Schedule:
+    """Turn the fused Relax `main` into a `Schedule` of kernel calls over named tensors."""
+    main = scheduled["main"]
+    builder = _ScheduleBuilder(model)
+    input_names = []
+    for param, spec in zip(main.params, model.inputs, strict=True):
+        name = builder.unique(spec.c_name)
+        builder.add_tensor(name, param.ty, "input")
+        builder.names[param] = name
+        input_names.append(name)
+    body = main.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            builder.bind(binding.var, binding.value)
+    result = body.body
+    fields = result.fields if isinstance(result, ir.Tuple) else [result]
+    results: list[str] = []
+    for field in fields:
+        value = builder.names.get(field) if isinstance(field, ir.Var) else builder.arg(field)
+        results.extend(value if isinstance(value, tuple) else [value])
+    outputs = _bind_outputs(builder, results, model.outputs)
+    return Schedule(
+        tensors=builder.tensors,
+        calls=tuple(builder.calls),
+        inputs=tuple(input_names),
+        outputs=outputs,
+        views=builder.views,
+        constants=builder.constants,
+    )
+
+
+def _bind_outputs(
+    builder: _ScheduleBuilder, results: list[str], specs: tuple[TensorSpec, ...]
+) -> tuple[str, ...]:
+    """Mark the tensors the main returns as model outputs, renamed after the model's outputs."""
+    if len(results) != len(specs):
+        raise ModelError(f"the model returns {len(results)} tensors but declares {len(specs)}")
+    outputs = []
+    roots: set[str] = set()
+    for name, spec in zip(results, specs, strict=True):
+        root = name
+        while root in builder.views:
+            root = builder.views[root]
+        kind = builder.tensors[root].kind
+        if kind != "intermediate" or root in roots:
+            raise ModelError(
+                f"output '{spec.name}' is a model input, a constant or (a reshape of) another "
+                "output: microexport needs every output computed by its own kernel"
+            )
+        roots.add(root)
+        for tensor in (name, root):
+            info = builder.tensors[tensor]
+            builder.tensors[tensor] = TensorInfo(info.name, info.shape, info.dtype, "output")
+        outputs.append(name)
+    return tuple(outputs)
+
+
+def _static_shape(ty: ir.Type, name: str) -> tuple[int, ...]:
+    shape = getattr(ty, "shape", None)
+    if shape is None or any(not isinstance(v, tirx.IntImm) for v in shape):
+        raise DynamicShape(f"tensor '{name}' has a dynamic shape {shape}: use --input-shape")
+    return tuple(int(v) for v in shape)

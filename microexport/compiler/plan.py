@@ -1,0 +1,322 @@
+"""Static memory planning over the AOT schedule.
+
+Every intermediate tensor and every kernel's scratch region gets a byte offset in one workspace
+pool. A buffer is live from the call that writes it to the last call that reads it (reshape views
+extend the life of the tensor they view); two buffers may share bytes only if their lives do not
+overlap. Several placement strategies run and the smallest pool wins: greedy by size with first fit
+between live buffers (as TFLite Micro does), greedy in schedule order, every placement order for
+small graphs, and a seeded hill climb over the placement order for larger ones. Constants are laid
+out back to back in a read-only constant pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from microexport.compiler.lower import Schedule
+from microexport.compiler.unpacked import ScratchLayout
+from microexport.errors import Error
+from microexport.model import PoolSpec, dtype_bytes
+
+DEFAULT_ALIGNMENT = 16
+
+
+class PoolOverflow(Error):
+    """The buffers do not fit in the workspace pools' size limits."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A buffer to place: its size and the schedule steps [first, last] during which it lives."""
+
+    name: str
+    nbytes: int
+    first: int
+    last: int
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where every workspace buffer and every constant lives, and the pool sizes.
+
+    `placements` maps each buffer to (pool name, byte offset); `pool_bytes` gives each pool's
+    size (a pool of size zero is not used); `workspace_bytes` is their total.
+    """
+
+    pools: tuple[PoolSpec, ...]
+    pool_bytes: dict[str, int]
+    placements: dict[str, tuple[str, int]]
+    workspace_bytes: int
+    constant_offsets: dict[str, int]
+    constants_bytes: int
+    scratch_names: dict[int, str]  # call index → name of that call's scratch buffer
+    lower_bound_bytes: int  # liveness lower bound of workspace + inputs + outputs
+    alignment: int  # the alignment used: the requested one, raised to the largest element size
+    strategy: str  # the placement strategy that gave the smallest pool
+    io_in_workspace: bool = False
+
+
+def align(value: int, alignment: int) -> int:
+    """Round `value` up to a multiple of `alignment`."""
+    return (value + alignment - 1) // alignment * alignment
+
+
+def live_intervals(
+    schedule: Schedule, scratch: dict[str, ScratchLayout]
+) -> tuple[list[Interval], dict[int, str]]:
+    """Live ranges of intermediate tensors and kernel scratch regions over the call order."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for step, call in enumerate(schedule.calls):
+        for name in call.outputs:
+            root = schedule.root(name)
+            first.setdefault(root, step)
+            last[root] = max(last.get(root, step), step)
+        for name in call.inputs:
+            root = schedule.root(name)
+            last[root] = max(last.get(root, step), step)
+    intervals = [
+        Interval(name, schedule.tensors[name].nbytes, first[name], last[name])
+        for name in first
+        if schedule.tensors[name].kind == "intermediate"
+    ]
+    scratch_names: dict[int, str] = {}
+    for step, call in enumerate(schedule.calls):
+        layout = scratch.get(call.kernel)
+        if layout is not None and layout.nbytes:
+            name = f"{call.kernel}_scratch_{step}"
+            scratch_names[step] = name
+            intervals.append(Interval(name, layout.nbytes, step, step))
+    return intervals, scratch_names
+
+
+Placement = dict[str, tuple[int, int]]  # buffer → (pool index, byte offset)
+Strategy = Callable[[list[Interval], int, Sequence[PoolSpec]], Placement]
+EXHAUSTIVE_MAX_BUFFERS = 7
+HILL_CLIMB_STEPS = 400
+HILL_CLIMB_SEED = 0
+UNLIMITED = (PoolSpec(),)
+
+
+def first_fit(
+    order: Sequence[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """Place buffers in `order`, each in the first pool where it fits within the pool's limit,
+    at the lowest aligned offset free during its life. PoolOverflow if it fits nowhere."""
+    placed: list[tuple[Interval, int, int]] = []
+    placement: Placement = {}
+    for buf in order:
+        for index, pool in enumerate(pools):
+            offset = _lowest_offset(buf, [(o, p) for o, i, p in placed if i == index], alignment)
+            # Pools are rounded up to the alignment, so the aligned end must fit the limit.
+            end = align(offset + buf.nbytes, alignment)
+            if pool.size_limit is None or end <= pool.size_limit:
+                placement[buf.name] = (index, offset)
+                placed.append((buf, index, offset))
+                break
+        else:
+            limits = ", ".join(f"{p.name} ({p.size_limit} B)" for p in pools)
+            raise PoolOverflow(
+                f"workspace buffer '{buf.name}' ({buf.nbytes} B) fits in none of the pools "
+                f"{limits}: raise a limit or add a pool"
+            )
+    return placement
+
+
+def _lowest_offset(buf: Interval, placed: list[tuple[Interval, int]], alignment: int) -> int:
+    busy = sorted((off, off + other.nbytes) for other, off in placed if other.overlaps(buf))
+    offset = 0
+    for start, end in busy:
+        if offset + buf.nbytes <= start:
+            break
+        offset = max(offset, align(end, alignment))
+    return offset
+
+
+def pool_sizes(intervals: Sequence[Interval], placement: Placement, count: int) -> list[int]:
+    """Bytes each pool needs under `placement`: the highest end of any of its buffers."""
+    sizes = [0] * count
+    for buf in intervals:
+        index, offset = placement[buf.name]
+        sizes[index] = max(sizes[index], offset + buf.nbytes)
+    return sizes
+
+
+def pool_size(intervals: Sequence[Interval], placement: Placement) -> int:
+    """Total bytes of all pools under `placement`."""
+    count = 1 + max((index for index, _ in placement.values()), default=0)
+    return sum(pool_sizes(intervals, placement, count))
+
+
+def greedy_by_size(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """TFLite Micro's strategy: largest buffers first, first fit."""
+    order = sorted(intervals, key=lambda b: (-b.nbytes, b.first, b.name))
+    return first_fit(order, alignment, pools)
+
+
+def greedy_by_schedule(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """Buffers in the order the schedule creates them, first fit."""
+    order = sorted(intervals, key=lambda b: (b.first, -b.nbytes, b.name))
+    return first_fit(order, alignment, pools)
+
+
+def exhaustive(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """Every placement order (small graphs only), first fit; the smallest total wins."""
+    best: Placement | None = None
+    best_size = 0
+    for order in itertools.permutations(sorted(intervals, key=lambda b: b.name)):
+        try:
+            placement = first_fit(order, alignment, pools)
+        except PoolOverflow:
+            continue
+        size = pool_size(intervals, placement)
+        if best is None or size < best_size:
+            best, best_size = placement, size
+    if best is None:
+        return greedy_by_size(intervals, alignment, pools)  # raises the overflow
+    return best
+
+
+def hill_climb(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> Placement:
+    """Swap two buffers of the size-ordered placement order at a time; keep swaps that do not
+    grow the total. Seeded, so the result is the same on every run."""
+    rng = random.Random(HILL_CLIMB_SEED)
+    order = sorted(intervals, key=lambda b: (-b.nbytes, b.first, b.name))
+    best = first_fit(order, alignment, pools)
+    best_size = pool_size(intervals, best)
+    if len(order) < 2:
+        return best
+    for _ in range(HILL_CLIMB_STEPS):
+        i, j = rng.sample(range(len(order)), 2)
+        order[i], order[j] = order[j], order[i]
+        try:
+            placement = first_fit(order, alignment, pools)
+        except PoolOverflow:
+            placement = None
+        if placement is not None and pool_size(intervals, placement) <= best_size:
+            best, best_size = placement, pool_size(intervals, placement)
+        else:
+            order[i], order[j] = order[j], order[i]
+    return best
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "greedy_by_size": greedy_by_size,
+    "greedy_by_schedule": greedy_by_schedule,
+    "hill_climb": hill_climb,
+    "exhaustive": exhaustive,
+}
+
+
+def best_placement(
+    intervals: list[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+) -> tuple[str, Placement]:
+    """Run every applicable strategy; return the name and placement with the smallest total
+    (ties go to the earlier strategy in `STRATEGIES`). PoolOverflow if none fits."""
+    results = []
+    failure: PoolOverflow | None = None
+    for name, strategy in STRATEGIES.items():
+        if name == "exhaustive" and len(intervals) > EXHAUSTIVE_MAX_BUFFERS:
+            continue
+        try:
+            placement = strategy(intervals, alignment, pools)
+        except PoolOverflow as err:
+            failure = failure or err
+            continue
+        results.append((pool_size(intervals, placement), name, placement))
+    if not results:
+        assert failure is not None
+        raise failure
+    _, name, placement = min(results, key=lambda r: r[0])
+    return name, placement
+
+
+def io_intervals(schedule: Schedule) -> list[Interval]:
+    """Live ranges of model inputs (first step to last read) and outputs (write to the end)."""
+    steps = len(schedule.calls)
+    last_read: dict[str, int] = {}
+    written: dict[str, int] = {}
+    for step, call in enumerate(schedule.calls):
+        for name in call.inputs:
+            last_read[schedule.root(name)] = step
+        for name in call.outputs:
+            written.setdefault(schedule.root(name), step)
+    intervals = [
+        Interval(name, schedule.tensors[name].nbytes, 0, last_read.get(name, 0))
+        for name in schedule.inputs
+    ]
+    for name in schedule.outputs:
+        root = schedule.root(name)
+        intervals.append(Interval(root, schedule.tensors[root].nbytes, written[root], steps - 1))
+    return intervals
+
+
+def lower_bound(intervals: list[Interval], steps: int) -> int:
+    """Largest total of bytes live at any one step: no plan can use less."""
+    return max(
+        (sum(b.nbytes for b in intervals if b.first <= step <= b.last) for step in range(steps)),
+        default=0,
+    )
+
+
+def plan_memory(
+    schedule: Schedule,
+    scratch: dict[str, ScratchLayout],
+    alignment: int = DEFAULT_ALIGNMENT,
+    pools: Sequence[PoolSpec] = UNLIMITED,
+    io_in_workspace: bool = False,
+) -> MemoryPlan:
+    """Compute the static memory plan for a schedule.
+
+    With `io_in_workspace`, model inputs and outputs are workspace buffers too (inputs live
+    from before the first call to their last read, outputs from their write to after the last).
+    """
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"alignment must be a power of two, got {alignment}")
+    # Every buffer must at least be aligned for its elements (Cortex-M4/M7 fault otherwise).
+    element_sizes = [dtype_bytes(t.dtype) for t in schedule.tensors.values()]
+    element_sizes += [dtype_bytes(b.dtype) for layout in scratch.values() for b in layout.buffers]
+    alignment = max(alignment, *element_sizes)
+    names = [pool.name for pool in pools]
+    if not pools or len(set(names)) != len(names):
+        raise ValueError(f"workspace pools need distinct names, got {names}")
+    intervals, scratch_names = live_intervals(schedule, scratch)
+    io = io_intervals(schedule)
+    placed = intervals + io if io_in_workspace else intervals
+    strategy, placement = best_placement(placed, alignment, pools)
+    sizes = pool_sizes(placed, placement, len(pools))
+    pool_bytes = {p.name: align(size, alignment) for p, size in zip(pools, sizes, strict=True)}
+    constant_offsets: dict[str, int] = {}
+    cursor = 0
+    for name in schedule.constants:
+        if name in schedule.views:
+            continue
+        constant_offsets[name] = cursor
+        cursor = align(cursor + schedule.tensors[name].nbytes, alignment)
+    return MemoryPlan(
+        pools=tuple(pools),
+        pool_bytes=pool_bytes,
+        placements={name: (pools[index].name, off) for name, (index, off) in placement.items()},
+        workspace_bytes=sum(pool_bytes.values()),
+        constant_offsets=constant_offsets,
+        constants_bytes=cursor,
+        scratch_names=scratch_names,
+        lower_bound_bytes=lower_bound(intervals + io, len(schedule.calls)),
+        alignment=alignment,
+        strategy=strategy,
+        io_in_workspace=io_in_workspace,
+    )

@@ -1,0 +1,426 @@
+"""The Zephyr platform: a complete Zephyr application serving the model over the serial protocol.
+
+`create` renders, from `templates/zephyr/` and the protocol's device templates:
+
+    CMakeLists.txt          find_package(Zephyr ...), the model's sources as a library
+    prj.conf                console UART free for the protocol, stack and heap, FPU
+    src/main.c              microexport_port_init + microexport_serve_forever
+    src/microexport_port.h  the port interface (main.c builds without Zephyr headers)
+    src/port_zephyr.c       the transport on the console UART, k_cycle_get_32 as clock
+    src/microexport_protocol.[ch]  microexport.deploy.protocol.render_device_sources
+
+`build` runs `west build -b <zephyr board> -d <project>/build <project>`, `flash` runs
+`west flash -d <project>/build`. `run` on a board emulated by QEMU runs
+`west build -d <project>/build -t run` with the console UART on a pipe (Zephyr's QEMU_PIPE) and
+talks the protocol over it; on hardware it opens the board's serial port (found by the USB
+VID:PID in the board file, or `--port`) and talks the protocol there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from microexport.archive.glue import glue_environment, harness_variables, render
+from microexport.deploy.platforms.base import (
+    Build,
+    Capabilities,
+    Invocation,
+    MemoryNeeds,
+    Platform,
+    Project,
+    RawRun,
+    RunOptions,
+    RunStats,
+    make_directory,
+)
+from microexport.deploy.subproc import CommandResult, exit_description, last_line
+from microexport.errors import Error
+
+SOURCE_DIR = "src"
+ZEPHYR_STACK_BASE = 2048  # main thread, protocol frames, AOT main
+STACK_ROUNDING = 256
+# Flash and RAM of the Zephyr kernel, drivers and the protocol besides the model's pools and
+# the main stack: a margin for the estimate before linking.
+FLASH_OVERHEAD = 48 * 1024
+RAM_OVERHEAD = 12 * 1024
+BUILD_TIMEOUT = 1800.0
+FLASH_TIMEOUT = 300.0
+QEMU_PIPE = "qemu-fifo"  # <build>/qemu-fifo.in and .out (Zephyr's QEMU_PIPE)
+QEMU_PID_FILE = "qemu.pid"  # written by Zephyr's QEMU targets in the build directory
+PIPE_OPEN_POLL = 0.05
+
+# Template → file name in the project directory.
+APP_TEMPLATES: dict[str, str] = {
+    "zephyr/CMakeLists.txt.j2": "CMakeLists.txt",
+    "zephyr/prj.conf.j2": "prj.conf",
+    "zephyr/zephyr_main.c.j2": f"{SOURCE_DIR}/main.c",
+    "zephyr/microexport_port.h.j2": f"{SOURCE_DIR}/microexport_port.h",
+    "zephyr/port_zephyr.c.j2": f"{SOURCE_DIR}/port_zephyr.c",
+}
+ZEPHYR_HELP = ("install Zephyr (pip install west; west init ~/zephyrproject; cd ~/zephyrproject; "
+               "west update; west zephyr-export; and the Zephyr SDK) and set "
+               "ZEPHYR_BASE=~/zephyrproject/zephyr")
+
+
+def zephyr_base(environ: Mapping[str, str] | None = None) -> Path:
+    """The Zephyr tree named by ZEPHYR_BASE; Error saying what to install otherwise."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("ZEPHYR_BASE")
+    if not value:
+        raise Error(f"ZEPHYR_BASE is not set: {ZEPHYR_HELP}")
+    base = Path(value)
+    if not (base / "cmake" / "modules").is_dir() and not (base / "share").is_dir():
+        raise Error(f"ZEPHYR_BASE={value} is not a Zephyr tree (no cmake/modules): {ZEPHYR_HELP}")
+    return base
+
+
+def check_west() -> None:
+    """MissingTool-like Error if west is not installed, or Zephyr is not set up."""
+    if shutil.which("west") is None:
+        raise Error(f"'west' not found: {ZEPHYR_HELP}")
+    zephyr_base()
+
+
+class ZephyrPlatform(Platform):
+    """A Zephyr application per model, built and flashed with west."""
+
+    name = "zephyr"
+    capabilities = Capabilities(
+        runs_models=True, can_flash=True, emulated=True, has_serial=True,
+        measures_instructions=True, needs_hardware=True, reports_size=True,
+    )
+
+    @classmethod
+    def board_capabilities(cls, board: Any) -> Capabilities:
+        if board.qemu_machine is not None:  # `west build -t run`: no flash, no serial port
+            return Capabilities(runs_models=True, emulated=True, measures_instructions=True,
+                                reports_size=True)
+        return Capabilities(runs_models=True, can_flash=True, has_serial=True,
+                            measures_instructions=True, needs_hardware=True, reports_size=True)
+
+    @property
+    def zephyr_board(self) -> str:
+        """The board for `west build -b` (Zephyr v4 qualifiers: nrf5340dk/nrf5340/cpuapp)."""
+        if not self.board.zephyr_board:
+            raise Error(f"board '{self.board.name}' has no zephyr_board: add the Zephyr board "
+                        f"name to its YAML file")
+        return self.board.zephyr_board
+
+    # --- create ---------------------------------------------------------------------------
+
+    def main_stack_size(self, metadata: Mapping[str, Any]) -> int:
+        """CONFIG_MAIN_STACK_SIZE: the board's stack_size, else a base plus the largest C locals
+        of a kernel (metadata memory.functions[*].stack_bytes), rounded up."""
+        if self.board.stack_size:
+            return self.board.stack_size
+        need = ZEPHYR_STACK_BASE + kernel_stack_bytes(metadata)
+        return -(-need // STACK_ROUNDING) * STACK_ROUNDING
+
+    def template_variables(self, project: Project) -> dict[str, Any]:
+        """What the templates in templates/zephyr/ receive (see docs/templates.md)."""
+        metadata = project.metadata
+        return {
+            **harness_variables(metadata),
+            "board": self.board,
+            "zephyr_board": self.zephyr_board,
+            "model_sources": [source.name for source in project.sources],
+            "app_sources": ["main.c", "port_zephyr.c", "microexport_protocol.c"],
+            "main_stack_size": self.main_stack_size(metadata),
+            "heap_size": self.board.heap_size or 0,
+            "kernel_stack_bytes": kernel_stack_bytes(metadata),
+        }
+
+    def render_sources(self, project: Project) -> dict[str, str]:
+        """Relative path → text of every file `create` writes besides the model."""
+        from microexport.deploy.protocol import render_device_sources
+
+        env = glue_environment(self.templates)
+        variables = self.template_variables(project)
+        files = {path: render(env, template, variables)
+                 for template, path in APP_TEMPLATES.items()}
+        for filename, text in render_device_sources(project.metadata, self.templates).items():
+            files[f"{SOURCE_DIR}/{filename}"] = text
+        return files
+
+    def do_create(self, project: Project) -> None:
+        make_directory(project.home / SOURCE_DIR, "source directory")
+        for relative, text in self.render_sources(project).items():
+            (project.home / relative).write_text(text, encoding="utf-8")
+
+    def do_overhead(self, metadata: Mapping[str, Any]) -> MemoryNeeds:
+        return MemoryNeeds(flash=FLASH_OVERHEAD,
+                           ram=RAM_OVERHEAD + self.main_stack_size(metadata)
+                           + (self.board.heap_size or 0))
+
+    # --- build ----------------------------------------------------------------------------
+
+    def do_expected_build(self, project: Project) -> Build:
+        elf = project.build_dir / "zephyr" / "zephyr.elf"
+        return Build(project, elf, elf=elf)
+
+    def do_build_plan(self, project: Project) -> list[Invocation]:
+        return [Invocation(
+            ("west", "build", "-b", self.zephyr_board, "-d", str(project.build_dir),
+             str(project.home)),
+            cwd=project.home,
+            timeout=BUILD_TIMEOUT,
+            what=f"west build for {self.board.name}",
+        )]
+
+    def do_build(self, project: Project) -> Build:
+        check_west()
+        (step,) = self.do_build_plan(project)
+        result = step.execute()
+        log = project.build_dir / "west-build.log"
+        log.write_text(result.stdout + result.stderr, encoding="utf-8")
+        if result.returncode != 0:
+            raise Error(f"west build for {self.board.name} failed "
+                        f"({exit_description(result.returncode)}): "
+                        f"{_west_error(result)} (full log: {log})")
+        return self.do_expected_build(project)
+
+    # --- flash ----------------------------------------------------------------------------
+
+    def do_flash_plan(self, build: Build) -> list[Invocation]:
+        argv = ["west", "flash", "-d", str(build.project.build_dir)]
+        if self.board.west_runner:
+            argv += ["--runner", self.board.west_runner]
+        return [Invocation(tuple(argv), cwd=build.project.home, timeout=FLASH_TIMEOUT,
+                           what=f"west flash to {self.board.name}")]
+
+    def do_flash(self, build: Build) -> None:
+        check_west()
+        for step in self.do_flash_plan(build):
+            result = step.execute()
+            if result.returncode != 0:
+                raise Error(f"west flash to {self.board.name} failed "
+                            f"({exit_description(result.returncode)}): {_west_error(result)}")
+
+    # --- run ------------------------------------------------------------------------------
+
+    def runs_without_build(self) -> bool:
+        """On hardware `run` talks to the flashed board; it does not build."""
+        return self.board.qemu_machine is None
+
+    def pipe_path(self, build: Build) -> Path:
+        """Zephyr's QEMU_PIPE: QEMU reads `<path>.in` and writes `<path>.out`."""
+        return build.project.build_dir / QEMU_PIPE
+
+    def do_run_plan(self, build: Build, options: RunOptions) -> list[Invocation]:
+        if self.board.qemu_machine is None:
+            return []  # hardware: the serial port only
+        return [Invocation(
+            ("west", "build", "-d", str(build.project.build_dir), "-t", "run", "--",
+             f"-DQEMU_PIPE={self.pipe_path(build)}"),
+            cwd=build.project.home,
+            timeout=BUILD_TIMEOUT + self.run_timeout(options),
+            what=f"west build -t run for {self.board.name}",
+        )]
+
+    def serial_port(self, options: RunOptions) -> str:
+        """The board's serial port: `--port`, else the one with the board's USB VID:PID."""
+        if options.port:
+            return options.port
+        return find_board_port(self.board)
+
+    def do_run(self, build: Build, inputs: dict[str, bytes], options: RunOptions) -> RawRun:
+        from microexport.deploy import protocol
+
+        metadata = build.project.metadata
+        arrays = _decode_inputs(metadata, inputs)
+        timeout = self.run_timeout(options)
+        if self.board.qemu_machine is None:
+            device = self.serial_port(options)
+            baud = self.board.serial.baud if self.board.serial else 115200
+            port = protocol.open_port(device, baud)
+            try:
+                outputs, stats = protocol.run_inference(port, metadata, arrays, timeout)
+            finally:
+                port.close()
+        else:
+            check_west()
+            outputs, stats = self.run_in_qemu(build, arrays, options)
+        raw = {name: _encode(array) for name, array in outputs.items()}
+        return RawRun(raw, RunStats(cycles=stats.ticks, details={
+            "clock_hz": stats.clock_hz, "host_seconds": stats.host_seconds}))
+
+    def run_in_qemu(
+        self, build: Build, inputs: Mapping[str, Any], options: RunOptions
+    ) -> tuple[dict[str, Any], Any]:
+        """Start `west build -t run` with the console on a pipe, run the protocol over it,
+        then stop QEMU (its pid file)."""
+        from microexport.deploy import protocol
+
+        (step,) = self.do_run_plan(build, options)
+        pipe = self.pipe_path(build)
+        for suffix in (".in", ".out"):
+            path = pipe.with_name(pipe.name + suffix)
+            path.unlink(missing_ok=True)
+            os.mkfifo(path)
+        finished: list[CommandResult | BaseException] = []
+        worker = threading.Thread(target=lambda: finished.append(_capture(step)), daemon=True)
+        worker.start()
+        timeout = self.run_timeout(options)
+        port = FifoPort(pipe, deadline=time.monotonic() + BUILD_TIMEOUT, alive=worker.is_alive)
+        try:
+            return protocol.run_inference(port, build.project.metadata, inputs, timeout)
+        except Error:
+            worker.join(1.0)
+            failed = next((r for r in finished if isinstance(r, BaseException)
+                           or r.returncode != 0), None)
+            if isinstance(failed, Error):
+                raise failed from None
+            if isinstance(failed, CommandResult):  # west failed: that is the real error
+                raise Error(f"west build -t run for {self.board.name} failed "
+                            f"({exit_description(failed.returncode)}): {_west_error(failed)}") \
+                    from None
+            raise
+        finally:
+            port.close()
+            _stop_qemu(build.project.build_dir / QEMU_PID_FILE)
+            worker.join(10.0)
+
+
+def kernel_stack_bytes(metadata: Mapping[str, Any]) -> int:
+    """The largest C-local stack bytes of a kernel (0 when the archive does not say)."""
+    functions = metadata["memory"].get("functions", {})
+    return max((int(f.get("stack_bytes", 0)) for f in functions.values()), default=0)
+
+
+def find_board_port(board: Any, available: Any = None) -> str:
+    """The serial port of `board`: the USB port whose VID:PID is one of the board's.
+
+    Several interfaces of one probe (the same USB serial number) → the first by location;
+    ports of several probes → Error asking for --port; none → Error listing what was seen.
+    """
+    if board.serial is None or not board.serial.vid_pid:
+        raise Error(f"board '{board.name}' has no serial vid_pid: name its port with --port")
+    if available is None:
+        from serial.tools import list_ports
+
+        available = list_ports.comports()
+    ids = {tuple(int(part, 16) for part in vid_pid.split(":")) for vid_pid in board.serial.vid_pid}
+    matches = sorted((p for p in available if (p.vid, p.pid) in ids),
+                     key=lambda p: (p.serial_number or "", p.location or "", p.device))
+    wanted = " or ".join(board.serial.vid_pid)
+    if not matches:
+        seen = ", ".join(sorted(p.device for p in available)) or "none"
+        raise Error(f"no serial port of board '{board.name}' (USB {wanted}) found "
+                    f"(ports seen: {seen}): connect the board or name its port with --port")
+    probes = {p.serial_number for p in matches}
+    if len(probes) > 1:
+        found = ", ".join(f"{p.device} (serial {p.serial_number})" for p in matches)
+        raise Error(f"several boards with USB {wanted} found: {found}: pick one with --port")
+    return str(matches[0].device)
+
+
+class FifoPort:
+    """A pyserial-like port over Zephyr's QEMU_PIPE FIFOs (`<path>.in`, `<path>.out`)."""
+
+    def __init__(self, path: Path, deadline: float, alive: Any) -> None:
+        self.timeout: float | None = 0.05
+        self._path = path
+        self._deadline = deadline
+        self._alive = alive
+        self._read_fd: int | None = None
+        self._write_fd: int | None = None
+
+    def _open(self) -> None:
+        if self._read_fd is not None:
+            return
+        read_fd = os.open(str(self._path) + ".out", os.O_RDONLY | os.O_NONBLOCK)
+        while True:
+            try:
+                self._write_fd = os.open(str(self._path) + ".in", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:  # ENXIO until QEMU opens its end
+                if time.monotonic() > self._deadline or not self._alive():
+                    os.close(read_fd)
+                    raise Error("QEMU did not open its serial pipe: see the build directory's "
+                                "west output (west build -t run)") from None
+                time.sleep(PIPE_OPEN_POLL)
+        self._read_fd = read_fd
+
+    def read(self, size: int = 1) -> bytes:
+        """Up to `size` bytes, fewer after `timeout` seconds."""
+        import select
+
+        self._open()
+        assert self._read_fd is not None
+        ready, _, _ = select.select([self._read_fd], [], [], self.timeout)
+        if not ready:
+            return b""
+        try:
+            return os.read(self._read_fd, size)
+        except BlockingIOError:
+            return b""
+
+    def write(self, data: bytes, /) -> int:
+        """Write all of `data`."""
+        self._open()
+        assert self._write_fd is not None
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._write_fd, view)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            view = view[written:]
+        return len(data)
+
+    def close(self) -> None:
+        """Close both FIFOs."""
+        for fd in (self._read_fd, self._write_fd):
+            if fd is not None:
+                os.close(fd)
+        self._read_fd = self._write_fd = None
+
+
+def _capture(step: Invocation) -> CommandResult | BaseException:
+    try:
+        return step.execute()
+    except BaseException as err:  # noqa: BLE001 - reported by the caller
+        return err
+
+
+def _stop_qemu(pid_file: Path) -> None:
+    """Stop the QEMU that Zephyr's run target started (its pid file), if still running."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+
+
+def _west_error(result: CommandResult) -> str:
+    for line in (result.stderr + result.stdout).splitlines():
+        if "error" in line.lower() or "FATAL" in line:
+            return line.strip()
+    return last_line(result.stderr or result.stdout) or result.command_line
+
+
+def _decode_inputs(metadata: Mapping[str, Any], raw: Mapping[str, bytes]) -> dict[str, Any]:
+    import numpy as np
+
+    arrays = {}
+    for spec in metadata["inputs"]:
+        dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+        arrays[spec["name"]] = (np.frombuffer(raw[spec["name"]], dtype=dtype)
+                                .reshape(spec["shape"]).astype(dtype.newbyteorder("=")))
+    return arrays
+
+
+def _encode(array: Any) -> bytes:
+    import numpy as np
+
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
