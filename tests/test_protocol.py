@@ -3,12 +3,16 @@ device C compiled for the host and served on a pseudo-terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import select
+import socket
 import struct
 import subprocess
+import threading
 import time
 import tty
 import zlib
@@ -33,6 +37,7 @@ from support import require_program
 
 from microexport.archive.glue import render_glue
 from microexport.archive.mlf import build_metadata
+from microexport.deploy.boards import Board, SerialConfig, load_board
 from microexport.deploy.protocol import (
     CHUNK_HEADER_SIZE,
     ERROR_TEXTS,
@@ -44,6 +49,7 @@ from microexport.deploy.protocol import (
     Chunk,
     DeviceInfo,
     DeviceRunFailed,
+    DeviceTimeout,
     ErrorCode,
     ErrorReport,
     Frame,
@@ -58,12 +64,13 @@ from microexport.deploy.protocol import (
     crc32_nibble_table,
     decode_frame,
     encode_frame,
-    find_port,
+    find_board_port,
     model_signature,
     open_port,
     render_device_sources,
     render_host_board,
     run_inference,
+    session_steps,
 )
 from microexport.deploy.subproc import run_command
 from microexport.errors import Error, InputError
@@ -234,43 +241,77 @@ def test_model_signature_sees_names_shapes_and_dtypes() -> None:
         assert model_signature(other) != base
 
 
-# --- find_port ------------------------------------------------------------------------------
+# --- finding the port -----------------------------------------------------------------------
 
 
-def port_info(device: str, usb: tuple[int, int] | None = None, description: str = "n/a"
-              ) -> ListPortInfo:
+def port_info(device: str, usb: tuple[int, int] | None = None, description: str = "n/a",
+              serial_number: str | None = None, location: str | None = None) -> ListPortInfo:
     info = ListPortInfo(device, skip_link_detection=True)
     if usb is not None:
         info.vid, info.pid = usb
     info.description = description
+    info.serial_number = serial_number
+    info.location = location
     return info
 
 
-def test_find_port() -> None:
+def board_with_usb(*vid_pid: str) -> Board:
+    return dataclasses.replace(load_board("nucleo_f746zg"), serial=SerialConfig(115200, vid_pid))
+
+
+def test_find_board_port() -> None:
+    nucleo = load_board("nucleo_f746zg")  # USB 0483:374b or 0483:3752
     ports = [
         port_info("/dev/ttyS0"),
-        port_info("/dev/ttyACM0", (0x0483, 0x374B), "STLink Virtual COM Port"),
-        port_info("/dev/ttyUSB0", (0x10C4, 0xEA60), "CP2102"),
+        port_info("/dev/ttyACM0", (0x0483, 0x374B), "STLink Virtual COM Port", "066D", "1-2:1.2"),
+        port_info("/dev/ttyUSB0", (0x10C4, 0xEA60), "CP2102", "0001", "1-3:1.0"),
     ]
-    assert find_port(None, "/dev/ttyX", available=ports) == "/dev/ttyX"
-    assert find_port("0483:374B", None, available=ports) == "/dev/ttyACM0"
-    assert find_port(None, None, available=ports[:2]) == "/dev/ttyACM0"
-    with pytest.raises(Error, match=r"2 serial ports on USB found \(/dev/ttyACM0 0483:374b "
-                                    r"\(STLink Virtual COM Port\), /dev/ttyUSB0 10c4:ea60 "
-                                    r"\(CP2102\)\): pick one with --port"):
-        find_port(None, None, available=ports)
-    with pytest.raises(Error, match=r"no serial port with USB id 1366:0105 found \(seen: "
-                                    r"/dev/ttyACM0 .*, /dev/ttyS0, /dev/ttyUSB0 .*\).*--port"):
-        find_port("1366:0105", None, available=ports)
-    with pytest.raises(Error, match=r"no serial port on USB found \(seen: none\)"):
-        find_port(None, None, available=[])
-    with pytest.raises(Error, match="not VID:PID in hex"):
-        find_port("stlink", None, available=ports)
+    assert find_board_port(nucleo, ports, port="/dev/ttyX") == "/dev/ttyX"
+    assert find_board_port(nucleo, ports, port="socket://localhost:4000") == (
+        "socket://localhost:4000")  # a pyserial URL is passed on as it is, for open_port
+    assert find_board_port(load_board("mps2_an385"), [], port="/dev/ttyX") == "/dev/ttyX"
+    assert find_board_port(nucleo, ports) == "/dev/ttyACM0"
+    assert find_board_port(board_with_usb("0483:374B"), ports) == "/dev/ttyACM0"
+    assert find_board_port(nucleo, ports, port="") == "/dev/ttyACM0"  # empty: not given
+    # One probe with several interfaces (the same USB serial number): its first by location.
+    second_interface = port_info("/dev/ttyACM1", (0x0483, 0x374B), "STLink", "066D", "1-2:1.0")
+    assert find_board_port(nucleo, [*ports, second_interface]) == "/dev/ttyACM1"
+    other_probe = port_info("/dev/ttyACM2", (0x0483, 0x3752), "STLink V2-1", "0670", "1-4:1.2")
+    with pytest.raises(Error, match=r"^several boards with USB 0483:374b or 0483:3752 found: "
+                                    r"/dev/ttyACM0 0483:374b \(STLink Virtual COM Port\) "
+                                    r"\(serial 066D\), /dev/ttyACM2 0483:3752 \(STLink V2-1\) "
+                                    r"\(serial 0670\): pick one with --port$"):
+        find_board_port(nucleo, [*ports, other_probe])
+    anonymous = [port_info("/dev/ttyACM0", (0x0483, 0x374B)),
+                 port_info("/dev/ttyACM1", (0x0483, 0x374B))]
+    with pytest.raises(Error, match=r"^several boards with USB .* found: /dev/ttyACM0 0483:374b "
+                                    r"\(serial unknown\), /dev/ttyACM1 .*: pick one with --port$"):
+        find_board_port(nucleo, anonymous)  # no serial numbers: nothing says it is one probe
+    with pytest.raises(Error, match=r"^no serial port of board 'nrf5340dk_nrf5340_cpuapp' \(USB "
+                                    r"1366:1015 or 1366:1051 or 1366:1061\) found \(ports seen: "
+                                    r"/dev/ttyACM0 0483:374b \(STLink Virtual COM Port\), "
+                                    r"/dev/ttyS0, /dev/ttyUSB0 10c4:ea60 \(CP2102\)\): connect "
+                                    r"the board or name its port with --port$"):
+        find_board_port(load_board("nrf5340dk_nrf5340_cpuapp"), ports)
+    with pytest.raises(Error, match=r"\(ports seen: none\)"):
+        find_board_port(nucleo, [])
+    with pytest.raises(Error, match="^board 'mps2_an385' has no serial vid_pid: name its port "
+                                    "with --port$"):
+        find_board_port(load_board("mps2_an385"), ports)
+    with pytest.raises(Error, match="^USB id 'stlink' is not VID:PID in hex"):
+        find_board_port(board_with_usb("stlink"), ports)
 
 
-def test_find_port_lists_the_real_ports() -> None:
-    with pytest.raises(Error, match=r"no serial port with USB id ffff:fffe found \(seen: .*\)"):
-        find_port("ffff:fffe", None)
+def test_find_board_port_lists_the_real_ports() -> None:
+    with pytest.raises(Error, match=r"^no serial port of board 'nucleo_f746zg' \(USB ffff:fffe\) "
+                                    r"found \(ports seen: .*\)"):
+        find_board_port(board_with_usb("ffff:fffe"))
+
+
+def test_the_zephyr_platform_finds_its_port_here() -> None:
+    from microexport.deploy.platforms import zephyr
+
+    assert zephyr.find_board_port is find_board_port
 
 
 def test_open_port() -> None:
@@ -605,6 +646,168 @@ def test_request_corrupted_on_the_way_is_sent_again(board: Path) -> None:
     assert_outputs(outputs, inputs)
     first_input = FRAME_OVERHEAD + BOARD_MAX_PAYLOAD
     assert stats.bytes_sent == clean.bytes_sent + first_input
+
+
+# --- a misbehaving board on a socket: the session's deadline ---------------------------------
+
+
+FAKE_MAX_PAYLOAD = 256  # every fixture tensor in one chunk: 3 + 2 + 2 = 7 steps per session
+
+
+class FakeBoard:
+    """A board written in Python with the package's own codecs, behind a TCP socket that the host
+    opens as `socket://127.0.0.1:PORT` (pyserial), as `microexport run --port` would.
+
+    It answers HELLO with the fixture's INFO and then misbehaves as `mode` says:
+
+    * `stale-acks`: never acknowledges INPUT, but keeps sending valid stale frames (a repeated
+      INFO, ACKs and an ERROR of old sequence numbers) every few milliseconds.
+    * `stale-outputs`: acknowledges every INPUT and answers RUN with STATS, then keeps sending
+      valid OUTPUT, STATS and ACK frames of old sequence numbers instead of the outputs.
+    * `slow-and-noisy`: answers every request only after `delay` seconds, and with ERROR bad_crc
+      (please resend) three times out of four.
+    """
+
+    def __init__(self, mode: str, delay: float = 0.0) -> None:
+        self.mode = mode
+        self.delay = delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"socket://127.0.0.1:{self.server.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.sent_stale = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def __enter__(self) -> FakeBoard:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.server.close()
+        assert not self.thread.is_alive()
+
+    def serve(self) -> None:
+        self.server.settimeout(5)
+        try:
+            connection, _ = self.server.accept()
+        except OSError:
+            return
+        with connection, contextlib.suppress(OSError):  # OSError: the host closed the port
+            connection.settimeout(0.005)
+            self.talk(connection)
+
+    def talk(self, connection: socket.socket) -> None:
+        metadata = fixture_metadata()
+        info = DeviceInfo(1, 0, FAKE_MAX_PAYLOAD, model_signature(metadata), 0,
+                          tuple(t.nbytes for t in INPUTS), tuple(t.nbytes for t in OUTPUTS),
+                          NAME).encode()
+        decoder = FrameDecoder()
+        hello_seq = None
+        stale: list[Frame] = []  # sent round-robin, one every 5 ms, once not empty
+        attempts: dict[int, int] = {}
+        while not self.stop.is_set():
+            try:
+                data = connection.recv(4096)
+                if not data:
+                    return
+                decoder.feed(data)
+            except TimeoutError:
+                pass
+            while (frame := decoder.next_frame()) is not None:
+                if frame.type == FrameType.HELLO:
+                    hello_seq = frame.seq
+                    connection.sendall(encode_frame(FrameType.INFO, frame.seq, info))
+                    continue
+                assert hello_seq is not None
+                old = (frame.seq - 1) & 0xFF
+                if self.mode == "stale-acks":
+                    stale = [Frame(FrameType.INFO, hello_seq, info),
+                             Frame(FrameType.ACK, old, Ack(FrameType.INPUT, 0, 24).encode()),
+                             Frame(FrameType.ERROR, old, ErrorReport(
+                                 ErrorCode.NO_SESSION, FrameType.INPUT, 0,
+                                 ErrorCode.NO_SESSION.text).encode())]
+                elif self.mode == "stale-outputs" and frame.type == FrameType.INPUT:
+                    chunk = Chunk.decode(frame.payload)
+                    ack = Ack(FrameType.INPUT, chunk.index, chunk.offset + len(chunk.data))
+                    connection.sendall(encode_frame(FrameType.ACK, frame.seq, ack.encode()))
+                elif self.mode == "stale-outputs":
+                    connection.sendall(encode_frame(FrameType.STATS, frame.seq,
+                                                    RunStats(0, 0, 0).encode()))
+                    stale = [Frame(FrameType.OUTPUT, old, Chunk(0, 0, bytes(24)).encode()),
+                             Frame(FrameType.STATS, old, RunStats(0, 0, 0).encode()),
+                             Frame(FrameType.ACK, old, Ack(FrameType.INPUT, 1, 16).encode())]
+                else:  # slow-and-noisy
+                    time.sleep(self.delay)
+                    attempts[frame.seq] = attempts.get(frame.seq, 0) + 1
+                    if attempts[frame.seq] % 4:
+                        report = ErrorReport(ErrorCode.BAD_CRC, frame.type, 0,
+                                             ErrorCode.BAD_CRC.text)
+                        connection.sendall(encode_frame(FrameType.ERROR, frame.seq,
+                                                        report.encode()))
+                    elif frame.type == FrameType.INPUT:
+                        chunk = Chunk.decode(frame.payload)
+                        ack = Ack(FrameType.INPUT, chunk.index, chunk.offset + len(chunk.data))
+                        connection.sendall(encode_frame(FrameType.ACK, frame.seq, ack.encode()))
+                    else:
+                        connection.sendall(encode_frame(FrameType.STATS, frame.seq,
+                                                        RunStats(0, 0, 0).encode()))
+            if stale:
+                connection.sendall(stale[self.sent_stale % len(stale)].encode())
+                self.sent_stale += 1
+
+
+def test_session_steps() -> None:
+    info = DeviceInfo(1, 0, FAKE_MAX_PAYLOAD, 0, 0, (24, 16), (24, 16), NAME)
+    assert session_steps(info) == 7  # HELLO, 2 INPUT, RUN, 2 OUTPUT, RESULT
+    small = dataclasses.replace(info, max_payload=BOARD_MAX_PAYLOAD)  # 19-byte chunks
+    assert session_steps(small) == 3 + 2 + 1 + 2 + 1
+    assert session_steps(dataclasses.replace(info, input_sizes=(0,), output_sizes=(4,))) == 4
+
+
+@pytest.mark.parametrize(("mode", "waiting_for"), [
+    ("stale-acks", "ACK of input 'x:0' bytes 0..24"),
+    ("stale-outputs", "RESULT"),
+])
+def test_stale_frames_do_not_keep_the_host_waiting(mode: str, waiting_for: str) -> None:
+    timeout = 0.5
+    deadline = timeout * 7
+    with FakeBoard(mode) as board:
+        port = open_port(board.url)
+        started = time.monotonic()
+        try:
+            with pytest.raises(DeviceTimeout) as info:
+                run_inference(port, fixture_metadata(), fixture_inputs(), timeout=timeout)
+        finally:
+            elapsed = time.monotonic() - started
+            port.close()  # type: ignore[attr-defined]
+    message = str(info.value)
+    assert re.fullmatch(rf"device sent no answer within 0\.5 s while waiting for "
+                        rf"{re.escape(waiting_for)}, only \d+ stale frames \(the last "
+                        rf"[A-Z]+ seq \d+\)", message), message
+    assert isinstance(info.value, Error)
+    assert board.sent_stale > 20  # the board really kept talking all along
+    assert timeout <= elapsed < min(deadline, timeout + 1.0)
+
+
+def test_session_deadline() -> None:
+    """Every request is answered within the timeout, but only at its fourth attempt (ERROR
+    bad_crc three times): no step is ever silent for the timeout, yet the session passes
+    timeout × steps (7 × 0.5 s) while the third request, RUN, is still being resent."""
+    timeout = 0.5
+    deadline = timeout * 7
+    with FakeBoard("slow-and-noisy", delay=0.6 * timeout) as board:  # 12 attempts: 3.6 s
+        port = open_port(board.url)
+        started = time.monotonic()
+        try:
+            with pytest.raises(DeviceTimeout, match=r"^the session did not end within its "
+                                                    r"deadline of 3\.5 s \(7 steps × the 0\.5 s "
+                                                    r"timeout\) while waiting for STATS$"):
+                run_inference(port, fixture_metadata(), fixture_inputs(), timeout=timeout)
+        finally:
+            elapsed = time.monotonic() - started
+            port.close()  # type: ignore[attr-defined]
+    assert deadline <= elapsed < deadline + 1.0
 
 
 def exchange(link: SerialLink, frame_type: int, seq: int, payload: bytes = b"") -> Frame:

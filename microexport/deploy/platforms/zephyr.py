@@ -41,6 +41,7 @@ from microexport.deploy.platforms.base import (
     RunStats,
     make_directory,
 )
+from microexport.deploy.protocol.discovery import find_board_port
 from microexport.deploy.subproc import CommandResult, exit_description, last_line
 from microexport.errors import Error
 
@@ -227,9 +228,7 @@ class ZephyrPlatform(Platform):
 
     def serial_port(self, options: RunOptions) -> str:
         """The board's serial port: `--port`, else the one with the board's USB VID:PID."""
-        if options.port:
-            return options.port
-        return find_board_port(self.board)
+        return find_board_port(self.board, port=options.port)
 
     def do_run(self, build: Build, inputs: dict[str, bytes], options: RunOptions) -> RawRun:
         from microexport.deploy import protocol
@@ -293,33 +292,6 @@ def kernel_stack_bytes(metadata: Mapping[str, Any]) -> int:
     """The largest C-local stack bytes of a kernel (0 when the archive does not say)."""
     functions = metadata["memory"].get("functions", {})
     return max((int(f.get("stack_bytes", 0)) for f in functions.values()), default=0)
-
-
-def find_board_port(board: Any, available: Any = None) -> str:
-    """The serial port of `board`: the USB port whose VID:PID is one of the board's.
-
-    Several interfaces of one probe (the same USB serial number) → the first by location;
-    ports of several probes → Error asking for --port; none → Error listing what was seen.
-    """
-    if board.serial is None or not board.serial.vid_pid:
-        raise Error(f"board '{board.name}' has no serial vid_pid: name its port with --port")
-    if available is None:
-        from serial.tools import list_ports
-
-        available = list_ports.comports()
-    ids = {tuple(int(part, 16) for part in vid_pid.split(":")) for vid_pid in board.serial.vid_pid}
-    matches = sorted((p for p in available if (p.vid, p.pid) in ids),
-                     key=lambda p: (p.serial_number or "", p.location or "", p.device))
-    wanted = " or ".join(board.serial.vid_pid)
-    if not matches:
-        seen = ", ".join(sorted(p.device for p in available)) or "none"
-        raise Error(f"no serial port of board '{board.name}' (USB {wanted}) found "
-                    f"(ports seen: {seen}): connect the board or name its port with --port")
-    probes = {p.serial_number for p in matches}
-    if len(probes) > 1:
-        found = ", ".join(f"{p.device} (serial {p.serial_number})" for p in matches)
-        raise Error(f"several boards with USB {wanted} found: {found}: pick one with --port")
-    return str(matches[0].device)
 
 
 class FifoPort:

@@ -1,7 +1,134 @@
 """The framed serial protocol between the host and a board running a compiled model.
 
-Moving: the module microexport/deploy/protocol.py became this package; `session` still holds all
-of it for now and every public name is re-exported here.
+The host sends a model's inputs, the board runs `tvmgen_<name>_run` and sends back the outputs,
+the time the run took and a checksum. docs/serial-protocol.md is the specification. The modules,
+each importing only those before it:
+
+    wire        frames, CRC-32, FrameDecoder, frame types, error codes
+    messages    the payload codecs (Hello, DeviceInfo, Chunk, Ack, RunStats, ResultSummary, ...)
+    session     SerialLink, the exchange, run_inference, model_signature / check_device
+    discovery   find_board_port, open_port (pyserial)
+    device      the board's C (`microexport_protocol.h` / `.c`) rendered from templates/protocol/
+
+Every public name is re-exported here: `from microexport.deploy.protocol import run_inference`.
 """
 
-from microexport.deploy.protocol.session import *  # noqa: F403
+from microexport.deploy.protocol.device import (
+    DEVICE_TEMPLATES,
+    HOST_BOARD_FILENAME,
+    protocol_variables,
+    render_device_sources,
+    render_host_board,
+)
+from microexport.deploy.protocol.discovery import find_board_port, open_port, parse_vid_pid
+from microexport.deploy.protocol.messages import (
+    CHUNK_HEADER_SIZE,
+    INFO_FLAG_BIG_ENDIAN,
+    INFO_FLAG_CLOCK,
+    MAX_ERROR_TEXT,
+    MAX_NAME_BYTES,
+    MAX_TENSORS,
+    STATS_FLAG_TICKS,
+    Ack,
+    Chunk,
+    DeviceInfo,
+    ErrorReport,
+    Hello,
+    ResultSummary,
+    RunStats,
+)
+from microexport.deploy.protocol.session import (
+    HELLO_INTERVAL,
+    MAX_RETRANSMISSIONS,
+    POLL_INTERVAL,
+    RETRANSMIT_CODES,
+    DeviceRunFailed,
+    DeviceTimeout,
+    InferenceStats,
+    SerialLink,
+    SerialPort,
+    check_device,
+    model_signature,
+    run_inference,
+    session_steps,
+    version_mismatch,
+)
+from microexport.deploy.protocol.wire import (
+    CRC_SIZE,
+    DEFAULT_DEVICE_MAX_PAYLOAD,
+    ERROR_TEXTS,
+    FRAME_OVERHEAD,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PAYLOAD,
+    MIN_DEVICE_MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    crc32,
+    crc32_nibble_table,
+    decode_frame,
+    encode_frame,
+    type_name,
+)
+
+__all__ = [
+    "CHUNK_HEADER_SIZE",
+    "CRC_SIZE",
+    "DEFAULT_DEVICE_MAX_PAYLOAD",
+    "DEVICE_TEMPLATES",
+    "ERROR_TEXTS",
+    "FRAME_OVERHEAD",
+    "HEADER_SIZE",
+    "HELLO_INTERVAL",
+    "HOST_BOARD_FILENAME",
+    "INFO_FLAG_BIG_ENDIAN",
+    "INFO_FLAG_CLOCK",
+    "MAGIC",
+    "MAX_ERROR_TEXT",
+    "MAX_NAME_BYTES",
+    "MAX_PAYLOAD",
+    "MAX_RETRANSMISSIONS",
+    "MAX_TENSORS",
+    "MIN_DEVICE_MAX_PAYLOAD",
+    "POLL_INTERVAL",
+    "PROTOCOL_VERSION",
+    "RETRANSMIT_CODES",
+    "STATS_FLAG_TICKS",
+    "Ack",
+    "Chunk",
+    "DeviceInfo",
+    "DeviceRunFailed",
+    "DeviceTimeout",
+    "ErrorCode",
+    "ErrorReport",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "FrameType",
+    "Hello",
+    "InferenceStats",
+    "ResultSummary",
+    "RunStats",
+    "SerialLink",
+    "SerialPort",
+    "check_device",
+    "crc32",
+    "crc32_nibble_table",
+    "decode_frame",
+    "encode_frame",
+    "find_board_port",
+    "model_signature",
+    "open_port",
+    "parse_vid_pid",
+    "protocol_variables",
+    "render_device_sources",
+    "render_host_board",
+    "run_inference",
+    "session_steps",
+    "type_name",
+    "version_mismatch",
+]
