@@ -26,7 +26,7 @@ def main() -> None:
             start = time.perf_counter()
             result = microexport.compile(path, work / "m.tar", name=name, input_shapes=shapes)
             seconds = time.perf_counter() - start
-            kernels = len(result.metadata["memory"]["functions"])
+            kernels = len(result.model.kernels)
             rows.append([name, path.suffix, kernels, f"{seconds:.2f}"])
     print(markdown_table(["model", "format", "kernels", "compile s"], rows))
 

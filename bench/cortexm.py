@@ -17,8 +17,9 @@ from pathlib import Path
 from common import build, markdown_table, zoo_names
 
 import microexport
-from microexport.api import import_model, sample_inputs
+from microexport.api import import_model
 from microexport.deploy.boards import load_board
+from microexport.deploy.compare import sample_inputs
 from microexport.deploy.platforms import RunOptions, get_platform
 from microexport.deploy.size import size_report
 
@@ -31,7 +32,7 @@ def measure(archive: Path, inputs: dict, board_name: str, work: Path) -> list[ob
     project = platform.prepare(archive, work)
     built = platform.build(project)
     result = platform.execute(built, inputs, RunOptions())
-    report = size_report(built.elf, board, project.metadata)
+    report = size_report(built.elf, board, project.model)
     return [result.stats.instructions, sum(report.functions.values()),
             report.flash.by_kind["code"]]
 

@@ -21,28 +21,28 @@ import numpy as np
 from common import TFLITE_MODELS, build, markdown_table
 
 import microexport
-from microexport.api import sample_inputs
 from microexport.archive.glue import render_harness
-from microexport.archive.mlf import extract_archive, read_metadata
+from microexport.archive.mlf import extract_archive, read_model
+from microexport.deploy.compare import sample_inputs
 from microexport.deploy.subproc import run_command
 
 
 def ours_ns(archive: Path, inputs: dict[str, np.ndarray], repeat: int, work: Path) -> float:
     root = extract_archive(archive, work / "archive")
-    metadata = read_metadata(root)
+    model = read_model(root)
     harness = work / "bench_main.c"
-    harness.write_text(render_harness(metadata), encoding="utf-8")
+    harness.write_text(render_harness(model), encoding="utf-8")
     program = work / "bench"
     sources = sorted(str(p) for p in (root / "codegen/host/src").glob("*.c"))
     run_command(["cc", "-O2", "-std=c99", f"-DMICROEXPORT_BENCH_REPEAT={repeat}",
                  f"-I{root / 'codegen/host/include'}", "-o", str(program), *sources,
                  str(harness), "-lm"], check=True, what="compiling the benchmark")
     args = []
-    for spec in metadata["inputs"]:
-        path = work / f"{spec['c_name']}.bin"
-        path.write_bytes(np.ascontiguousarray(inputs[spec["name"]]).tobytes())
+    for spec in model.inputs:
+        path = work / f"{spec.c_name}.bin"
+        path.write_bytes(np.ascontiguousarray(inputs[spec.name]).tobytes())
         args.append(str(path))
-    args += [str(work / f"{spec['c_name']}.out") for spec in metadata["outputs"]]
+    args += [str(work / f"{spec.c_name}.out") for spec in model.outputs]
     result = run_command([str(program), *args], check=True, timeout=600, what="benchmark")
     return float(result.stdout.split("median_ns=")[1].split()[0])
 

@@ -4,7 +4,6 @@ The pipeline: import → lower → plan → aot → codegen → glue → package
 """
 
 from microexport.api import CompileResult, TestReport, compile, run, test  # noqa: A004
-
-__version__ = "0.1.0"
+from microexport.version import __version__
 
 __all__ = ["CompileResult", "TestReport", "__version__", "compile", "run", "test"]

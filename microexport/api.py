@@ -8,57 +8,51 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from microexport.deploy.compare import TestReport, compare, sample_inputs
 from microexport.errors import Error, InputError
-from microexport.model import (
-    ConstantSpec,
-    MemoryReport,
-    PoolReport,
-    PoolSpec,
-    TensorSpec,
-    c_identifier,
-)
+from microexport.model import CompiledModel, MemoryReport, PoolSpec, TensorSpec
 
 if TYPE_CHECKING:
     import tvm
 
     from microexport.compiler.frontend import ImportedModel
 
-FLOAT_RTOL = 1e-4
-FLOAT_ATOL = 1e-5
-QUANTIZED_MAX_DIFF = 1
+# TIR extraction points, in pipeline order (see docs/tir-json.md).
+TIR_STAGES = ("scheduled", "lowered", "codegen")
+
+__all__ = ["TIR_STAGES", "CompileResult", "Compilation", "TestReport", "compile",
+           "compile_model", "import_model", "run", "test"]
 
 
 @dataclass(frozen=True)
 class CompileResult:
-    """What `compile` produced: the archive and its metadata (the contents of metadata.json)."""
+    """What `compile` produced: the archive and the record of the compiled model."""
 
     archive: Path
-    metadata: dict[str, Any]
+    model: CompiledModel
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The contents of the archive's metadata.json."""
+        from microexport.archive.mlf import metadata
+
+        return metadata(self.model)
 
     @property
     def memory(self) -> MemoryReport:
-        mem = self.metadata["memory"]
-        return MemoryReport(
-            workspace_bytes=mem["workspace_bytes"],
-            constants_bytes=mem["constants_bytes"],
-            io_bytes=mem["io_bytes"],
-            kernel_workspace_bytes={k: v["workspace_bytes"] for k, v in mem["functions"].items()},
-        )
-
-
-# TIR extraction points, in pipeline order (see docs/tir-json.md).
-TIR_STAGES = ("scheduled", "lowered", "codegen")
+        return self.model.memory
 
 
 @dataclass(frozen=True)
 class Compilation:
-    """Every file of the archive, in memory, with the metadata and the TIR of each stage.
+    """Every file of the archive, in memory, with the record and the TIR of each stage.
 
     `stages` maps each of `TIR_STAGES` to kernels + AOT main as one IRModule: `scheduled` (after
     Relax legalization and fusion, before TIR lowering), `lowered` (flattened, unpacked API) and
@@ -66,8 +60,15 @@ class Compilation:
     """
 
     files: dict[str, bytes]
-    metadata: dict[str, Any]
+    model: CompiledModel
     stages: dict[str, tvm.IRModule]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The contents of metadata.json."""
+        from microexport.archive.mlf import metadata
+
+        return metadata(self.model)
 
 
 def import_model(
@@ -102,116 +103,28 @@ def compile_model(
     workspace scratch (0: none). `tir_stages` (of `TIR_STAGES`) selects the stages written as
     `src/tir-<stage>.json` (docs/tir-json.md); `src/graph.json` is always written.
     """
-    from microexport.archive.glue import GlueContext, WorkspacePool, render_glue
-    from microexport.archive.mlf import ArchiveLayout, build_metadata, metadata_json, parameters_npz
-    from microexport.compiler.aot import build_aot_module, symbol_prefix
-    from microexport.compiler.codegen import generate_c
-    from microexport.compiler.lower import lower
-    from microexport.compiler.plan import plan_memory
+    from microexport.archive.glue import render_glue
+    from microexport.archive.mlf import archive_files
+    from microexport.compiler.pipeline import CompilerOptions, compile_to_c
 
-    if c_identifier(name) != name:
-        raise Error(f"model name '{name}' is not a C identifier: try '{c_identifier(name)}'")
-    if workspace not in ("static", "external"):
-        raise Error(f"unknown workspace mode '{workspace}': use static or external")
-    if templates is not None and not Path(templates).is_dir():
-        raise Error(f"templates directory '{templates}' does not exist")
     check_tir_stages(tir_stages)
-    if kernel_stack_limit < 0:
-        raise Error(f"--kernel-stack-limit must not be negative, got {kernel_stack_limit}")
-    lowered = lower(imported, target, kernel_stack_limit)
-    try:
-        plan = plan_memory(lowered.schedule, lowered.scratch, alignment,
-                           pools or (PoolSpec(),), io_in_workspace)
-    except ValueError as err:
-        raise Error(f"workspace planning: {err}") from None
-    aot = build_aot_module(
-        name, lowered.schedule, lowered.kernels, plan, imported.inputs, imported.outputs
+    options = CompilerOptions(
+        name=name, target=target, workspace=workspace, alignment=alignment, pools=pools,
+        io_in_workspace=io_in_workspace, kernel_stack_limit=kernel_stack_limit,
+        templates=templates,
     )
-    final, lib = generate_c(aot.mod, name, symbol_prefix(name), templates)
-    scheduled = build_aot_module(
-        name, lowered.schedule, lowered.block_kernels, plan, imported.inputs, imported.outputs,
-        pass_scratch=False,
+    compiled = compile_to_c(imported, options)
+    glue = render_glue(compiled.model, compiled.constant_pool, templates)
+    files = archive_files(
+        compiled.model,
+        lib=(compiled.lib.filename, compiled.lib.source),
+        glue=glue,
+        parameters=compiled.parameters,
+        relax_text=imported.mod.script(),
+        tir_text=compiled.stages["codegen"].script(),
     )
-    stages = {"scheduled": scheduled.mod, "lowered": aot.mod, "codegen": final}
-
-    schedule = lowered.schedule
-    constants = tuple(
-        ConstantSpec(cname, tuple(schedule.constants[cname].shape),
-                     str(schedule.constants[cname].dtype), offset)
-        for cname, offset in plan.constant_offsets.items()
-    )
-    pool = bytearray(plan.constants_bytes)
-    for spec in constants:
-        data = np.ascontiguousarray(schedule.constants[spec.name]).astype(
-            np.dtype(spec.dtype).newbyteorder("<"), copy=False
-        )
-        pool[spec.offset : spec.offset + spec.nbytes] = data.tobytes()
-
-    kernel_ws = {
-        aot.kernel_symbols[kernel]: layout.nbytes for kernel, layout in lowered.scratch.items()
-    }
-    io_placements = {}
-    if io_in_workspace:
-        specs = zip(lowered.schedule.inputs + lowered.schedule.outputs,
-                    imported.inputs + imported.outputs, strict=True)
-        io_placements = {
-            spec.name: plan.placements[lowered.schedule.root(tensor)] for tensor, spec in specs
-        }
-    pool_reports = tuple(
-        PoolReport(p.name, plan.pool_bytes[p.name], p.size_limit, p.section) for p in plan.pools
-    )
-    memory = MemoryReport(
-        workspace_bytes=plan.workspace_bytes,
-        constants_bytes=plan.constants_bytes,
-        io_bytes=sum(t.nbytes for t in imported.inputs + imported.outputs),
-        kernel_workspace_bytes=kernel_ws,
-        kernel_stack_bytes={
-            aot.kernel_symbols[kernel]: layout.stack_bytes
-            for kernel, layout in lowered.scratch.items()
-        },
-        pools=pool_reports,
-        lower_bound_bytes=plan.lower_bound_bytes,
-        planner=plan.strategy,
-        io_placements=io_placements,
-    )
-    ctx = GlueContext(
-        name=name,
-        inputs=imported.inputs,
-        outputs=imported.outputs,
-        constants=constants,
-        constant_pool=bytes(pool),
-        workspace_bytes=plan.workspace_bytes,
-        workspace_mode=workspace,
-        alignment=plan.alignment,
-        main_symbol=aot.main_symbol,
-        pools=tuple(WorkspacePool(p.name, p.nbytes, p.section) for p in pool_reports),
-        io_placements=io_placements,
-    )
-    glue = render_glue(ctx, templates)
-    metadata = build_metadata(
-        model_name=name,
-        target=target,
-        inputs=imported.inputs,
-        outputs=imported.outputs,
-        memory=memory,
-        workspace_mode=workspace,
-        alignment=plan.alignment,
-    )
-    layout = ArchiveLayout
-    files: dict[str, bytes] = {
-        layout.METADATA: metadata_json(metadata),
-        f"{layout.SRC_DIR}/{lib.filename}": lib.source.encode(),
-        f"{layout.PARAMETERS_DIR}/{name}.npz": parameters_npz(
-            {spec.name: schedule.constants[spec.name] for spec in constants}
-        ),
-        layout.RELAX_TEXT: imported.mod.script().encode(),
-        layout.TIR_TEXT: final.script().encode(),
-    }
-    for filename, text in glue.items():
-        folder = layout.INCLUDE_DIR if filename.endswith(".h") else layout.SRC_DIR
-        files[f"{folder}/{filename}"] = text.encode()
-    files.update(tir_json_files(stages, tir_stages))
-    return Compilation(files=files, metadata=metadata, stages=stages)
+    files.update(tir_json_files(compiled.stages, tir_stages))
+    return Compilation(files=files, model=compiled.model, stages=compiled.stages)
 
 
 def check_tir_stages(tir_stages: tuple[str, ...]) -> None:
@@ -287,7 +200,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     )
     archive = Path(output) if output is not None else Path(f"{name}.tar")
     write_archive(archive, compilation.files)
-    return CompileResult(archive=archive, metadata=compilation.metadata)
+    return CompileResult(archive=archive, model=compilation.model)
 
 
 def run(
@@ -312,9 +225,11 @@ def run(
         return platform.run_archive(Path(archive), inputs, work)
 
 
-def read_inputs(specs: list[str], input_specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Load `NAME=FILE.npy` / `FILE.npy` arguments, matched to the archive's inputs."""
-    names = [spec["name"] for spec in input_specs]
+def read_inputs(
+    specs: list[str], input_specs: Sequence[TensorSpec]
+) -> dict[str, np.ndarray]:
+    """Load `NAME=FILE.npy` / `FILE.npy` arguments, matched to the model's inputs."""
+    names = [spec.name for spec in input_specs]
     arrays: dict[str, np.ndarray] = {}
     for position, item in enumerate(specs):
         name, sep, path = item.partition("=")
@@ -336,67 +251,6 @@ def read_inputs(specs: list[str], input_specs: list[dict[str, Any]]) -> dict[str
     if missing:
         raise InputError(f"missing --input for {', '.join(missing)}")
     return arrays
-
-
-@dataclass(frozen=True)
-class OutputComparison:
-    """One output compared with the reference runtime."""
-
-    name: str
-    max_abs_error: float
-    passed: bool
-
-
-@dataclass(frozen=True)
-class TestReport:
-    """Result of `test`: per-output comparison against the reference runtime."""
-
-    model: str
-    board: str
-    reference: str
-    outputs: tuple[OutputComparison, ...]
-
-    @property
-    def passed(self) -> bool:
-        return all(o.passed for o in self.outputs)
-
-    def summary(self) -> str:
-        lines = [
-            f"{o.name}: max abs error {o.max_abs_error:.3g} {'PASS' if o.passed else 'FAIL'}"
-            for o in self.outputs
-        ]
-        verdict = "PASS" if self.passed else "FAIL"
-        lines.append(f"{verdict}: {self.model} on {self.board} vs {self.reference}")
-        return "\n".join(lines)
-
-
-def sample_inputs(specs: tuple[TensorSpec, ...], seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random inputs: uniform in [-1, 1) for floats, full range for integers."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in specs:
-        dtype = np.dtype(spec.dtype)
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            arrays[spec.name] = rng.integers(info.min, info.max, spec.shape, endpoint=True,
-                                             dtype=dtype)
-        elif dtype == np.bool_:
-            arrays[spec.name] = rng.integers(0, 1, spec.shape, endpoint=True).astype(bool)
-        else:
-            arrays[spec.name] = rng.uniform(-1.0, 1.0, spec.shape).astype(dtype)
-    return arrays
-
-
-def compare(name: str, got: np.ndarray, want: np.ndarray) -> OutputComparison:
-    """Compare one output: float32 with rtol/atol, quantized (integer) off by at most one."""
-    if got.shape != want.shape:
-        return OutputComparison(name, float("inf"), False)
-    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    max_err = float(diff.max()) if diff.size else 0.0
-    if np.issubdtype(want.dtype, np.integer):
-        return OutputComparison(name, max_err, max_err <= QUANTIZED_MAX_DIFF)
-    ok = bool(np.allclose(got, want, rtol=FLOAT_RTOL, atol=FLOAT_ATOL))
-    return OutputComparison(name, max_err, ok)
 
 
 def test(

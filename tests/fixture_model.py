@@ -1,20 +1,29 @@
 """A hand-written stand-in model ("fixture") for glue, package and platform tests.
 
 `tests/fixtures/tvmgen_fixture_lib.c` implements the AOT main ABI by hand:
-y = x + scale (through a workspace copy), count = bias + offsets. These helpers build the glue
-context, the archive contents and the expected outputs around it, as `api.compile_model` does.
+y = x + scale (through a workspace copy), count = bias + offsets. These helpers build the
+compiled-model record, the archive contents and the expected outputs around it, as
+`api.compile_model` does.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from microexport.archive.glue import GlueContext, render_glue
-from microexport.archive.mlf import ArchiveLayout, build_metadata, parameters_npz
-from microexport.model import ConstantSpec, MemoryReport, TensorSpec
+from microexport.archive.glue import render_glue
+from microexport.archive.mlf import archive_files
+from microexport.model import (
+    CompiledModel,
+    ConstantSpec,
+    CParam,
+    FunctionSignature,
+    KernelSpec,
+    MemoryReport,
+    PoolReport,
+    TensorSpec,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_LIB = FIXTURES / "tvmgen_fixture_lib.c"
@@ -40,54 +49,44 @@ def constant_pool() -> bytes:
     return bytes(pool)
 
 
-def fixture_context(**overrides: object) -> GlueContext:
-    """The fixture's GlueContext; keyword arguments replace fields."""
+def fixture_main() -> FunctionSignature:
+    """The AOT main's signature, as tests/fixtures/tvmgen_fixture_lib.c defines it."""
+    return FunctionSignature(f"tvmgen_{NAME}___tvm_main__", (
+        CParam("x_0", "float*"), CParam("bias", "int32_t*"), CParam("y", "float*"),
+        CParam("count", "int32_t*"), CParam("constants", "uint8_t*"),
+        CParam("workspace", "uint8_t*"),
+    ))
+
+
+def fixture_model(workspace_mode: str = "static", **overrides: object) -> CompiledModel:
+    """The fixture's compiled-model record; keyword arguments replace fields."""
     fields: dict[str, object] = {
         "name": NAME,
         "inputs": INPUTS,
         "outputs": OUTPUTS,
         "constants": CONSTANTS,
-        "constant_pool": constant_pool(),
-        "workspace_bytes": WORKSPACE_BYTES,
-        "workspace_mode": "static",
-        "alignment": 16,
+        "memory": MemoryReport(
+            workspace_bytes=WORKSPACE_BYTES,
+            constants_bytes=CONSTANTS_BYTES,
+            io_bytes=sum(t.nbytes for t in INPUTS + OUTPUTS),
+            pools=(PoolReport("workspace", WORKSPACE_BYTES),),
+        ),
+        "main": fixture_main(),
+        "kernels": (KernelSpec(FunctionSignature("tvmgen_fixture_double", ()), 24),),
+        "workspace_mode": workspace_mode,
     }
     fields.update(overrides)
-    return GlueContext(**fields)  # type: ignore[arg-type]
-
-
-def fixture_metadata(workspace_mode: str = "static") -> dict:
-    """The fixture's metadata.json contents."""
-    memory = MemoryReport(
-        workspace_bytes=WORKSPACE_BYTES,
-        constants_bytes=CONSTANTS_BYTES,
-        io_bytes=sum(t.nbytes for t in INPUTS + OUTPUTS),
-        kernel_workspace_bytes={"tvmgen_fixture_double": 24},
-    )
-    return build_metadata(
-        model_name=NAME, target="c", inputs=INPUTS, outputs=OUTPUTS, memory=memory,
-        workspace_mode=workspace_mode,
-    )
+    return CompiledModel(**fields)  # type: ignore[arg-type]
 
 
 def fixture_files(
     workspace_mode: str = "static", templates: Path | None = None
 ) -> dict[str, bytes]:
     """Every file of the fixture's archive, as `api.compile_model` assembles them."""
-    layout = ArchiveLayout
-    metadata = fixture_metadata(workspace_mode)
-    files = {
-        layout.METADATA: (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
-        layout.source(FIXTURE_LIB.name): FIXTURE_LIB.read_bytes(),
-        layout.parameters(NAME): parameters_npz(PARAMS),
-        layout.RELAX_TEXT: b"# relax\n",
-        layout.TIR_TEXT: b"# tir\n",
-    }
-    ctx = fixture_context(workspace_mode=workspace_mode)
-    for filename, text in render_glue(ctx, templates).items():
-        path = layout.header(filename) if filename.endswith(".h") else layout.source(filename)
-        files[path] = text.encode()
-    return files
+    model = fixture_model(workspace_mode)
+    glue = render_glue(model, constant_pool(), templates)
+    return archive_files(model, lib=(FIXTURE_LIB.name, FIXTURE_LIB.read_text()), glue=glue,
+                         parameters=PARAMS, relax_text="# relax\n", tir_text="# tir\n")
 
 
 def fixture_inputs(seed: int = 0) -> dict[str, np.ndarray]:

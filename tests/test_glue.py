@@ -2,34 +2,76 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from fixture_model import FIXTURE_LIB, FIXTURE_TEMPLATES, fixture_context, fixture_metadata
+from fixture_model import FIXTURE_LIB, FIXTURE_TEMPLATES, constant_pool, fixture_model
 from support import require_program
 
 from microexport.archive.glue import (
-    GlueContext,
     comment_safe,
     glue_environment,
     hex_rows,
+    interface_variables,
     render_glue,
     render_harness,
 )
 from microexport.errors import Error
-from microexport.model import ConstantSpec, TensorSpec
+from microexport.model import (
+    C_TYPES,
+    CompiledModel,
+    ConstantSpec,
+    CParam,
+    FunctionSignature,
+    PoolReport,
+    TensorSpec,
+)
 
 WERROR = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 ARM = ["-mcpu=cortex-m3", "-mthumb"]
 
 
-def write_glue(ctx: GlueContext, directory: Path, templates: Path | None = None) -> list[Path]:
+def model_with(
+    *, alignment: int = 16, empty_pools: bool = False, pool: bytes | None = None,
+    **fields: object,
+) -> tuple[CompiledModel, bytes]:
+    """The fixture's record and constant pool with some fields replaced: `alignment`,
+    `empty_pools` (no constants, no workspace), `pool` (the constant pool bytes)."""
+    base = fixture_model()
+    memory = dataclasses.replace(base.memory, alignment=alignment)
+    inputs = fields.get("inputs", base.inputs)
+    outputs = fields.get("outputs", base.outputs)
+    params = [CParam(t.c_name, C_TYPES.get(t.dtype, "float") + "*")
+              for t in inputs + outputs]  # type: ignore[operator]
+    if empty_pools:
+        memory = dataclasses.replace(memory, constants_bytes=0, workspace_bytes=0,
+                                     pools=(PoolReport("workspace", 0),))
+        fields.setdefault("constants", ())
+        pool = b""
+    else:
+        params += [CParam("constants", "uint8_t*"), CParam("workspace", "uint8_t*")]
+    if pool is None:
+        pool = constant_pool()
+    memory = dataclasses.replace(memory, constants_bytes=len(pool))
+    fields.setdefault("main", FunctionSignature(base.main.symbol, tuple(params)))
+    return fixture_model(memory=memory, **fields), pool
+
+
+def glue_of(**changes: object) -> dict[str, str]:
+    """The rendered glue of `model_with(**changes)`."""
+    model, pool = model_with(**changes)  # type: ignore[arg-type]
+    return render_glue(model, pool)
+
+
+def write_glue(changes: dict, directory: Path, templates: Path | None = None) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for filename, text in render_glue(ctx, templates).items():
+    model, pool = model_with(**changes)
+    for filename, text in render_glue(model, pool, templates).items():
         path = directory / filename
         path.write_text(text)
         paths.append(path)
@@ -48,11 +90,11 @@ def compile_c(compiler: str, flags: list[str], source: Path, include: Path) -> N
 
 
 def test_render_glue_names_the_files_after_the_model() -> None:
-    assert sorted(render_glue(fixture_context())) == ["tvmgen_fixture.c", "tvmgen_fixture.h"]
+    assert sorted(glue_of()) == ["tvmgen_fixture.c", "tvmgen_fixture.h"]
 
 
 def test_header_declares_structs_macros_and_run() -> None:
-    header = render_glue(fixture_context())["tvmgen_fixture.h"]
+    header = glue_of()["tvmgen_fixture.h"]
     assert "#ifndef TVMGEN_FIXTURE_H_" in header
     assert 'extern "C"' in header
     assert re.search(r"struct tvmgen_fixture_inputs \{\s+float\* x_0;\s+int32_t\* bias;\s+\};",
@@ -68,7 +110,7 @@ def test_header_declares_structs_macros_and_run() -> None:
 
 
 def test_external_mode_adds_pools_argument() -> None:
-    glue = render_glue(fixture_context(workspace_mode="external"))
+    glue = glue_of(workspace_mode="external")
     header, wrapper = glue["tvmgen_fixture.h"], glue["tvmgen_fixture.c"]
     assert "struct tvmgen_fixture_workspace_pools {\n  uint8_t* workspace;\n};" in header
     assert re.search(r"tvmgen_fixture_run\([^)]*struct tvmgen_fixture_workspace_pools\* pools\);",
@@ -78,32 +120,41 @@ def test_external_mode_adds_pools_argument() -> None:
 
 
 def test_wrapper_holds_aligned_const_pool_and_static_workspace() -> None:
-    wrapper = render_glue(fixture_context(alignment=64))["tvmgen_fixture.c"]
-    assert ("static const uint8_t tvmgen_fixture_constant_pool[32]\n"
-            "    __attribute__((aligned(64)))") in wrapper
+    glue = glue_of(alignment=64)
+    header, wrapper = glue["tvmgen_fixture.h"], glue["tvmgen_fixture.c"]
+    # Pools are unions of arrays of every element type (strict-aliasing safe), `bytes` first.
+    assert ("union tvmgen_fixture_constants_storage {\n"
+            "  uint8_t bytes[32] __attribute__((aligned(64)));\n") in wrapper
+    assert "  float f32[(32 + sizeof(float) - 1) / sizeof(float)];\n" in wrapper
+    assert ("static const union tvmgen_fixture_constants_storage "
+            "tvmgen_fixture_constant_pool = {\n  {\n") in wrapper
     assert ("    0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0x00, "
             "0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,\n") in wrapper
-    assert ("static uint8_t tvmgen_fixture_workspace_pool[32] "
-            "__attribute__((aligned(64)));") in wrapper
+    assert ("union tvmgen_fixture_workspace_storage {\n"
+            "  uint8_t bytes[32] __attribute__((aligned(64)));\n") in header
+    assert ("static union tvmgen_fixture_workspace_storage "
+            "tvmgen_fixture_workspace_pool;") in wrapper
+    assert "(uint8_t*)tvmgen_fixture_constant_pool.bytes" in wrapper
     assert "tvmgen_fixture___tvm_main__(" in wrapper
 
 
-def test_custom_main_symbol() -> None:
-    wrapper = render_glue(fixture_context(main_symbol="my_main"))["tvmgen_fixture.c"]
-    assert "int32_t my_main(" in wrapper
-    assert "__tvm_main__" not in wrapper
+def test_header_declares_the_main_from_the_record() -> None:
+    header = glue_of()["tvmgen_fixture.h"]
+    assert ("int32_t tvmgen_fixture___tvm_main__(float* x_0, int32_t* bias, float* y, "
+            "int32_t* count, uint8_t* constants, uint8_t* workspace);") in header
+    wrapper = glue_of()["tvmgen_fixture.c"]
+    assert "int32_t tvmgen_fixture___tvm_main__(" not in wrapper  # declared once, in the header
 
 
 def test_zero_sized_pools_are_left_out_of_the_main_call() -> None:
-    ctx = fixture_context(constants=(), constant_pool=b"", workspace_bytes=0)
-    wrapper = render_glue(ctx)["tvmgen_fixture.c"]
+    wrapper = glue_of(empty_pools=True)["tvmgen_fixture.c"]
     assert "[0]" not in wrapper
     assert "outputs->count);" in wrapper
     assert "uint8_t* constants" not in wrapper and "uint8_t* workspace" not in wrapper
 
 
 def test_rendering_is_deterministic() -> None:
-    assert render_glue(fixture_context()) == render_glue(fixture_context())
+    assert glue_of() == glue_of()
 
 
 def test_hex_rows_sixteen_per_line() -> None:
@@ -119,9 +170,8 @@ def test_comment_safe_cannot_close_a_comment() -> None:
 
 
 def test_names_in_comments_are_sanitised() -> None:
-    ctx = fixture_context(inputs=(TensorSpec("in*/put", (2, 3), "float32"),
-                                  TensorSpec("bias", (4,), "int32")))
-    header = render_glue(ctx)["tvmgen_fixture.h"]
+    header = glue_of(inputs=(TensorSpec("in*/put", (2, 3), "float32"),
+                             TensorSpec("bias", (4,), "int32")))["tvmgen_fixture.h"]
     assert "in*/put" not in header
     assert "float* in__put;" in header
 
@@ -135,10 +185,13 @@ def test_names_in_comments_are_sanitised() -> None:
         ({"name": "my-model"}, "not a C identifier"),
         ({"workspace_mode": "heap"}, "unknown workspace mode"),
         ({"alignment": 12}, "power of two"),
-        ({"workspace_bytes": -1}, "negative"),
         ({"outputs": ()}, "no outputs"),
-        ({"main_symbol": "main-fn"}, "not a C identifier"),
-        ({"constant_pool": bytes(20)}, "outside the 20 B constant pool"),
+        ({"main": FunctionSignature("main-fn", ())}, "not a C identifier"),
+        ({"main": FunctionSignature("tvmgen_fixture_main", (CParam("x; int evil", "float*"),))},
+         "bad parameter"),
+        ({"pool": bytes(20)}, "outside the 20 B constant pool"),
+        ({"inputs": (TensorSpec("x", (1,), "float32", c_name="x; int evil"),)},
+         "not a C identifier"),
         ({"inputs": (TensorSpec("a:0", (1,), "float32"), TensorSpec("a_0", (1,), "float32"))},
          "'a:0' and 'a_0' both become the C name 'a_0'"),
         ({"inputs": (TensorSpec("x", (1,), "float32"), TensorSpec("X", (1,), "float32"))},
@@ -149,56 +202,56 @@ def test_names_in_comments_are_sanitised() -> None:
         ({"inputs": (TensorSpec("Constants", (1,), "float32"),)}, "pool size macro"),
     ],
 )
-def test_invalid_context_is_a_user_error(overrides: dict, message: str) -> None:
+def test_invalid_record_is_a_user_error(overrides: dict, message: str) -> None:
     with pytest.raises(Error, match=re.escape(message)):
-        fixture_context(**overrides)
+        model_with(**overrides)
 
 
 def test_dtype_without_c_type_is_rejected() -> None:
-    ctx = fixture_context(inputs=(TensorSpec("h", (2,), "float16"),))
-    with pytest.raises(Error, match="input 'h': dtype 'float16' has no C type"):
-        render_glue(ctx)
+    with pytest.raises(Error, match="tensor 'h': dtype 'float16' has no C type"):
+        model_with(inputs=(TensorSpec("h", (2,), "float16"),))
 
 
 # --- templates ------------------------------------------------------------------------------
 
 
 def test_override_by_file_name_can_include_the_builtin() -> None:
-    glue = render_glue(fixture_context(), FIXTURE_TEMPLATES)
+    glue = render_glue(fixture_model(), constant_pool(), FIXTURE_TEMPLATES)
     header = glue["tvmgen_fixture.h"]
     assert header.startswith("/* Override by file name: a site banner for model fixture. */\n")
     assert "int32_t tvmgen_fixture_run(" in header
-    assert glue["tvmgen_fixture.c"] == render_glue(fixture_context())["tvmgen_fixture.c"]
+    assert glue["tvmgen_fixture.c"] == glue_of()["tvmgen_fixture.c"]
 
 
 def test_override_by_relative_path(tmp_path: Path) -> None:
     (tmp_path / "interface").mkdir()
     (tmp_path / "interface" / "tvmgen_model.c.j2").write_text("// {{ run_symbol }}\n")
-    assert render_glue(fixture_context(), tmp_path)["tvmgen_fixture.c"] == "// tvmgen_fixture_run\n"
+    glue = render_glue(fixture_model(), constant_pool(), tmp_path)
+    assert glue["tvmgen_fixture.c"] == "// tvmgen_fixture_run\n"
 
 
 def test_harness_override_by_path() -> None:
-    text = render_harness(fixture_metadata(), FIXTURE_TEMPLATES)
+    text = render_harness(fixture_model(), FIXTURE_TEMPLATES)
     assert text.startswith("/* Override by path: harness for fixture from the test templates. */")
     assert "int main(int argc, char** argv)" in text
 
 
 def test_missing_template_dir_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(Error, match="does not exist"):
-        render_glue(fixture_context(), tmp_path / "nope")
+        render_glue(fixture_model(), constant_pool(), tmp_path / "nope")
 
 
 def test_template_syntax_error_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "tvmgen_model.h.j2").write_text("line\n{% if name %}\nno end\n")
     with pytest.raises(Error, match=r"tvmgen_model\.h\.j2:\d+: ") as info:
-        render_glue(fixture_context(), tmp_path)
+        render_glue(fixture_model(), constant_pool(), tmp_path)
     assert "\n" not in info.value.one_line()
 
 
 def test_undefined_variable_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "tvmgen_model.h.j2").write_text("{{ no_such_variable }}\n")
     with pytest.raises(Error, match="no_such_variable"):
-        render_glue(fixture_context(), tmp_path)
+        render_glue(fixture_model(), constant_pool(), tmp_path)
 
 
 def test_environment_is_strict() -> None:
@@ -210,7 +263,8 @@ def test_environment_is_strict() -> None:
 def test_templates_document_every_variable() -> None:
     """Every top-level variable a template receives appears in docs/templates.md."""
     docs = (Path(__file__).parent.parent / "docs" / "templates.md").read_text()
-    variables = set(fixture_context().template_variables())
+    variables = set(interface_variables(fixture_model()))
+    variables |= {"constants", "constant_pool_rows"}
     variables |= {"inputs", "outputs"}
     missing = sorted(v for v in variables if f"`{v}`" not in docs)
     assert not missing, missing
@@ -221,15 +275,14 @@ def test_templates_document_every_variable() -> None:
 CONTEXTS = {
     "static": {},
     "external": {"workspace_mode": "external"},
-    "empty-pools": {"constants": (), "constant_pool": b"", "workspace_bytes": 0},
-    "empty-pools-external": {"constants": (), "constant_pool": b"", "workspace_bytes": 0,
-                             "workspace_mode": "external"},
+    "empty-pools": {"empty_pools": True},
+    "empty-pools-external": {"empty_pools": True, "workspace_mode": "external"},
     "all-dtypes": {
         "inputs": tuple(TensorSpec(f"in_{d}", (3,), d) for d in (
             "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
             "uint32", "uint64", "bool")),
         "constants": (ConstantSpec("w", (2, 2), "float32", 0),),
-        "constant_pool": bytes(range(16)),
+        "pool": bytes(range(16)),
     },
 }
 
@@ -237,23 +290,23 @@ CONTEXTS = {
 @pytest.mark.parametrize("case", sorted(CONTEXTS))
 def test_glue_compiles_with_gcc_werror(tmp_path: Path, case: str) -> None:
     gcc = require_program("gcc", "gcc")
-    write_glue(fixture_context(**CONTEXTS[case]), tmp_path)
+    write_glue(CONTEXTS[case], tmp_path)
     compile_c(gcc, ["-O2", *WERROR], tmp_path / "tvmgen_fixture.c", tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(CONTEXTS))
 def test_glue_compiles_for_cortex_m3(tmp_path: Path, case: str) -> None:
     gcc = require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
-    write_glue(fixture_context(**CONTEXTS[case]), tmp_path)
+    write_glue(CONTEXTS[case], tmp_path)
     compile_c(gcc, [*ARM, "-Os", *WERROR], tmp_path / "tvmgen_fixture.c", tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["static", "external"])
 def test_harness_compiles_for_host(tmp_path: Path, mode: str) -> None:
     gcc = require_program("gcc", "gcc")
-    write_glue(fixture_context(workspace_mode=mode), tmp_path)
+    write_glue({"workspace_mode": mode}, tmp_path)
     harness = tmp_path / "host_main.c"
-    harness.write_text(render_harness(fixture_metadata(mode)))
+    harness.write_text(render_harness(fixture_model(mode)))
     compile_c(gcc, ["-O2", *WERROR], harness, tmp_path)
 
 
@@ -268,7 +321,7 @@ def test_header_is_usable_from_cpp(tmp_path: Path) -> None:
     gxx = shutil.which("g++")
     if gxx is None:
         pytest.skip("g++ not installed (optional)")
-    write_glue(fixture_context(workspace_mode="external"), tmp_path)
+    write_glue({"workspace_mode": "external"}, tmp_path)
     user = tmp_path / "user.cpp"
     user.write_text('#include "tvmgen_fixture.h"\n')
     compile_c(gxx, ["-Wall", "-Wextra", "-Werror"], user, tmp_path)

@@ -15,7 +15,7 @@ from fixture_model import (
     expected_outputs,
     fixture_files,
     fixture_inputs,
-    fixture_metadata,
+    fixture_model,
 )
 from support import require_program
 
@@ -188,14 +188,14 @@ def test_not_an_archive(tmp_path: Path) -> None:
 
 
 def test_encode_decode_round_trip() -> None:
-    metadata = fixture_metadata()
+    model = fixture_model()
     inputs = fixture_inputs()
-    raw = encode_inputs(metadata, inputs)
+    raw = encode_inputs(model, inputs)
     assert raw["x:0"] == inputs["x:0"].astype("<f4").tobytes()
     outputs = expected_outputs(inputs)
     encoded = {name: array.astype(array.dtype.newbyteorder("<")).tobytes()
                for name, array in outputs.items()}
-    decoded = decode_outputs(metadata, encoded)
+    decoded = decode_outputs(model, encoded)
     for name, array in outputs.items():
         np.testing.assert_array_equal(decoded[name], array)
         assert decoded[name].dtype == array.dtype and decoded[name].flags.writeable
@@ -203,7 +203,7 @@ def test_encode_decode_round_trip() -> None:
 
 def test_short_output_is_an_error() -> None:
     with pytest.raises(Error, match="output 'y': got 3 bytes, expected 24"):
-        decode_outputs(fixture_metadata(), {"y": b"abc", "count": bytes(16)})
+        decode_outputs(fixture_model(), {"y": b"abc", "count": bytes(16)})
 
 
 # --- registry -------------------------------------------------------------------------------

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixture_model import PARAMS, fixture_files, fixture_metadata
+from fixture_model import PARAMS, fixture_files, fixture_model
 
-from microexport import __version__
 from microexport.archive import mlf as package
 from microexport.archive.mlf import (
-    METADATA_VERSION,
     ArchiveLayout,
-    build_metadata,
     check_member_name,
     extract_archive,
-    metadata_json,
     parameters_npz,
     read_archive,
-    read_metadata,
     read_parameters,
     write_archive,
 )
 from microexport.errors import Error
-from microexport.model import MemoryReport, TensorSpec
 
 FILES = {
     "metadata.json": b"{}\n",
@@ -196,69 +189,7 @@ def test_extract_writes_every_file(tmp_path: Path) -> None:
         assert (dest / name).read_bytes() == data
 
 
-# --- metadata -------------------------------------------------------------------------------
-
-
-def test_metadata_fields() -> None:
-    metadata = fixture_metadata("external")
-    assert metadata["version"] == METADATA_VERSION == 1
-    assert metadata["model_name"] == "fixture"
-    assert (metadata["executor"], metadata["interface_api"], metadata["unpacked_api"]) == (
-        "aot", "c", True)
-    assert metadata["workspace_mode"] == "external"
-    assert metadata["microexport_version"] == __version__
-    assert metadata["inputs"][0] == {
-        "name": "x:0", "c_name": "x_0", "shape": [2, 3], "dtype": "float32", "size_bytes": 24}
-    assert metadata["memory"] == {
-        "workspace_bytes": 32, "constants_bytes": 32, "io_bytes": 80, "alignment": 16,
-        "functions": {"tvmgen_fixture_double": {"workspace_bytes": 24, "stack_bytes": 0}},
-        "io_in_workspace": False, "lower_bound_bytes": 0, "planner": "",
-        "pools": [{"name": "workspace", "bytes": 32, "size_limit": None, "section": None}],
-    }
-    assert fixture_metadata("external") == metadata  # no timestamps
-
-
-def test_metadata_json_format() -> None:
-    text = metadata_json({"b": 1, "a": {"d": 2, "c": 3}}).decode()
-    assert text == '{\n  "a": {\n    "c": 3,\n    "d": 2\n  },\n  "b": 1\n}\n'
-
-
-def test_function_workspaces_are_sorted() -> None:
-    memory = MemoryReport(0, 0, 0, {"z": 1, "a": 2})
-    spec = TensorSpec("x", (1,), "int8")
-    metadata = build_metadata(model_name="m", target="c", inputs=(spec,), outputs=(spec,),
-                              memory=memory, workspace_mode="static")
-    assert list(metadata["memory"]["functions"]) == ["a", "z"]
-
-
-def test_read_metadata_from_archive_and_directory(tmp_path: Path) -> None:
-    path = tmp_path / "m.tar"
-    write_archive(path, fixture_files())
-    assert read_metadata(path) == fixture_metadata()
-    assert read_metadata(extract_archive(path, tmp_path / "x")) == fixture_metadata()
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (b"{not json", "not valid JSON"),
-        (b"[1]", "not a JSON object"),
-        (b'{"version": 99}', "format version 99 is not supported"),
-        (b'{"version": 1}', "lacks model_name"),
-    ],
-)
-def test_bad_metadata_is_an_error(tmp_path: Path, content: bytes, message: str) -> None:
-    path = tmp_path / "m.tar"
-    write_archive(path, {ArchiveLayout.METADATA: content})
-    with pytest.raises(Error, match=message):
-        read_metadata(path)
-
-
-def test_archive_without_metadata_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "m.tar"
-    write_archive(path, {"x.txt": b""})
-    with pytest.raises(Error, match="not a microexport archive"):
-        read_metadata(path)
+# --- layout ---------------------------------------------------------------------------------
 
 
 def test_layout_helpers() -> None:
@@ -273,7 +204,7 @@ def test_archive_layout_is_documented() -> None:
     for path in (ArchiveLayout.METADATA, ArchiveLayout.SRC_DIR, ArchiveLayout.INCLUDE_DIR,
                  ArchiveLayout.RELAX_TEXT, ArchiveLayout.TIR_TEXT, ArchiveLayout.GRAPH_JSON):
         assert path in docs
-    for key in json.loads(metadata_json(fixture_metadata())):
+    for key in package.metadata(fixture_model()):
         assert f"`{key}`" in docs
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import select
@@ -27,16 +26,16 @@ from fixture_model import (
     INPUTS,
     NAME,
     OUTPUTS,
+    constant_pool,
     expected_outputs,
-    fixture_context,
     fixture_inputs,
-    fixture_metadata,
+    fixture_model,
 )
 from serial.tools.list_ports_common import ListPortInfo
 from support import require_program
 
 from microexport.archive.glue import render_glue
-from microexport.archive.mlf import build_metadata
+from microexport.archive.mlf import read_model
 from microexport.deploy.boards import Board, SerialConfig, load_board
 from microexport.deploy.protocol import (
     CHUNK_HEADER_SIZE,
@@ -74,7 +73,13 @@ from microexport.deploy.protocol import (
 )
 from microexport.deploy.subproc import run_command
 from microexport.errors import Error, InputError
-from microexport.model import MemoryReport, TensorSpec
+from microexport.model import (
+    CompiledModel,
+    CParam,
+    FunctionSignature,
+    MemoryReport,
+    TensorSpec,
+)
 
 WARNINGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 BOARD_MAX_PAYLOAD = 24  # small: the fixture's 24-byte tensors travel in two chunks
@@ -232,12 +237,12 @@ def test_error_codes_are_dense_and_texts_short() -> None:
 
 
 def test_model_signature_sees_names_shapes_and_dtypes() -> None:
-    metadata = fixture_metadata()
-    base = model_signature(metadata)
-    assert model_signature(fixture_metadata("external")) == base  # memory does not matter
-    for change in ({"name": "x"}, {"shape": [3, 2]}, {"dtype": "int32"}):
-        other = fixture_metadata()
-        other["inputs"][0].update(change)
+    model = fixture_model()
+    base = model_signature(model)
+    assert model_signature(fixture_model("external")) == base  # memory does not matter
+    for change in ({"name": "x"}, {"shape": (3, 2)}, {"dtype": "int32"}):
+        first = dataclasses.replace(model.inputs[0], **change)
+        other = dataclasses.replace(model, inputs=(first, *model.inputs[1:]))
         assert model_signature(other) != base
 
 
@@ -328,19 +333,20 @@ def test_open_port() -> None:
 # --- device sources -------------------------------------------------------------------------
 
 
-def no_input_metadata() -> dict:
+def no_input_model() -> CompiledModel:
     memory = MemoryReport(workspace_bytes=0, constants_bytes=0, io_bytes=16)
-    return build_metadata(model_name="noin", target="c", inputs=(),
-                          outputs=(TensorSpec("out", (4,), "float32"),), memory=memory,
-                          workspace_mode="static")
+    return CompiledModel(name="noin", inputs=(), outputs=(TensorSpec("out", (4,), "float32"),),
+                         memory=memory,
+                         main=FunctionSignature("tvmgen_noin___tvm_main__",
+                                                (CParam("out", "float*"),)))
 
 
 def write_device_sources(directory: Path, mode: str = "static") -> list[Path]:
     """The fixture's glue and library plus the protocol sources, written to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = fixture_metadata(mode)
-    files = dict(render_glue(fixture_context(workspace_mode=mode)))
-    files.update(render_device_sources(metadata))
+    model = fixture_model(mode)
+    files = dict(render_glue(model, constant_pool()))
+    files.update(render_device_sources(model))
     files[FIXTURE_LIB.name] = FIXTURE_LIB.read_text()
     for filename, text in files.items():
         (directory / filename).write_text(text)
@@ -348,8 +354,8 @@ def write_device_sources(directory: Path, mode: str = "static") -> list[Path]:
 
 
 def test_render_device_sources() -> None:
-    metadata = fixture_metadata()
-    files = render_device_sources(metadata)
+    model = fixture_model()
+    files = render_device_sources(model)
     assert sorted(files) == ["microexport_protocol.c", "microexport_protocol.h"]
     header, source = files["microexport_protocol.h"], files["microexport_protocol.c"]
     for declaration in (
@@ -363,24 +369,26 @@ def test_render_device_sources() -> None:
     assert '#include "tvmgen_fixture.h"' in source
     assert "status = tvmgen_fixture_run(&me_inputs, &me_outputs);" in source
     assert "TVMGEN_FIXTURE_X_0_SIZE" in source and "TVMGEN_FIXTURE_COUNT_SIZE" in source
-    assert f"0x{model_signature(metadata):08X}u" in source
+    assert f"0x{model_signature(model):08X}u" in source
     assert "malloc" not in source and "stdio" not in source
-    external = render_device_sources(fixture_metadata("external"))["microexport_protocol.c"]
+    external = render_device_sources(fixture_model("external"))["microexport_protocol.c"]
     assert "tvmgen_fixture_run(&me_inputs, &me_outputs, &me_pools)" in external
 
 
 def test_device_template_override(tmp_path: Path) -> None:
     (tmp_path / "microexport_protocol.h.j2").write_text(
         '/* ACME {{ name }} */\n{% include "builtin/protocol/microexport_protocol.h.j2" %}')
-    header = render_device_sources(fixture_metadata(), tmp_path)["microexport_protocol.h"]
+    header = render_device_sources(fixture_model(), tmp_path)["microexport_protocol.h"]
     assert header.startswith("/* ACME fixture */\n/*\n * Serial protocol")
 
 
 def test_render_refuses_what_the_protocol_cannot_carry() -> None:
-    metadata = fixture_metadata()
-    metadata["outputs"] = [dict(metadata["outputs"][0], name=f"o{i}") for i in range(256)]
+    model = fixture_model()
+    outputs = tuple(TensorSpec(f"o{i}", (1,), "float32") for i in range(256))
+    model = dataclasses.replace(model, outputs=outputs, main=FunctionSignature(
+        model.main.symbol, tuple(CParam(t.c_name, "float*") for t in outputs)))
     with pytest.raises(Error, match="256 outputs: the serial protocol carries at most 255"):
-        render_device_sources(metadata)
+        render_device_sources(model)
 
 
 @pytest.mark.parametrize("mode", ["static", "external"])
@@ -397,11 +405,8 @@ def test_device_c_compiles_for_cortex_m4(tmp_path: Path, mode: str) -> None:
 def test_device_c_compiles_with_gcc(tmp_path: Path, mode: str) -> None:
     cc = require_program("gcc", "gcc")
     if mode == "no-inputs":
-        metadata = no_input_metadata()
-        context = dataclasses.replace(fixture_context(), name="noin", inputs=(),
-                                      outputs=(TensorSpec("out", (4,), "float32"),),
-                                      constants=(), constant_pool=b"", workspace_bytes=0)
-        files = {**render_glue(context), **render_device_sources(metadata)}
+        model = no_input_model()
+        files = {**render_glue(model, b""), **render_device_sources(model)}
         for filename, text in files.items():
             (tmp_path / filename).write_text(text)
     else:
@@ -429,7 +434,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cc = require_program("gcc", "gcc")
     directory = tmp_path_factory.mktemp("board")
     sources = write_device_sources(directory)
-    (directory / "host_board_main.c").write_text(render_host_board(fixture_metadata()))
+    (directory / "host_board_main.c").write_text(render_host_board(fixture_model()))
     program = directory / "fixture_board"
     run_command([cc, *WARNINGS, f"-DMICROEXPORT_MAX_PAYLOAD={BOARD_MAX_PAYLOAD}",
                  f"-DMICROEXPORT_CLOCK_HZ={CLOCK_HZ}", "-I", directory,
@@ -539,12 +544,12 @@ def assert_outputs(got: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) ->
 
 @pytest.mark.parametrize("host_side", ["master", "slave"])
 def test_inference_over_a_pty(board: Path, host_side: str) -> None:
-    metadata = fixture_metadata()
+    model = fixture_model()
     with serve(board, host_side=host_side) as port:
         saved_timeout = port.timeout
         for seed in range(3):  # one board, several sessions
             inputs = fixture_inputs(seed)
-            outputs, stats = run_inference(port, metadata, inputs, timeout=5)
+            outputs, stats = run_inference(port, model, inputs, timeout=5)
             assert_outputs(outputs, inputs)
             assert stats.status == 0
             assert stats.ticks is not None and 0 <= stats.ticks < 5 * CLOCK_HZ
@@ -563,11 +568,11 @@ def test_inputs_are_checked_before_anything_is_sent(board: Path) -> None:
     with serve(board) as port:
         with pytest.raises(InputError, match=r"input 'bias': expected shape \(4,\) int32, got "
                                               r"shape \(4,\) int64"):
-            run_inference(port, fixture_metadata(), inputs, timeout=2)
+            run_inference(port, fixture_model(), inputs, timeout=2)
         port.timeout = 0.2
         assert port.read(1) == b""  # nothing was sent, so the board said nothing
         good = fixture_inputs(1)
-        assert_outputs(run_inference(port, fixture_metadata(), good, timeout=2)[0], good)
+        assert_outputs(run_inference(port, fixture_model(), good, timeout=2)[0], good)
 
 
 def test_run_failure_reports_the_status(board: Path) -> None:
@@ -576,17 +581,18 @@ def test_run_failure_reports_the_status(board: Path) -> None:
     with serve(board) as port:
         with pytest.raises(DeviceRunFailed, match="^tvmgen_fixture_run failed on the device "
                                                   "with status 7$") as info:
-            run_inference(port, fixture_metadata(), inputs, timeout=2)
+            run_inference(port, fixture_model(), inputs, timeout=2)
         assert info.value.stats.status == 7 and info.value.stats.ticks is not None
         good = fixture_inputs(2)  # the board serves the next session
-        assert_outputs(run_inference(port, fixture_metadata(), good, timeout=2)[0], good)
+        assert_outputs(run_inference(port, fixture_model(), good, timeout=2)[0], good)
 
 
 def test_wrong_model_is_refused(board: Path) -> None:
-    other = fixture_metadata()
-    other["model_name"] = "kws"
-    renamed = fixture_metadata()
-    renamed["inputs"][0]["name"] = "x"
+    base = fixture_model()
+    other = dataclasses.replace(base, name="kws", main=dataclasses.replace(
+        base.main, symbol="tvmgen_kws___tvm_main__"), kernels=())
+    renamed = dataclasses.replace(base, inputs=(
+        dataclasses.replace(base.inputs[0], name="x"), *base.inputs[1:]))
     inputs = fixture_inputs()
     with serve(board) as port:
         with pytest.raises(Error, match=r"^the device runs model 'fixture' \(\[24 B, 16 B\] in, "
@@ -612,7 +618,7 @@ def test_device_that_stops_answering(board: Path, fault: str) -> None:
     with serve(board, fault, str(died_at)) as port:
         started = time.monotonic()
         with pytest.raises(Error) as info:
-            run_inference(port, fixture_metadata(), fixture_inputs(), timeout=0.5)
+            run_inference(port, fixture_model(), fixture_inputs(), timeout=0.5)
         elapsed = time.monotonic() - started
     assert str(info.value) == "device stopped answering after 0.5 s while waiting for RESULT"
     assert 0.5 <= elapsed < 1.5
@@ -623,7 +629,7 @@ def test_device_that_never_answers(board: Path) -> None:
         started = time.monotonic()
         with pytest.raises(Error, match=r"^device did not answer HELLO within 0.4 s: is the "
                                         r"microexport firmware of 'fixture' running"):
-            run_inference(port, fixture_metadata(), fixture_inputs(), timeout=0.4)
+            run_inference(port, fixture_model(), fixture_inputs(), timeout=0.4)
         assert time.monotonic() - started < 1.4
 
 
@@ -633,16 +639,16 @@ def test_corrupt_frame_from_the_device_is_an_error(board: Path) -> None:
                r"received 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}$")
     with (serve(board, "--corrupt-byte", str(info_frame + 8)) as port,  # first ACK's payload
           pytest.raises(Error, match=message)):
-        run_inference(port, fixture_metadata(), fixture_inputs(), timeout=2)
+        run_inference(port, fixture_model(), fixture_inputs(), timeout=2)
 
 
 def test_request_corrupted_on_the_way_is_sent_again(board: Path) -> None:
     hello = len(encode_frame(FrameType.HELLO, 1, Hello().encode()))
     inputs = fixture_inputs(4)
     with serve(board) as port:
-        _, clean = run_inference(port, fixture_metadata(), inputs, timeout=2)
+        _, clean = run_inference(port, fixture_model(), inputs, timeout=2)
         noisy = CorruptingPort(port, hello + 8)  # a data byte of the first INPUT frame
-        outputs, stats = run_inference(noisy, fixture_metadata(), inputs, timeout=2)
+        outputs, stats = run_inference(noisy, fixture_model(), inputs, timeout=2)
     assert_outputs(outputs, inputs)
     first_input = FRAME_OVERHEAD + BOARD_MAX_PAYLOAD
     assert stats.bytes_sent == clean.bytes_sent + first_input
@@ -698,8 +704,8 @@ class FakeBoard:
             self.talk(connection)
 
     def talk(self, connection: socket.socket) -> None:
-        metadata = fixture_metadata()
-        info = DeviceInfo(1, 0, FAKE_MAX_PAYLOAD, model_signature(metadata), 0,
+        model = fixture_model()
+        info = DeviceInfo(1, 0, FAKE_MAX_PAYLOAD, model_signature(model), 0,
                           tuple(t.nbytes for t in INPUTS), tuple(t.nbytes for t in OUTPUTS),
                           NAME).encode()
         decoder = FrameDecoder()
@@ -777,7 +783,7 @@ def test_stale_frames_do_not_keep_the_host_waiting(mode: str, waiting_for: str) 
         started = time.monotonic()
         try:
             with pytest.raises(DeviceTimeout) as info:
-                run_inference(port, fixture_metadata(), fixture_inputs(), timeout=timeout)
+                run_inference(port, fixture_model(), fixture_inputs(), timeout=timeout)
         finally:
             elapsed = time.monotonic() - started
             port.close()  # type: ignore[attr-defined]
@@ -803,7 +809,7 @@ def test_session_deadline() -> None:
             with pytest.raises(DeviceTimeout, match=r"^the session did not end within its "
                                                     r"deadline of 3\.5 s \(7 steps × the 0\.5 s "
                                                     r"timeout\) while waiting for STATS$"):
-                run_inference(port, fixture_metadata(), fixture_inputs(), timeout=timeout)
+                run_inference(port, fixture_model(), fixture_inputs(), timeout=timeout)
         finally:
             elapsed = time.monotonic() - started
             port.close()  # type: ignore[attr-defined]
@@ -826,14 +832,14 @@ def rejected(reply: Frame) -> tuple[str, int, int]:
 
 
 def test_device_rejects_bad_requests(board: Path) -> None:
-    metadata = fixture_metadata()
+    model = fixture_model()
     with serve(board) as port, SerialLink(port) as link:
         assert rejected(exchange(link, FrameType.RUN, 1)) == ("NO_SESSION", FrameType.RUN, 0)
         assert rejected(exchange(link, FrameType.INPUT, 2, Chunk(0, 0, b"1234").encode())) == (
             "NO_SESSION", FrameType.INPUT, 0)
 
         info = DeviceInfo.decode(exchange(link, FrameType.HELLO, 3, Hello().encode()).payload)
-        assert info == DeviceInfo(1, 1, BOARD_MAX_PAYLOAD, model_signature(metadata), CLOCK_HZ,
+        assert info == DeviceInfo(1, 1, BOARD_MAX_PAYLOAD, model_signature(model), CLOCK_HZ,
                                   (24, 16), (24, 16), "fixture")
         assert info.has_clock and not info.big_endian
 
@@ -924,11 +930,11 @@ def test_real_model_with_pools_over_a_pty(workspace: str, io_in_workspace: bool,
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "archive", filter="data")
     root = tmp_path / "archive"
-    metadata = json.loads((root / "metadata.json").read_text())
-    assert [p["name"] for p in metadata["memory"]["pools"]] == ["fast", "slow"]
-    for name, text in render_device_sources(metadata).items():
+    model = read_model(root)
+    assert [p.name for p in model.workspace_pools] == ["fast", "slow"]
+    for name, text in render_device_sources(model).items():
         (tmp_path / name).write_text(text)
-    (tmp_path / "host_board_main.c").write_text(render_host_board(metadata))
+    (tmp_path / "host_board_main.c").write_text(render_host_board(model))
     program = tmp_path / "mlp_board"
     sources = [*sorted((root / "codegen/host/src").glob("*.c")),
                tmp_path / "microexport_protocol.c", tmp_path / "host_board_main.c"]
@@ -938,7 +944,7 @@ def test_real_model_with_pools_over_a_pty(workspace: str, io_in_workspace: bool,
                                .archive, inputs)
     with serve(program) as port:
         for _ in range(2):
-            outputs, stats = run_inference(port, metadata, inputs, timeout=5)
+            outputs, stats = run_inference(port, model, inputs, timeout=5)
             assert stats.status == 0
             for name, array in expected.items():
                 np.testing.assert_array_equal(outputs[name], array)

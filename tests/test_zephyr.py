@@ -4,6 +4,7 @@ lines are exact, and what cannot work here fails with one line saying what to in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ from microexport.deploy.platforms import RunOptions, Unsupported
 from microexport.deploy.platforms.zephyr import ZephyrPlatform, find_board_port, zephyr_base
 from microexport.deploy.project import create_project
 from microexport.errors import Error
+from microexport.model import FunctionSignature, KernelSpec
 
 ZEPHYR_BOARDS = [name for name in list_boards() if "zephyr" in load_board(name).platforms]
 HARDWARE = ["nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi", "stm32f746g_disco"]
@@ -68,11 +70,10 @@ def test_stack_grows_with_the_kernels_c_locals(archive: Path, tmp_path: Path) ->
     opened = zephyr_project(archive, "nucleo_f746zg", tmp_path / "app")
     platform = opened.platform
     assert isinstance(platform, ZephyrPlatform)
-    metadata = {**opened.project.metadata}
-    metadata["memory"] = {**metadata["memory"], "functions": {
-        "tvmgen_fixture_a": {"stack_bytes": 100, "workspace_bytes": 0},
-        "tvmgen_fixture_b": {"stack_bytes": 1000, "workspace_bytes": 0}}}
-    assert platform.main_stack_size(metadata) == 3072  # 2048 + 1000, rounded up to 256
+    model = dataclasses.replace(opened.project.model, kernels=(
+        KernelSpec(FunctionSignature("tvmgen_fixture_a", ()), stack_bytes=100),
+        KernelSpec(FunctionSignature("tvmgen_fixture_b", ()), stack_bytes=1000)))
+    assert platform.main_stack_size(model) == 3072  # 2048 + 1000, rounded up to 256
 
 
 def test_west_command_lines(archive: Path, tmp_path: Path) -> None:

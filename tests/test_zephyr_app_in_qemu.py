@@ -49,7 +49,7 @@ def test_zephyr_main_and_protocol_serve_the_model(tmp_path: Path) -> None:
     baremetal = BaremetalPlatform(load_board(BOARD))  # startup code and linker script
     support = tmp_path / "support"
     support.mkdir()
-    for name, text in baremetal.render_sources(app.project.metadata).items():
+    for name, text in baremetal.render_sources(app.project.model).items():
         (support / name).write_text(text)
     board = load_board(BOARD)
     elf = tmp_path / "app.elf"
@@ -74,7 +74,7 @@ def test_zephyr_main_and_protocol_serve_the_model(tmp_path: Path) -> None:
         try:
             for seed in (1, 2):  # two sessions: main.c serves for ever
                 inputs = fixture_inputs(seed)
-                outputs, stats = protocol.run_inference(port, app.project.metadata, inputs,
+                outputs, stats = protocol.run_inference(port, app.project.model, inputs,
                                                         timeout=20)
                 for name, want in expected_outputs(inputs).items():
                     np.testing.assert_array_equal(outputs[name], want)

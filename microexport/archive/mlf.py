@@ -22,10 +22,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from microexport.archive.mlf_v7 import mlf_v7_fields
 from microexport.errors import Error
-from microexport.model import MemoryReport, PoolReport, TensorSpec
+from microexport.model import CompiledModel
 
-METADATA_VERSION: Final = 1  # bump when metadata.json or the layout changes incompatibly
 ZIP_DATE_TIME: Final = (1980, 1, 1, 0, 0, 0)  # earliest date a zip file can hold
 FILE_MODE: Final = 0o644
 DIR_MODE: Final = 0o755
@@ -65,103 +65,59 @@ class ArchiveLayout:
 
 
 # ---------------------------------------------------------------------------------------------
-# metadata.json
+# metadata.json and the archive's files
 
 
-def tensor_metadata(spec: TensorSpec, placement: tuple[str, int] | None = None) -> dict[str, Any]:
-    """The metadata.json entry of one input or output (with its workspace pool and offset when
-    inputs and outputs live in the workspace)."""
-    entry: dict[str, Any] = {
-        "name": spec.name,
-        "c_name": spec.c_name,
-        "shape": [int(d) for d in spec.shape],
-        "dtype": spec.dtype,
-        "size_bytes": spec.nbytes,
-    }
-    if placement is not None:
-        entry["workspace_pool"], entry["workspace_offset"] = placement
-    return entry
+def metadata(model: CompiledModel) -> dict[str, Any]:
+    """The contents of metadata.json: the record's fields and the Model Library Format version 7
+    fields derived from them (`mlf_v7.mlf_v7_fields`), which add only `version` and `modules`."""
+    fields = model.to_metadata()
+    fields.update(mlf_v7_fields(
+        model_name=model.name,
+        target=model.target,
+        workspace_bytes=model.memory.workspace_bytes,
+        constants_bytes=model.memory.constants_bytes,
+        io_bytes=model.memory.io_bytes,
+        kernel_workspace_bytes={k.symbol: k.workspace_bytes for k in model.kernels},
+        inputs=fields["inputs"],
+        outputs=fields["outputs"],
+    ))
+    return fields
 
 
-def build_metadata(
-    *,
-    model_name: str,
-    target: str,
-    inputs: tuple[TensorSpec, ...],
-    outputs: tuple[TensorSpec, ...],
-    memory: MemoryReport,
-    workspace_mode: str,
-    alignment: int = 16,
-) -> dict[str, Any]:
-    """The contents of metadata.json (see docs/archive.md). No timestamps: deterministic."""
-    from microexport import __version__
-
-    functions = {
-        name: {
-            "workspace_bytes": nbytes,
-            "stack_bytes": memory.kernel_stack_bytes.get(name, 0),
-        }
-        for name, nbytes in sorted(memory.kernel_workspace_bytes.items())
-    }
-    pools = memory.pools or (PoolReport("workspace", memory.workspace_bytes),)
-    place = memory.io_placements.get
-    return {
-        "version": METADATA_VERSION,
-        "model_name": model_name,
-        "target": target,
-        "executor": "aot",
-        "interface_api": "c",
-        "unpacked_api": True,
-        "inputs": [tensor_metadata(spec, place(spec.name)) for spec in inputs],
-        "outputs": [tensor_metadata(spec, place(spec.name)) for spec in outputs],
-        "memory": {
-            "workspace_bytes": memory.workspace_bytes,
-            "constants_bytes": memory.constants_bytes,
-            "io_bytes": memory.io_bytes,
-            "io_in_workspace": bool(memory.io_placements),
-            "lower_bound_bytes": memory.lower_bound_bytes,
-            "planner": memory.planner,
-            "pools": [
-                {"name": p.name, "bytes": p.nbytes, "size_limit": p.size_limit,
-                 "section": p.section}
-                for p in pools
-            ],
-            "alignment": alignment,
-            "functions": functions,
-        },
-        "workspace_mode": workspace_mode,
-        "microexport_version": __version__,
-    }
-
-
-def metadata_json(metadata: Mapping[str, Any]) -> bytes:
+def metadata_json(model: CompiledModel) -> bytes:
     """metadata.json bytes: two-space indent, sorted keys, trailing newline."""
-    return (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode()
+    return (json.dumps(metadata(model), indent=2, sort_keys=True) + "\n").encode()
 
 
-def parse_metadata(data: bytes, origin: str) -> dict[str, Any]:
-    """Decode and check metadata.json; Error naming `origin` if it is unusable."""
-    try:
-        metadata = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise Error(f"{origin}: metadata.json is not valid JSON ({err})") from None
-    if not isinstance(metadata, dict):
-        raise Error(f"{origin}: metadata.json is not a JSON object")
-    version = metadata.get("version")
-    if version != METADATA_VERSION:
-        raise Error(
-            f"{origin}: archive format version {version!r} is not supported "
-            f"(this microexport reads version {METADATA_VERSION}): recompile the model"
-        )
-    missing = [key for key in ("model_name", "inputs", "outputs", "memory", "workspace_mode")
-               if key not in metadata]
-    if missing:
-        raise Error(f"{origin}: metadata.json lacks {', '.join(missing)}")
-    return metadata
+def archive_files(
+    model: CompiledModel,
+    *,
+    lib: tuple[str, str],
+    glue: Mapping[str, str],
+    parameters: Mapping[str, np.ndarray],
+    relax_text: str,
+    tir_text: str,
+) -> dict[str, bytes]:
+    """Every file of the archive but the TIR JSON: metadata.json from the record, the kernel
+    library `lib` (file name, C source), the glue (file name → C text; headers go to the include
+    directory), the weights and the TVMScript of the Relax model and of the final TIR."""
+    layout = ArchiveLayout
+    filename, source = lib
+    files: dict[str, bytes] = {
+        layout.METADATA: metadata_json(model),
+        layout.source(filename): source.encode(),
+        layout.parameters(model.name): parameters_npz(parameters),
+        layout.RELAX_TEXT: relax_text.encode(),
+        layout.TIR_TEXT: tir_text.encode(),
+    }
+    for name, text in glue.items():
+        files[layout.header(name) if name.endswith(".h") else layout.source(name)] = text.encode()
+    return files
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """metadata.json of an archive file or of an extracted archive directory."""
+def read_model(path: Path) -> CompiledModel:
+    """The compiled-model record of an archive file or of an extracted archive directory."""
     path = Path(path)
     if path.is_dir():
         try:
@@ -173,7 +129,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
         if ArchiveLayout.METADATA not in files:
             raise Error(f"{path}: not a microexport archive (no {ArchiveLayout.METADATA})")
         data = files[ArchiveLayout.METADATA]
-    return parse_metadata(data, str(path))
+    return CompiledModel.from_json(data, str(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -161,11 +161,11 @@ def run_target(args: argparse.Namespace) -> int:
         if args.dry_run:
             _print_plan(platform.run_plan(platform.expected_build(opened.project), options))
             return 0
-        metadata = opened.project.metadata
-        inputs = read_inputs(args.input, metadata["inputs"])
+        model = opened.project.model
+        inputs = read_inputs(args.input, model.inputs)
         result = run_project(opened, inputs, options)
     else:
-        from microexport.archive.mlf import read_metadata
+        from microexport.archive.mlf import read_model
 
         platform = get_platform(resolve_board(args.board or "host"), args.platform,
                                 templates=args.templates)
@@ -173,12 +173,12 @@ def run_target(args: argparse.Namespace) -> int:
         if args.dry_run:
             raise Error("--dry-run needs a project directory: create one with "
                         "'microexport project create'")
-        metadata = read_metadata(target)
-        inputs = read_inputs(args.input, metadata["inputs"])
+        model = read_model(target)
+        inputs = read_inputs(args.input, model.inputs)
         with tempfile.TemporaryDirectory(prefix="microexport-") as tmp:
             work = Path(args.build_dir) if args.build_dir is not None else Path(tmp)
             result = platform.execute_archive(target, inputs, work, options)
-    for path in write_outputs(metadata, result.outputs, args.output):
+    for path in write_outputs(model, result.outputs, args.output):
         print(f"wrote {path}")
     if result.stats.summary():
         print(result.stats.summary())

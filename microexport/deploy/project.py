@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from microexport import __version__
 from microexport.deploy.boards import Board, dump_board, load_board, parse_board
 from microexport.deploy.platforms import PLATFORMS, get_platform
 from microexport.deploy.platforms.base import (
@@ -42,6 +41,8 @@ from microexport.deploy.platforms.base import (
     RunResult,
 )
 from microexport.errors import Error
+from microexport.model import CompiledModel
+from microexport.version import __version__
 
 PROJECT_FILE = "microexport.json"
 BOARD_FILE = "board.yaml"
@@ -244,7 +245,7 @@ def run_project(
     opened.platform.check_options(options)
     from microexport.deploy.platforms.base import encode_inputs
 
-    encode_inputs(opened.project.metadata, inputs)  # bad inputs fail before building
+    encode_inputs(opened.project.model, inputs)  # bad inputs fail before building
     platform = opened.platform
     build = (platform.expected_build(opened.project) if platform.runs_without_build()
              else current_build(opened))
@@ -258,13 +259,13 @@ def size_of_project(opened: OpenProject) -> Any:
     opened.platform.require("reports_size", "size")
     build = current_build(opened)
     assert build.elf is not None
-    report = size_report(build.elf, opened.platform.board, opened.project.metadata)
+    report = size_report(build.elf, opened.platform.board, opened.project.model)
     report.write(opened.directory / SIZE_FILE)
     return report
 
 
 def write_outputs(
-    metadata: Mapping[str, Any], outputs: Mapping[str, np.ndarray], output_dir: str | Path
+    model: CompiledModel, outputs: Mapping[str, np.ndarray], output_dir: str | Path
 ) -> list[Path]:
     """Write one `<c_name>.npy` per model output into `output_dir` (each via a temporary file);
     returns the paths in model order."""
@@ -274,11 +275,11 @@ def write_outputs(
     except OSError as err:
         raise Error(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
     paths = []
-    for spec in metadata["outputs"]:
-        path = out_dir / f"{spec['c_name']}.npy"
+    for spec in model.outputs:
+        path = out_dir / f"{spec.c_name}.npy"
         tmp = path.with_suffix(".npy.tmp")
         with open(tmp, "wb") as handle:
-            np.save(handle, outputs[spec["name"]])
+            np.save(handle, outputs[spec.name])
         tmp.replace(path)
         paths.append(path)
     return paths

@@ -4,14 +4,15 @@
 
 * every allocated section is placed in the board's flash or RAM by its address; an initialised
   data section in RAM whose load address is in flash (`.data`) counts in both;
-* flash is split into **code** (executable sections), **constants** (the model's weight pool,
-  `tvmgen_<name>_constant_pool`) and **other** (vectors, newlib's read-only data, `.data`'s
-  initial values);
+* flash is split into **code** (executable sections), **constants** (the model's weight pool)
+  and **other** (vectors, newlib's read-only data, `.data`'s initial values);
 * RAM into **workspace** (the workspace pools, in the run wrapper or the harness), **io** (the
   harness's input and output buffers), **stack** (`.stack` or Zephyr's thread stacks), **heap**
   (`.heap`) and **other**;
-* `functions` gives the code bytes of each model function (`tvmgen_<name>_*`: kernels, AOT main,
-  run wrapper).
+* `functions` gives the code bytes of each model function (kernels, AOT main, run wrapper).
+
+Which symbol is which comes from the compiled-model record (`CompiledModel.symbols`) and the
+packaged harnesses' names (`glue.harness_symbols`), not from symbol-name prefixes.
 
 The report is what `microexport size` prints and what `build` writes to `<project>/size.json`.
 """
@@ -19,13 +20,14 @@ The report is what `microexport size` prints and what `build` writes to `<projec
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microexport.archive.glue import harness_symbols
 from microexport.deploy.boards import Board, MemoryRegion
 from microexport.errors import DoesNotFit, Error, MissingTool
+from microexport.model import CompiledModel
 
 SIZE_FORMAT_VERSION = 1
 FLASH_KINDS = ("code", "constants", "other")
@@ -165,22 +167,16 @@ def _classify_section(
     return SectionSize(section.name, address, size, 0 if nobits else size, 0)
 
 
-def size_report(elf_path: Path, board: Board, metadata: Mapping[str, Any]) -> SizeReport:
+def size_report(elf_path: Path, board: Board, model: CompiledModel) -> SizeReport:
     """The flash and RAM report of a linked image for `board` (see the module docstring)."""
     try:
         from elftools.elf.elffile import ELFFile
         from elftools.elf.sections import SymbolTableSection
     except ImportError:
         raise MissingTool("pyelftools", "python3-pyelftools") from None
-    name = str(metadata["model_name"])
-    prefix = f"tvmgen_{name}_"
-    pools = [p["name"] for p in metadata["memory"].get("pools", [{"name": "workspace"}])]
-    # The run wrapper's pools, the harness's external pools, the serial protocol's workspace.
-    workspace_symbols = ({f"{prefix}{p}_pool" for p in pools} | {f"pool_{p}" for p in pools}
-                         | {f"me_pool_{p}" for p in pools})
-    # The harness's and the serial protocol's input and output buffers.
-    io_symbols = {f"{owner}{direction}_{t['c_name']}" for owner in ("", "me_")
-                  for direction in ("input", "output") for t in metadata[f"{direction}s"]}
+    # Symbol classes come from the record (the archive's own symbols) and from the packaged
+    # harnesses' naming (their static pools and I/O buffers), never from name prefixes.
+    classes = {**harness_symbols(model), **model.symbols}
     try:
         handle = open(elf_path, "rb")  # noqa: SIM115 - closed below
     except OSError as err:
@@ -212,14 +208,15 @@ def size_report(elf_path: Path, board: Board, metadata: Mapping[str, Any]) -> Si
                     continue
                 for symbol in table.iter_symbols():
                     kind, size = symbol["st_info"]["type"], symbol["st_size"]
-                    if kind == "STT_FUNC" and symbol.name.startswith(prefix):
+                    role = classes.get(symbol.name)
+                    if kind == "STT_FUNC" and role == "code":
                         functions[symbol.name] = size
                     elif kind == "STT_OBJECT":
-                        if symbol.name == f"{prefix}constant_pool":
+                        if role == "constants":
                             constants += size
-                        elif symbol.name in workspace_symbols:
+                        elif role == "workspace":
                             workspace += size
-                        elif symbol.name in io_symbols:
+                        elif role == "io":
                             io += size
                         elif symbol.name in ZEPHYR_STACK_SYMBOLS:
                             stack_bytes += size
@@ -237,11 +234,12 @@ def size_report(elf_path: Path, board: Board, metadata: Mapping[str, Any]) -> Si
         {"workspace": workspace, "io": io, "stack": stack_bytes, "heap": heap_bytes,
          "other": ram_used - workspace - io - stack_bytes - heap_bytes},
     )
-    memory = metadata["memory"]
-    plan = {key: int(memory.get(key, 0))
-            for key in ("workspace_bytes", "io_bytes", "lower_bound_bytes", "io_in_workspace")}
-    return SizeReport(str(elf_path), board.name, name, flash, ram, tuple(sections), functions,
-                      plan)
+    memory = model.memory
+    plan = {"workspace_bytes": memory.workspace_bytes, "io_bytes": memory.io_bytes,
+            "lower_bound_bytes": memory.lower_bound_bytes,
+            "io_in_workspace": int(memory.io_in_workspace)}
+    return SizeReport(str(elf_path), board.name, model.name, flash, ram, tuple(sections),
+                      functions, plan)
 
 
 def check_fits(report: SizeReport, board: Board) -> None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from microexport.archive.glue import glue_environment, harness_variables, render
+from microexport.archive.glue import interface_variables
 from microexport.deploy.platforms.base import (
     Build,
     Capabilities,
@@ -39,6 +38,8 @@ from microexport.deploy.platforms.base import (
 from microexport.deploy.platforms.host import COMPILE_LOG, COMPILE_TIMEOUT, first_error
 from microexport.deploy.subproc import exit_description, last_line
 from microexport.errors import Error
+from microexport.model import CompiledModel
+from microexport.templating import glue_environment, render
 
 SOURCE_DIR = "src"
 IO_DIR = "io"
@@ -95,52 +96,49 @@ class BaremetalPlatform(Platform):
 
     # --- create ---------------------------------------------------------------------------
 
-    def stack_size(self, metadata: Mapping[str, Any] | None = None) -> int:
+    def stack_size(self, model: CompiledModel | None = None) -> int:
         """Bytes of stack the linker script reserves: the board's stack_size, else the default,
-        grown for kernels whose C locals (metadata memory.functions[*].stack_bytes) need more."""
+        grown for kernels whose C locals (`KernelSpec.stack_bytes`) need more."""
         if self.board.stack_size:
             return self.board.stack_size
-        locals_bytes = max((int(f.get("stack_bytes", 0)) for f in
-                            (metadata or {}).get("memory", {}).get("functions", {}).values()),
-                           default=0)
-        need = STACK_MARGIN + locals_bytes
+        need = STACK_MARGIN + (model.max_kernel_stack_bytes if model is not None else 0)
         return max(DEFAULT_STACK_SIZE, -(-need // 1024) * 1024)
 
     def heap_size(self) -> int:
         """Bytes of heap the linker script reserves (newlib's stdio)."""
         return self.board.heap_size or DEFAULT_HEAP_SIZE
 
-    def template_variables(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    def template_variables(self, model: CompiledModel) -> dict[str, Any]:
         """What the templates in templates/baremetal/ receive (see docs/templates.md)."""
         if self.board.flash is None or self.board.ram is None:
             raise Error(f"board '{self.board.name}' has no flash or ram region: the baremetal "
                         f"platform needs both to write the linker script")
         return {
-            **harness_variables(metadata),
+            **interface_variables(model),
             "board": self.board,
             "flash": self.board.flash,
             "ram": self.board.ram,
-            "stack_size": self.stack_size(metadata),
+            "stack_size": self.stack_size(model),
             "heap_size": self.heap_size(),
             "io_dir": IO_DIR,
         }
 
-    def render_sources(self, metadata: Mapping[str, Any]) -> dict[str, str]:
+    def render_sources(self, model: CompiledModel) -> dict[str, str]:
         """File name → text of every file `create` writes into `<project>/src/`."""
         env = glue_environment(self.templates)
-        variables = self.template_variables(metadata)
+        variables = self.template_variables(model)
         return {filename: render(env, template, variables) for template, filename in
                 SOURCES.items()}
 
     def do_create(self, project: Project) -> None:
         source_dir = project.home / SOURCE_DIR
         make_directory(source_dir, "source directory")
-        for filename, text in self.render_sources(project.metadata).items():
+        for filename, text in self.render_sources(project.model).items():
             (source_dir / filename).write_text(text, encoding="utf-8")
 
-    def do_overhead(self, metadata: Mapping[str, Any]) -> MemoryNeeds:
+    def do_overhead(self, model: CompiledModel) -> MemoryNeeds:
         return MemoryNeeds(flash=FLASH_OVERHEAD,
-                           ram=self.stack_size(metadata) + self.heap_size() + RAM_OVERHEAD)
+                           ram=self.stack_size(model) + self.heap_size() + RAM_OVERHEAD)
 
     # --- build ----------------------------------------------------------------------------
 
@@ -212,7 +210,7 @@ class BaremetalPlatform(Platform):
             raise DoesNotFit(
                 f"model '{project.name}' does not fit the {overflow.group(1).lower()} of board "
                 f"'{self.board.name}': the linked image needs {needed} bytes (with "
-                f"{self.stack_size(project.metadata)} B of stack and {self.heap_size()} B of "
+                f"{self.stack_size(project.model)} B of stack and {self.heap_size()} B of "
                 f"heap), the board "
                 f"has {region.size} bytes"
             )
@@ -238,9 +236,9 @@ class BaremetalPlatform(Platform):
     def io_paths(self, build: Build) -> tuple[dict[str, Path], dict[str, Path]]:
         """The raw input and output files of one run, by tensor name (as the harness names them)."""
         io_dir = build.project.build_dir / IO_DIR
-        metadata = build.project.metadata
-        inputs = {t["name"]: io_dir / f"input_{t['c_name']}.bin" for t in metadata["inputs"]}
-        outputs = {t["name"]: io_dir / f"output_{t['c_name']}.bin" for t in metadata["outputs"]}
+        model = build.project.model
+        inputs = {t.name: io_dir / f"input_{t.c_name}.bin" for t in model.inputs}
+        outputs = {t.name: io_dir / f"output_{t.c_name}.bin" for t in model.outputs}
         return inputs, outputs
 
     def do_run_plan(self, build: Build, options: RunOptions) -> list[Invocation]:

@@ -23,11 +23,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from microexport.archive.mlf import ArchiveLayout, extract_archive, read_metadata
+from microexport.archive.mlf import ArchiveLayout, extract_archive, read_model
 from microexport.deploy.boards import Board
 from microexport.deploy.size import check_fits, size_report
 from microexport.deploy.subproc import CommandResult, run_command
 from microexport.errors import DoesNotFit, Error, InputError, Unsupported
+from microexport.model import CompiledModel, TensorSpec
 
 MODEL_DIR = "model"  # the extracted archive inside a project or work directory
 BUILD_DIR = "build"
@@ -58,13 +59,13 @@ class Project:
 
     root: Path
     build_dir: Path
-    metadata: dict[str, Any]
+    model: CompiledModel
     directory: Path | None = None  # None: the parent of `root`
 
     @classmethod
     def from_directory(cls, root: Path, build_dir: Path, directory: Path | None = None) -> Project:
         """Open an extracted archive directory; Error if it has no usable metadata.json."""
-        return cls(Path(root), Path(build_dir), read_metadata(Path(root)), directory)
+        return cls(Path(root), Path(build_dir), read_model(Path(root)), directory)
 
     @property
     def home(self) -> Path:
@@ -74,7 +75,7 @@ class Project:
     @property
     def name(self) -> str:
         """The model name (the `<name>` of `tvmgen_<name>_run`)."""
-        return str(self.metadata["model_name"])
+        return self.model.name
 
     @property
     def include_dir(self) -> Path:
@@ -174,15 +175,13 @@ class MemoryNeeds:
     ram: int
 
 
-def encode_inputs(
-    metadata: Mapping[str, Any], inputs: Mapping[str, np.ndarray]
-) -> dict[str, bytes]:
-    """Check `inputs` against the archive's inputs; raw little-endian bytes by input name.
+def encode_inputs(model: CompiledModel, inputs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    """Check `inputs` against the model's inputs; raw little-endian bytes by input name.
 
     Raises `InputError` naming the input for a missing or unknown name or a wrong shape or dtype.
     """
-    specs = metadata["inputs"]
-    names = [spec["name"] for spec in specs]
+    specs = model.inputs
+    names = [spec.name for spec in specs]
     unknown = sorted(set(inputs) - set(names))
     if unknown:
         raise InputError(
@@ -190,39 +189,35 @@ def encode_inputs(
         )
     encoded = {}
     for spec in specs:
-        name = spec["name"]
-        if name not in inputs:
-            raise InputError(f"missing input '{name}': expected shape "
-                             f"{tuple(spec['shape'])} {spec['dtype']}")
-        encoded[name] = encode_array(spec, np.asarray(inputs[name]))
+        if spec.name not in inputs:
+            raise InputError(f"missing input '{spec.name}': expected shape "
+                             f"{tuple(spec.shape)} {spec.dtype}")
+        encoded[spec.name] = encode_array(spec, np.asarray(inputs[spec.name]))
     return encoded
 
 
-def encode_array(spec: Mapping[str, Any], array: np.ndarray) -> bytes:
+def encode_array(spec: TensorSpec, array: np.ndarray) -> bytes:
     """One input as raw little-endian bytes after checking its shape and dtype."""
-    want_shape = tuple(int(d) for d in spec["shape"])
-    want_dtype = np.dtype(spec["dtype"])
+    want_shape = tuple(int(d) for d in spec.shape)
+    want_dtype = np.dtype(spec.dtype)
     if array.shape != want_shape or array.dtype.name != want_dtype.name:
         raise InputError(
-            f"input '{spec['name']}': expected shape {want_shape} {want_dtype.name}, "
+            f"input '{spec.name}': expected shape {want_shape} {want_dtype.name}, "
             f"got shape {array.shape} {array.dtype.name}"
         )
     return np.ascontiguousarray(array, dtype=want_dtype.newbyteorder("<")).tobytes()
 
 
-def decode_outputs(
-    metadata: Mapping[str, Any], raw: Mapping[str, bytes]
-) -> dict[str, np.ndarray]:
-    """Raw little-endian output bytes by output name → arrays of the archive's shapes and dtypes."""
+def decode_outputs(model: CompiledModel, raw: Mapping[str, bytes]) -> dict[str, np.ndarray]:
+    """Raw little-endian output bytes by output name → arrays of the model's shapes and dtypes."""
     outputs = {}
-    for spec in metadata["outputs"]:
-        name = spec["name"]
-        data = raw[name]
-        dtype = np.dtype(spec["dtype"])
-        if len(data) != spec["size_bytes"]:
-            raise Error(f"output '{name}': got {len(data)} bytes, expected {spec['size_bytes']}")
-        array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(spec["shape"])
-        outputs[name] = array.astype(dtype)
+    for spec in model.outputs:
+        data = raw[spec.name]
+        dtype = np.dtype(spec.dtype)
+        if len(data) != spec.nbytes:
+            raise Error(f"output '{spec.name}': got {len(data)} bytes, expected {spec.nbytes}")
+        array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(spec.shape)
+        outputs[spec.name] = array.astype(dtype)
     return outputs
 
 
@@ -277,8 +272,7 @@ class Platform(ABC):
         """Lay `archive` out in `directory` for this board: the model in `directory/model`
         (replacing a previous one) and the platform's sources (`do_create`); built in
         `directory/build`. Refuses a model that cannot fit the board (`check_fit`)."""
-        metadata = read_metadata(Path(archive))
-        self.check_fit(metadata)
+        self.check_fit(read_model(Path(archive)))
         directory = Path(directory).absolute()  # commands run in the build directory
         root = directory / MODEL_DIR
         try:
@@ -310,11 +304,11 @@ class Platform(ABC):
 
         A platform that builds an ELF for the board writes its size report to
         `<project>/size.json` and refuses an image that does not fit (`size.check_fits`)."""
-        self.check_fit(project.metadata)
+        self.check_fit(project.model)
         make_directory(project.build_dir, "build directory")
         build = self.do_build(project)
         if build.elf is not None:
-            report = size_report(build.elf, self.board, project.metadata)
+            report = size_report(build.elf, self.board, project.model)
             report.write(project.home / SIZE_FILE)
             check_fits(report, self.board)
         return build
@@ -356,9 +350,9 @@ class Platform(ABC):
     ) -> RunResult:
         """Run a built model once; its outputs and what the platform measured."""
         self.check_options(options)
-        metadata = build.project.metadata
-        raw = self.do_run(build, encode_inputs(metadata, inputs), options)
-        return RunResult(decode_outputs(metadata, raw.outputs), raw.stats)
+        model = build.project.model
+        raw = self.do_run(build, encode_inputs(model, inputs), options)
+        return RunResult(decode_outputs(model, raw.outputs), raw.stats)
 
     def runs_without_build(self) -> bool:
         """True when `run` talks to an already flashed board rather than to a fresh build."""
@@ -383,32 +377,32 @@ class Platform(ABC):
     ) -> RunResult:
         """`run_archive` with measurements and run options."""
         self.check_options(options)
-        encode_inputs(read_metadata(Path(archive)), inputs)
+        encode_inputs(read_model(Path(archive)), inputs)
         return self.execute(self.build(self.prepare(archive, work_dir)), inputs, options)
 
     # --- memory ---------------------------------------------------------------------------
 
-    def estimate_memory(self, metadata: Mapping[str, Any]) -> MemoryNeeds:
+    def estimate_memory(self, model: CompiledModel) -> MemoryNeeds:
         """Flash and RAM the model needs on this board, before linking (see `do_overhead`)."""
-        memory = metadata["memory"]
-        overhead = self.do_overhead(metadata)
-        flash = memory["constants_bytes"] + overhead.flash
-        ram = memory["workspace_bytes"] + memory["io_bytes"] + overhead.ram
+        memory = model.memory
+        overhead = self.do_overhead(model)
+        flash = memory.constants_bytes + overhead.flash
+        ram = memory.workspace_bytes + memory.io_bytes + overhead.ram
         return MemoryNeeds(flash=flash, ram=ram)
 
-    def check_fit(self, metadata: Mapping[str, Any]) -> None:
+    def check_fit(self, model: CompiledModel) -> None:
         """DoesNotFit if the estimate exceeds the board's flash or RAM (unbounded: no check)."""
-        needs = self.estimate_memory(metadata)
-        memory = metadata["memory"]
+        needs = self.estimate_memory(model)
+        memory = model.memory
         for region, needed, detail in (
-            ("flash", needs.flash, f"{memory['constants_bytes']} B of weights"),
-            ("RAM", needs.ram, f"{memory['workspace_bytes']} B of workspace and "
-                               f"{memory['io_bytes']} B of inputs and outputs"),
+            ("flash", needs.flash, f"{memory.constants_bytes} B of weights"),
+            ("RAM", needs.ram, f"{memory.workspace_bytes} B of workspace and "
+                               f"{memory.io_bytes} B of inputs and outputs"),
         ):
             available = getattr(self.board, region.lower())
             if available is not None and needed > available.size:
                 raise DoesNotFit(
-                    f"model '{metadata['model_name']}' does not fit the {region} of board "
+                    f"model '{model.name}' does not fit the {region} of board "
                     f"'{self.board.name}': needs about {needed} bytes ({detail} plus code, stack "
                     f"and runtime), the board has {available.size} bytes"
                 )
@@ -418,9 +412,9 @@ class Platform(ABC):
     def do_create(self, project: Project) -> None:  # noqa: B027 - optional hook
         """Render the platform's sources into `project.home` (default: nothing)."""
 
-    def do_overhead(self, metadata: Mapping[str, Any]) -> MemoryNeeds:
+    def do_overhead(self, model: CompiledModel) -> MemoryNeeds:
         """Flash and RAM needed besides weights, workspace and I/O (default: none)."""
-        del metadata
+        del model
         return MemoryNeeds(0, 0)
 
     @abstractmethod

@@ -73,7 +73,7 @@ class HostPlatform(Platform):
 
     def do_build(self, project: Project) -> Build:
         harness = project.build_dir / HARNESS_FILENAME
-        harness.write_text(render_harness(project.metadata, self.templates), encoding="utf-8")
+        harness.write_text(render_harness(project.model, self.templates), encoding="utf-8")
         (compile_step,) = self.do_build_plan(project)
         result = compile_step.execute()
         log = project.build_dir / COMPILE_LOG
@@ -89,9 +89,9 @@ class HostPlatform(Platform):
     def io_paths(self, build: Build) -> tuple[dict[str, Path], dict[str, Path]]:
         """The raw input and output files of one run, by tensor name."""
         io_dir = build.project.build_dir / "io"
-        metadata = build.project.metadata
-        inputs = {t["name"]: io_dir / f"input_{t['c_name']}.bin" for t in metadata["inputs"]}
-        outputs = {t["name"]: io_dir / f"output_{t['c_name']}.bin" for t in metadata["outputs"]}
+        model = build.project.model
+        inputs = {t.name: io_dir / f"input_{t.c_name}.bin" for t in model.inputs}
+        outputs = {t.name: io_dir / f"output_{t.c_name}.bin" for t in model.outputs}
         return inputs, outputs
 
     def do_run_plan(self, build: Build, options: RunOptions) -> list[Invocation]:

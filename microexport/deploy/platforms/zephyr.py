@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from microexport.archive.glue import glue_environment, harness_variables, render
+from microexport.archive.glue import interface_variables
 from microexport.deploy.platforms.base import (
     Build,
     Capabilities,
@@ -44,6 +44,8 @@ from microexport.deploy.platforms.base import (
 from microexport.deploy.protocol.discovery import find_board_port
 from microexport.deploy.subproc import CommandResult, exit_description, last_line
 from microexport.errors import Error
+from microexport.model import CompiledModel
+from microexport.templating import glue_environment, render
 
 SOURCE_DIR = "src"
 ZEPHYR_STACK_BASE = 2048  # main thread, protocol frames, AOT main
@@ -117,26 +119,26 @@ class ZephyrPlatform(Platform):
 
     # --- create ---------------------------------------------------------------------------
 
-    def main_stack_size(self, metadata: Mapping[str, Any]) -> int:
+    def main_stack_size(self, model: CompiledModel) -> int:
         """CONFIG_MAIN_STACK_SIZE: the board's stack_size, else a base plus the largest C locals
-        of a kernel (metadata memory.functions[*].stack_bytes), rounded up."""
+        of a kernel (`KernelSpec.stack_bytes`), rounded up."""
         if self.board.stack_size:
             return self.board.stack_size
-        need = ZEPHYR_STACK_BASE + kernel_stack_bytes(metadata)
+        need = ZEPHYR_STACK_BASE + model.max_kernel_stack_bytes
         return -(-need // STACK_ROUNDING) * STACK_ROUNDING
 
     def template_variables(self, project: Project) -> dict[str, Any]:
         """What the templates in templates/zephyr/ receive (see docs/templates.md)."""
-        metadata = project.metadata
+        model = project.model
         return {
-            **harness_variables(metadata),
+            **interface_variables(model),
             "board": self.board,
             "zephyr_board": self.zephyr_board,
             "model_sources": [source.name for source in project.sources],
             "app_sources": ["main.c", "port_zephyr.c", "microexport_protocol.c"],
-            "main_stack_size": self.main_stack_size(metadata),
+            "main_stack_size": self.main_stack_size(model),
             "heap_size": self.board.heap_size or 0,
-            "kernel_stack_bytes": kernel_stack_bytes(metadata),
+            "kernel_stack_bytes": model.max_kernel_stack_bytes,
         }
 
     def render_sources(self, project: Project) -> dict[str, str]:
@@ -147,7 +149,7 @@ class ZephyrPlatform(Platform):
         variables = self.template_variables(project)
         files = {path: render(env, template, variables)
                  for template, path in APP_TEMPLATES.items()}
-        for filename, text in render_device_sources(project.metadata, self.templates).items():
+        for filename, text in render_device_sources(project.model, self.templates).items():
             files[f"{SOURCE_DIR}/{filename}"] = text
         return files
 
@@ -156,9 +158,9 @@ class ZephyrPlatform(Platform):
         for relative, text in self.render_sources(project).items():
             (project.home / relative).write_text(text, encoding="utf-8")
 
-    def do_overhead(self, metadata: Mapping[str, Any]) -> MemoryNeeds:
+    def do_overhead(self, model: CompiledModel) -> MemoryNeeds:
         return MemoryNeeds(flash=FLASH_OVERHEAD,
-                           ram=RAM_OVERHEAD + self.main_stack_size(metadata)
+                           ram=RAM_OVERHEAD + self.main_stack_size(model)
                            + (self.board.heap_size or 0))
 
     # --- build ----------------------------------------------------------------------------
@@ -233,15 +235,15 @@ class ZephyrPlatform(Platform):
     def do_run(self, build: Build, inputs: dict[str, bytes], options: RunOptions) -> RawRun:
         from microexport.deploy import protocol
 
-        metadata = build.project.metadata
-        arrays = _decode_inputs(metadata, inputs)
+        model = build.project.model
+        arrays = _decode_inputs(model, inputs)
         timeout = self.run_timeout(options)
         if self.board.qemu_machine is None:
             device = self.serial_port(options)
             baud = self.board.serial.baud if self.board.serial else 115200
             port = protocol.open_port(device, baud)
             try:
-                outputs, stats = protocol.run_inference(port, metadata, arrays, timeout)
+                outputs, stats = protocol.run_inference(port, model, arrays, timeout)
             finally:
                 port.close()
         else:
@@ -270,7 +272,7 @@ class ZephyrPlatform(Platform):
         timeout = self.run_timeout(options)
         port = FifoPort(pipe, deadline=time.monotonic() + BUILD_TIMEOUT, alive=worker.is_alive)
         try:
-            return protocol.run_inference(port, build.project.metadata, inputs, timeout)
+            return protocol.run_inference(port, build.project.model, inputs, timeout)
         except Error:
             worker.join(1.0)
             failed = next((r for r in finished if isinstance(r, BaseException)
@@ -286,12 +288,6 @@ class ZephyrPlatform(Platform):
             port.close()
             _stop_qemu(build.project.build_dir / QEMU_PID_FILE)
             worker.join(10.0)
-
-
-def kernel_stack_bytes(metadata: Mapping[str, Any]) -> int:
-    """The largest C-local stack bytes of a kernel (0 when the archive does not say)."""
-    functions = metadata["memory"].get("functions", {})
-    return max((int(f.get("stack_bytes", 0)) for f in functions.values()), default=0)
 
 
 class FifoPort:
@@ -381,14 +377,14 @@ def _west_error(result: CommandResult) -> str:
     return last_line(result.stderr or result.stdout) or result.command_line
 
 
-def _decode_inputs(metadata: Mapping[str, Any], raw: Mapping[str, bytes]) -> dict[str, Any]:
+def _decode_inputs(model: CompiledModel, raw: Mapping[str, bytes]) -> dict[str, Any]:
     import numpy as np
 
     arrays = {}
-    for spec in metadata["inputs"]:
-        dtype = np.dtype(spec["dtype"]).newbyteorder("<")
-        arrays[spec["name"]] = (np.frombuffer(raw[spec["name"]], dtype=dtype)
-                                .reshape(spec["shape"]).astype(dtype.newbyteorder("=")))
+    for spec in model.inputs:
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        arrays[spec.name] = (np.frombuffer(raw[spec.name], dtype=dtype)
+                             .reshape(spec.shape).astype(dtype.newbyteorder("=")))
     return arrays
 
 

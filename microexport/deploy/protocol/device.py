@@ -7,11 +7,10 @@ serving them on a tty, to try the protocol without a board.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from microexport.archive.glue import glue_environment, harness_variables, render
+from microexport.archive.glue import interface_variables
 from microexport.deploy.protocol.messages import (
     CHUNK_HEADER_SIZE,
     INFO_FLAG_BIG_ENDIAN,
@@ -32,6 +31,8 @@ from microexport.deploy.protocol.wire import (
     crc32_nibble_table,
 )
 from microexport.errors import Error
+from microexport.model import CompiledModel
+from microexport.templating import glue_environment, render
 
 DEVICE_HEADER_TEMPLATE = "protocol/microexport_protocol.h.j2"
 DEVICE_SOURCE_TEMPLATE = "protocol/microexport_protocol.c.j2"
@@ -43,31 +44,30 @@ DEVICE_TEMPLATES: dict[str, str] = {
 HOST_BOARD_FILENAME = "host_board_main.c"
 
 
-def _check_renderable(metadata: Mapping[str, Any]) -> None:
-    name = str(metadata["model_name"])
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise Error(f"model name '{name[:20]}...' is longer than {MAX_NAME_BYTES} bytes: the "
-                    f"serial protocol cannot carry it")
-    for key in ("inputs", "outputs"):
-        if len(metadata[key]) > MAX_TENSORS:
-            raise Error(f"the model has {len(metadata[key])} {key}: the serial protocol carries "
+def _check_renderable(model: CompiledModel) -> None:
+    if len(model.name.encode()) > MAX_NAME_BYTES:
+        raise Error(f"model name '{model.name[:20]}...' is longer than {MAX_NAME_BYTES} bytes: "
+                    f"the serial protocol cannot carry it")
+    for key, specs in (("inputs", model.inputs), ("outputs", model.outputs)):
+        if len(specs) > MAX_TENSORS:
+            raise Error(f"the model has {len(specs)} {key}: the serial protocol carries "
                         f"at most {MAX_TENSORS}")
-        for tensor in metadata[key]:
-            if int(tensor["size_bytes"]) > 0xFFFFFFFF:
-                raise Error(f"{key[:-1]} '{tensor['name']}' has {tensor['size_bytes']} bytes: "
+        for tensor in specs:
+            if tensor.nbytes > 0xFFFFFFFF:
+                raise Error(f"{key[:-1]} '{tensor.name}' has {tensor.nbytes} bytes: "
                             f"the serial protocol carries at most 4 GiB per tensor")
 
 
-def protocol_variables(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables of the protocol templates: the harness variables plus the protocol's."""
-    _check_renderable(metadata)
-    variables = harness_variables(metadata)
+def protocol_variables(model: CompiledModel) -> dict[str, Any]:
+    """The variables of the protocol templates: the interface variables plus the protocol's."""
+    _check_renderable(model)
+    variables = interface_variables(model)
     variables.update(
         protocol_version=PROTOCOL_VERSION,
         magic=[f"0x{b:02X}" for b in MAGIC],
         frame_types=list(FrameType),
         error_codes=list(ErrorCode),
-        model_signature=f"0x{model_signature(metadata):08X}u",
+        model_signature=f"0x{model_signature(model):08X}u",
         crc_table=[f"0x{v:08X}u" for v in crc32_nibble_table()],
         default_max_payload=DEFAULT_DEVICE_MAX_PAYLOAD,
         min_max_payload=MIN_DEVICE_MAX_PAYLOAD,
@@ -82,7 +82,7 @@ def protocol_variables(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_device_sources(
-    metadata: Mapping[str, Any], template_dir: Path | None = None
+    model: CompiledModel, template_dir: Path | None = None
 ) -> dict[str, str]:
     """The board side of the protocol for one model: file name → C text.
 
@@ -92,16 +92,16 @@ def render_device_sources(
     sources and `-I codegen/host/include`. `template_dir` overrides templates like `--templates`.
     """
     env = glue_environment(template_dir)
-    variables = protocol_variables(metadata)
+    variables = protocol_variables(model)
     return {filename: render(env, template, variables)
             for template, filename in DEVICE_TEMPLATES.items()}
 
 
-def render_host_board(metadata: Mapping[str, Any], template_dir: Path | None = None) -> str:
+def render_host_board(model: CompiledModel, template_dir: Path | None = None) -> str:
     """A POSIX `main` serving the protocol on a tty (`--fd N` or `--device PATH`).
 
     Stands in for a board when testing the protocol on the host; compile it with the device
     sources and the archive's sources.
     """
     return render(glue_environment(template_dir), HOST_BOARD_TEMPLATE,
-                  protocol_variables(metadata))
+                  protocol_variables(model))

@@ -42,6 +42,7 @@ from microexport.deploy.protocol.wire import (
     type_name,
 )
 from microexport.errors import Error
+from microexport.model import CompiledModel, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +76,33 @@ class SerialPort(Protocol):
 # --- the model ------------------------------------------------------------------------------
 
 
-def model_signature(metadata: Mapping[str, Any]) -> int:
+def model_signature(model: CompiledModel) -> int:
     """CRC-32 of the model's name and its inputs' and outputs' names, shapes and dtypes.
 
-    Compiled into the firmware and sent in INFO, so the host can tell that the board runs the
-    model of `metadata` and not another one with the same name and sizes.
+    Compiled into the firmware and sent in INFO, so the host can tell that the board runs
+    `model` and not another one with the same name and sizes.
     """
 
-    def tensors(key: str) -> list[list[Any]]:
-        return [[t["name"], [int(d) for d in t["shape"]], str(t["dtype"])] for t in metadata[key]]
+    def tensors(specs: tuple[TensorSpec, ...]) -> list[list[Any]]:
+        return [[t.name, [int(d) for d in t.shape], t.dtype] for t in specs]
 
     canonical = json.dumps(
-        {"model_name": metadata["model_name"], "inputs": tensors("inputs"),
-         "outputs": tensors("outputs")},
+        {"model_name": model.name, "inputs": tensors(model.inputs),
+         "outputs": tensors(model.outputs)},
         sort_keys=True, separators=(",", ":"),
     )
     return crc32(canonical.encode())
 
 
-def check_device(info: DeviceInfo, metadata: Mapping[str, Any]) -> None:
+def check_device(info: DeviceInfo, model: CompiledModel) -> None:
     """Error if the board does not speak this protocol version or runs another model."""
-    name = str(metadata["model_name"])
+    name = model.name
     if info.version != PROTOCOL_VERSION:
         raise version_mismatch(info.version)
     if info.big_endian:
         raise Error("the device is big-endian: only little-endian boards are supported")
-    want_in = tuple(int(t["size_bytes"]) for t in metadata["inputs"])
-    want_out = tuple(int(t["size_bytes"]) for t in metadata["outputs"])
+    want_in = tuple(t.nbytes for t in model.inputs)
+    want_out = tuple(t.nbytes for t in model.outputs)
     if info.model_name != name or (info.input_sizes, info.output_sizes) != (want_in, want_out):
         raise Error(
             f"the device runs model '{info.model_name}' ({_sizes(info.input_sizes)} in, "
@@ -109,11 +110,11 @@ def check_device(info: DeviceInfo, metadata: Mapping[str, Any]) -> None:
             f"{_sizes(want_out)} out): flash the firmware built for this archive or pick "
             f"another --port"
         )
-    if info.signature != model_signature(metadata):
+    if info.signature != model_signature(model):
         raise Error(
             f"the device's model '{name}' has other tensor names, shapes or dtypes than this "
             f"archive (signature 0x{info.signature:08x}, expected "
-            f"0x{model_signature(metadata):08x}): flash the firmware built for this archive"
+            f"0x{model_signature(model):08x}): flash the firmware built for this archive"
         )
     if info.max_payload < MIN_DEVICE_MAX_PAYLOAD:
         raise Error(f"the device accepts payloads of only {info.max_payload} bytes, "
@@ -270,7 +271,7 @@ class _Wait:
 
 @dataclass
 class _Exchange:
-    """One session's view of the link: the model's metadata, the timeout and the deadline.
+    """One session's view of the link: the model, the timeout and the deadline.
 
     Every step (a request and its reply, or the next OUTPUT / RESULT after RUN) must complete
     within `timeout` seconds of its start: frames that answer nothing the host waits for (another
@@ -280,7 +281,7 @@ class _Exchange:
     """
 
     link: SerialLink
-    metadata: Mapping[str, Any]
+    model: CompiledModel
     timeout: float
     started: float = field(default_factory=time.monotonic)
     steps: int = 0  # of the session, known once INFO arrived; 0 before
@@ -333,7 +334,7 @@ class _Exchange:
                 where = f" on {port}" if isinstance(port, str) and port else ""
                 raise DeviceTimeout(
                     f"device did not answer HELLO within {self.timeout:g} s{where}: is the "
-                    f"microexport firmware of '{self.metadata['model_name']}' running, at the "
+                    f"microexport firmware of '{self.model.name}' running, at the "
                     f"right baud rate?"
                 )
             seq = self.link.next_seq()
@@ -397,7 +398,7 @@ class _Exchange:
 
     def send_input(self, index: int, data: bytes, chunk_size: int) -> None:
         """Send one input in chunks, each acknowledged."""
-        name = self.metadata["inputs"][index]["name"]
+        name = self.model.inputs[index].name
         for offset in range(0, len(data), chunk_size):
             chunk = Chunk(index, offset, data[offset : offset + chunk_size])
             what = f"ACK of input '{name}' bytes {offset}..{offset + len(chunk.data)}"
@@ -418,7 +419,7 @@ class _Exchange:
         reply = self.request(FrameType.RUN, b"", FrameType.STATS, "STATS")
         seq = reply.seq
         run = RunStats.decode(reply.payload)
-        specs = self.metadata["outputs"]
+        specs = self.model.outputs
         buffers = [bytearray() for _ in specs]
 
         def stats(crc: int | None) -> InferenceStats:
@@ -432,7 +433,7 @@ class _Exchange:
                 bytes_received=self.link.bytes_received,
             )
 
-        run_symbol = f"tvmgen_{self.metadata['model_name']}_run"
+        run_symbol = self.model.run_symbol
         if run.status != 0:
             raise DeviceRunFailed(f"{run_symbol} failed on the device with status {run.status}",
                                   stats(None))
@@ -454,11 +455,11 @@ class _Exchange:
                 raise FrameError(f"the device sent output {chunk.index}, the model has "
                                  f"{len(specs)} outputs")
             buffer = buffers[chunk.index]
-            size = int(specs[chunk.index]["size_bytes"])
+            size = specs[chunk.index].nbytes
             if chunk.offset != len(buffer) or len(buffer) + len(chunk.data) > size:
                 raise FrameError(
                     f"the device sent bytes {chunk.offset}..{chunk.offset + len(chunk.data)} of "
-                    f"output '{specs[chunk.index]['name']}' ({size} bytes) after "
+                    f"output '{specs[chunk.index].name}' ({size} bytes) after "
                     f"{len(buffer)} bytes"
                 )
             buffer += chunk.data
@@ -467,9 +468,9 @@ class _Exchange:
         received = b"".join(buffers)
         crc = crc32(received)
         for spec, buffer in zip(specs, buffers, strict=True):
-            if len(buffer) != int(spec["size_bytes"]):
+            if len(buffer) != spec.nbytes:
                 raise FrameError(f"the device sent {len(buffer)} bytes of output "
-                                 f"'{spec['name']}', expected {spec['size_bytes']}")
+                                 f"'{spec.name}', expected {spec.nbytes}")
         if (summary.outputs, summary.total_bytes) != (len(specs), len(received)):
             raise FrameError(
                 f"the device's RESULT counts {summary.outputs} outputs of {summary.total_bytes} "
@@ -478,20 +479,20 @@ class _Exchange:
         if summary.crc32 != crc:
             raise FrameError(f"output checksum mismatch: the device computed "
                              f"0x{summary.crc32:08x}, the received outputs give 0x{crc:08x}")
-        raw = {spec["name"]: bytes(buffer) for spec, buffer in zip(specs, buffers, strict=True)}
+        raw = {spec.name: bytes(buffer) for spec, buffer in zip(specs, buffers, strict=True)}
         return raw, stats(crc)
 
 
 def run_inference(
     port: SerialPort,
-    metadata: Mapping[str, Any],
+    model: CompiledModel,
     inputs: Mapping[str, np.ndarray],
     timeout: float = 10.0,
 ) -> tuple[dict[str, np.ndarray], InferenceStats]:
     """Run the model once on a board serving the protocol; outputs by name and the stats.
 
     `port` is an open pyserial-like port (`serial.Serial`, `serial.serial_for_url(...)`, ...),
-    `metadata` the archive's metadata.json contents, `inputs` name → array.
+    `model` the archive's compiled-model record, `inputs` name → array.
 
     `timeout` (seconds) bounds every step of the session: the board must answer HELLO, each
     INPUT chunk and RUN (the model's run included), and send each next OUTPUT chunk or RESULT,
@@ -509,13 +510,13 @@ def run_inference(
 
     if not timeout > 0:  # NaN too
         raise Error(f"timeout must be positive, got {timeout:g} s")
-    raw_inputs = encode_inputs(metadata, inputs)
+    raw_inputs = encode_inputs(model, inputs)
     with SerialLink(port) as link:
-        exchange = _Exchange(link, metadata, timeout)
+        exchange = _Exchange(link, model, timeout)
         info = exchange.hello()
-        check_device(info, metadata)
+        check_device(info, model)
         chunk_size = info.max_payload - CHUNK_HEADER_SIZE
-        for index, spec in enumerate(metadata["inputs"]):
-            exchange.send_input(index, raw_inputs[spec["name"]], chunk_size)
+        for index, spec in enumerate(model.inputs):
+            exchange.send_input(index, raw_inputs[spec.name], chunk_size)
         raw_outputs, stats = exchange.run(info)
-    return decode_outputs(metadata, raw_outputs), stats
+    return decode_outputs(model, raw_outputs), stats
