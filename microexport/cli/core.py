@@ -13,6 +13,7 @@ from microexport.cli.options import (
     COMPILE_OPTIONS,
     INPUT,
     TEMPLATES,
+    TVMC_OPTIONS,
     Command,
     Option,
 )
@@ -35,6 +36,9 @@ def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from microexport import api
+    from microexport.cli.tvmc_compat import apply_tvmc_flags
+
+    args = apply_tvmc_flags(args)  # microTVM tvmc flags → our options, or a one-line error
 
     result = api.compile(args.model, output=args.output, board=args.board,
                          **_compile_kwargs(args))
@@ -70,7 +74,7 @@ COMMANDS = (
         (Option(("-o", "--output"), "archive to write (.tar)", {"type": Path, "required": True}),
          Option(("--board",), "plan the workspace pools the board's file declares (e.g. DTCM "
                 "then SRAM), unless --workspace-pool is given", {"default": None}),
-         *COMPILE_OPTIONS),
+         *COMPILE_OPTIONS, *TVMC_OPTIONS),
     ),
     Command(
         "run",

@@ -135,6 +135,80 @@ COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, POOL, IO_IN_
                    KERNEL_STACK_LIMIT, TEMPLATES, TIR_STAGE)
 
 
+# --- microTVM `tvmc compile` flags -------------------------------------------------------------
+# `compile` accepts the flags of microTVM's `tvmc compile` so old command lines keep working
+# (docs/migrating-from-microtvm.md). Each value lands in `tvmc_<flag>` (None when not given);
+# microexport/cli/tvmc_compat.py translates them into the options above, or refuses in one line a
+# value we cannot honour. Flags without help are hidden: they exist only to be refused clearly.
+
+
+def tvmc_dest(flag: str) -> str:
+    """The namespace attribute of a tvmc flag: `--executor-aot-unpacked-api` →
+    `tvmc_executor_aot_unpacked_api`."""
+    return "tvmc_" + flag.lstrip("-").replace("-", "_")
+
+
+def _tvmc(flags: str | tuple[str, ...], help_text: str | None, **kwargs: Any) -> Option:
+    names = (flags,) if isinstance(flags, str) else flags
+    return Option(names, f"(tvmc) {help_text}" if help_text else argparse.SUPPRESS,
+                  {"dest": tvmc_dest(names[-1]), "default": None, **kwargs})
+
+
+TVMC_OPTIONS = (
+    _tvmc("--module-name", "same as --name (tvmc's default was 'default')", metavar="NAME"),
+    _tvmc("--input-shapes", "'NAME:[1,3,224,224] NAME2:[1,8]', same as --input-shape",
+          metavar="SHAPES"),
+    _tvmc(("-f", "--output-format"), "mlf, what we write (so is refused)", metavar="FORMAT"),
+    _tvmc("--model-format", "onnx, tflite or pytorch (.pt2); must match the file's suffix",
+          metavar="FORMAT"),
+    _tvmc("--executor", "aot, what we do (graph is refused)", metavar="EXECUTOR"),
+    _tvmc("--executor-aot-unpacked-api", "1, what we do", metavar="BOOL"),
+    _tvmc("--executor-aot-interface-api", "c, what we do", metavar="API"),
+    _tvmc("--executor-aot-link-params", "1, what we do (weights are compiled in)",
+          metavar="BOOL"),
+    _tvmc("--executor-aot-workspace-byte-alignment", "same as --workspace-alignment",
+          metavar="N"),
+    _tvmc("--executor-aot-constant-byte-alignment",
+          "must equal --workspace-alignment, which aligns the constants too", metavar="N"),
+    _tvmc("--executor-graph-link-params", None, metavar="BOOL"),
+    _tvmc("--runtime", "crt, accepted (the generated C needs no runtime)", metavar="RUNTIME"),
+    _tvmc("--runtime-crt-system-lib", "0, what we do", metavar="BOOL"),
+    _tvmc("--runtime-cpp-system-lib", None, metavar="BOOL"),
+    _tvmc("--pass-config", "NAME=VALUE: tir.usmp.enable=1, tir.usmp.algorithm=..., "
+          "tir.disable_vectorize=1 are what we do; tir.usmp.use_workspace_io=1 is "
+          "--io-in-workspace (repeatable)", action="append", metavar="NAME=VALUE"),
+    _tvmc("--target-c-workspace-byte-alignment", "same as --workspace-alignment", metavar="N"),
+    _tvmc("--target-c-constants-byte-alignment", None, metavar="N"),
+    _tvmc("--target-c-mcpu", None, metavar="CPU"),
+    _tvmc("--target-c-march", None, metavar="ARCH"),
+    _tvmc(("-O", "--opt-level"), "3, what we do", metavar="LEVEL"),
+    _tvmc("--workspace-pools", "NAME,NAME...: same as one --workspace-pool per name",
+          metavar="NAMES"),
+    _tvmc("--workspace-pools-size-hint-bytes", "NAME:BYTES, the size limit of that pool "
+          "(repeatable)", action="append", metavar="NAME:BYTES"),
+    _tvmc("--workspace-pools-targets", None, action="append", metavar="NAME:TARGETS"),
+    *(_tvmc(f"--workspace-pools-{attr}", None, action="append", metavar="VALUE")
+      for attr in ("clock-frequency-hz", "read-bandwidth-bytes-per-cycle",
+                   "write-bandwidth-bytes-per-cycle", "read-latency-cycles",
+                   "write-latency-cycles", "target-burst-bytes")),
+    _tvmc("--tuning-records", None, metavar="PATH"),
+    _tvmc("--desired-layout", None, metavar="LAYOUT"),
+    _tvmc("--desired-layout-ops", None, metavar="OPS"),
+    _tvmc("--mixed-precision", None, action="store_true"),
+    _tvmc("--mixed-precision-ops", None, metavar="OPS"),
+    _tvmc("--mixed-precision-calculation-type", None, metavar="DTYPE"),
+    _tvmc("--mixed-precision-acc-type", None, metavar="DTYPE"),
+    _tvmc("--cross-compiler", None, metavar="CC"),
+    _tvmc("--cross-compiler-options", None, metavar="FLAGS"),
+    _tvmc("--dump-code", None, metavar="FORMATS"),
+    _tvmc("--dump-offloads", None, metavar="PATH"),
+    _tvmc("--disabled-pass", None, metavar="PASSES"),
+    _tvmc("--print-pass-times", None, action="store_true"),
+    _tvmc("--print-ir-before", None, metavar="PASSES"),
+    _tvmc("--print-ir-after", None, metavar="PASSES"),
+)
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: name, help, positional arguments, shared options and its handler."""
