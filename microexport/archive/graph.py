@@ -2,11 +2,14 @@
 
 The AOT main (see aot.py) declares one named buffer per tensor on a pointer that is either a main
 parameter (a model input or output) or `reinterpret(address_of(<pool>_bytes[offset]))` into a
-pool parameter (`constants`, `workspace`, or a named workspace pool), and calls every kernel as
-`status_i = kernel(args...)`. Which kernel arguments are outputs is read from the kernel bodies:
-a pointer parameter whose buffers are stored to is written. The result is a `microexport-graph`
-version-1 document (docs/tir-json.md): nodes (kernel calls in order), tensors (pool, offset,
-size, producer, consumers), constants (with their bytes), model inputs and outputs.
+pool parameter (`constants`, `workspace`, or a named workspace pool; for an element type other
+than the pool's `uint8` the address is first reinterpreted as `void*`, see unpacked.pool_pointer),
+and calls every kernel as `status_i = kernel(args...)`; an argument that is such an address
+rather than a tensor is the kernel's scratch area. Which kernel arguments are outputs is read from
+the kernel bodies: a pointer parameter whose buffers are stored to is written. The result is a
+`microexport-graph` version-1 document (docs/tir-json.md): nodes (kernel calls in order),
+tensors (pool, offset, size, producer, consumers), constants (with their bytes), model inputs
+and outputs.
 
 `render_graph_walker` renders, from that document alone, a C runtime that calls the kernels of
 `tvmgen_<model>_lib.c` itself over its own static buffers (templates/runtimes/graph-walker/).
@@ -281,9 +284,12 @@ class _MainReader:
             if buffer is not None and buffer in self.tensors:
                 return {"kind": "tensor", "tensor": buffer.name}
         pointer = self.pointer(arg, path)
-        for buffer in self.tensors:
-            if buffer.pointer == pointer:
-                return {"kind": "tensor", "tensor": buffer.name}
+        if arg["node"] == "Var":  # a pointer variable standing for a tensor (a model input, ...)
+            for buffer in self.tensors:
+                if buffer.pointer == pointer:
+                    return {"kind": "tensor", "tensor": buffer.name}
+        # An address computed in the call (`reinterpret(address_of(pool[offset]))`) is a scratch
+        # area, even where it coincides with a tensor that is no longer live.
         return {"kind": "pointer", "pool": pointer.base, "offset": pointer.offset}
 
 

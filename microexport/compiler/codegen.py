@@ -7,13 +7,12 @@ render them into `templates/codegen/lib.c.j2`, which includes only the C standar
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import ir, tirx
 
 from microexport.archive.glue import glue_environment, render
@@ -48,26 +47,31 @@ class GeneratedC:
 _C_INTRINSICS = {"tirx.fabs": {"float32": "fabsf", "float64": "fabs"}}
 
 
-def _lower_to_libm(op_name: str) -> Callable[[ir.Call], ir.Expr]:
-    def lower(call: ir.Call) -> ir.Expr:
-        dtype = str(call.ty.dtype)
-        function = _C_INTRINSICS[op_name].get(dtype)
-        return call if function is None else tirx.call_pure_extern(dtype, function, *call.args)
+def _lower_to_libm(call: ir.Call) -> ir.Call:
+    """`call` as a call of its libm function (`_C_INTRINSICS`), else unchanged."""
+    if not isinstance(call.op, ir.Op) or call.op.name not in _C_INTRINSICS:
+        return call
+    dtype = str(call.ty.dtype)
+    function = _C_INTRINSICS[call.op.name].get(dtype)
+    return call if function is None else tirx.call_pure_extern(dtype, function, *call.args)
 
-    return lower
 
+@tirx.transform.prim_func_pass(opt_level=0, name="microexport.LowerToLibm")
+def lower_to_libm(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext
+                  ) -> tirx.PrimFunc:
+    """Rewrite the intrinsics of `_C_INTRINSICS` to their libm calls in our functions only.
 
-@functools.cache
-def _register_c_intrinsics() -> None:
-    """Teach LowerIntrin the C spelling of the intrinsics above (once per process)."""
-    for op_name in _C_INTRINSICS:
-        tirx.register_intrin_lowering(op_name, target="c", f=_lower_to_libm(op_name), level=99)
+    A module pass rather than `tirx.register_intrin_lowering`, which would change LowerIntrin for
+    every `c` target build in the process, including other users' of TVM.
+    """
+    del mod, ctx
+    return tvm_ffi.structural_map(func, (ir.Call, _lower_to_libm))
 
 
 def finalize_passes() -> tvm.transform.Pass:
-    """Last TIR passes before C codegen: lower math intrinsics (`exp` → `expf`, …)."""
-    _register_c_intrinsics()
-    return tvm.transform.Sequential([tirx.transform.LowerIntrin()])
+    """Last TIR passes before C codegen: lower math intrinsics (`fabs` → `fabsf`, `exp` → `expf`,
+    …)."""
+    return tvm.transform.Sequential([lower_to_libm, tirx.transform.LowerIntrin()])
 
 
 def build_c(mod: tvm.IRModule, target: tvm.target.Target) -> str:

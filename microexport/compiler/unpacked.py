@@ -89,10 +89,21 @@ def rewrite_stmt(stmt: tirx.Stmt, rewrite: StmtRewriter) -> tirx.Stmt:
 
 
 def pool_pointer(pool: tirx.Buffer, offset: int, dtype: str) -> tirx.PrimExpr:
-    """`(dtype*)&pool[offset]`: a typed pointer at a byte offset into a uint8 pool buffer."""
+    """`(dtype*)(void*)&pool[offset]`: a typed pointer at a byte offset into a uint8 pool buffer.
+
+    The pool parameter is the `bytes` member of a union holding an array of every C element type
+    over the same storage (templates/interface/tvmgen_model.h.j2, docs/archive.md), so a `dtype`
+    object lives at every suitably aligned offset and accessing it through this pointer does not
+    violate C's aliasing rules (C99 6.5p7), unlike reading a plain `uint8_t` array as `float`.
+    The conversion goes through `void*`, C's type for an address of no particular object type
+    (the step offsetof-style code takes too), rather than a direct `uint8_t*` to `float*` cast,
+    which means reinterpreting byte data (cppcheck's invalidPointerCast).
+    """
     address = tirx.call_intrin(
         "handle", "tirx.address_of", tirx.BufferLoad(pool, [tirx.IntImm("int32", offset)])
     )
+    if dtype != str(pool.dtype):
+        address = tirx.call_intrin("handle", "tirx.reinterpret", address)  # (void*)
     return tirx.call_intrin(ir.PointerType(ir.PrimType(dtype)), "tirx.reinterpret", address)
 
 
