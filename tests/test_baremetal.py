@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixture_model import FIXTURES, expected_outputs, fixture_files, fixture_inputs
+from fixture_model import FIXTURES, expected_outputs, fixture_files, fixture_inputs, fixture_model
 from support import require_program
 
 from microexport.archive.mlf import ArchiveLayout, write_archive
@@ -20,6 +20,7 @@ from microexport.deploy.platforms.baremetal import (
     ticks_to_instructions,
 )
 from microexport.errors import Error, MissingTool
+from microexport.model import CompiledModel, FunctionSignature, KernelSpec
 
 QEMU_BOARDS = ["mps2_an385", "mps2_an386", "mps2_an500", "mps3_an547"]
 
@@ -202,8 +203,12 @@ def test_board_without_memories_is_refused(tmp_path: Path) -> None:
 
 def test_stack_grows_with_the_kernels_c_locals() -> None:
     chosen = platform()
-    small = {"memory": {"functions": {"k": {"stack_bytes": 100}}}}
-    big = {"memory": {"functions": {"k": {"stack_bytes": 100}, "j": {"stack_bytes": 30_000}}}}
+    def model(*stack_bytes: int) -> CompiledModel:
+        kernels = tuple(KernelSpec(FunctionSignature(f"tvmgen_fixture_k{i}", ()), stack_bytes=b)
+                        for i, b in enumerate(stack_bytes))
+        return dataclasses.replace(fixture_model(), kernels=kernels)
+
+    small, big = model(100), model(100, 30_000)
     assert chosen.stack_size(small) == 16 * 1024
     assert chosen.stack_size(big) == 34 * 1024  # 4 KiB margin + 30000, rounded up to 1 KiB
     assert platform(stack_size=2048).stack_size(big) == 2048  # the board file wins
