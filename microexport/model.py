@@ -513,15 +513,18 @@ def _validate(metadata: Mapping[str, Any], origin: str) -> None:
 # consistency of a record
 
 
-def _check_name(what: str, name: str) -> None:
-    if not is_c_identifier(name) or len(name) > MAX_NAME_LENGTH:
+def _check_name(what: str, name: str, *, keyword_ok: bool = False) -> None:
+    if (not _VALID_C_IDENT.match(name) or len(name) > MAX_NAME_LENGTH
+            or (name in C_KEYWORDS and not keyword_ok)):
         raise Error(f"{what} '{name[:80]}' is not a C identifier of at most {MAX_NAME_LENGTH} "
                     f"characters (letters, digits and '_', not a C keyword): "
                     f"try '{c_identifier(name)[:MAX_NAME_LENGTH]}'")
 
 
 def _check_record(model: CompiledModel) -> None:
-    _check_name("model name", model.name)
+    # The model name only appears inside tvmgen_<name>_* symbols, so `default` (tvmc's module
+    # name) is fine.
+    _check_name("model name", model.name, keyword_ok=True)
     if model.workspace_mode not in WORKSPACE_MODES:
         raise Error(f"unknown workspace mode '{model.workspace_mode}': "
                     f"use {' or '.join(WORKSPACE_MODES)}")

@@ -118,9 +118,9 @@ def test_core_install_compiles_a_relax_module(core_venv: tuple[Path, float],
     assert archive.is_file()
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-        metadata = json.loads(tar.extractfile("metadata.json").read())  # type: ignore[union-attr]
-    assert "codegen/host/src/tvmgen_core_lib.c" in names
-    assert "codegen/host/include/tvmgen_core.h" in names
+        metadata = json.loads(tar.extractfile("./metadata.json").read())  # type: ignore[union-attr]
+    assert "./codegen/host/src/tvmgen_core_lib.c" in names
+    assert "./codegen/host/include/tvmgen_core.h" in names
     assert metadata["model_name"] == "core"
     print(f"core install: pip install {install_seconds:.1f} s, compile {compile_seconds:.1f} s")
 

@@ -12,9 +12,9 @@ from support import require_program
 from zoo import ZOO, Builder, Inputs, mlp_onnx
 
 import microexport
-from microexport.api import compare
 from microexport.cli import main
 from microexport.deploy.boards import load_board
+from microexport.deploy.compare import compare
 from microexport.deploy.platforms import DoesNotFit, get_platform
 from microexport.deploy.reference import run_reference
 

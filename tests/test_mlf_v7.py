@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import pathlib
 from typing import Any
 
 import pytest
@@ -196,3 +197,24 @@ def test_no_kernels_and_several_outputs() -> None:
 def test_bad_arguments(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         _fields(**overrides)
+
+
+def test_a_compiled_archive_reads_like_tvms_mlf(tmp_path: pathlib.Path) -> None:
+    """The archive `compile` writes: `./metadata.json` as TVM's MLF tar named it (its test helper
+    `mlf_extract_workspace_size_bytes` looks it up by that name) and every field TVM's readers
+    used, with the workspace size the record planned."""
+    import tarfile
+
+    from fixture_model import fixture_files, fixture_model
+
+    from microexport.archive.mlf import write_archive
+
+    archive = tmp_path / "fixture.tar"
+    write_archive(archive, fixture_files())
+    with tarfile.open(archive, "r:*") as tar:
+        assert "./metadata.json" in tar.getnames()
+        metadata = json.load(tar.extractfile("./metadata.json"))  # type: ignore[arg-type]
+    check_tvm_readers(metadata)
+    (module,) = metadata["modules"].values()
+    main = module["memory"]["functions"]["main"][0]
+    assert main["workspace_size_bytes"] == fixture_model().memory.workspace_bytes

@@ -204,7 +204,10 @@ def _tar_info(name: str, size: int, is_dir: bool) -> tarfile.TarInfo:
 
 
 def tar_bytes(files: Mapping[str, bytes]) -> bytes:
-    """A deterministic uncompressed tar of `files` (archive path → bytes), with directories."""
+    """A deterministic uncompressed tar of `files` (archive path → bytes), with directories.
+
+    Members are named `./<path>` under a `.` directory entry, as TVM's MLF export wrote them
+    (`tar.add(dir, arcname=".")`): TVM's readers look for `./metadata.json` by name."""
     names = sorted(check_member_name(name) for name in files)
     if len(set(names)) != len(names):
         raise ValueError("duplicate archive member names after normalisation")
@@ -217,12 +220,13 @@ def tar_bytes(files: Mapping[str, bytes]) -> bytes:
     entries.sort(key=lambda entry: entry[0])
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_tar_info(".", 0, True))
         for name, is_dir in entries:
             if is_dir:
-                tar.addfile(_tar_info(name, 0, True))
+                tar.addfile(_tar_info(f"./{name}", 0, True))
             else:
                 data = bytes(contents[name])
-                tar.addfile(_tar_info(name, len(data), False), io.BytesIO(data))
+                tar.addfile(_tar_info(f"./{name}", len(data), False), io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -266,6 +270,8 @@ def write_archive(path: Path, files: Mapping[str, bytes]) -> None:
 
 def _members(tar: tarfile.TarFile, origin: str) -> Iterator[tuple[str, bytes]]:
     for member in tar:
+        if member.isdir() and member.name in (".", "./"):  # the root entry TVM's MLF had
+            continue
         try:
             name = check_member_name(member.name)
         except ValueError as err:
