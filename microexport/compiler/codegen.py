@@ -15,7 +15,7 @@ import tvm
 import tvm_ffi
 from tvm import ir, tirx
 
-from microexport.archive.glue import glue_environment, render
+from microexport.templating import glue_environment, render
 
 LIB_TEMPLATE = "codegen/lib.c.j2"
 # Symbols that would tie the generated C to the TVM runtime.
@@ -94,8 +94,8 @@ def make_tvm_free(
     for symbol in FORBIDDEN_SYMBOLS:
         if symbol in body:
             raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
-    source = render(glue_environment(templates), LIB_TEMPLATE,
-                    {"model_name": model_name, "body": body})
+    variables = {"model_name": model_name, "header_name": f"tvmgen_{model_name}.h", "body": body}
+    source = render(glue_environment(templates), LIB_TEMPLATE, variables)
     return GeneratedC(filename=filename, source=source)
 
 
