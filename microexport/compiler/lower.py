@@ -69,9 +69,9 @@ class Schedule:
 
 @dataclass(frozen=True)
 class LoweredModel:
-    """Output of lowering: the fused Relax module, its schedule and the lowered kernels."""
+    """Output of lowering: the schedule of kernel calls and the kernels, before and after TIR
+    lowering."""
 
-    scheduled: tvm.IRModule  # fused Relax main + the PrimFuncs it calls
     schedule: Schedule
     block_kernels: tvm.IRModule  # the used PrimFuncs, scheduled, before TIR lowering
     kernels: tvm.IRModule  # flattened, unpacked PrimFuncs
@@ -152,7 +152,6 @@ def lower(
     block_kernels = tvm.IRModule(prim_funcs)
     kernels, scratch = make_unpacked(tir_pipeline()(block_kernels), kernel_stack_limit)
     return LoweredModel(
-        scheduled=scheduled,
         schedule=schedule,
         block_kernels=block_kernels,
         kernels=kernels,
