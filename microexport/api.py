@@ -240,13 +240,18 @@ def read_inputs(
         if name not in names:
             raise InputError(f"unknown input '{name}': the model's inputs are {', '.join(names)}")
         try:
-            arrays[name] = np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False)
         except OSError as err:
             raise InputError(f"cannot read input '{name}' from {path}: "
                              f"{err.strerror or err}") from None
-        except ValueError:
+        except (ValueError, EOFError):  # not .npy, pickled, truncated or empty
+            array = None
+        if not isinstance(array, np.ndarray):  # also a .npz archive of several arrays
+            if isinstance(array, np.lib.npyio.NpzFile):
+                array.close()
             raise InputError(f"input '{name}': {path} is not a .npy array file "
                              "(write one with numpy.save)") from None
+        arrays[name] = array
     missing = [n for n in names if n not in arrays]
     if missing:
         raise InputError(f"missing --input for {', '.join(missing)}")

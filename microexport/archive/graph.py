@@ -39,7 +39,7 @@ from microexport.archive.tir_json.reader import (
 )
 from microexport.archive.tir_json.spec import GRAPH_FORMAT, GRAPH_VERSION
 from microexport.errors import TirJsonError
-from microexport.model import c_identifier, c_type
+from microexport.model import C_KEYWORDS, c_identifier, c_type
 
 # Equal to aot.CONSTANTS_ATTR and aot.IO_ATTR (graph.py never imports tvm).
 CONSTANTS_ATTR = "microexport.constants"
@@ -497,17 +497,29 @@ def walker_variables(graph: Mapping[str, Any]) -> dict[str, Any]:
     """What the graph-walker templates receive (see docs/tir-json.md)."""
     graph = load_graph(graph)
     model = c_identifier(graph["model"])
+    for kernel in graph["kernels"]:  # called by name: must be the symbol in the kernel library
+        if c_identifier(kernel["name"]) != kernel["name"] or kernel["name"] in C_KEYWORDS:
+            raise TirJsonError(f"$.kernels: kernel name '{kernel['name']}' is not a C identifier")
     by_name = {t["name"]: t for t in graph["tensors"]}
     constant_names = {c["name"] for c in graph["constants"]}
+    taken: set[str] = set()
+
+    def unique(ident: str) -> str:  # distinct names that sanitise alike get distinct C names
+        name, index = ident, 1
+        while name in taken:
+            name, index = f"{ident}_{index}", index + 1
+        taken.add(name)
+        return name
+
     constants = []
     for const in graph["constants"]:
         if const["data"] is None:
             raise TirJsonError(f"$.constants: constant '{const['name']}' carries no data")
-        constants.append({**const, "c_name": f"const_{c_identifier(const['name'])}",
+        constants.append({**const, "c_name": unique(f"const_{c_identifier(const['name'])}"),
                           "rows": hex_rows(base64.b64decode(const["data"]))})
 
     def tensor_var(tensor: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        return {**tensor, "c_name": f"{prefix}{c_identifier(tensor['name'])}",
+        return {**tensor, "c_name": unique(f"{prefix}{c_identifier(tensor['name'])}"),
                 "ctype": _ctype(tensor["dtype"]),
                 "elements": max(element_count(tensor["shape"]) or 0, 1)}
 
@@ -543,10 +555,14 @@ def _ctype(dtype: str) -> str:
 
 
 def _prototype(kernel: Mapping[str, Any]) -> dict[str, Any]:
-    params, used = [], set()
-    for index, param in enumerate(kernel["params"]):
-        name = c_identifier(param["name"])
-        name = name if name not in used else f"{name}_{index}"
+    params: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for param in kernel["params"]:
+        base = c_identifier(param["name"])
+        base = f"{base}_" if base in C_KEYWORDS else base
+        name, index = base, 1
+        while name in used:
+            name, index = f"{base}_{index}", index + 1
         used.add(name)
         params.append({"name": name, "ctype": _ctype(param["dtype"]),
                        "pointer": param["pointer"]})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -52,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="microexport: %(message)s",
     )
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed stdout shows here, not in the flush at interpreter exit
+        return status
     except Error as err:
         if args.verbose:
             raise
@@ -61,6 +65,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("microexport: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_closed():  # a pipe to a tool we run: not the reader of our output
+            raise
+        return _quiet_after_closed_stdout()
+
+
+def _stdout_closed() -> bool:
+    """True if the reader of our standard output has gone (`microexport boards | head -1`)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (tests, IDEs)
+        return False
+
+
+def _quiet_after_closed_stdout() -> int:
+    """Exit status 1 without a word: the reader closed the pipe on purpose. Standard output is
+    pointed at /dev/null so that Python's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 if __name__ == "__main__":

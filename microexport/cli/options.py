@@ -7,6 +7,7 @@ builds the argparse parser from all of them.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from microexport.archive.tir_json.spec import STAGES as TIR_STAGES
-from microexport.model import PoolSpec
+from microexport.model import C_KEYWORDS, PoolSpec
 
 
 @dataclass(frozen=True)
@@ -29,22 +30,106 @@ class Option:
         parser.add_argument(*self.flags, help=self.help, **self.kwargs)
 
 
+# Limits of the values options take, each with the reason the error message gives.
+MAX_NAME_LENGTH = 64  # the name is part of every C symbol and generated file name
+MAX_TENSOR_ELEMENTS = 2**31 - 1  # the generated C indexes tensors with int32_t
+MAX_ALIGNMENT = 4096  # every buffer is padded to it; a page is the most any target needs
+MAX_STACK_LIMIT = 65536  # larger C locals overflow a microcontroller's stack
+MAX_TIMEOUT = 86400.0  # one day
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DIM = re.compile(r"^[0-9]{1,10}$")
+
+
+def parse_name(text: str) -> str:
+    """`--name`: a C identifier of at most `MAX_NAME_LENGTH` characters."""
+    if len(text) > MAX_NAME_LENGTH:
+        raise argparse.ArgumentTypeError(
+            f"--name is {len(text)} characters long: use at most {MAX_NAME_LENGTH} (it becomes "
+            "part of every C symbol and generated file name, tvmgen_<name>_lib.c)"
+        )
+    if not _IDENTIFIER.match(text):
+        suggestion = re.sub(r"[^0-9A-Za-z_]", "_", text)
+        if not suggestion or suggestion[0].isdigit():
+            suggestion = "m_" + suggestion
+        raise argparse.ArgumentTypeError(
+            f"--name '{text}' is not a C identifier (letters, digits and '_', not starting "
+            f"with a digit): try '{suggestion}'"
+        )
+    return text
+
+
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """`NAME:1x3x48x192` → ("NAME", (1, 3, 48, 192))."""
+    """`NAME:1x3x48x192` → ("NAME", (1, 3, 48, 192)); at most `MAX_TENSOR_ELEMENTS`
+    elements."""
     name, sep, dims = text.rpartition(":")
-    try:
-        shape = tuple(int(d) for d in dims.lower().split("x"))
-    except ValueError:
-        shape = ()
+    parts = dims.lower().split("x")
+    shape = tuple(int(d) for d in parts) if all(_DIM.match(d) for d in parts) else ()
     if not sep or not name or not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(
-            f"bad --input-shape '{text}': expected NAME:DIMxDIM..., e.g. input:1x3x48x192"
+            f"bad --input-shape '{text}': expected NAME:DIMxDIM... with positive dimensions, "
+            "e.g. input:1x3x48x192"
+        )
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"--input-shape '{text}' has {math.prod(shape)} elements: at most "
+            f"{MAX_TENSOR_ELEMENTS} fit the int32 indices of the generated C"
         )
     return name, shape
 
 
-NAME = Option(("--name",), "model name used in C symbols (tvmgen_<name>_...)",
-              {"default": "model"})
+def parse_alignment(text: str) -> int:
+    """`--workspace-alignment`: a power of two from 1 to `MAX_ALIGNMENT`."""
+    value = _parse_int(text, "--workspace-alignment")
+    if not 1 <= value <= MAX_ALIGNMENT or value & (value - 1):
+        raise argparse.ArgumentTypeError(
+            f"--workspace-alignment {text}: use a power of two from 1 to {MAX_ALIGNMENT} "
+            "(bytes; every buffer in the workspace is padded to it)"
+        )
+    return value
+
+
+def parse_stack_limit(text: str) -> int:
+    """`--kernel-stack-limit`: bytes from 0 to `MAX_STACK_LIMIT`."""
+    value = _parse_int(text, "--kernel-stack-limit")
+    if not 0 <= value <= MAX_STACK_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"--kernel-stack-limit {text}: use 0 to {MAX_STACK_LIMIT} bytes (larger C locals "
+            "overflow a microcontroller's stack)"
+        )
+    return value
+
+
+def parse_timeout(text: str) -> float:
+    """`--timeout`: a finite number of seconds, more than 0 and at most `MAX_TIMEOUT`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"--timeout {text}: use a number of seconds greater than 0 and at most "
+            f"{MAX_TIMEOUT:g}, e.g. --timeout 120"
+        )
+    return value
+
+
+def parse_indent(text: str) -> int:
+    """`--indent`: 0 to 16 spaces."""
+    value = _parse_int(text, "--indent")
+    if not 0 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"--indent {text}: use 0 to 16 spaces")
+    return value
+
+
+def _parse_int(text: str, flag: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} '{text}' is not an integer") from None
+
+
+NAME = Option(("--name",), "model name used in C symbols (tvmgen_<name>_...): a C identifier "
+              f"of at most {MAX_NAME_LENGTH} characters", {"default": "model", "type": parse_name})
 TARGET = Option(("--target",), "TVM target; only C targets are supported", {"default": "c"})
 INPUT_SHAPE = Option(
     ("--input-shape",),
@@ -59,8 +144,9 @@ WORKSPACE = Option(
 )
 ALIGNMENT = Option(
     ("--workspace-alignment",),
-    "byte alignment of pools and of every buffer inside them (power of two)",
-    {"type": int, "default": 16},
+    f"byte alignment of pools and of every buffer inside them (power of two, at most "
+    f"{MAX_ALIGNMENT})",
+    {"type": parse_alignment, "default": 16, "metavar": "BYTES"},
 )
 TEMPLATES = Option(
     ("--templates",),
@@ -77,7 +163,9 @@ BUILD_DIR = Option(("--build-dir",), "keep build files here (default: a temporar
                    {"type": Path})
 
 
-_POOL = re.compile(r"^([A-Za-z_]\w*):(?:(\d+)([KkMm]?)|unlimited)(?::([.\w]+))?$")
+_POOL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(?:(\d+)([KkMm]?)|unlimited)"
+                   r"(?::([.A-Za-z0-9_]+))?$")
+RESERVED_POOL_NAMES = frozenset({"constants"})  # the AOT main's constant pool parameter
 
 
 def parse_pool(text: str) -> PoolSpec:
@@ -90,6 +178,11 @@ def parse_pool(text: str) -> PoolSpec:
             "or sram:unlimited"
         )
     name, digits, unit, section = match.groups()
+    if len(name) > MAX_NAME_LENGTH or name in C_KEYWORDS or name in RESERVED_POOL_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"bad --workspace-pool '{text[:80]}': the pool name becomes a C parameter, so it must "
+            f"have at most {MAX_NAME_LENGTH} characters and not be a C keyword or 'constants'"
+        )
     factor = {"": 1, "k": 1024, "m": 1024 * 1024}[(unit or "").lower()]
     return PoolSpec(name, None if digits is None else int(digits) * factor, section)
 
@@ -113,7 +206,7 @@ PLATFORM = Option(("--platform",), "platform to use on the board: host, baremeta
 PORT = Option(("--port",), "serial port of the board (default: found by the board's USB VID:PID); "
               "a pyserial URL such as socket://host:4000 works too", {})
 TIMEOUT = Option(("--timeout",), "seconds one run may take (default: the board's run_timeout)",
-                 {"type": float})
+                 {"type": parse_timeout, "metavar": "SECONDS"})
 DRY_RUN = Option(("--dry-run",), "print the commands instead of running them",
                  {"action": "store_true"})
 TIR_STAGE = Option(
@@ -128,8 +221,8 @@ KERNEL_STACK_LIMIT = Option(
     ("--kernel-stack-limit",),
     "keep kernel-internal buffers of at most BYTES (e.g. one-element accumulators) as C locals "
     "the compiler can hold in registers, instead of workspace scratch (default 0: every buffer "
-    "in the workspace)",
-    {"type": int, "default": 0, "metavar": "BYTES"},
+    f"in the workspace; at most {MAX_STACK_LIMIT})",
+    {"type": parse_stack_limit, "default": 0, "metavar": "BYTES"},
 )
 COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
                    KERNEL_STACK_LIMIT, TEMPLATES, TIR_STAGE)

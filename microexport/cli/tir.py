@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from microexport.cli.options import Command, Option
+from microexport.cli.options import Command, Option, parse_indent
 from microexport.errors import Error
 
 
@@ -44,11 +44,19 @@ def tvmscript_modules(path: Path) -> dict[str, Any]:
     import tvm
     from tvm import ir, tirx
 
+    if path.is_dir():
+        raise Error(f"{path} is a directory: give a Python file defining TVMScript modules")
     try:
         namespace = runpy.run_path(str(path), run_name="__microexport_export_tir__")
     except FileNotFoundError:
         raise Error(f"cannot read {path}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - the user's script may raise anything
+    except SystemExit as exit_:
+        raise Error(f"{path}: the TVMScript file exited (sys.exit({repr(exit_.code)[:80]})) before "
+                    "defining its modules: export-tir runs the file, so put the exit under "
+                    "`if __name__ == \"__main__\":`") from None
+    except KeyboardInterrupt:
+        raise  # Ctrl-C while the script runs: "microexport: interrupted"
+    except BaseException as err:  # noqa: BLE001 - the user's script may raise anything
         message = " ".join(str(err).split())[:300]
         raise Error(f"{path}: running the TVMScript file failed: "
                     f"{type(err).__name__}: {message}") from None
@@ -143,7 +151,7 @@ COMMANDS = (
                 {}),
          Option(("--target-host",), "host target of --target (default: c)", {"default": "c"}),
          Option(("--indent",), "indent the JSON by this many spaces (default: compact)",
-                {"type": int})),
+                {"type": parse_indent})),
     ),
     Command(
         "graph",

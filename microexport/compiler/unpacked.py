@@ -8,7 +8,9 @@ For every kernel PrimFunc:
   `TVMBackendAllocWorkspace` is left. Optionally (`stack_limit`, CLI `--kernel-stack-limit`),
   buffers of at most that many bytes (accumulators of one output element) stay C local arrays,
   which the C compiler keeps in registers: a few percent fewer instructions;
-- the function returns `int32_t` 0.
+- the function returns `int32_t` 0;
+- every variable name that is not a C identifier (model tensor names such as `in put/0:x` become
+  kernel parameter names) is sanitised, distinct parameters keeping distinct names.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
+import tvm_ffi
 from tvm import ir, tirx
 
 from microexport.errors import DynamicShape
-from microexport.model import dtype_bytes
+from microexport.model import C_KEYWORDS, c_identifier, dtype_bytes
 
 SCRATCH_ALIGNMENT = 16
 SCRATCH_PARAM = "scratch"
@@ -182,7 +185,60 @@ def unpack_function(
     new_func = tirx.PrimFunc(params, body, ret_type=ir.PrimType("int32"))
     attrs = {k: v for k, v in (func.attrs or {}).items() if k != "global_symbol"}
     new_func = new_func.with_attrs(attrs) if attrs else new_func
-    return new_func, layout
+    return c_names(new_func), layout
+
+
+def c_name(name: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """`name` as a C identifier (not a keyword) that is not in `taken`: `in put/0` → `in_put_0`,
+    `int` → `int_`, `x` (taken) → `x_1`."""
+    base = c_identifier(name)
+    if base in C_KEYWORDS:
+        base += "_"
+    ident, index = base, 1
+    while ident in taken:
+        ident, index = f"{base}_{index}", index + 1
+    return ident
+
+
+def c_names(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with every variable (parameters, buffers, locals) whose name is not a usable C
+    identifier renamed to one; parameters get pairwise distinct names.
+
+    TVM's C code generator prints variable names as they are (`float* in put/0`); the names come
+    from the model (FuseTIR names kernel parameters after the Relax variables, which frontends
+    name after the model's tensors).
+    """
+    params = list(func.params)
+    renamed: dict[int, ir.Var] = {}
+    taken = {p.name for p in params if c_name(p.name) == p.name}
+    for param in params:
+        if c_name(param.name) != param.name:
+            new = ir.Var(c_name(param.name, taken), param.ty)
+            taken.add(new.name)
+            renamed[param.__chandle__()] = new
+    if not renamed and all(c_name(name) == name for name in _var_names(func)):
+        return func
+
+    def rename(var: ir.Var) -> ir.Var:
+        key = var.__chandle__()
+        if key not in renamed:
+            if c_name(var.name) == var.name:
+                return var
+            renamed[key] = ir.Var(c_name(var.name), var.ty)
+        return renamed[key]
+
+    return tvm_ffi.structural_map(func, (ir.Var, rename), order="pre")
+
+
+def _var_names(func: tirx.PrimFunc) -> set[str]:
+    names: set[str] = set()
+
+    def visit(var: ir.Var) -> ir.Var:
+        names.add(var.name)
+        return var
+
+    tvm_ffi.structural_map(func, (ir.Var, visit), order="pre")
+    return names
 
 
 def make_unpacked(

@@ -17,12 +17,16 @@ from typing import Any
 import yaml
 
 from microexport.errors import Error
-from microexport.model import PoolSpec
+from microexport.model import C_KEYWORDS, PoolSpec
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 _VID_PID = re.compile(r"^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$")
+_POOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SECTION = re.compile(r"^[.A-Za-z0-9_]{1,64}$")
 DEFAULT_RUN_TIMEOUT = 60.0
+MAX_RUN_TIMEOUT = 86400.0  # one day
+ADDRESS_SPACE = 2**32  # microcontrollers have 32-bit addresses: no region ends beyond 4 GiB
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,12 @@ def _region(value: object, where: str) -> MemoryRegion | None:
         return None
     if not isinstance(value, dict) or set(value) != {"origin", "size"}:
         raise Error(f"{where}: expected a mapping with 'origin' and 'size'")
-    return MemoryRegion(parse_size(value["origin"], f"{where}.origin"),
-                        parse_size(value["size"], f"{where}.size"))
+    region = MemoryRegion(parse_size(value["origin"], f"{where}.origin"),
+                          parse_size(value["size"], f"{where}.size"))
+    if region.origin + region.size > ADDRESS_SPACE:
+        raise Error(f"{where}: origin {region.origin:#x} + size {region.size} ends beyond the "
+                    "4 GiB (32-bit) address space")
+    return region
 
 
 def _serial(value: object, where: str) -> SerialConfig | None:
@@ -134,13 +142,18 @@ def _pools(value: object, where: str) -> tuple[PoolSpec, ...]:
     for index, item in enumerate(value):
         at = f"{where}[{index}]"
         if (not isinstance(item, dict) or not set(item) <= {"name", "size", "section"}
-                or not isinstance(item.get("name"), str) or not item["name"].isidentifier()):
-            raise Error(f"{at}: expected {{name: C identifier, size: bytes or unlimited, "
-                        f"section: optional linker section}}")
+                or not isinstance(item.get("name"), str) or not _POOL_NAME.match(item["name"])
+                or item["name"] in C_KEYWORDS or item["name"] == "constants"):
+            raise Error(f"{at}: expected {{name: C identifier (ASCII, at most 64 characters, "
+                        f"not 'constants'), size: bytes or unlimited, section: optional linker "
+                        f"section}}")
         size = item.get("size", "unlimited")
         limit = None if size == "unlimited" else parse_size(size, f"{at}.size")
-        pools.append(PoolSpec(item["name"], limit, _optional_str(item.get("section"),
-                                                                f"{at}.section")))
+        section = _optional_str(item.get("section"), f"{at}.section")
+        if section is not None and not _SECTION.match(section):
+            raise Error(f"{at}.section: bad linker section name {section!r} (letters, digits, "
+                        "'_' and '.' only)")
+        pools.append(PoolSpec(item["name"], limit, section))
     return tuple(pools)
 
 
@@ -165,6 +178,10 @@ def _optional_str(value: object, where: str) -> str | None:
 def board_from_dict(data: dict[str, Any], origin: str) -> Board:
     """Validate the YAML mapping of one board and build the `Board`."""
     known = {f.name for f in fields(Board)}
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise Error(f"{origin}: field name {odd[0]!r} is not a string; known fields: "
+                    f"{', '.join(sorted(known))}")
     unknown = sorted(set(data) - known)
     if unknown:
         raise Error(f"{origin}: unknown field(s) {', '.join(unknown)}; known: "
@@ -173,8 +190,10 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
         if not data.get(key):
             raise Error(f"{origin}: missing required field '{key}'")
     timeout = data.get("run_timeout", DEFAULT_RUN_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise Error(f"{origin}.run_timeout: expected a positive number of seconds")
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not 0 < timeout <= MAX_RUN_TIMEOUT):  # also refuses .nan
+        raise Error(f"{origin}.run_timeout: expected a positive number of seconds, at most "
+                    f"{MAX_RUN_TIMEOUT:g}, got {timeout!r}")
     optional = {key: _optional_str(data.get(key), f"{origin}.{key}")
                 for key in ("description", "cpu", "fpu", "float_abi", "compiler_package",
                             "qemu_machine", "zephyr_board", "west_runner")}
@@ -241,9 +260,26 @@ def parse_board(text: str, origin: str) -> Board:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise Error(f"{origin}: invalid YAML ({' '.join(str(err).split())})") from None
+    except RecursionError:
+        raise Error(f"{origin}: invalid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise Error(f"{origin}: expected a YAML mapping")
     return board_from_dict(data, origin)
+
+
+def read_board_file(path: Path) -> str:
+    """The text of a board YAML file; Error if it cannot be read or is not UTF-8."""
+    if path.is_dir():
+        raise Error(f"board file {path} is a directory: give a board YAML file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise Error(f"cannot read board file {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise Error(f"board file {path} is not UTF-8 text (byte {data[err.start]:#04x} at "
+                    f"offset {err.start}): save it as UTF-8") from None
 
 
 def list_boards() -> list[str]:
@@ -256,8 +292,11 @@ def list_boards() -> list[str]:
 
 def load_board(name: str) -> Board:
     """A shipped board by name, or a board YAML file by path (`my_boards/custom.yaml`)."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        return parse_board(Path(name).read_text(encoding="utf-8"), name)
+    if name.endswith((".yaml", ".yml")):
+        if not Path(name).exists():
+            raise Error(f"board file {name} not found: give a board YAML file or one of the "
+                        f"boards {', '.join(list_boards())}")
+        return parse_board(read_board_file(Path(name)), name)
     if name not in list_boards():
         raise Error(f"unknown board '{name}': known boards are {', '.join(list_boards())}")
     text = files("microexport.boards").joinpath(f"{name}.yaml").read_text(encoding="utf-8")

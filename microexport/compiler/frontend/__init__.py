@@ -1,37 +1,46 @@
 """Model importers: each turns a model file into a Relax IRModule plus its I/O specs.
 
 `load_model` dispatches on the file extension (`.onnx`, `.tflite`, `.pt2`); a Relax
-`tvm.IRModule` can be wrapped with `from_relax`.
+`tvm.IRModule` can be wrapped with `from_relax`. What the frontends share lives in
+`frontend.common` (re-exported here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from microexport.errors import DynamicShape, Error, InputError, ModelError
-from microexport.model import TensorSpec
+from microexport.compiler.frontend.common import (
+    MAX_TENSOR_ELEMENTS,
+    ImportedModel,
+    Shapes,
+    check_shape_names,
+    close_block_builders,
+    dynamic_dim_error,
+    finish_import,
+    first_line,
+    from_relax,
+    require,
+    resolve_shape,
+)
+from microexport.errors import ModelError
 
-if TYPE_CHECKING:
-    import tvm
-
-
-@dataclass(frozen=True)
-class ImportedModel:
-    """A model as Relax: `mod["main"]` takes exactly the model inputs (weights are bound as
-    constants) and returns one tensor or a tuple of tensors, all with static shapes."""
-
-    mod: tvm.IRModule
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    format: str  # "onnx" | "tflite" | "torch" | "relax"
-    source: Path | None = None
-
+__all__ = [
+    "MAX_TENSOR_ELEMENTS",
+    "SUPPORTED_EXTENSIONS",
+    "ImportedModel",
+    "Shapes",
+    "check_shape_names",
+    "close_block_builders",
+    "dynamic_dim_error",
+    "finish_import",
+    "first_line",
+    "from_relax",
+    "load_model",
+    "require",
+    "resolve_shape",
+]
 
 SUPPORTED_EXTENSIONS = (".onnx", ".pt2", ".tflite")
-
-Shapes = dict[str, tuple[int, ...]]
 
 
 def load_model(path: str | Path, input_shapes: Shapes | None = None) -> ImportedModel:
@@ -50,6 +59,8 @@ def load_model(path: str | Path, input_shapes: Shapes | None = None) -> Imported
             f"unknown model format '{path.suffix or path.name}' of {path}: "
             f"supported extensions are {supported}"
         )
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory, not a model file")
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     shapes = dict(input_shapes or {})
@@ -64,170 +75,3 @@ def load_model(path: str | Path, input_shapes: Shapes | None = None) -> Imported
     from microexport.compiler.frontend.torch import load_torch
 
     return load_torch(path, shapes)
-
-
-def from_relax(
-    mod: tvm.IRModule,
-    input_names: list[str] | tuple[str, ...] | None = None,
-    output_names: list[str] | tuple[str, ...] | None = None,
-) -> ImportedModel:
-    """Wrap a Relax IRModule built with the Python API.
-
-    `mod["main"]` must be a Relax function whose parameters are exactly the model inputs,
-    returning a tensor or a tuple of tensors, all with static shapes. Input names default
-    to the parameter names, output names to `output_0`, `output_1`, ….
-    """
-    import tvm
-    from tvm import relax
-
-    if not isinstance(mod, tvm.IRModule):
-        raise ModelError(f"from_relax needs a tvm.IRModule, not {type(mod).__name__}")
-    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-        raise ModelError("from_relax needs an IRModule with a Relax function 'main'")
-    if not isinstance(mod["main"], relax.Function):
-        raise ModelError("from_relax: 'main' is not a Relax function")
-    names = _names(input_names, [p.name for p in mod["main"].params], "input_names")
-    return finish_import(mod, names, output_names, "relax", None)
-
-
-def _names(given: list[str] | tuple[str, ...] | None, default: list[str], what: str) -> list[str]:
-    if given is None:
-        return list(default)
-    if len(given) != len(default):
-        raise ModelError(f"{what} has {len(given)} names but the model has {len(default)}")
-    return [str(n) for n in given]
-
-
-def finish_import(
-    mod: tvm.IRModule,
-    input_names: list[str],
-    output_names: list[str] | tuple[str, ...] | None,
-    fmt: str,
-    source: Path | None,
-) -> ImportedModel:
-    """Fold constants, drop frontend leftovers, check static shapes and build the I/O specs.
-
-    `input_names` are the model's input names in parameter order; `output_names` the output
-    names in return order (None: `output_0`, …).
-    """
-    from tvm import relax
-
-    main = mod["main"]
-    if "params" in (main.attrs or {}):  # stale weight list some frontends attach
-        mod = _replace_main(mod, main.without_attr("params"))
-    mod = relax.transform.FoldConstant()(mod)
-    main = mod["main"]
-    where = str(source) if source is not None else "the Relax module"
-    inputs = tuple(
-        _tensor_spec(name, param.ty, f"input '{name}' of {where}")
-        for name, param in zip(input_names, main.params, strict=True)
-    )
-    out_types = _output_types(main.ret_ty)
-    names = _names(output_names, [f"output_{i}" for i in range(len(out_types))], "output_names")
-    outputs = tuple(
-        _tensor_spec(name, ty, f"output '{name}' of {where}")
-        for name, ty in zip(names, out_types, strict=True)
-    )
-    _check_no_symbolic_vars(main, where)
-    return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, format=fmt, source=source)
-
-
-def _replace_main(mod: tvm.IRModule, main: object) -> tvm.IRModule:
-    mod = mod.clone()
-    mod["main"] = main
-    return mod
-
-
-def _output_types(ret_ty: object) -> list[object]:
-    from tvm import relax
-
-    if isinstance(ret_ty, relax.TupleType):
-        fields = list(ret_ty.fields)
-        if any(isinstance(f, relax.TupleType) for f in fields):
-            raise ModelError("nested tuple outputs are not supported: flatten the model outputs")
-        return fields
-    return [ret_ty]
-
-
-def _tensor_spec(name: str, ty: object, what: str) -> TensorSpec:
-    """TensorSpec of a Relax tensor type; DynamicShape unless every dimension is a constant."""
-    from tvm import relax, tirx
-
-    if not isinstance(ty, relax.TensorType):
-        raise ModelError(f"{what} is not a tensor ({ty}): only tensor inputs/outputs are supported")
-    if ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr):
-        raise DynamicShape(f"{what} has an unknown shape: give the inputs static shapes")
-    dims = list(ty.shape.values)
-    for axis, dim in enumerate(dims):
-        if not isinstance(dim, tirx.IntImm):
-            raise DynamicShape(
-                f"{what} has dynamic dimension {axis} ('{dim}'): give the inputs static shapes"
-            )
-    return TensorSpec(name=name, shape=tuple(int(d) for d in dims), dtype=str(ty.dtype))
-
-
-def _check_no_symbolic_vars(main: object, where: str) -> None:
-    from tvm import relax
-
-    symbolic = relax.analysis.defined_symbolic_vars(main)
-    if len(symbolic) > 0:
-        names = ", ".join(sorted(str(v) for v in symbolic))
-        raise DynamicShape(f"{where} has symbolic dimensions ({names}): give it static shapes")
-
-
-def dynamic_dim_error(name: str, axis: int, dim: object, shape: list[object]) -> Exception:
-    """The DynamicShape error for input `name` whose dimension `axis` is `dim`, with a
-    suggested `--input-shape` (1 in place of every unknown dimension)."""
-    example = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
-    label = f" ('{dim}')" if isinstance(dim, str) and dim else ""
-    return DynamicShape(
-        f"input '{name}' has dynamic dimension {axis}{label}: fix it with "
-        f"--input-shape {name}:{'x'.join(map(str, example))} "
-        f"(input_shapes={{{name!r}: {example}}} in Python)"
-    )
-
-
-def resolve_shape(name: str, dims: list[Any], given: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The static shape of input `name`: `given` (from --input-shape, same rank as `dims`), else
-    `dims` if every dimension is a positive int, else a DynamicShape error."""
-    if given is not None:
-        if len(given) != len(dims):
-            raise InputError(
-                f"--input-shape {name} has {len(given)} dimensions, the model input has "
-                f"{len(dims)}"
-            )
-        return tuple(int(d) for d in given)
-    for axis, dim in enumerate(dims):
-        if not isinstance(dim, int) or dim <= 0:
-            raise dynamic_dim_error(name, axis, dim, dims)
-    return tuple(dims)
-
-
-def check_shape_names(input_shapes: Shapes, names: list[str], path: Path) -> None:
-    """InputError if `input_shapes` names something that is not a model input."""
-    unknown = sorted(set(input_shapes) - set(names))
-    if unknown:
-        raise InputError(
-            f"--input-shape names {', '.join(repr(n) for n in unknown)}, not an input of "
-            f"{path}; its inputs are: {', '.join(names)}"
-        )
-
-
-def require(module: str, extra: str) -> object:
-    """Import `module`, or raise Error naming the pip extra that installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise Error(
-            f"python package '{module}' is missing ({err}): pip install microexport[{extra}]"
-        ) from err
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception message (or its type name)."""
-    for line in str(err).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(err).__name__

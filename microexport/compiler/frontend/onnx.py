@@ -16,10 +16,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.compiler.frontend import (
+from microexport.compiler.frontend.common import (
     ImportedModel,
     Shapes,
     check_shape_names,
+    close_block_builders,
     dynamic_dim_error,
     finish_import,
     first_line,
@@ -58,6 +59,14 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelError(f"cannot parse {path} as an ONNX model: {first_line(err)}") from err
     if not model.graph.output:
         raise ModelError(f"cannot parse {path} as an ONNX model: the graph has no outputs")
+    graph = model.graph
+    names = [v.name for v in [*graph.input, *graph.output, *graph.initializer, *graph.node]]
+    names += [name for node in graph.node
+              for name in [*node.input, *node.output, node.op_type, node.domain]]
+    for name in names:
+        if not isinstance(name, str):  # protobuf hands out a string that is not UTF-8 as bytes
+            raise ModelError(f"cannot parse {path} as an ONNX model: the name {name!r} is not "
+                             "UTF-8 text (is the file damaged?)")
     return model
 
 
@@ -73,7 +82,12 @@ def _model_inputs(model: onnx.ModelProto, input_shapes: Shapes, path: Path) -> l
     for value in graph_inputs:
         if not value.type.HasField("tensor_type"):
             raise ModelError(f"input '{value.name}' of {path} is not a tensor")
-        dtype = str(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        elem_type = value.type.tensor_type.elem_type
+        try:
+            dtype = str(helper.tensor_dtype_to_np_dtype(elem_type))
+        except KeyError:
+            raise ModelError(f"input '{value.name}' of {path} has the unknown ONNX element type "
+                             f"{elem_type}: is the file damaged?") from None
         shape = _static_shape(value, input_shapes.get(value.name))
         specs.append(TensorSpec(name=value.name, shape=shape, dtype=dtype))
     return specs
@@ -125,10 +139,25 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
                 keep_params_in_input=False,
             )
     except Exception as err:  # the frontend raises all kinds of errors
+        close_block_builders(err)
         failed = _FAILED_OP.search(captured.getvalue())
+        invalid = _validation_error(model)
+        if invalid:  # a damaged or hand-made graph: say what is wrong with it
+            raise ModelError(f"{path} is not a valid ONNX model: {invalid}") from err
         if failed:
             raise UnsupportedOperator(failed.group(1), first_line(err)) from err
         raise ModelError(f"cannot import {path}: {first_line(err)}") from err
+
+
+def _validation_error(model: onnx.ModelProto) -> str | None:
+    """What onnx's checker finds wrong with `model` (first line), or None."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:  # noqa: BLE001 - ValidationError, or whatever a damaged model raises
+        return first_line(err)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +231,14 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 def _initializer_arrays(graph: onnx.GraphProto) -> dict[str, Any]:
     from onnx import numpy_helper
 
-    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    arrays = {}
+    for init in graph.initializer:
+        try:
+            arrays[init.name] = numpy_helper.to_array(init)
+        except Exception as err:  # noqa: BLE001 - ValueError, TypeError, KeyError on bad data
+            raise ModelError(f"initializer '{init.name}' cannot be read (is the file damaged?): "
+                             f"{first_line(err)}") from err
+    return arrays
 
 
 def _fold_node(

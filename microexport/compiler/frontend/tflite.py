@@ -8,30 +8,44 @@ adjustments, made through the frontend's `op_converter` hook:
   passes it to matmul as is and fails;
 - quantized AVERAGE_POOL_2D rounds to nearest like TFLite (Micro) does: the stock converter
   averages in int32, which truncates toward zero and biases every pooled value downward.
+
+The flatbuffer is read lazily by the `tflite` package, so a corrupt or truncated file would fail
+anywhere it is first touched; `_verify` walks every table the import reads (with index range
+checks) right after the file is read, so such a file is one ModelError.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from microexport.compiler.frontend import (
+from microexport.compiler.frontend.common import (
     ImportedModel,
     Shapes,
     check_shape_names,
+    close_block_builders,
     finish_import,
     first_line,
     require,
     resolve_shape,
 )
-from microexport.errors import ModelError, UnsupportedOperator
+from microexport.errors import Error, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
 _QUOTED = re.compile(r"'([A-Za-z0-9_:]+)'")
 _NOT_QUANTIZED_OPS = {"DEQUANTIZE", "QUANTIZE"}
+# What the flatbuffers reader raises on a corrupt or truncated buffer (offsets past the end,
+# numbers out of range, names that are not UTF-8, missing tables read as None).
+_FLATBUFFER_ERRORS = (struct.error, IndexError, KeyError, ValueError, TypeError, OverflowError,
+                      UnicodeDecodeError, AttributeError)
+# Bytes per element of the tensor types whose constant data is stored unpacked.
+_ITEM_BYTES = {"float32": 4, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+               "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
 
 
 def load_tflite(path: Path, input_shapes: Shapes) -> ImportedModel:
@@ -40,29 +54,154 @@ def load_tflite(path: Path, input_shapes: Shapes) -> ImportedModel:
     model = _read(path)
     subgraph = model.Subgraphs(0)
     inputs = _model_inputs(subgraph, input_shapes, path)
-    converter = _converter_class()(model, subgraph, _expr_table(), _block_builder())
+    converter = _frontend(path, _converter_class(), model, subgraph, _expr_table(),
+                          _block_builder())
     _check_operators(converter, subgraph, path)
     mod = _convert(model, inputs, path)
-    output_names = [_tensor_name(subgraph, i) for i in subgraph.OutputsAsNumpy()]
+    outputs = _vector(subgraph.OutputsLength(), subgraph.OutputsAsNumpy)
+    output_names = [_tensor_name(subgraph, i) for i in outputs]
     return finish_import(mod, [i.name for i in inputs], output_names, "tflite", path)
 
 
 def _read(path: Path) -> Any:
     import tflite
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError(f"cannot parse {path} as a TFLite model: no 'TFL3' flatbuffer identifier")
-    try:
+    with _corrupt(path):
         model = tflite.Model.GetRootAsModel(data, 0)
         if model.SubgraphsLength() < 1:
             raise ModelError(f"cannot parse {path} as a TFLite model: it has no subgraph")
-        subgraph = model.Subgraphs(0)
-        for index in [*subgraph.InputsAsNumpy(), *subgraph.OutputsAsNumpy()]:
-            _tensor_name(subgraph, index)
-    except (struct.error, IndexError, ValueError, UnicodeDecodeError, AttributeError) as err:
-        raise ModelError(f"cannot parse {path} as a TFLite model: {first_line(err)}") from err
+        _verify(model)
     return model
+
+
+@contextlib.contextmanager
+def _corrupt(path: Path) -> Iterator[None]:
+    """Turn what the flatbuffers reader raises on a damaged file into one ModelError."""
+    try:
+        yield
+    except _FLATBUFFER_ERRORS as err:
+        raise ModelError(
+            f"cannot parse {path} as a TFLite model (corrupt or truncated file?): "
+            f"{first_line(err)}"
+        ) from err
+
+
+def _frontend(path: Path, call: Callable[..., Any], *args: Any) -> Any:
+    """`call(*args)`, a method of TVM's TFLite frontend that reads the model; ModelError
+    naming `path` if it fails on what it reads (quantization parameters, options, ...)."""
+    try:
+        return call(*args)
+    except Error:
+        raise
+    except Exception as err:  # noqa: BLE001 - the frontend raises all kinds of errors
+        raise ModelError(f"cannot import {path}: {first_line(err)}") from err
+
+
+def _vector(length: int, as_numpy: Callable[[], Any]) -> list[int]:
+    """A flatbuffer int vector as a list (`as_numpy` returns 0, not an array, when empty)."""
+    return [int(v) for v in as_numpy()] if length else []
+
+
+def _verify(model: Any) -> None:
+    """Read every table and vector of `model` the import touches, checking that indices are in
+    range; raises one of `_FLATBUFFER_ERRORS` if the flatbuffer is damaged."""
+    buffers = model.BuffersLength()
+    codes = model.OperatorCodesLength()
+    for index in range(codes):
+        code = model.OperatorCodes(index)
+        code.BuiltinCode(), code.DeprecatedBuiltinCode(), code.CustomCode(), code.Version()
+    for index in range(buffers):
+        buffer = model.Buffers(index)
+        if buffer.DataLength():
+            buffer.DataAsNumpy()
+    for graph_index in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(graph_index)
+        tensors = graph.TensorsLength()
+        for index in range(tensors):
+            _verify_tensor(model, graph.Tensors(index))
+        for index in _vector(graph.InputsLength(), graph.InputsAsNumpy) + _vector(
+                graph.OutputsLength(), graph.OutputsAsNumpy):
+            _check_index(index, tensors, "subgraph input/output tensor")
+        for op_index in range(graph.OperatorsLength()):
+            op = graph.Operators(op_index)
+            _check_index(op.OpcodeIndex(), codes, "operator code")
+            for index in _vector(op.InputsLength(), op.InputsAsNumpy):
+                if index != -1:  # -1: an optional input left out
+                    _check_index(index, tensors, "operator input tensor")
+            for index in _vector(op.OutputsLength(), op.OutputsAsNumpy):
+                _check_index(index, tensors, "operator output tensor")
+            _verify_options(op)
+            if op.CustomOptionsLength():
+                op.CustomOptionsAsNumpy()
+
+
+def _verify_options(op: Any) -> None:
+    """Read every field of the operator's builtin options table."""
+    import tflite
+
+    kind = op.BuiltinOptionsType()
+    table = op.BuiltinOptions()
+    if kind == 0:  # BuiltinOptions.NONE
+        return
+    names = {v: k for k, v in vars(tflite.BuiltinOptions).items() if not k.startswith("_")}
+    if kind not in names:
+        raise ValueError(f"unknown builtin options type {kind}")
+    options_class = getattr(tflite, names[kind], None)
+    if table is None or options_class is None:
+        return
+    options = options_class()
+    options.Init(table.Bytes, table.Pos)
+    for field in _option_fields(options_class):
+        getattr(options, field)()
+
+
+@functools.cache
+def _option_fields(options_class: type) -> tuple[str, ...]:
+    """The getters of a flatbuffers options class that take no argument."""
+    import inspect
+
+    fields = []
+    for name, member in vars(options_class).items():
+        if not name[:1].isupper() or name == "Init" or name.startswith("GetRootAs"):
+            continue
+        if not callable(member) or name.endswith("BufferHasIdentifier"):
+            continue
+        if len(inspect.signature(member).parameters) == 1:  # self only
+            fields.append(name)
+    return tuple(fields)
+
+
+def _verify_tensor(model: Any, tensor: Any) -> None:
+    name = tensor.Name().decode("utf-8")
+    shape = _vector(tensor.ShapeLength(), tensor.ShapeAsNumpy)
+    _vector(tensor.ShapeSignatureLength(), tensor.ShapeSignatureAsNumpy)
+    dtype = _type_name(tensor.Type())
+    _check_index(tensor.Buffer(), model.BuffersLength(), "buffer")
+    data = model.Buffers(tensor.Buffer()).DataLength()
+    itemsize = _ITEM_BYTES.get(dtype)
+    if data and itemsize and all(d >= 0 for d in shape):
+        count = 1
+        for dim in shape:
+            count *= dim
+        if count * itemsize != data:
+            raise ValueError(f"tensor '{name}' of shape {shape} ({dtype}) has {data} bytes of data")
+    quantization = tensor.Quantization()
+    if quantization is not None:
+        if quantization.ScaleLength():
+            quantization.ScaleAsNumpy()
+        _vector(quantization.ZeroPointLength(), quantization.ZeroPointAsNumpy)
+        quantization.QuantizedDimension()
+
+
+def _check_index(index: int, count: int, what: str) -> None:
+    if not 0 <= index < count:
+        raise IndexError(f"{what} index {index} out of range (the model has {count})")
 
 
 def _tensor_name(subgraph: Any, index: int) -> str:
@@ -73,11 +212,13 @@ def _type_name(type_code: int) -> str:
     import tflite
 
     names = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    if type_code not in names:
+        raise ValueError(f"unknown tensor type code {type_code}")
     return names[type_code].lower()
 
 
 def _model_inputs(subgraph: Any, input_shapes: Shapes, path: Path) -> list[TensorSpec]:
-    indices = [int(i) for i in subgraph.InputsAsNumpy()]
+    indices = _vector(subgraph.InputsLength(), subgraph.InputsAsNumpy)
     names = [_tensor_name(subgraph, i) for i in indices]
     check_shape_names(input_shapes, names, path)
     specs = []
@@ -99,9 +240,11 @@ def _check_operators(converter: Any, subgraph: Any, path: Path) -> None:
             name = converter.get_op_code_str(op)
         except NotImplementedError as err:  # custom operators, unknown builtin codes
             raise UnsupportedOperator(_custom_name(converter, op), first_line(err)) from err
+        except Exception as err:  # noqa: BLE001 - as in _frontend
+            raise ModelError(f"cannot import {path}: {first_line(err)}") from err
         if name not in converter.convert_map:
             raise UnsupportedOperator(name, "TFLite, not in TVM's Relax TFLite frontend")
-        if name not in _NOT_QUANTIZED_OPS and _is_dynamic_range(converter, op):
+        if name not in _NOT_QUANTIZED_OPS and _is_dynamic_range(converter, op, path):
             raise ModelError(
                 f"{path} is dynamic-range quantized ({name} has float activations and "
                 "quantized weights): convert it with full integer quantization (int8 "
@@ -112,12 +255,13 @@ def _check_operators(converter: Any, subgraph: Any, path: Path) -> None:
 def _custom_name(converter: Any, op: Any) -> str:
     code = converter.model.OperatorCodes(op.OpcodeIndex())
     custom = code.CustomCode()
-    return f"CUSTOM:{custom.decode()}" if custom else f"builtin code {code.BuiltinCode()}"
+    name = custom.decode("utf-8", "replace") if custom else ""
+    return f"CUSTOM:{name}" if custom else f"builtin code {code.BuiltinCode()}"
 
 
-def _is_dynamic_range(converter: Any, op: Any) -> bool:
-    inputs = converter.get_input_tensors(op)
-    outputs = converter.get_output_tensors(op)
+def _is_dynamic_range(converter: Any, op: Any, path: Path) -> bool:
+    inputs = _frontend(path, converter.get_input_tensors, op)
+    outputs = _frontend(path, converter.get_output_tensors, op)
     if not inputs or inputs[0].qnn_params is not None:
         return False
     if any(t.qnn_params is not None for t in outputs):
@@ -136,8 +280,14 @@ def _convert(model: Any, inputs: list[TensorSpec], path: Path) -> Any:
             op_converter=_converter_class(),
         )
     except _OperatorFailed as err:
-        raise UnsupportedOperator(err.op, first_line(err.__cause__ or err)) from err
+        close_block_builders(err)
+        cause = err.__cause__ or err
+        if isinstance(cause, struct.error):  # the operator's options point past the end
+            raise ModelError(f"cannot parse {path} as a TFLite model (corrupt or truncated "
+                             f"file?): operator {err.op}: {first_line(cause)}") from err
+        raise UnsupportedOperator(err.op, first_line(cause)) from err
     except Exception as err:  # the frontend raises all kinds of errors
+        close_block_builders(err)
         quoted = _QUOTED.search(str(err))
         if quoted and "operator" in str(err).lower():
             raise UnsupportedOperator(quoted.group(1), first_line(err)) from err

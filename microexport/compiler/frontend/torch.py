@@ -8,16 +8,18 @@ re-exported with the shapes from `input_shapes`.
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.compiler.frontend import (
+from microexport.compiler.frontend.common import (
     ImportedModel,
     Shapes,
     check_shape_names,
+    close_block_builders,
     dynamic_dim_error,
     finish_import,
     first_line,
@@ -50,15 +52,42 @@ def read_program(path: Path) -> torch.export.ExportedProgram:
     """Load a `torch.export.save`d program; ModelError if the file is not one."""
     import torch
 
-    if not zipfile.is_zipfile(path):  # checked first: torch logs a traceback for non-zip files
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
+    if not is_zip:  # checked first: torch logs a traceback for non-zip files
         raise ModelError(f"cannot parse {path} as a torch.export program: not a zip archive")
+    logged = _LoggedErrors()
+    logger = logging.getLogger("torch.export")
+    logger.addFilter(logged)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.export.load(str(path))
     except Exception as err:  # zipfile.BadZipFile, RuntimeError, KeyError, …
-        message = f"cannot parse {path} as a torch.export program: {first_line(err)}"
+        # torch.export.load logs the real error (with a traceback) and raises a vague one
+        cause = first_line(logged.errors[0] if logged.errors else err)
+        cause = cause.split(". ")[0] if len(cause) > 160 else cause  # torch's are long
+        message = f"cannot parse {path} as a torch.export program: {cause}"
         raise ModelError(message) from err
+    finally:
+        logger.removeFilter(logged)
+
+
+class _LoggedErrors(logging.Filter):
+    """Keeps the exceptions a logger logs with `exc_info` and drops the records: torch logs a
+    traceback on stderr for a damaged .pt2 before raising its own error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+            return False
+        return True
 
 
 def user_input_values(program: torch.export.ExportedProgram) -> list[Any]:
@@ -152,6 +181,7 @@ def _convert(program: torch.export.ExportedProgram, path: Path) -> Any:
                 program, keep_params_as_input=False, unwrap_unit_return_tuple=True
             )
     except Exception as err:  # the frontend raises all kinds of errors
+        close_block_builders(err)
         unsupported = _UNSUPPORTED.search(str(err))
         if unsupported:
             ops = [op.strip(" '\"") for op in unsupported.group(1).split(",")]

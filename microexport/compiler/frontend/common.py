@@ -1,0 +1,266 @@
+"""What the frontends share: the `ImportedModel` record, `finish_import` (static shapes, C types,
+at least one output), shape and error helpers, and `from_relax`.
+
+Apart from the package `__init__` (which dispatches to the frontends) so that the frontends never
+import the package that imports them.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from microexport.errors import DynamicShape, Error, InputError, ModelError
+from microexport.model import C_TYPES, TensorSpec
+
+if TYPE_CHECKING:
+    import tvm
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """A model as Relax: `mod["main"]` takes exactly the model inputs (weights are bound as
+    constants) and returns one tensor or a tuple of tensors, all with static shapes."""
+
+    mod: tvm.IRModule
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    format: str  # "onnx" | "tflite" | "torch" | "relax"
+    source: Path | None = None
+
+
+MAX_TENSOR_ELEMENTS = 2**31 - 1  # the generated C indexes tensors with int32_t
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def from_relax(
+    mod: tvm.IRModule,
+    input_names: list[str] | tuple[str, ...] | None = None,
+    output_names: list[str] | tuple[str, ...] | None = None,
+) -> ImportedModel:
+    """Wrap a Relax IRModule built with the Python API.
+
+    `mod["main"]` must be a Relax function whose parameters are exactly the model inputs,
+    returning a tensor or a tuple of tensors, all with static shapes. Input names default
+    to the parameter names, output names to `output_0`, `output_1`, ….
+    """
+    import tvm
+    from tvm import relax
+
+    if not isinstance(mod, tvm.IRModule):
+        raise ModelError(f"from_relax needs a tvm.IRModule, not {type(mod).__name__}")
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise ModelError("from_relax needs an IRModule with a Relax function 'main'")
+    if not isinstance(mod["main"], relax.Function):
+        raise ModelError("from_relax: 'main' is not a Relax function")
+    names = _names(input_names, [p.name for p in mod["main"].params], "input_names")
+    return finish_import(mod, names, output_names, "relax", None)
+
+
+def _names(given: list[str] | tuple[str, ...] | None, default: list[str], what: str) -> list[str]:
+    if given is None:
+        return list(default)
+    if len(given) != len(default):
+        raise ModelError(f"{what} has {len(given)} names but the model has {len(default)}")
+    return [str(n) for n in given]
+
+
+def finish_import(
+    mod: tvm.IRModule,
+    input_names: list[str],
+    output_names: list[str] | tuple[str, ...] | None,
+    fmt: str,
+    source: Path | None,
+) -> ImportedModel:
+    """Fold constants, drop frontend leftovers, check static shapes and build the I/O specs.
+
+    `input_names` are the model's input names in parameter order; `output_names` the output
+    names in return order (None: `output_0`, …).
+    """
+    from tvm import relax
+
+    main = mod["main"]
+    if "params" in (main.attrs or {}):  # stale weight list some frontends attach
+        mod = _replace_main(mod, main.without_attr("params"))
+    mod = relax.transform.FoldConstant()(mod)
+    main = mod["main"]
+    where = str(source) if source is not None else "the Relax module"
+    inputs = tuple(
+        _tensor_spec(name, param.ty, f"input '{name}' of {where}")
+        for name, param in zip(input_names, main.params, strict=True)
+    )
+    out_types = _output_types(main.ret_ty)
+    if not out_types:
+        raise ModelError(f"{where} has no outputs: a model must compute at least one tensor")
+    names = _names(output_names, [f"output_{i}" for i in range(len(out_types))], "output_names")
+    outputs = tuple(
+        _tensor_spec(name, ty, f"output '{name}' of {where}")
+        for name, ty in zip(names, out_types, strict=True)
+    )
+    _check_no_symbolic_vars(main, where)
+    _check_c_float_types(main, where)
+    return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, format=fmt, source=source)
+
+
+def _replace_main(mod: tvm.IRModule, main: object) -> tvm.IRModule:
+    mod = mod.clone()
+    mod["main"] = main
+    return mod
+
+
+def _output_types(ret_ty: object) -> list[object]:
+    from tvm import relax
+
+    if isinstance(ret_ty, relax.TupleType):
+        fields = list(ret_ty.fields)
+        if any(isinstance(f, relax.TupleType) for f in fields):
+            raise ModelError("nested tuple outputs are not supported: flatten the model outputs")
+        return fields
+    return [ret_ty]
+
+
+def _tensor_spec(name: str, ty: object, what: str) -> TensorSpec:
+    """TensorSpec of a Relax tensor type; DynamicShape unless every dimension is a constant."""
+    from tvm import relax, tirx
+
+    if not isinstance(ty, relax.TensorType):
+        raise ModelError(f"{what} is not a tensor ({ty}): only tensor inputs/outputs are supported")
+    if ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr):
+        raise DynamicShape(f"{what} has an unknown shape: give the inputs static shapes")
+    dims = list(ty.shape.values)
+    for axis, dim in enumerate(dims):
+        if not isinstance(dim, tirx.IntImm):
+            raise DynamicShape(
+                f"{what} has dynamic dimension {axis} ('{dim}'): give the inputs static shapes"
+            )
+    shape = tuple(int(d) for d in dims)
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise ModelError(f"{what} has shape {shape} ({math.prod(shape)} elements): at most "
+                         f"{MAX_TENSOR_ELEMENTS} elements fit the int32 indices of the generated C")
+    if str(ty.dtype) not in C_TYPES:
+        raise ModelError(f"{what} has dtype {ty.dtype}, which C has no type for: use one of "
+                         f"{', '.join(sorted(C_TYPES))} for the model's inputs and outputs")
+    return TensorSpec(name=name, shape=shape, dtype=str(ty.dtype))
+
+
+def _check_c_float_types(main: object, where: str) -> None:
+    """ModelError if a tensor inside the model is of a float type C has no type for (float16,
+    bfloat16, float8...): TVM's C code generator writes `half` or gives up."""
+    from tvm import relax
+
+    found: set[str] = set()
+
+    def visit(expr: object) -> None:
+        ty = None if isinstance(expr, relax.Function) else getattr(expr, "ty", None)
+        if isinstance(ty, relax.TensorType):
+            dtype = str(ty.dtype)
+            if dtype.startswith(("float", "bfloat")) and dtype not in C_TYPES:
+                found.add(dtype)
+
+    relax.analysis.post_order_visit(main, visit)
+    if found:
+        raise ModelError(f"{where} computes in {', '.join(sorted(found))}, which C has no type "
+                         "for: convert the model to float32 (or quantize it to int8)")
+
+
+def _check_no_symbolic_vars(main: object, where: str) -> None:
+    from tvm import relax
+
+    symbolic = relax.analysis.defined_symbolic_vars(main)
+    if len(symbolic) > 0:
+        names = ", ".join(sorted(str(v) for v in symbolic))
+        raise DynamicShape(f"{where} has symbolic dimensions ({names}): give it static shapes")
+
+
+def dynamic_dim_error(name: str, axis: int, dim: object, shape: list[object]) -> Exception:
+    """The DynamicShape error for input `name` whose dimension `axis` is `dim`, with a
+    suggested `--input-shape` (1 in place of every unknown dimension)."""
+    example = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
+    label = f" ('{dim}')" if isinstance(dim, str) and dim else ""
+    return DynamicShape(
+        f"input '{name}' has dynamic dimension {axis}{label}: fix it with "
+        f"--input-shape {name}:{'x'.join(map(str, example))} "
+        f"(input_shapes={{{name!r}: {example}}} in Python)"
+    )
+
+
+def resolve_shape(name: str, dims: list[Any], given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The static shape of input `name`: `given` (from --input-shape, same rank as `dims`), else
+    `dims` if every dimension is a positive int, else a DynamicShape error."""
+    if given is not None:
+        if len(given) != len(dims):
+            raise InputError(
+                f"--input-shape {name} has {len(given)} dimensions, the model input has "
+                f"{len(dims)}"
+            )
+        return tuple(int(d) for d in given)
+    for axis, dim in enumerate(dims):
+        if not isinstance(dim, int) or dim <= 0:
+            raise dynamic_dim_error(name, axis, dim, dims)
+    return tuple(dims)
+
+
+def check_shape_names(input_shapes: Shapes, names: list[str], path: Path) -> None:
+    """InputError if `input_shapes` names something that is not a model input."""
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise InputError(
+            f"--input-shape names {', '.join(repr(n) for n in unknown)}, not an input of "
+            f"{path}; its inputs are: {', '.join(names)}"
+        )
+
+
+def require(module: str, extra: str) -> object:
+    """Import `module`, or raise Error naming the pip extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise Error(
+            f"python package '{module}' is missing ({err}): pip install microexport[{extra}]"
+        ) from err
+
+
+def close_block_builders(err: BaseException) -> None:
+    """End the blocks a failed Relax frontend conversion left open in its BlockBuilders.
+
+    TVM's frontends build Relax inside `with bb.function(): with bb.dataflow():`; when a
+    converter raises, the builder keeps a block open and TVM logs "BlockBuilder destroyed with
+    remaining blocks!" on stderr whenever it is freed (after our one-line error). The builders
+    are found in the frames of the failure's traceback (as a local, or as `.bb` /
+    `.block_builder` of a local importer).
+    """
+    from tvm import relax
+
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None:
+        for frame, _ in traceback.walk_tb(cause.__traceback__):
+            for value in list(frame.f_locals.values()):
+                for candidate in (value, getattr(value, "bb", None),
+                                  getattr(value, "block_builder", None)):
+                    if isinstance(candidate, relax.BlockBuilder) and id(candidate) not in seen:
+                        seen.add(id(candidate))
+                        _end_blocks(candidate)
+        cause = cause.__cause__ or cause.__context__
+
+
+def _end_blocks(builder: Any) -> None:
+    for _ in range(64):  # a frontend nests a few blocks at most
+        try:
+            builder._end_block()  # noqa: SLF001 - the only way to close a block left open
+        except Exception:  # noqa: BLE001 - TVM's InternalError: no block left
+            return
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception message (or its type name)."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(err).__name__
