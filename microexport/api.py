@@ -8,16 +8,16 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from microexport.archive.tir_json.spec import STAGES
 from microexport.deploy.compare import TestReport, compare, sample_inputs
-from microexport.errors import Error, InputError
-from microexport.model import CompiledModel, MemoryReport, PoolSpec, TensorSpec
+from microexport.errors import Error
+from microexport.model import CompiledModel, MemoryReport, PoolSpec
 
 if TYPE_CHECKING:
     import tvm
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from microexport.compiler.frontend import ImportedModel
 
 # TIR extraction points, in pipeline order (see docs/tir-json.md).
-TIR_STAGES = ("scheduled", "lowered", "codegen")
+TIR_STAGES = STAGES
 
 __all__ = ["TIR_STAGES", "CompileResult", "Compilation", "TestReport", "compile",
            "compile_model", "import_model", "run", "test"]
@@ -183,8 +183,11 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     stages written as `src/tir-<stage>.json` (default: codegen). `board` takes the workspace
     pools from that board's file when `pools` is empty.
     """
-    from microexport.archive.mlf import write_archive
+    from microexport.archive.mlf import refuse_overwriting, write_archive
 
+    archive = Path(output) if output is not None else Path(f"{name}.tar")
+    if isinstance(model, str | Path):
+        refuse_overwriting(archive, Path(model))
     imported = import_model(model, input_shapes)
     compilation = compile_model(
         imported,
@@ -198,7 +201,6 @@ def compile(  # noqa: A001 - mirrors the CLI command name
         tir_stages=tir_stages,
         kernel_stack_limit=kernel_stack_limit,
     )
-    archive = Path(output) if output is not None else Path(f"{name}.tar")
     write_archive(archive, compilation.files)
     return CompileResult(archive=archive, model=compilation.model)
 
@@ -223,39 +225,6 @@ def run(
     with tempfile.TemporaryDirectory(prefix="microexport-") as tmp:
         work = Path(build_dir) if build_dir is not None else Path(tmp)
         return platform.run_archive(Path(archive), inputs, work)
-
-
-def read_inputs(
-    specs: list[str], input_specs: Sequence[TensorSpec]
-) -> dict[str, np.ndarray]:
-    """Load `NAME=FILE.npy` / `FILE.npy` arguments, matched to the model's inputs."""
-    names = [spec.name for spec in input_specs]
-    arrays: dict[str, np.ndarray] = {}
-    for position, item in enumerate(specs):
-        name, sep, path = item.partition("=")
-        if not sep:
-            if position >= len(names):
-                raise InputError(f"too many --input files: the model has {len(names)} inputs")
-            name, path = names[position], item
-        if name not in names:
-            raise InputError(f"unknown input '{name}': the model's inputs are {', '.join(names)}")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except OSError as err:
-            raise InputError(f"cannot read input '{name}' from {path}: "
-                             f"{err.strerror or err}") from None
-        except (ValueError, EOFError):  # not .npy, pickled, truncated or empty
-            array = None
-        if not isinstance(array, np.ndarray):  # also a .npz archive of several arrays
-            if isinstance(array, np.lib.npyio.NpzFile):
-                array.close()
-            raise InputError(f"input '{name}': {path} is not a .npy array file "
-                             "(write one with numpy.save)") from None
-        arrays[name] = array
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise InputError(f"missing --input for {', '.join(missing)}")
-    return arrays
 
 
 def test(

@@ -30,12 +30,8 @@ What we tried, as a new user would (each row is tested below, except the one mar
 |                    | data of the wrong size, no outputs, non-UTF-8 name     |                 |
 | compile            | --workspace-pool named constants / int / 'aé' / 100    | one line        |
 |                    | characters, section '.é'; board pools likewise         |                 |
-| compile, graph     | -o the input file itself                               | overwrites it   |
-|                    |                                                        | (xfail, not     |
-|                    |                                                        | owned here)     |
-| run, build         | a project whose board.yaml is not UTF-8                | traceback       |
-|                    |                                                        | (untested: fix  |
-|                    |                                                        | in project.py)  |
+| compile, graph     | -o the input file itself                               | one line        |
+| run, build         | a project whose board.yaml is not UTF-8                | one line        |
 | run                | --timeout nan, -1, 0, inf, 1e300, 'soon'               | one line        |
 | run                | --input: empty .npy, pickled .npy, .npz, text, wrong   | one line        |
 |                    | dtype/shape, a directory, missing file, unknown name   |                 |
@@ -837,8 +833,6 @@ def test_wrong_path(line: str, fragment: str, setting: dict[str, str], workdir: 
     assert files_under(workdir) == before
 
 
-@pytest.mark.xfail(reason="the archive is written over the model: the check belongs in "
-                   "api.compile (or cli/core.py), not owned by this change", strict=True)
 def test_compile_output_is_the_model(build_model: BuildModel, workdir: Path,
                                      capfd: pytest.CaptureFixture[str]) -> None:
     source, _ = build_model(mlp_onnx)
@@ -849,8 +843,6 @@ def test_compile_output_is_the_model(build_model: BuildModel, workdir: Path,
     assert_refused(status, err, "mlp.onnx")
 
 
-@pytest.mark.xfail(reason="graph -o writes over its input: the check belongs in cli/tir.py "
-                   "cmd_graph/_write, not owned by this change", strict=True)
 def test_graph_output_is_the_input(zoo_compilation: Callable[[str], tuple], workdir: Path,
                                    capfd: pytest.CaptureFixture[str]) -> None:
     compilation, _, _ = zoo_compilation("mlp_onnx")
@@ -859,6 +851,21 @@ def test_graph_output_is_the_input(zoo_compilation: Callable[[str], tuple], work
     status, _, err = run_main(["graph", tir, "-o", tir], capfd)
     assert tir.read_bytes() == compilation.files["src/tir-codegen.json"]
     assert_refused(status, err, "tir.json")
+
+
+@pytest.mark.parametrize("command", ["build", "size"])
+def test_project_with_non_utf8_board_file(command: str, mlp_archive: tuple[Path, Path],
+                                          workdir: Path,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    from microexport.deploy.project import create_project
+
+    project = workdir / "proj"
+    create_project(mlp_archive[0], "host", project)
+    (project / "board.yaml").write_bytes(b"name: h\xe9st\n")
+    before = files_under(workdir)
+    status, _, err = run_main([command, project], capfd)
+    assert_refused(status, err, "board.yaml", "not UTF-8")
+    assert files_under(workdir) == before
 
 
 # -- standard output closed by its reader ------------------------------------------------------

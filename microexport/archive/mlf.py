@@ -238,6 +238,18 @@ def gzip_bytes(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def refuse_overwriting(output: Path, source: Path, flag: str = "-o") -> None:
+    """Error if writing `output` would replace the input file `source` (the same file, whatever
+    the path spelling), before any work is done."""
+    output, source = Path(output), Path(source)
+    try:
+        same = output.exists() and source.exists() and output.samefile(source)
+    except OSError:
+        same = False
+    if same:
+        raise Error(f"{flag} {output} is the input file itself: write the output elsewhere")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory and `os.replace`.
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from microexport.cli.options import (
     BOARD,
     BUILD_DIR,
@@ -24,6 +26,8 @@ from microexport.cli.options import (
     Command,
     Option,
 )
+from microexport.errors import InputError
+from microexport.model import TensorSpec
 
 
 def _size(region: Any) -> str:
@@ -129,9 +133,41 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_inputs(
+    specs: list[str], input_specs: Sequence[TensorSpec]
+) -> dict[str, np.ndarray]:
+    """Load `NAME=FILE.npy` / `FILE.npy` arguments, matched to the model's inputs."""
+    names = [spec.name for spec in input_specs]
+    arrays: dict[str, np.ndarray] = {}
+    for position, item in enumerate(specs):
+        name, sep, path = item.partition("=")
+        if not sep:
+            if position >= len(names):
+                raise InputError(f"too many --input files: the model has {len(names)} inputs")
+            name, path = names[position], item
+        if name not in names:
+            raise InputError(f"unknown input '{name}': the model's inputs are {', '.join(names)}")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except OSError as err:
+            raise InputError(f"cannot read input '{name}' from {path}: "
+                             f"{err.strerror or err}") from None
+        except (ValueError, EOFError):  # not .npy, pickled, truncated or empty
+            array = None
+        if not isinstance(array, np.ndarray):  # also a .npz archive of several arrays
+            if isinstance(array, np.lib.npyio.NpzFile):
+                array.close()
+            raise InputError(f"input '{name}': {path} is not a .npy array file "
+                             "(write one with numpy.save)") from None
+        arrays[name] = array
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"missing --input for {', '.join(missing)}")
+    return arrays
+
+
 def run_target(args: argparse.Namespace) -> int:
     """`microexport run`: a project directory, or an archive built for --board."""
-    from microexport.api import read_inputs
     from microexport.deploy.platforms import get_platform
     from microexport.deploy.platforms.base import RunOptions
     from microexport.deploy.project import (

@@ -23,12 +23,13 @@ def _read_text(path: Path) -> str:
         raise Error(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
 
 
-def _write(text: str, output: Path | None) -> None:
+def _write(text: str, output: Path | None, source: Path) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    from microexport.archive.mlf import atomic_write
+    from microexport.archive.mlf import atomic_write, refuse_overwriting
 
+    refuse_overwriting(output, source)
     atomic_write(output, text.encode())
 
 
@@ -104,7 +105,7 @@ def cmd_export_tir(args: argparse.Namespace) -> int:
     else:
         doc = tir_json.to_dict(modules if len(modules) > 1 else next(iter(modules.values())),
                                stage)
-    _write(tir_json.encode(doc, args.indent), args.output)
+    _write(tir_json.encode(doc, args.indent), args.output, args.file)
     if args.output is not None:
         count = sum(len(m["functions"]) for m in doc["modules"])
         print(f"wrote {args.output}: {len(doc['modules'])} module(s), {count} function(s)",
@@ -116,7 +117,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from microexport.archive.graph import graph_from_tir, graph_json
 
     graph = graph_from_tir(_read_tir(args.tir), validate=False)
-    _write(graph_json(graph), args.output)
+    _write(graph_json(graph), args.output, args.tir)
     if args.output is not None:
         print(f"wrote {args.output}: {len(graph['nodes'])} nodes, {len(graph['tensors'])} "
               f"tensors, {len(graph['constants'])} constants", file=sys.stderr)

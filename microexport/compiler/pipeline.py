@@ -36,9 +36,6 @@ from microexport.model import (
     with_placements,
 )
 
-# TIR extraction points, in pipeline order (see docs/tir-json.md).
-TIR_STAGES = ("scheduled", "lowered", "codegen")
-
 
 @dataclass(frozen=True)
 class CompilerOptions:
@@ -77,7 +74,7 @@ class CompiledC:
     lib: GeneratedC  # kernels and AOT main, TVM-free
     constant_pool: bytes  # every constant at its offset, little-endian
     parameters: dict[str, np.ndarray]  # the weights by constant name
-    stages: dict[str, tvm.IRModule]  # kernels + AOT main at each of TIR_STAGES
+    stages: dict[str, tvm.IRModule]  # kernels + AOT main at each stage of tir_json.spec.STAGES
 
 
 def compile_to_c(imported: ImportedModel, options: CompilerOptions) -> CompiledC:
@@ -110,18 +107,15 @@ def compile_to_c(imported: ImportedModel, options: CompilerOptions) -> CompiledC
         placements = {spec.name: plan.placements[schedule.root(t)] for t, spec in specs}
         inputs = with_placements(inputs, placements)
         outputs = with_placements(outputs, placements)
-    kernel_symbols = {symbol for symbol in aot.kernel_symbols.values()}
     signatures = {
         gv.name_hint: function_signature(gv.name_hint, func)
         for gv, func in final.functions.items() if isinstance(func, tirx.PrimFunc)
     }
-    kernels = tuple(
-        KernelSpec(signatures[aot.kernel_symbols[kernel]], layout.nbytes, layout.stack_bytes)
-        for kernel, layout in sorted(lowered.scratch.items(),
-                                     key=lambda item: aot.kernel_symbols[item[0]])
-    )
-    missing = kernel_symbols - {k.symbol for k in kernels}
-    kernels += tuple(KernelSpec(signatures[symbol]) for symbol in sorted(missing))
+    kernels = []
+    for kernel, symbol in sorted(aot.kernel_symbols.items(), key=lambda item: item[1]):
+        layout = lowered.scratch.get(kernel)
+        kernels.append(KernelSpec(signatures[symbol], layout.nbytes if layout else 0,
+                                  layout.stack_bytes if layout else 0))
     model = CompiledModel(
         name=name,
         target=options.target,
@@ -130,7 +124,7 @@ def compile_to_c(imported: ImportedModel, options: CompilerOptions) -> CompiledC
         memory=memory_report(plan, sum(t.nbytes for t in inputs + outputs),
                              options.io_in_workspace),
         main=signatures[aot.main_symbol],
-        kernels=kernels,
+        kernels=tuple(kernels),
         constants=constants,
         workspace_mode=options.workspace,
     )

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from microexport.deploy.boards import Board, dump_board, load_board, parse_board
+from microexport.deploy.boards import Board, dump_board, load_board, parse_board, read_board_file
 from microexport.deploy.platforms import PLATFORMS, get_platform
 from microexport.deploy.platforms.base import (
     BUILD_DIR,
@@ -185,10 +185,7 @@ def open_project(directory: str | Path) -> OpenProject:
     directory = Path(directory).absolute()
     info = read_info(directory)
     board_path = directory / BOARD_FILE
-    try:
-        board = parse_board(board_path.read_text(encoding="utf-8"), str(board_path))
-    except OSError as err:
-        raise Error(f"cannot read {board_path}: {err.strerror or err}") from None
+    board = parse_board(read_board_file(board_path), str(board_path))
     if info.platform not in PLATFORMS:
         raise Error(f"{directory}: platform '{info.platform}' is not available: available are "
                     f"{', '.join(PLATFORMS)}")
