@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from microexport import __version__
 from microexport.cli import core, deploy, tir
 from microexport.errors import Error
+from microexport.version import __version__
 
 COMMANDS = (*core.COMMANDS, *deploy.COMMANDS, *tir.COMMANDS)
 

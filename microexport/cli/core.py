@@ -42,10 +42,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     result = api.compile(args.model, output=args.output, board=args.board,
                          **_compile_kwargs(args))
-    memory = result.metadata["memory"]
+    memory = result.memory
     print(
-        f"wrote {result.archive}: workspace {memory['workspace_bytes']} B, "
-        f"constants {memory['constants_bytes']} B, I/O {memory['io_bytes']} B"
+        f"wrote {result.archive}: workspace {memory.workspace_bytes} B, "
+        f"constants {memory.constants_bytes} B, I/O {memory.io_bytes} B"
     )
     return 0
 
