@@ -153,3 +153,130 @@ def test_graph_io_in_workspace_keeps_every_output(build_model: Callable) -> None
     assert graph["inputs"] == [t["c_name"] for t in metadata["inputs"]]
     assert graph["outputs"] == [t["c_name"] for t in metadata["outputs"]]
     assert len(graph["outputs"]) > 1
+
+
+# -- the AOT main conventions (docs/tir-json.md, "How the AOT main is read") are checked ------
+
+MAIN = r"^\$\.modules\[0\]\.functions\[0\]"
+INT32_ZERO = {"node": "IntImm", "dtype": "int32", "value": 0}
+
+
+def _main(doc: dict) -> dict:
+    main = doc["modules"][0]["functions"][0]
+    assert main["name"].endswith("___tvm_main__")
+    return main
+
+
+def _declaring(doc: dict, name: str) -> dict:
+    """The statement of the main declaring variable `name` (a DeclBuffer or a Bind)."""
+    return next(s for s in _main(doc)["body"]["seq"]
+                if s.get("buffer", s.get("var", {})).get("name") == name)
+
+
+def _first_call(doc: dict) -> dict:
+    return _declaring(doc, "status_0")["value"]
+
+
+def _pool_index(doc: dict, pointer: str) -> dict:
+    """The IntImm index of `address_of(pool[index])` in the Bind of pointer variable `pointer`."""
+    node = _declaring(doc, pointer)["value"]
+    while node["node"] == "Call":
+        node = node["args"][0]
+    return node["indices"][0]
+
+
+def _pool_size(doc: dict, pool: str) -> int:
+    return _declaring(doc, f"{pool}_bytes")["buffer"]["type"]["shape"][0]["value"]
+
+
+def _nest_first_call(doc: dict) -> None:
+    body = _main(doc)["body"]["seq"]
+    index = body.index(_declaring(doc, "status_0"))
+    body[index] = {"node": "IfThenElse", "condition": {"node": "IntImm", "dtype": "bool",
+                                                       "value": 1},
+                   "then_case": body[index], "else_case": None}
+
+
+def _set_constant(doc: dict, name: str, value: object) -> None:
+    _main(doc)["attrs"]["microexport.constants"]["items"][name] = value
+
+
+MAIN_VIOLATIONS: list[tuple[str, Callable[[dict], object], str]] = [
+    ("parameter not a pointer",
+     lambda d: _main(d)["params"][0].update(type={"node": "PrimType", "dtype": "int32"}),
+     r"\.params\[0\]: parameter 'x' of the AOT main is not a pointer"),
+    ("unsupported pointer", lambda d: _declaring(d, "x_1").update(data=INT32_ZERO),
+     r"\.body\.seq\[\d+\]\.data: unsupported pointer expression"),
+    ("address beyond the pool", lambda d: _pool_index(d, "constant_0").update(value=10**6),
+     r"\.body\.seq\[\d+\]\.value(\.args\[0\])+\.indices: not one constant index within "
+     r"'constants_bytes' \(0 to \d+\)"),
+    ("tensor outside its pool",
+     lambda d: _pool_index(d, "lv").update(value=_pool_size(d, "workspace")),
+     r"\.body: tensor 'lv' \(128 bytes at offset \d+\) does not fit in pool 'workspace'"),
+    ("shape not constant",
+     lambda d: _declaring(d, "lv_1")["buffer"]["type"]["shape"].__setitem__(
+         0, {"node": "Var", "name": "x"}),
+     r"\.body\.seq\[\d+\]\.buffer: tensor 'lv_1' has a shape that is not constant"),
+    ("unknown dtype", lambda d: _declaring(d, "lv_1")["buffer"]["type"].update(dtype="handle"),
+     r"\.body\.seq\[\d+\]\.buffer\.type\.dtype: unknown dtype 'handle'"),
+    ("argument missing", lambda d: _first_call(d)["args"].pop(),
+     r"\.body\.seq\[\d+\]\.value: 'tvmgen_mlp_onnx_fused_matmul_add_relu' takes 5 arguments, "
+     r"the main passes 4"),
+    ("main calls itself", lambda d: _first_call(d)["op"].update(name=_main(d)["name"]),
+     r"\.body\.seq\[\d+\]\.value: the AOT main calls itself"),
+    ("kernel missing", lambda d: _first_call(d)["op"].update(name="tvmgen_nothing"),
+     r"\.body\.seq\[\d+\]\.value: the main calls 'tvmgen_nothing', which the module lacks"),
+    ("call nested", _nest_first_call,
+     r"\.body\.seq\[\d+\]: kernel call nested in a IfThenElse: not an AOT main"),
+    ("constant not a tensor",
+     lambda d: _set_constant(d, "constant_0", {"node": "Map", "items": {}}),
+     r"\.attrs\['microexport\.constants'\]\.items\.constant_0: expected a Tensor"),
+    ("constant of the wrong size",
+     lambda d: _set_constant(d, "constant_0", {"node": "Tensor", "dtype": "uint8", "shape": [3],
+                                               "data": "AAAA"}),
+     r"\.attrs\['microexport\.constants'\]\.items\.constant_0\.data: 3 bytes for constant "
+     r"'constant_0' of 2048 bytes"),
+    ("io not lists",
+     lambda d: _main(d)["attrs"]["microexport.io"]["items"].update(inputs="x"),
+     r"\.attrs\['microexport\.io'\]\.items: expected inputs and outputs as lists"),
+]
+
+
+@pytest.mark.parametrize("case", MAIN_VIOLATIONS, ids=[c[0] for c in MAIN_VIOLATIONS])
+def test_aot_main_conventions_are_checked(case: tuple, zoo_compilation: ZooCompilation) -> None:
+    from microexport.archive.tir_json.reader import parse
+
+    _, mutate, pattern = case
+    compilation, _, _ = zoo_compilation("mlp_onnx")
+    doc = json.loads(compilation.files["src/tir-codegen.json"])
+    mutate(doc)
+    parse(doc)  # still a valid document: only an AOT main convention is broken
+    with pytest.raises(TirJsonError, match=MAIN + pattern):
+        graph_from_tir(doc)
+
+
+def test_graph_ignores_an_io_attribute_naming_no_tensor(zoo_compilation: ZooCompilation
+                                                        ) -> None:
+    compilation, _, _ = zoo_compilation("mlp_onnx")
+    doc = json.loads(compilation.files["src/tir-codegen.json"])
+    _main(doc)["attrs"]["microexport.io"]["items"]["inputs"] = ["nothing"]
+    graph = graph_from_tir(doc)
+    assert (graph["inputs"], graph["outputs"]) == (["x"], ["y"])  # from the parameters
+
+
+def test_pointer_idioms(zoo_compilation: ZooCompilation) -> None:
+    """A pointer variable standing where a tensor starts is that tensor; reinterpret changes no
+    address; an address computed in the call is scratch, even where a tensor starts."""
+    compilation, _, _ = zoo_compilation("mlp_onnx")
+    doc = json.loads(compilation.files["src/tir-codegen.json"])
+    expected = graph_json(graph_from_tir(doc))
+    lv_bind = _declaring(doc, "lv")
+    address = lv_bind["value"]
+    _first_call(doc)["args"][3] = {"node": "Var", "name": "lv"}  # was buffer_data(lv_1)
+    lv_bind["value"] = {"node": "Call", "type": address["type"],
+                        "op": {"node": "Op", "name": "tirx.reinterpret"}, "args": [address]}
+    assert graph_json(graph_from_tir(doc)) == expected
+    _first_call(doc)["args"][3] = address  # the same address, computed in the call
+    arg = graph_from_tir(doc)["nodes"][0]["args"][3]
+    assert (arg["kind"], arg["pool"], arg["offset"]) == ("scratch", "workspace",
+                                                         _pool_index(doc, "lv")["value"])

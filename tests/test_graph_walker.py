@@ -29,6 +29,8 @@ def build_walker(compilation: object, name: str, directory: Path,
         (directory / filename).write_text(text)
     lib = directory / f"tvmgen_{name}_lib.c"
     lib.write_bytes(compilation.files[f"codegen/host/src/tvmgen_{name}_lib.c"])
+    header = f"tvmgen_{name}.h"  # the kernel library includes the interface header
+    (directory / header).write_bytes(compilation.files[f"codegen/host/include/{header}"])
     program = directory / f"{name}_walker"
     sources = [str(directory / f) for f in files if f.endswith(".c")]
     subprocess.run([require_program("gcc", "gcc"), *FLAGS, "-I", str(directory), *sources,

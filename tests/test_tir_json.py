@@ -141,8 +141,8 @@ def test_archive_members_follow_tir_stages(zoo_compilation: ZooCompilation,
     _, builder, _ = next(entry for entry in ZOO if entry[0] == "mlp_onnx")
     path, _ = build_model(builder)
     result = microexport.compile(path, tmp_path / "m.tar", name="m")
-    with tarfile.open(result.archive) as tar:
-        members = {n for n in tar.getnames() if n.startswith("src/")}
+    with tarfile.open(result.archive) as tar:  # members are ./<path>, as in TVM's MLF
+        members = {n.removeprefix("./") for n in tar.getnames() if n.startswith("./src/")}
     assert members >= {"src/tir-codegen.json", "src/graph.json"}
     assert "src/tir-lowered.json" not in members
     compilation, _, _ = zoo_compilation("mlp_onnx")
@@ -158,7 +158,7 @@ def test_cli_tir_stage_option(build_model: Callable, tmp_path: Path) -> None:
     assert cli_main(["compile", str(path), "-o", str(archive), "--tir-stage", "scheduled",
                      "--tir-stage", "lowered"]) == 0
     with tarfile.open(archive) as tar:
-        names = set(tar.getnames())
+        names = {n.removeprefix("./") for n in tar.getnames()}
     assert {"src/tir-scheduled.json", "src/tir-lowered.json", "src/graph.json"} <= names
     assert "src/tir-codegen.json" not in names
 
@@ -315,6 +315,31 @@ BAD_INPUTS: list[tuple[str, Callable[[dict], object], str]] = [
      lambda d: _mutated(d, lambda x: _body(x)[3]["body"]["seq"][0]["condition"].update(
          dtype="int8")),
      r"^\$\.modules\[0\]\.functions\[0\]\.body\.seq\[3\]\.body\.seq\[0\]\.condition\.dtype: "),
+    ("declared twice", lambda d: _mutated(d, lambda x: _body(x)[12]["var"].update(name="x")),
+     r"^\$\.modules\[0\]\.functions\[0\]\.body\.seq\[12\]\.var: variable 'x' is declared twice"),
+    ("parameter not declared",
+     lambda d: _mutated(d, lambda x: x["modules"][0]["functions"][0]["params"].append(
+         {"node": "Var", "name": "x"})),
+     r"^\$\.modules\[0\]\.functions\[0\]\.params\[3\]: parameter 'x' is not a declaration"),
+    ("not a buffer",
+     lambda d: _mutated(d, lambda x: _body(x)[4].update(buffer={"node": "Var", "name": "x"})),
+     r"^\$\.modules\[0\]\.functions\[0\]\.body\.seq\[4\]\.buffer: 'x' is not a buffer \(its "
+     r"type is a PrimType\)"),
+    ("integer out of its dtype",
+     lambda d: _mutated(d, lambda x: _body(x)[4]["indices"][0].update(value=2**31)),
+     r"^\$\.modules\[0\]\.functions\[0\]\.body\.seq\[4\]\.indices\[0\]\.value: 2147483648 is "
+     r"out of the range of int32"),
+    ("float out of range",
+     lambda d: _mutated(d, lambda x: _body(x)[7]["value"].update(value="0x1p+1024")),
+     r"^\$\.modules\[0\]\.functions\[0\]\.body\.seq\[7\]\.value\.value: 0x1p\+1024 is out of "
+     r"the range of a double"),
+    ("not a JSON number",
+     lambda d: _mutated(d, lambda x: None) | {"stage": math.nan},
+     r"^\$\.stage: nan is not a JSON number"),
+    ("function defined twice",
+     lambda d: _mutated(d, lambda x: x["modules"][0]["functions"].append(
+         x["modules"][0]["functions"][0])),
+     r"^\$\.modules\[0\]\.functions\[1\]\.name: function 'extra' is defined twice"),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from microexport.archive.tir_json.reader import (
@@ -22,14 +23,13 @@ from microexport.archive.tir_json.reader import (
     dtype_bytes,
     element_count,
     expr_dtype,
-    flatten,
     int_value,
     is_call,
     parse,
     shape_of,
+    statements,
     walk,
 )
-from microexport.errors import TirJsonError
 
 ANALYSIS_FORMAT = "microexport-analysis"
 ANALYSIS_VERSION = 1
@@ -86,142 +86,145 @@ class KernelStats:
 
 @dataclass
 class _Scope:
-    """Counting context: how often the current statement runs, and the enclosing loops."""
+    """Counting context: how often the current statement runs (exactly: a fraction for a branch
+    taken once per loop), and the enclosing loops."""
 
-    times: float
+    times: Fraction
     loops: dict[str, int | None]
     nest: list[Loop]
 
 
 class _KernelAnalyzer:
-    def __init__(self, func: Mapping[str, Any]) -> None:
+    def __init__(self, func: Mapping[str, Any], path: str) -> None:
         self.stats = KernelStats(func["name"])
-        self.counts = {"macs": 0.0, "read": 0.0, "written": 0.0}
-        self.stats.scratch_bytes = _scratch_bytes(func)
+        self.counts = {"macs": Fraction(0), "read": Fraction(0), "written": Fraction(0)}
         self.decls = declarations(func)
-        self.statement(func["body"], _Scope(1.0, {}, self.stats.loops))
+        self.stats.scratch_bytes = _scratch_bytes(func, self.decls, path)
+        self.statement(func["body"], _Scope(Fraction(1), {}, self.stats.loops), f"{path}.body")
         self.stats.macs = round(self.counts["macs"])
         self.stats.bytes_read = round(self.counts["read"])
         self.stats.bytes_written = round(self.counts["written"])
 
     # -- statements ------------------------------------------------------------------------
 
-    def statement(self, stmt: Mapping[str, Any] | None, scope: _Scope) -> None:
-        for item in flatten(stmt):
-            handler = getattr(self, f"stmt_{item['node']}", None)
-            if handler is None:
-                raise TirJsonError(f"$: cannot analyze a {item['node']} statement")
-            handler(item, scope)
+    def statement(self, stmt: Mapping[str, Any] | None, scope: _Scope, path: str) -> None:
+        for item_path, item in statements(stmt, path):
+            getattr(self, f"stmt_{item['node']}")(item, scope, item_path)
 
-    def stmt_For(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        extent, step = int_value(stmt["extent"]), int_value(stmt["step"]) if stmt["step"] else 1
-        trips = None if extent is None or not step else -(-extent // step)
+    def stmt_For(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        extent = int_value(stmt["extent"])
+        step = int_value(stmt["step"]) if stmt["step"] is not None else 1
+        trips = None if extent is None or step is None or step <= 0 else max(-(-extent // step), 0)
         if trips is None:
             self.stats.approximate = True
         var = stmt["loop_var"]
         loop = Loop(var.get("hint", var["name"]), trips, stmt["kind"])
         scope.nest.append(loop)
-        self.expressions([stmt["min"], stmt["extent"]], scope.times)
+        self.expressions([stmt["min"], stmt["extent"]], scope.times, path)
         inner = _Scope(scope.times * (trips if trips is not None else 1),
                        {**scope.loops, var["name"]: trips}, loop.children)
-        self.statement(stmt["body"], inner)
+        self.statement(stmt["body"], inner, f"{path}.body")
 
-    def stmt_While(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
+    def stmt_While(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
         self.stats.approximate = True
-        self.expressions([stmt["condition"]], scope.times)
-        self.statement(stmt["body"], scope)
+        self.expressions([stmt["condition"]], scope.times, path)
+        self.statement(stmt["body"], scope, f"{path}.body")
 
-    def stmt_IfThenElse(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.expressions([stmt["condition"]], scope.times)
+    def stmt_IfThenElse(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.expressions([stmt["condition"]], scope.times, path)
         fraction = _once_per_loop(stmt["condition"], scope.loops)
         if fraction is None:
             self.stats.approximate = True
-            fraction = 1.0
-        self.statement(stmt["then_case"], _Scope(scope.times * fraction, scope.loops, scope.nest))
+            fraction = Fraction(1)
+        self.statement(stmt["then_case"], _Scope(scope.times * fraction, scope.loops, scope.nest),
+                       f"{path}.then_case")
         if stmt["else_case"] is not None:
-            rest = 1.0 - fraction if fraction < 1.0 else 1.0
-            self.statement(stmt["else_case"], _Scope(scope.times * rest, scope.loops, scope.nest))
+            rest = 1 - fraction if fraction < 1 else Fraction(1)
+            self.statement(stmt["else_case"], _Scope(scope.times * rest, scope.loops, scope.nest),
+                           f"{path}.else_case")
 
-    def stmt_BufferStore(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
+    def stmt_BufferStore(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
         value = stmt["value"]
         buffer = stmt["buffer"]["name"]
         dtype = expr_dtype(value, self.decls) or self.decls[buffer]["type"]["dtype"]
-        self.counts["written"] += dtype_bytes(dtype) * scope.times
+        self.counts["written"] += dtype_bytes(dtype, path) * scope.times
         self.counts["macs"] += _macs(value, buffer) * _lanes(dtype) * scope.times
-        self.expressions([value, *stmt["indices"]], scope.times)
+        self.expressions([value, *stmt["indices"]], scope.times, path)
 
-    def stmt_SBlockRealize(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.expressions([*stmt["iter_values"], stmt["predicate"]], scope.times)
-        block = stmt["block"]
-        for var in block["alloc_buffers"]:
-            self.stats.local_bytes += _declared_bytes(var["type"])
+    def stmt_SBlockRealize(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.expressions([*stmt["iter_values"], stmt["predicate"]], scope.times, path)
+        self.stmt_SBlock(stmt["block"], scope, f"{path}.block")
+
+    def stmt_SBlock(self, block: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        for index, var in enumerate(block["alloc_buffers"]):
+            self.stats.local_bytes += _declared_bytes(self.decls[var["name"]]["type"],
+                                                      f"{path}.alloc_buffers[{index}]")
         reduction = 1
         for iter_var in block["iter_vars"]:
             extent = int_value(iter_var["dom"]["extent"]) if iter_var["dom"] else None
-            if iter_var["iter_type"] == "comm_reduce" and extent:
+            if iter_var["iter_type"] == "comm_reduce" and extent is not None and extent > 0:
                 reduction *= extent
         if block["init"] is not None:
             self.statement(block["init"], _Scope(scope.times / reduction, scope.loops,
-                                                 scope.nest))
-        self.statement(block["body"], scope)
+                                                 scope.nest), f"{path}.init")
+        self.statement(block["body"], scope, f"{path}.body")
 
-    def stmt_SBlock(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.stmt_SBlockRealize({"iter_values": [], "predicate": {"node": "IntImm",
-                                 "dtype": "bool", "value": 1}, "block": stmt}, scope)
+    def stmt_AllocBuffer(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.stats.local_bytes += _declared_bytes(self.decls[stmt["buffer"]["name"]]["type"],
+                                                  f"{path}.buffer")
 
-    def stmt_AllocBuffer(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.stats.local_bytes += _declared_bytes(stmt["buffer"]["type"])
+    def stmt_DeclBuffer(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.expressions([stmt["data"]], scope.times, path)
 
-    def stmt_DeclBuffer(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.expressions([stmt["data"]], scope.times)
+    def stmt_Bind(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.expressions([stmt["value"]], scope.times, path)
 
-    def stmt_Bind(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.expressions([stmt["value"]], scope.times)
-
-    def stmt_Evaluate(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.expressions([stmt["value"]], scope.times)
+    def stmt_Evaluate(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.expressions([stmt["value"]], scope.times, path)
 
     stmt_Return = stmt_Evaluate
 
-    def stmt_AssertStmt(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.expressions([stmt["condition"]], scope.times)
+    def stmt_AssertStmt(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.expressions([stmt["condition"]], scope.times, path)
 
-    def stmt_AttrStmt(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
-        self.statement(stmt["body"], scope)
+    def stmt_AttrStmt(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
+        self.statement(stmt["body"], scope, f"{path}.body")
 
-    def stmt_Break(self, stmt: Mapping[str, Any], scope: _Scope) -> None:
+    def stmt_Break(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
         self.stats.approximate = True
 
     stmt_Continue = stmt_Break
 
     # -- expressions -----------------------------------------------------------------------
 
-    def expressions(self, exprs: list[Any], times: float) -> None:
+    def expressions(self, exprs: list[Any], times: Fraction, path: str) -> None:
+        """Count the bytes of every BufferLoad in `exprs` (of the statement at `path`)."""
         for expr in exprs:
-            self.loads(expr, times)
+            self.loads(expr, times, path)
 
-    def loads(self, expr: Any, times: float) -> None:
+    def loads(self, expr: Any, times: Fraction, path: str) -> None:
         if isinstance(expr, list):
             for item in expr:
-                self.loads(item, times)
+                self.loads(item, times, path)
             return
         if not isinstance(expr, dict) or is_call(expr, "tirx.address_of"):
-            return
+            return  # taking an address reads nothing
         if expr.get("node") == "BufferLoad":
-            self.counts["read"] += dtype_bytes(expr["dtype"]) * times
+            self.counts["read"] += dtype_bytes(expr["dtype"], path) * times
         for key, value in expr.items():
             if key != "type" and isinstance(value, dict | list):
-                self.loads(value, times)
+                self.loads(value, times, path)
 
 
-def _once_per_loop(condition: Mapping[str, Any], loops: Mapping[str, int | None]) -> float | None:
+def _once_per_loop(condition: Mapping[str, Any], loops: Mapping[str, int | None]
+                   ) -> Fraction | None:
     """For `loop_var == constant`: the fraction of iterations that take the branch."""
     if condition["node"] != "EQ":
         return None
     for var, const in ((condition["a"], condition["b"]), (condition["b"], condition["a"])):
         if var["node"] == "Var" and var["name"] in loops and int_value(const) is not None:
             trips = loops[var["name"]]
-            return 1.0 / trips if trips else None
+            return Fraction(1, trips) if trips else None
     return None
 
 
@@ -248,22 +251,24 @@ def _macs(value: Mapping[str, Any], target: str) -> int:
     return 0
 
 
-def _declared_bytes(var_type: Mapping[str, Any]) -> int:
+def _declared_bytes(var_type: Mapping[str, Any], path: str) -> int:
     if var_type.get("node") != "BufferType":
         return 0
     count = element_count(shape_of(var_type))
-    return 0 if count is None else count * dtype_bytes(var_type["dtype"])
+    return 0 if count is None else max(count, 0) * dtype_bytes(var_type["dtype"], path)
 
 
-def _scratch_bytes(func: Mapping[str, Any]) -> int:
+def _scratch_bytes(func: Mapping[str, Any], decls: Mapping[str, Mapping[str, Any]], path: str
+                   ) -> int:
     """Bytes of the byte buffers declared on pointer parameters used only as address bases."""
     params = {p["name"] for p in func["params"] if p["type"]["node"] == "PointerType"}
     total = 0
-    for stmt in flatten(func["body"]):
+    for stmt_path, stmt in statements(func["body"], f"{path}.body"):
         if stmt["node"] != "DeclBuffer" or stmt["data"]["node"] != "Var":
             continue
-        if stmt["data"]["name"] in params and _only_addressed(func, stmt["buffer"]["name"]):
-            total += _declared_bytes(stmt["buffer"]["type"])
+        buffer = stmt["buffer"]["name"]
+        if stmt["data"]["name"] in params and _only_addressed(func, buffer):
+            total += _declared_bytes(decls[buffer]["type"], f"{stmt_path}.buffer")
     return total
 
 
@@ -271,33 +276,36 @@ def _only_addressed(func: Mapping[str, Any], buffer: str) -> bool:
     """Is `buffer` used only as `address_of(buffer[...])` (the unpacked scratch pattern)?"""
     addressed = loaded = 0
     for _, node in walk(func["body"]):
-        if is_call(node, "tirx.address_of") and node["args"][0].get("buffer", {}).get(
-                "name") == buffer:
+        if (is_call(node, "tirx.address_of") and node["args"]
+                and node["args"][0].get("buffer", {}).get("name") == buffer):
             addressed += 1
         elif node["node"] in ("BufferLoad", "BufferStore") and node["buffer"]["name"] == buffer:
             loaded += 1
     return addressed > 0 and loaded == addressed
 
 
-def analyze_kernel(func: Mapping[str, Any]) -> KernelStats:
-    """The statistics of one kernel function (a PrimFunc node of the document)."""
-    return _KernelAnalyzer(func).stats
+def analyze_kernel(func: Mapping[str, Any], path: str = "$") -> KernelStats:
+    """The statistics of one kernel function (a PrimFunc node of the document, at `path`)."""
+    return _KernelAnalyzer(func, path).stats
 
 
 def analyze(doc: str | bytes | Mapping[str, Any], *, validate: bool = True) -> dict[str, Any]:
-    """Analyze every kernel of a document: per-kernel statistics and totals (see module doc)."""
+    """Analyze every kernel of a document: per-kernel statistics and totals (see module doc).
+
+    `validate=False` skips `reader.parse`, for a document already parsed (or just exported)."""
     data = parse(doc) if validate else dict(doc)  # type: ignore[arg-type]
     kernels: list[dict[str, Any]] = []
     totals = {"macs": 0, "bytes_read": 0, "bytes_written": 0, "scratch_bytes": 0,
               "local_bytes": 0}
-    for module in data["modules"]:
+    for module_index, module in enumerate(data["modules"]):
         functions = module["functions"]
         mains = [f for f in functions if f["name"].endswith(MAIN_SUFFIX)]
         calls = _call_counts(mains[0]) if len(mains) == 1 else {}
-        for func in functions:
-            if func in mains:
+        for index, func in enumerate(functions):
+            if any(func is main for main in mains):
                 continue
-            stats = analyze_kernel(func).to_dict()
+            path = f"$.modules[{module_index}].functions[{index}]"
+            stats = analyze_kernel(func, path).to_dict()
             stats["calls"] = calls.get(func["name"], 0) if mains else 1
             kernels.append(stats)
             for key in totals:

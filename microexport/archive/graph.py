@@ -1,15 +1,14 @@
 """The model graph, derived from a `microexport-tir` document alone (no TVM).
 
-The AOT main (see aot.py) declares one named buffer per tensor on a pointer that is either a main
-parameter (a model input or output) or `reinterpret(address_of(<pool>_bytes[offset]))` into a
-pool parameter (`constants`, `workspace`, or a named workspace pool; for an element type other
-than the pool's `uint8` the address is first reinterpreted as `void*`, see unpacked.pool_pointer),
-and calls every kernel as `status_i = kernel(args...)`; an argument that is such an address
-rather than a tensor is the kernel's scratch area. Which kernel arguments are outputs is read from
-the kernel bodies: a pointer parameter whose buffers are stored to is written. The result is a
-`microexport-graph` version-1 document (docs/tir-json.md): nodes (kernel calls in order),
-tensors (pool, offset, size, producer, consumers), constants (with their bytes), model inputs
-and outputs.
+`graph_from_tir` walks the AOT main that microexport/compiler/aot.py builds, statement by
+statement, and reads the tensors and kernel calls off the TIR idioms aot.py writes (listed in
+docs/tir-json.md, "How the AOT main is read"): one `DeclBuffer` per tensor on a pointer into a
+main parameter, `status_i = kernel(args...)` per call. Each idiom it relies on is checked; a
+document that breaks one is a TirJsonError naming the JSON path. Which kernel arguments are
+outputs comes from the kernel bodies: a pointer parameter whose buffers are stored to is written.
+The result is a `microexport-graph` version-1 document (docs/tir-json.md): nodes (kernel calls in
+order), tensors (pool, offset, size, producer, consumers), constants (with their bytes), model
+inputs and outputs.
 
 `render_graph_walker` renders, from that document alone, a C runtime that calls the kernels of
 `tvmgen_<model>_lib.c` itself over its own static buffers (templates/runtimes/graph-walker/).
@@ -18,9 +17,10 @@ and outputs.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,15 @@ from microexport.archive.glue import glue_environment, hex_rows, render
 from microexport.archive.tir_json.reader import (
     called_functions,
     callee,
+    declarations,
     dtype_bytes,
     element_count,
-    flatten,
     int_value,
     is_call,
+    json_path,
     parse,
     shape_of,
+    statements,
     walk,
 )
 from microexport.archive.tir_json.spec import GRAPH_FORMAT, GRAPH_VERSION
@@ -64,14 +66,13 @@ class Pointer:
 
 @dataclass
 class _Buffer:
+    """A buffer the main declares: a tensor, or the byte array of a pool."""
+
     name: str
     dtype: str
     shape: list[int]
     pointer: Pointer
-
-    @property
-    def size(self) -> int:
-        return (element_count(self.shape) or 0) * dtype_bytes(self.dtype)
+    size: int  # bytes
 
 
 @dataclass
@@ -92,6 +93,16 @@ class KernelParam:
                 (True, True): "readwrite"}[(self.read, self.written)]
 
 
+@dataclass
+class _Call:
+    """A kernel call of the main: its arguments, each a tensor, a scratch area or a value."""
+
+    index: int
+    kernel: str
+    status: str | None
+    args: list[dict[str, Any]]
+
+
 # -- kernels ---------------------------------------------------------------------------------
 
 
@@ -107,67 +118,53 @@ def _param_dtype(var_type: Mapping[str, Any]) -> tuple[str, bool]:
     return kind, False
 
 
-class _KernelReader:
-    """Finds, for each pointer parameter of a kernel, whether its memory is read or written."""
+def _buffer_bytes(buffer_type: Mapping[str, Any], path: str) -> int:
+    count = element_count(shape_of(buffer_type))
+    return 0 if count is None else count * dtype_bytes(buffer_type["dtype"], f"{path}.dtype")
 
-    def __init__(self, func: Mapping[str, Any]) -> None:
-        self.params: dict[str, KernelParam] = {}
-        self.roots: dict[str, str | None] = {}  # buffer or pointer variable → parameter
-        self.skip: set[int] = set()
-        for var in func["params"]:
-            dtype, pointer = _param_dtype(var["type"])
-            self.params[var["name"]] = KernelParam(var["name"], dtype, pointer)
-            self.roots[var["name"]] = var["name"] if pointer else None
-        for _, node in walk(func["body"]):
-            self.visit(node)
 
-    def root(self, expr: Mapping[str, Any]) -> str | None:
-        kind = expr["node"]
-        if kind == "Var":
-            return self.roots.get(expr["name"])
-        if kind == "Call" and expr["op"]["node"] == "Op" and expr["args"]:
-            return self.root(expr["args"][0])  # buffer_data, reinterpret, address_of
-        if kind == "BufferLoad":
-            return self.roots.get(expr["buffer"]["name"])
+def kernel_params(func: Mapping[str, Any], path: str = "$") -> list[KernelParam]:
+    """The parameters of a kernel (a PrimFunc node at `path`) with how its body accesses each:
+    a pointer parameter is read / written where a buffer declared on it (through DeclBuffer and
+    pointer Binds) is loaded / stored; a load under `address_of` only takes an address."""
+    decls = declarations(func)
+    params: dict[str, KernelParam] = {}
+    roots: dict[str, str | None] = {}  # buffer or pointer variable → the parameter it is on
+    for var in func["params"]:
+        dtype, pointer = _param_dtype(var["type"])
+        params[var["name"]] = KernelParam(var["name"], dtype, pointer)
+        roots[var["name"]] = var["name"] if pointer else None
+
+    def root(expr: Mapping[str, Any]) -> str | None:
+        if expr["node"] == "Var":
+            return roots.get(expr["name"])
+        if expr["node"] == "Call" and expr["op"]["node"] == "Op" and expr["args"]:
+            return root(expr["args"][0])  # buffer_data, reinterpret, address_of
+        if expr["node"] == "BufferLoad":
+            return roots.get(expr["buffer"]["name"])
         return None
 
-    def visit(self, node: Mapping[str, Any]) -> None:
+    addressed: set[int] = set()
+    for node_path, node in walk(func["body"], f"{path}.body"):
         kind = node["node"]
         if kind == "DeclBuffer":
-            name, root = node["buffer"]["name"], self.root(node["data"])
-            self.roots[name] = root
-            data = node["data"]
-            if data["node"] == "Var" and data["name"] in self.params:
-                size = _buffer_bytes(node["buffer"]["type"])
-                param = self.params[data["name"]]
+            name, data = node["buffer"]["name"], node["data"]
+            roots[name] = root(data)
+            if data["node"] == "Var" and data["name"] in params:
+                size = _buffer_bytes(decls[name]["type"], f"{node_path}.buffer.type")
+                param = params[data["name"]]
                 param.declared_bytes = max(param.declared_bytes, size)
-        elif kind == "Bind" and node["var"].get("type", {}).get("node") == "PointerType":
-            self.roots[node["var"]["name"]] = self.root(node["value"])
+        elif kind == "Bind" and decls[node["var"]["name"]]["type"]["node"] == "PointerType":
+            roots[node["var"]["name"]] = root(node["value"])
         elif is_call(node, "tirx.address_of"):
-            self.skip.update(id(arg) for arg in node["args"])
-        elif kind == "BufferStore":
-            self.mark(node["buffer"]["name"], written=True)
-        elif kind == "BufferLoad" and id(node) not in self.skip:
-            self.mark(node["buffer"]["name"], written=False)
-
-    def mark(self, buffer: str, written: bool) -> None:
-        root = self.roots.get(buffer)
-        if root in self.params:
-            param = self.params[root]
-            if written:
+            addressed.update(id(arg) for arg in node["args"])
+        elif kind in ("BufferStore", "BufferLoad") and id(node) not in addressed:
+            param = params.get(roots.get(node["buffer"]["name"]) or "")
+            if param is not None and kind == "BufferStore":
                 param.written = True
-            else:
+            elif param is not None:
                 param.read = True
-
-
-def _buffer_bytes(buffer_type: Mapping[str, Any]) -> int:
-    count = element_count(shape_of(buffer_type))
-    return 0 if count is None else count * dtype_bytes(buffer_type["dtype"])
-
-
-def kernel_params(func: Mapping[str, Any]) -> list[KernelParam]:
-    """The parameters of a kernel with how its body accesses each (read / written)."""
-    return list(_KernelReader(func).params.values())
+    return list(params.values())
 
 
 # -- the AOT main ----------------------------------------------------------------------------
@@ -188,109 +185,150 @@ def find_main(module: Mapping[str, Any]) -> dict[str, Any]:
     return roots[0]
 
 
-@dataclass
-class _Node:
-    index: int
-    kernel: str
-    status: str | None
-    args: list[dict[str, Any]] = field(default_factory=list)
+def _single_var(expr: Mapping[str, Any]) -> str | None:
+    """The variable name of a Call's only argument, if that is a variable (`buffer_data(x)`)."""
+    args = expr["args"]
+    return args[0]["name"] if len(args) == 1 and args[0]["node"] == "Var" else None
 
 
-class _MainReader:
-    """Reads the tensors and kernel calls of an AOT main."""
+class _MainWalker:
+    """Reads the pools, tensors and kernel calls of an AOT main, one statement at a time."""
 
-    def __init__(self, main: Mapping[str, Any], path: str) -> None:
-        self.main = main
-        self.path = path
+    def __init__(self, module: Mapping[str, Any], main: Mapping[str, Any], module_path: str
+                 ) -> None:
+        self.functions = {f["name"]: (f"{module_path}.functions[{index}]", f)
+                          for index, f in enumerate(module["functions"])}
+        self.main, self.name = main, main["name"]
+        self.path = path = self.functions[self.name][0]
+        self.decls = declarations(main)
         self.params = [p["name"] for p in main["params"]]
-        self.param_dtypes = {p["name"]: _param_dtype(p["type"])[0] for p in main["params"]}
-        self.pointers: dict[str, Pointer] = {name: Pointer(name) for name in self.params}
-        self.buffers: dict[str, _Buffer] = {}
-        self.pool_buffers = self.find_pool_buffers()
+        for index, param in enumerate(main["params"]):
+            if param["type"]["node"] != "PointerType":
+                raise TirJsonError(f"{path}.params[{index}]: parameter '{param['name']}' of the "
+                                   "AOT main is not a pointer")
+        self.pointers = {name: Pointer(name) for name in self.params}  # pointer variables
+        self.buffers: dict[str, _Buffer] = {}  # buffer variable → buffer
+        self.tensor_vars: dict[str, _Buffer] = {}  # buffer variable → tensor
+        self.pool_vars = {  # buffers the main takes addresses in: the pools' byte arrays
+            node["args"][0]["buffer"]["name"] for _, node in walk(main["body"])
+            if is_call(node, "tirx.address_of") and node["args"]
+            and node["args"][0]["node"] == "BufferLoad"}
         self.pools: dict[str, int] = {}  # pool parameter → size in bytes
         self.tensors: list[_Buffer] = []
-        self.nodes: list[_Node] = []
-
-    def find_pool_buffers(self) -> set[str]:
-        pools = set()
-        for _, node in walk(self.main["body"]):
-            if is_call(node, "tirx.address_of") and node["args"][0]["node"] == "BufferLoad":
-                pools.add(node["args"][0]["buffer"]["name"])
-        return pools
-
-    def pointer(self, expr: Mapping[str, Any], path: str) -> Pointer:
-        kind = expr["node"]
-        if kind == "Var" and expr["name"] in self.pointers:
-            return self.pointers[expr["name"]]
-        if is_call(expr, "tirx.buffer_data") and expr["args"][0]["name"] in self.buffers:
-            return self.buffers[expr["args"][0]["name"]].pointer
-        if is_call(expr, "tirx.reinterpret"):
-            return self.pointer(expr["args"][0], f"{path}.args[0]")
-        if is_call(expr, "tirx.address_of") and expr["args"][0]["node"] == "BufferLoad":
-            load = expr["args"][0]
-            pool = self.buffers.get(load["buffer"]["name"])
-            index = int_value(load["indices"][0]) if len(load["indices"]) == 1 else None
-            if pool is not None and index is not None:
-                offset = pool.pointer.offset + index * dtype_bytes(pool.dtype)
-                return Pointer(pool.pointer.base, offset)
-        raise TirJsonError(f"{path}: unsupported pointer expression in the AOT main")
-
-    def read(self) -> None:
-        body_path = f"{self.path}.body"
-        for index, stmt in enumerate(flatten(self.main["body"])):
-            self.statement(stmt, f"{body_path}[{index}]")
+        self.kernels: dict[str, list[KernelParam]] = {}  # kernel called → its parameters
+        self.calls: list[_Call] = []
+        for stmt_path, stmt in statements(main["body"], f"{path}.body"):
+            self.statement(stmt, stmt_path)
+        for tensor in self.tensors:
+            pool_size = self.pools.get(tensor.pointer.base)
+            if pool_size is not None and tensor.pointer.offset + tensor.size > pool_size:
+                raise TirJsonError(
+                    f"{path}.body: tensor '{tensor.name}' ({tensor.size} bytes at offset "
+                    f"{tensor.pointer.offset}) does not fit in pool '{tensor.pointer.base}' of "
+                    f"{pool_size} bytes")
 
     def statement(self, stmt: Mapping[str, Any], path: str) -> None:
         kind = stmt["node"]
         if kind == "DeclBuffer":
             self.declare(stmt, path)
-        elif kind == "Bind" and callee(stmt["value"]) is not None:
-            self.call(stmt["value"], stmt["var"]["name"], f"{path}.value")
-        elif kind == "Bind" and stmt["var"]["type"]["node"] == "PointerType":
+        elif kind in ("Bind", "Evaluate") and callee(stmt["value"]) is not None:
+            status = stmt["var"]["name"] if kind == "Bind" else None
+            self.call(stmt["value"], status, f"{path}.value")
+        elif kind == "Bind" and self.decls[stmt["var"]["name"]]["type"]["node"] == "PointerType":
             self.pointers[stmt["var"]["name"]] = self.pointer(stmt["value"], f"{path}.value")
-        elif kind == "Evaluate" and callee(stmt["value"]) is not None:
-            self.call(stmt["value"], None, f"{path}.value")
         elif any(callee(node) is not None for _, node in walk(stmt)):
             raise TirJsonError(f"{path}: kernel call nested in a {kind}: not an AOT main")
 
     def declare(self, stmt: Mapping[str, Any], path: str) -> None:
-        var = stmt["buffer"]
+        var = self.decls[stmt["buffer"]["name"]]
         buffer_type = var["type"]
         shape = shape_of(buffer_type)
-        if any(dim is None for dim in shape):
-            raise TirJsonError(f"{path}.buffer: tensor '{var['name']}' has a dynamic shape")
+        if any(dim is None or dim < 0 for dim in shape):
+            raise TirJsonError(f"{path}.buffer: tensor '{var['name']}' has a shape that is not "
+                               "constant")
         pointer = self.pointer(stmt["data"], f"{path}.data")
-        name = var.get("hint", var["name"])
-        if any(t.name == name for t in self.tensors):  # two tensors with one name hint
-            name = var["name"]
-        buffer = _Buffer(name, buffer_type["dtype"], shape, pointer)
+        size = _buffer_bytes(buffer_type, f"{path}.buffer.type")
+        buffer = _Buffer(var.get("hint", var["name"]), buffer_type["dtype"], shape, pointer, size)
         self.buffers[var["name"]] = buffer
-        if var["name"] in self.pool_buffers:
-            self.pools[pointer.base] = buffer.size
-        else:
-            self.tensors.append(buffer)
+        if var["name"] in self.pool_vars:
+            if pointer.offset != 0 or pointer.base in self.pools:
+                raise TirJsonError(f"{path}: pool buffer '{var['name']}' is not the only buffer "
+                                   f"declared directly on parameter '{pointer.base}'")
+            self.pools[pointer.base] = size
+            return
+        if any(t.name == buffer.name for t in self.tensors):  # two tensors with one name hint
+            buffer.name = var["name"]
+            if any(t.name == buffer.name for t in self.tensors):
+                raise TirJsonError(f"{path}.buffer: two tensors named '{buffer.name}'")
+        self.tensors.append(buffer)
+        self.tensor_vars[var["name"]] = buffer
+
+    def pointer(self, expr: Mapping[str, Any], path: str) -> Pointer:
+        """Where pointer expression `expr` points: a parameter or pointer variable, or
+        `reinterpret(P)`, `buffer_data(B)`, `address_of(B[i])` (B a buffer declared earlier,
+        i a constant index within it)."""
+        kind = expr["node"]
+        if kind == "Var" and expr["name"] in self.pointers:
+            return self.pointers[expr["name"]]
+        if is_call(expr, "tirx.reinterpret") and len(expr["args"]) == 1:
+            return self.pointer(expr["args"][0], f"{path}.args[0]")
+        if is_call(expr, "tirx.buffer_data") and _single_var(expr) in self.buffers:
+            return self.buffers[str(_single_var(expr))].pointer
+        if (is_call(expr, "tirx.address_of") and len(expr["args"]) == 1
+                and expr["args"][0]["node"] == "BufferLoad"):
+            load = expr["args"][0]
+            buffer = self.buffers.get(load["buffer"]["name"])
+            if buffer is None:
+                raise TirJsonError(f"{path}.args[0].buffer: '{load['buffer']['name']}' is not a "
+                                   "buffer the main declared before")
+            index = int_value(load["indices"][0]) if len(load["indices"]) == 1 else None
+            count = element_count(buffer.shape)
+            if index is None or count is None or not 0 <= index <= count:
+                raise TirJsonError(f"{path}.args[0].indices: not one constant index within "
+                                   f"'{load['buffer']['name']}' (0 to {count})")
+            offset = buffer.pointer.offset + index * dtype_bytes(buffer.dtype, path)
+            return Pointer(buffer.pointer.base, offset)
+        what = f"'{expr['name']}'" if kind == "Var" else "expression"
+        raise TirJsonError(f"{path}: unsupported pointer {what} in the AOT main (a parameter, a "
+                           "pointer bound before, buffer_data, reinterpret or address_of)")
 
     def call(self, expr: Mapping[str, Any], status: str | None, path: str) -> None:
-        node = _Node(len(self.nodes), str(callee(expr)), status)
-        for index, arg in enumerate(expr["args"]):
-            node.args.append(self.argument(arg, f"{path}.args[{index}]"))
-        self.nodes.append(node)
+        kernel = str(callee(expr))
+        if kernel == self.name:
+            raise TirJsonError(f"{path}: the AOT main calls itself")
+        if kernel not in self.functions:
+            raise TirJsonError(f"{path}: the main calls '{kernel}', which the module lacks")
+        if kernel not in self.kernels:
+            kernel_path, func = self.functions[kernel]
+            self.kernels[kernel] = kernel_params(func, kernel_path)
+        params, args = self.kernels[kernel], expr["args"]
+        if len(params) != len(args):
+            raise TirJsonError(f"{path}: '{kernel}' takes {len(params)} arguments, the main "
+                               f"passes {len(args)}")
+        self.calls.append(_Call(len(self.calls), kernel, status, [
+            self.argument(arg, param, f"{path}.args[{index}]")
+            for index, (arg, param) in enumerate(zip(args, params, strict=True))]))
 
-    def argument(self, arg: Mapping[str, Any], path: str) -> dict[str, Any]:
-        if arg["node"] not in ("Var", "Call"):
-            return {"kind": "value", "value": arg}
-        if is_call(arg, "tirx.buffer_data"):
-            buffer = self.buffers.get(arg["args"][0]["name"])
-            if buffer is not None and buffer in self.tensors:
-                return {"kind": "tensor", "tensor": buffer.name}
-        pointer = self.pointer(arg, path)
-        if arg["node"] == "Var":  # a pointer variable standing for a tensor (a model input, ...)
-            for buffer in self.tensors:
-                if buffer.pointer == pointer:
-                    return {"kind": "tensor", "tensor": buffer.name}
-        # An address computed in the call (`reinterpret(address_of(pool[offset]))`) is a scratch
-        # area, even where it coincides with a tensor that is no longer live.
-        return {"kind": "pointer", "pool": pointer.base, "offset": pointer.offset}
+    def argument(self, arg: Mapping[str, Any], param: KernelParam, path: str) -> dict[str, Any]:
+        """A tensor (`buffer_data` of one, or a pointer variable pointing where one starts), in
+        the role the kernel's parameter gives it; a pool address computed in the call (the
+        kernel's scratch area, even where it coincides with a tensor that is no longer live); or
+        any other value."""
+        kind = arg["node"]
+        if kind not in ("Var", "Call"):
+            return {"kind": "value", "value": arg, "param": param.name}
+        tensor = None
+        if is_call(arg, "tirx.buffer_data") and _single_var(arg) in self.tensor_vars:
+            tensor = self.tensor_vars[str(_single_var(arg))]
+        else:
+            pointer = self.pointer(arg, path)
+            if kind == "Var":
+                tensor = next((t for t in self.tensors if t.pointer == pointer), None)
+        if tensor is None:
+            return {"kind": "scratch", "pool": pointer.base, "offset": pointer.offset,
+                    "param": param.name, "size": param.declared_bytes}
+        return {"kind": "tensor", "tensor": tensor.name, "param": param.name,
+                "role": "output" if param.written else "input"}
 
 
 # -- the graph document ----------------------------------------------------------------------
@@ -302,11 +340,26 @@ def _model_name(main_name: str) -> str:
     return c_identifier(main_name)
 
 
-def _constant_data(main: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    value = main["attrs"].get(CONSTANTS_ATTR)
+def _map_items(main: Mapping[str, Any], attr: str, path: str) -> dict[str, Any] | None:
+    """The items of the main's string-keyed Map attribute `attr`; None if it has none."""
+    value = main["attrs"].get(attr)
+    if value is None:
+        return None
     if not isinstance(value, dict) or value.get("node") != "Map" or "items" not in value:
-        return {}
-    return {c_identifier(name): tensor for name, tensor in value["items"].items()}
+        raise TirJsonError(f"{json_path(path, attr)}: expected a Map with string keys")
+    return dict(value["items"])
+
+
+def _constant_data(main: Mapping[str, Any], path: str) -> dict[str, tuple[str, str]]:
+    """Constant name (as a C identifier) → (JSON path, base64 data), from microexport.constants."""
+    items = _map_items(main, CONSTANTS_ATTR, f"{path}.attrs")
+    data = {}
+    for name, tensor in (items or {}).items():
+        item_path = json_path(json_path(json_path(f"{path}.attrs", CONSTANTS_ATTR), "items"), name)
+        if not isinstance(tensor, dict) or tensor.get("node") != "Tensor":
+            raise TirJsonError(f"{item_path}: expected a Tensor")
+        data[c_identifier(name)] = (item_path, tensor["data"])
+    return data
 
 
 def _kernel_entry(name: str, params: list[KernelParam], ret_type: Mapping[str, Any]
@@ -322,24 +375,6 @@ def _kernel_entry(name: str, params: list[KernelParam], ret_type: Mapping[str, A
     }
 
 
-def _bind_roles(reader: _MainReader, kernels: Mapping[str, list[KernelParam]], path: str) -> None:
-    """Give each node argument its role from the kernel's parameter: input, output or scratch."""
-    for node in reader.nodes:
-        params = kernels[node.kernel]
-        if len(params) != len(node.args):
-            raise TirJsonError(
-                f"{path}: '{node.kernel}' takes {len(params)} arguments, the main passes "
-                f"{len(node.args)}"
-            )
-        for arg, param in zip(node.args, params, strict=True):
-            arg["param"] = param.name
-            if arg["kind"] == "pointer":
-                arg["kind"] = "scratch"
-                arg["size"] = param.declared_bytes
-            elif arg["kind"] == "tensor":
-                arg["role"] = "output" if param.written else "input"
-
-
 def _main_module(modules: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
     """The module holding the AOT main (the first one, unless another has a `*___tvm_main__`)."""
     for index, module in enumerate(modules):
@@ -350,68 +385,63 @@ def _main_module(modules: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
 
 def graph_from_tir(doc: str | bytes | Mapping[str, Any], *, validate: bool = True
                    ) -> dict[str, Any]:
-    """The `microexport-graph` document of a `microexport-tir` document's AOT main."""
+    """The `microexport-graph` document of a `microexport-tir` document's AOT main.
+
+    `validate=False` skips `reader.parse`, for a document already parsed (or just exported)."""
     data = parse(doc) if validate else dict(doc)  # type: ignore[arg-type]
     index, module = _main_module(data["modules"])
-    main = find_main(module)
-    main_index = module["functions"].index(main)
-    path = f"$.modules[{index}].functions[{main_index}]"
-    reader = _MainReader(main, path)
-    reader.read()
-    functions = {f["name"]: f for f in module["functions"]}
-    used = list(dict.fromkeys(node.kernel for node in reader.nodes))
-    missing = [name for name in used if name not in functions]
-    if missing:
-        raise TirJsonError(f"{path}: the main calls '{missing[0]}', which the module lacks")
-    kernels = {name: kernel_params(functions[name]) for name in used}
-    _bind_roles(reader, kernels, path)
-    return _document(reader, main, kernels, {name: functions[name] for name in used})
+    walker = _MainWalker(module, find_main(module), f"$.modules[{index}]")
+    return _document(walker)
 
 
-def _uses(nodes: list[_Node]) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """Tensor → the first node writing it, and tensor → the nodes reading it."""
+def _uses(calls: list[_Call]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Tensor → the first call writing it, and tensor → the calls reading it."""
     producers: dict[str, int] = {}
     consumers: dict[str, list[int]] = {}
-    for node in nodes:
-        for arg in node.args:
+    for call in calls:
+        for arg in call.args:
             if arg["kind"] != "tensor":
                 continue
             if arg["role"] == "output":
-                producers.setdefault(arg["tensor"], node.index)
+                producers.setdefault(arg["tensor"], call.index)
             else:
-                consumers.setdefault(arg["tensor"], []).append(node.index)
+                consumers.setdefault(arg["tensor"], []).append(call.index)
     return producers, consumers
 
 
-def _tensor_entries(reader: _MainReader, io_params: list[str]) -> list[dict[str, Any]]:
-    producers, consumers = _uses(reader.nodes)
+def _tensor_entries(walker: _MainWalker, io_params: list[str]) -> list[dict[str, Any]]:
+    producers, consumers = _uses(walker.calls)
     entries = []
-    for buffer in reader.tensors:
-        base = buffer.pointer.base
+    for tensor in walker.tensors:
+        base = tensor.pointer.base
         entry: dict[str, Any] = {
-            "name": buffer.name, "dtype": buffer.dtype, "shape": buffer.shape, "pool": base,
-            "offset": buffer.pointer.offset, "size": buffer.size,
-            "producer": producers.get(buffer.name), "consumers": consumers.get(buffer.name, []),
+            "name": tensor.name, "dtype": tensor.dtype, "shape": tensor.shape, "pool": base,
+            "offset": tensor.pointer.offset, "size": tensor.size,
+            "producer": producers.get(tensor.name), "consumers": consumers.get(tensor.name, []),
         }
         if base in io_params:
-            entry["pool"] = "output" if buffer.name in producers else "input"
+            entry["pool"] = "output" if tensor.name in producers else "input"
             entry["param"] = base
         entries.append(entry)
     return entries
 
 
 def _model_io(tensors: list[dict[str, Any]], io_params: list[str], constant_pool: str | None,
-              main: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """Model inputs and outputs: as the main's `microexport.io` attribute lists them; else the
-    tensors on the main's non-pool parameters, or, with inputs and outputs inside the workspace,
-    tensors no node writes / written and never read (TIR from elsewhere)."""
-    declared = main["attrs"].get(IO_ATTR)
-    if isinstance(declared, dict) and declared.get("node") == "Map":
-        items = declared.get("items", {})
-        names = {t["name"] for t in tensors}
-        inputs, outputs = list(items.get("inputs", [])), list(items.get("outputs", []))
-        if all(isinstance(n, str) and n in names for n in inputs + outputs):
-            return inputs, outputs
+              main: Mapping[str, Any], path: str) -> tuple[list[str], list[str]]:
+    """Model inputs and outputs: as the main's `microexport.io` attribute lists them (ignored if
+    it names something that is not a tensor of the main); else the tensors on the main's non-pool
+    parameters, or, with inputs and outputs inside the workspace, tensors no call writes /
+    written and never read (TIR from elsewhere)."""
+    items = _map_items(main, IO_ATTR, f"{path}.attrs")
+    if items is not None:
+        lists = [items.get("inputs", []), items.get("outputs", [])]
+        if not all(isinstance(names, list) and all(isinstance(n, str) for n in names)
+                   for names in lists):
+            raise TirJsonError(f"{json_path(f'{path}.attrs', IO_ATTR)}.items: expected inputs "
+                               "and outputs as lists of tensor names")
+        known = {t["name"] for t in tensors}
+        if all(name in known for names in lists for name in names):
+            return lists[0], lists[1]
     if io_params:
         return ([t["name"] for t in tensors if t["pool"] == "input"],
                 [t["name"] for t in tensors if t["pool"] == "output"])
@@ -421,48 +451,60 @@ def _model_io(tensors: list[dict[str, Any]], io_params: list[str], constant_pool
     return inputs, outputs
 
 
-def _constant_entries(tensors: list[dict[str, Any]], main: Mapping[str, Any],
+def _constant_entries(tensors: list[dict[str, Any]], main: Mapping[str, Any], path: str,
                       constant_pool: str | None) -> list[dict[str, Any]]:
-    data = _constant_data(main)
-    return [
-        {"name": t["name"], "dtype": t["dtype"], "shape": t["shape"], "offset": t["offset"],
-         "size": t["size"], "data": data.get(t["name"], {}).get("data")}
-        for t in tensors if constant_pool is not None and t["pool"] == constant_pool
-    ]
+    """The tensors of the constant pool with their bytes from `microexport.constants` (whose
+    size must be the tensor's; `data` null for a constant the attribute lacks)."""
+    data = _constant_data(main, path)
+    entries = []
+    for t in tensors:
+        if constant_pool is None or t["pool"] != constant_pool:
+            continue
+        item_path, text = data.get(t["name"], ("", None))
+        if text is not None:
+            try:
+                size = len(base64.b64decode(text, validate=True))
+            except binascii.Error:
+                raise TirJsonError(f"{item_path}.data: not base64") from None
+            if size != t["size"]:
+                raise TirJsonError(f"{item_path}.data: {size} bytes for constant '{t['name']}' "
+                                   f"of {t['size']} bytes")
+        entries.append({"name": t["name"], "dtype": t["dtype"], "shape": t["shape"],
+                        "offset": t["offset"], "size": t["size"], "data": text})
+    return entries
 
 
-def _node_entry(node: _Node) -> dict[str, Any]:
-    tensors = [a for a in node.args if a["kind"] == "tensor"]
-    return {"index": node.index, "kernel": node.kernel, "status": node.status, "args": node.args,
+def _node_entry(call: _Call) -> dict[str, Any]:
+    tensors = [a for a in call.args if a["kind"] == "tensor"]
+    return {"index": call.index, "kernel": call.kernel, "status": call.status, "args": call.args,
             "inputs": [a["tensor"] for a in tensors if a["role"] == "input"],
             "outputs": [a["tensor"] for a in tensors if a["role"] == "output"]}
 
 
-def _document(reader: _MainReader, main: Mapping[str, Any],
-              kernels: Mapping[str, list[KernelParam]],
-              functions: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    constant_pool = CONSTANTS_POOL if CONSTANTS_POOL in reader.pools else None
-    io_params = [p for p in reader.params if p not in reader.pools]
-    tensors = _tensor_entries(reader, io_params)
-    inputs, outputs = _model_io(tensors, io_params, constant_pool, main)
+def _document(walker: _MainWalker) -> dict[str, Any]:
+    main, path = walker.main, walker.path
+    constant_pool = CONSTANTS_POOL if CONSTANTS_POOL in walker.pools else None
+    io_params = [p for p in walker.params if p not in walker.pools]
+    tensors = _tensor_entries(walker, io_params)
+    inputs, outputs = _model_io(tensors, io_params, constant_pool, main, path)
     return {
         "format": GRAPH_FORMAT,
         "version": GRAPH_VERSION,
         "model": _model_name(main["name"]),
         "main": main["name"],
-        "params": reader.params,
+        "params": walker.params,
         "pools": [
             {"name": name, "size": size,
              "kind": "constants" if name == constant_pool else "workspace"}
-            for name, size in reader.pools.items()
+            for name, size in walker.pools.items()
         ],
         "inputs": inputs,
         "outputs": outputs,
         "tensors": tensors,
-        "constants": _constant_entries(tensors, main, constant_pool),
-        "kernels": [_kernel_entry(name, params, functions[name]["ret_type"])
-                    for name, params in kernels.items()],
-        "nodes": [_node_entry(node) for node in reader.nodes],
+        "constants": _constant_entries(tensors, main, path, constant_pool),
+        "kernels": [_kernel_entry(name, params, walker.functions[name][1]["ret_type"])
+                    for name, params in walker.kernels.items()],
+        "nodes": [_node_entry(call) for call in walker.calls],
     }
 
 

@@ -1,13 +1,15 @@
 """`microexport-tir` document → TVM IRModule(s): the inverse of `export.py`.
 
-The document is validated first (`reader.parse`); every later problem (an undeclared variable, an
-unknown op, a dtype that does not match the rebuilt node) is a `TirJsonError` naming its JSON path.
+The document is validated first (`reader.parse`); every later problem (an unknown op, a dtype that
+does not match the rebuilt node, arguments a TVM constructor refuses) is a `TirJsonError` naming
+its JSON path: the TVM constructors that can refuse their arguments are called through
+`_construct`, which turns TVM's errors into one.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,11 +22,22 @@ from microexport.archive.tir_json.nodes import (
     SPECS_BY_KIND,
     NodeSpec,
 )
-from microexport.archive.tir_json.reader import parse
+from microexport.archive.tir_json.reader import json_path, parse
 from microexport.errors import TirJsonError
 
-# What TVM raises when a constructor rejects its arguments (FFI errors map to these).
-_BUILD_ERRORS = (TypeError, ValueError, AttributeError, RuntimeError, IndexError, KeyError)
+# What TVM raises when a constructor rejects its arguments (FFI errors map to these; TVM's
+# InternalError is a RuntimeError; an integer too large for the FFI is an OverflowError).
+_BUILD_ERRORS = (TypeError, ValueError, AttributeError, RuntimeError, IndexError, KeyError,
+                 OverflowError)
+
+
+def _construct(path: str, what: str, build: Callable[..., Any], *args: Any) -> Any:
+    """`build(*args)`, or TirJsonError at `path` if TVM refuses the arguments."""
+    try:
+        return build(*args)
+    except _BUILD_ERRORS as err:
+        message = " ".join(str(err).split())[:300]
+        raise TirJsonError(f"{path}: cannot build {what}: {message}") from None
 
 
 class _Loader:
@@ -41,7 +54,7 @@ class _Loader:
         for index, func in enumerate(data["functions"]):
             funcs[self.gvars[func["name"]]] = self.function(func, f"{path}.functions[{index}]")
         attrs = self.dec_map(data.get("attrs", {}), f"{path}.attrs")
-        return tvm.IRModule(funcs, attrs=attrs or None)
+        return _construct(path, "IRModule", lambda: tvm.IRModule(funcs, attrs=attrs or None))
 
     def function(self, data: Mapping[str, Any], path: str) -> tirx.PrimFunc:
         self.vars = {}
@@ -49,8 +62,10 @@ class _Loader:
         ret_type = self.dec_node(data["ret_type"], f"{path}.ret_type")
         attrs = self.dec_map(data["attrs"], f"{path}.attrs")
         body = self.dec_node(data["body"], f"{path}.body")
-        func = tirx.PrimFunc(params, body, ret_type)
-        return func.with_attrs(attrs) if attrs else func
+        func = _construct(path, "PrimFunc", tirx.PrimFunc, params, body, ret_type)
+        if not attrs:
+            return func
+        return _construct(f"{path}.attrs", "function attributes", func.with_attrs, attrs)
 
     # -- nodes -----------------------------------------------------------------------------
 
@@ -77,11 +92,7 @@ class _Loader:
                     continue
                 raise TirJsonError(f"{path}: {spec.kind} has no \"{field.key}\"")
             args.append(getattr(self, f"dec_{field.codec}")(data[field.key], f"{path}.{field.key}"))
-        try:
-            node = spec.build(*args)
-        except _BUILD_ERRORS as err:
-            message = " ".join(str(err).split())
-            raise TirJsonError(f"{path}: cannot build {spec.kind}: {message}") from None
+        node = _construct(path, spec.kind, spec.build, *args)
         for field in spec.fields:
             if field.derived and field.key in data:
                 self.check_dtype(node, data[field.key], f"{path}.{field.key}")
@@ -111,7 +122,7 @@ class _Loader:
         if name in self.vars:
             raise TirJsonError(f"{path}: variable '{name}' is declared twice")
         ty = self.dec_node(data["type"], f"{path}.type")
-        var = ir.Var(data.get("hint", name), ty)
+        var = _construct(path, "Var", ir.Var, data.get("hint", name), ty)
         self.vars[name] = var
         return var
 
@@ -141,8 +152,9 @@ class _Loader:
     def dec_float(data: str, path: str) -> float:
         try:
             return float.fromhex(data)
-        except (TypeError, ValueError):
-            raise TirJsonError(f"{path}: '{data}' is not a hex float (float.hex)") from None
+        except (TypeError, ValueError, OverflowError):
+            raise TirJsonError(f"{path}: '{data}' is not a hex float (float.hex) of a double"
+                               ) from None
 
     @staticmethod
     def dec_dtype(data: str, path: str) -> str:
@@ -168,7 +180,7 @@ class _Loader:
         return data
 
     def dec_axis_map(self, data: Mapping[str, Any], path: str) -> dict[str, Any]:
-        return {name: self.dec_node(expr, f"{path}.{name}") for name, expr in data.items()}
+        return {name: self.dec_node(expr, json_path(path, name)) for name, expr in data.items()}
 
     def dec_layout(self, data: Any, path: str) -> Any:
         if data is None or data == "default":
@@ -178,7 +190,7 @@ class _Loader:
     # -- attribute values ------------------------------------------------------------------
 
     def dec_map(self, data: Mapping[str, Any], path: str) -> dict[str, Any]:
-        return {key: self.dec_value(value, f"{path}.{key}") for key, value in data.items()}
+        return {key: self.dec_value(value, json_path(path, key)) for key, value in data.items()}
 
     def dec_value(self, data: Any, path: str) -> Any:
         if data is None or isinstance(data, bool | int | float | str):
@@ -190,13 +202,10 @@ class _Loader:
     def dec_generic_map(self, data: Mapping[str, Any], path: str) -> Any:
         if "items" in data:
             return self.dec_map(data["items"], f"{path}.items")
-        pairs = data["pairs"]
-        return {
-            self.dec_value(key, f"{path}.pairs[{i}][0]"): self.dec_value(
-                value, f"{path}.pairs[{i}][1]"
-            )
-            for i, (key, value) in enumerate(pairs)
-        }
+        pairs = [(self.dec_value(key, f"{path}.pairs[{i}][0]"),
+                  self.dec_value(value, f"{path}.pairs[{i}][1]"))
+                 for i, (key, value) in enumerate(data["pairs"])]
+        return _construct(path, "Map", dict, pairs)
 
     @staticmethod
     def dec_tensor(data: Mapping[str, Any], path: str) -> Any:
@@ -205,8 +214,9 @@ class _Loader:
             dtype = np.dtype(data["dtype"]).newbyteorder("<")
             array = np.frombuffer(raw, dtype=dtype).reshape(data["shape"])
         except (ValueError, TypeError) as err:
-            raise TirJsonError(f"{path}: bad tensor data: {err}") from None
-        return tvm.runtime.tensor(array.astype(array.dtype.newbyteorder("="), copy=False))
+            raise TirJsonError(f"{path}: bad tensor data: {' '.join(str(err).split())}") from None
+        native = array.astype(array.dtype.newbyteorder("="), copy=False)
+        return _construct(path, "Tensor", tvm.runtime.tensor, native)
 
     @staticmethod
     def dec_target(data: Mapping[str, Any], path: str) -> Any:
@@ -221,7 +231,7 @@ class _Loader:
 
     @staticmethod
     def dec_datatype(data: Mapping[str, Any], path: str) -> Any:
-        return tvm.DataType(data["value"])
+        return _construct(path, "DataType", tvm.DataType, data["value"])
 
 
 # Node kinds decoded by a method rather than through the node table.
