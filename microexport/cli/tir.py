@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from microexport.cli.options import Command, Option, parse_indent
-from microexport.errors import Error
+from microexport.errors import Error, TirJsonError
 
 
 def _read_text(path: Path) -> str:
@@ -116,7 +116,11 @@ def cmd_export_tir(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     from microexport.archive.graph import graph_from_tir, graph_json
 
-    graph = graph_from_tir(_read_tir(args.tir), validate=False)
+    doc = _read_tir(args.tir)
+    try:
+        graph = graph_from_tir(doc, validate=False)
+    except TirJsonError as err:  # the document parsed; name the file its JSON path is in
+        raise TirJsonError(f"{args.tir}: {err}") from None
     _write(graph_json(graph), args.output, args.tir)
     if args.output is not None:
         print(f"wrote {args.output}: {len(graph['nodes'])} nodes, {len(graph['tensors'])} "
@@ -127,7 +131,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from microexport.archive.analyze import analyze, format_report
 
-    report = analyze(_read_tir(args.tir), validate=False)
+    doc = _read_tir(args.tir)
+    try:
+        report = analyze(doc, validate=False)
+    except TirJsonError as err:
+        raise TirJsonError(f"{args.tir}: {err}") from None
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
