@@ -1,6 +1,7 @@
 """Flash and RAM of a linked firmware image, by section, by kind and by model function.
 
-`size_report(elf, board, metadata)` reads the ELF with pyelftools:
+`size_report(elf, board, model)` (`model`: the archive's `CompiledModel`) reads the ELF with
+pyelftools:
 
 * every allocated section is placed in the board's flash or RAM by its address; an initialised
   data section in RAM whose load address is in flash (`.data`) counts in both;
