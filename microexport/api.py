@@ -31,11 +31,9 @@ __all__ = ["TIR_STAGES", "CompileResult", "Compilation", "TestReport", "compile"
            "compile_model", "import_model", "run", "test"]
 
 
-@dataclass(frozen=True)
-class CompileResult:
-    """What `compile` produced: the archive and the record of the compiled model."""
+class _RecordViews:
+    """`metadata` and `memory` of a result holding the compiled-model record as `model`."""
 
-    archive: Path
     model: CompiledModel
 
     @property
@@ -47,11 +45,20 @@ class CompileResult:
 
     @property
     def memory(self) -> MemoryReport:
+        """Static memory figures of the compiled model."""
         return self.model.memory
 
 
 @dataclass(frozen=True)
-class Compilation:
+class CompileResult(_RecordViews):
+    """What `compile` produced: the archive and the record of the compiled model."""
+
+    archive: Path
+    model: CompiledModel
+
+
+@dataclass(frozen=True)
+class Compilation(_RecordViews):
     """Every file of the archive, in memory, with the record and the TIR of each stage.
 
     `stages` maps each of `TIR_STAGES` to kernels + AOT main as one IRModule: `scheduled` (after
@@ -62,13 +69,6 @@ class Compilation:
     files: dict[str, bytes]
     model: CompiledModel
     stages: dict[str, tvm.IRModule]
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The contents of metadata.json."""
-        from microexport.archive.mlf import metadata
-
-        return metadata(self.model)
 
 
 def import_model(

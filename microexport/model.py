@@ -32,8 +32,13 @@ WORKSPACE_MODES: Final = ("static", "external")
 MAIN_RETURN_TYPE: Final = "int32_t"
 
 _C_IDENT = re.compile(r"[^0-9A-Za-z_]")
-_VALID_C_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECTION = re.compile(r"^[.\w]+$")
+# Matched with `fullmatch` (a `$` would accept a trailing newline); ASCII classes only.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECTION = re.compile(r"[.A-Za-z0-9_]{1,64}")
+# Pool names the AOT main or the run wrapper already use: the constant pool's parameter
+# `constants` and its static array `tvmgen_<name>_constant_pool` (= the symbol of a pool
+# `constant`).
+RESERVED_POOL_NAMES: Final = frozenset({"constants", "constant"})
 
 
 def c_identifier(name: str) -> str:
@@ -44,9 +49,47 @@ def c_identifier(name: str) -> str:
     return ident
 
 
+def is_identifier(name: str) -> bool:
+    """True if `name` is made of ASCII letters, digits and '_' and does not start with a digit."""
+    return _IDENTIFIER.fullmatch(name) is not None
+
+
 def is_c_identifier(name: str) -> bool:
     """True if `name` is a C identifier that is not a keyword."""
-    return bool(_VALID_C_IDENT.match(name)) and name not in C_KEYWORDS
+    return is_identifier(name) and name not in C_KEYWORDS
+
+
+def symbol_prefix(model_name: str) -> str:
+    """`tvmgen_<name>_`: the prefix of every C symbol of a model."""
+    return f"tvmgen_{model_name}_"
+
+
+def header_filename(model_name: str) -> str:
+    """The interface header of a model, `tvmgen_<name>.h`."""
+    return f"tvmgen_{model_name}.h"
+
+
+def wrapper_filename(model_name: str) -> str:
+    """The run wrapper of a model, `tvmgen_<name>.c`."""
+    return f"tvmgen_{model_name}.c"
+
+
+def lib_filename(model_name: str) -> str:
+    """The kernel library of a model, `tvmgen_<name>_lib.c`."""
+    return f"{symbol_prefix(model_name)}lib.c"
+
+
+def pool_problem(name: str, section: str | None = None) -> str | None:
+    """What is wrong with a workspace pool's name or linker section, or None: the one rule the
+    command line, board files and the record share."""
+    if (not is_c_identifier(name) or len(name) > MAX_NAME_LENGTH
+            or name in RESERVED_POOL_NAMES):
+        return (f"pool name {name[:80]!r} must be a C identifier of at most {MAX_NAME_LENGTH} "
+                f"ASCII letters, digits and '_', not a C keyword, 'constants' or 'constant'")
+    if section is not None and _SECTION.fullmatch(section) is None:
+        return (f"bad linker section name {section[:80]!r} (at most 64 ASCII letters, digits, "
+                f"'_' and '.')")
+    return None
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -264,7 +307,7 @@ class CompiledModel:
     @property
     def prefix(self) -> str:
         """`tvmgen_<name>_`: the prefix of every C symbol of this model."""
-        return f"tvmgen_{self.name}_"
+        return symbol_prefix(self.name)
 
     @property
     def upper_name(self) -> str:
@@ -277,15 +320,12 @@ class CompiledModel:
 
     @property
     def header_name(self) -> str:
-        return f"tvmgen_{self.name}.h"
+        return header_filename(self.name)
 
     @property
-    def wrapper_filename(self) -> str:
-        return f"tvmgen_{self.name}.c"
-
-    @property
-    def lib_filename(self) -> str:
-        return f"{self.prefix}lib.c"
+    def sources(self) -> tuple[str, str]:
+        """The archive's C sources, as named in `codegen/host/src`: kernel library, run wrapper."""
+        return lib_filename(self.name), wrapper_filename(self.name)
 
     @property
     def constant_pool_symbol(self) -> str:
@@ -303,24 +343,27 @@ class CompiledModel:
     def io_bytes(self) -> int:
         return sum(t.nbytes for t in self.inputs + self.outputs)
 
+    def symbol_list(self) -> list[tuple[str, str]]:
+        """Every symbol the archive's C defines with its class, in definition order, repeats
+        included (the record's check refuses repeats): `code` (kernels, AOT main, run wrapper
+        and map functions), `constants` (the constant pool) and `workspace` (the run wrapper's
+        static pools)."""
+        entries = [(kernel.symbol, "code") for kernel in self.kernels]
+        entries += [(self.main.symbol, "code"), (self.run_symbol, "code")]
+        if self.memory.io_in_workspace:
+            entries += [(f"{self.prefix}map_inputs", "code"), (f"{self.prefix}map_outputs", "code")]
+        if self.memory.constants_bytes:
+            entries.append((self.constant_pool_symbol, "constants"))
+        if self.workspace_mode == "static":
+            entries += [(self.pool_symbol(pool.name), "workspace")
+                        for pool in self.workspace_pools if pool.nbytes]
+        return entries
+
     @property
     def symbols(self) -> dict[str, str]:
-        """Every symbol the archive's C defines, by class: `code` (kernels, AOT main, run
-        wrapper and map functions), `constants` (the constant pool) and `workspace` (the run
-        wrapper's static pools). The size report classifies ELF symbols with this."""
-        classes = {kernel.symbol: "code" for kernel in self.kernels}
-        classes[self.main.symbol] = "code"
-        classes[self.run_symbol] = "code"
-        if self.memory.io_in_workspace:
-            classes[f"{self.prefix}map_inputs"] = "code"
-            classes[f"{self.prefix}map_outputs"] = "code"
-        if self.memory.constants_bytes:
-            classes[self.constant_pool_symbol] = "constants"
-        if self.workspace_mode == "static":
-            for pool in self.workspace_pools:
-                if pool.nbytes:
-                    classes[self.pool_symbol(pool.name)] = "workspace"
-        return classes
+        """Symbol → class of everything the archive's C defines (see `symbol_list`); the size
+        report classifies ELF symbols with this."""
+        return dict(self.symbol_list())
 
     @property
     def max_kernel_stack_bytes(self) -> int:
@@ -514,9 +557,9 @@ def _validate(metadata: Mapping[str, Any], origin: str) -> None:
 
 
 def _check_name(what: str, name: str, *, keyword_ok: bool = False) -> None:
-    if (not _VALID_C_IDENT.match(name) or len(name) > MAX_NAME_LENGTH
+    if (not is_identifier(name) or len(name) > MAX_NAME_LENGTH
             or (name in C_KEYWORDS and not keyword_ok)):
-        raise Error(f"{what} '{name[:80]}' is not a C identifier of at most {MAX_NAME_LENGTH} "
+        raise Error(f"{what} {name[:80]!r} is not a C identifier of at most {MAX_NAME_LENGTH} "
                     f"characters (letters, digits and '_', not a C keyword): "
                     f"try '{c_identifier(name)[:MAX_NAME_LENGTH]}'")
 
@@ -562,9 +605,10 @@ def check_tensor_names(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec
     seen_macro: dict[str, str] = {}
     for spec in inputs + outputs:
         cname = spec.c_name
-        if not _VALID_C_IDENT.match(cname) or len(cname) > MAX_NAME_LENGTH:
-            raise Error(f"tensor '{spec.name}' has the C name '{cname[:80]}', which is not a C "
-                        f"identifier of at most {MAX_NAME_LENGTH} characters: rename the tensor")
+        if not is_identifier(cname) or len(cname) > MAX_NAME_LENGTH:
+            raise Error(f"tensor {spec.name[:80]!r} has the C name {cname[:80]!r}, which is not "
+                        f"a C identifier of at most {MAX_NAME_LENGTH} characters: rename the "
+                        f"tensor")
         if cname in C_KEYWORDS or cname in RESERVED_PARAMETERS:
             raise Error(
                 f"tensor '{spec.name}' has the C name '{cname}', which is reserved "
@@ -589,22 +633,25 @@ def _check_pools(model: CompiledModel) -> None:
     pools = model.workspace_pools
     names = [pool.name for pool in pools]
     for pool in pools:
-        _check_name("workspace pool name", pool.name)
-        if pool.name == "constants":
-            raise Error("workspace pool name 'constants' is reserved for the constant pool")
-        if pool.section is not None and not _SECTION.match(pool.section):
-            raise Error(f"workspace pool '{pool.name}': bad linker section name "
-                        f"'{pool.section}' (letters, digits, '_' and '.' only)")
+        problem = pool_problem(pool.name, pool.section)
+        if problem is not None:
+            raise Error(f"workspace pool: {problem}")
         if pool.nbytes < 0 or (pool.size_limit is not None and pool.nbytes > pool.size_limit):
             raise Error(f"workspace pool '{pool.name}': {pool.nbytes} bytes does not fit its "
                         f"limit {pool.size_limit}")
-    if len(set(names)) != len(names):
-        raise Error(f"workspace pool names must differ, got {', '.join(names)}")
+    if len({name.upper() for name in names}) != len(names):  # the macros use them upper-cased
+        raise Error(f"workspace pool names must differ (also in case), got {', '.join(names)}")
     if sum(p.nbytes for p in pools) != memory.workspace_bytes:
         raise Error("workspace_bytes must be the total of the workspace pools")
     clashes = sorted(set(names) & {t.c_name for t in model.inputs + model.outputs})
     if clashes:
         raise Error(f"tensor C name '{clashes[0]}' is also a workspace pool name: rename one")
+    # Size macros: TVMGEN_<NAME>_<TENSOR>_SIZE and, with several pools, ..._<POOL>_POOL_SIZE.
+    pool_macros = {f"{name.upper()}_POOL" for name in names}
+    macro_clashes = sorted(pool_macros & {t.c_name.upper() for t in model.inputs + model.outputs})
+    if macro_clashes:
+        raise Error(f"a tensor's size macro *_{macro_clashes[0]}_SIZE would clash with a "
+                    f"workspace pool's: rename the tensor or the pool")
     sizes = {pool.name: pool.nbytes for pool in pools}
     placed = [t for t in model.inputs + model.outputs if t.pool is not None]
     if memory.io_in_workspace and len(placed) != len(model.inputs + model.outputs):
@@ -642,6 +689,31 @@ def _check_functions(model: CompiledModel) -> None:
     for kernel in model.kernels:
         if kernel.workspace_bytes < 0 or kernel.stack_bytes < 0:
             raise Error(f"kernel '{kernel.symbol}' has negative workspace or stack bytes")
+    expected = main_parameters(model)
+    if model.main.params != expected:
+        want = ", ".join(p.declaration for p in expected) or "void"
+        raise Error(f"function '{model.main.symbol}' does not take the model's inputs, outputs "
+                    f"and pools: expected ({want[:200]})")
+    if model.memory.io_bytes != model.io_bytes:
+        raise Error(f"io_bytes is {model.memory.io_bytes}, the inputs and outputs take "
+                    f"{model.io_bytes} bytes")
+    defined = [symbol for symbol, _ in model.symbol_list()]
+    repeated = sorted({symbol for symbol in defined if defined.count(symbol) > 1})
+    if repeated:
+        raise Error(f"two generated C definitions are both called '{repeated[0]}': rename a "
+                    f"workspace pool")
+
+
+def main_parameters(model: CompiledModel) -> tuple[CParam, ...]:
+    """The AOT main's parameters as the AOT builder lays them out: each input and output (unless
+    they live in the workspace), the constant pool and every non-empty workspace pool."""
+    params = []
+    if not model.memory.io_in_workspace:
+        params += [CParam(t.c_name, f"{t.ctype}*") for t in model.inputs + model.outputs]
+    if model.memory.constants_bytes:
+        params.append(CParam("constants", "uint8_t*"))
+    params += [CParam(p.name, "uint8_t*") for p in model.workspace_pools if p.nbytes]
+    return tuple(params)
 
 
 def with_placements(

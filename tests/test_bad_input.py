@@ -868,6 +868,28 @@ def test_project_with_non_utf8_board_file(command: str, mlp_archive: tuple[Path,
     assert files_under(workdir) == before
 
 
+def test_output_file_that_is_a_directory(mlp_archive: tuple[Path, Path], workdir: Path,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    archive, x = mlp_archive
+    (workdir / "out" / "y.npy").mkdir(parents=True)
+    before = files_under(workdir)
+    status, _, err = run_main(["run", archive, "--input", x, "-o", workdir / "out"], capfd)
+    assert_refused(status, err, "y.npy")
+    assert files_under(workdir) == before  # no y.npy.tmp or other leftovers
+
+
+def test_python_api_old_target_string_is_one_line(build_model: BuildModel,
+                                                  workdir: Path) -> None:
+    from microexport import api
+    from microexport.errors import Error
+
+    model, _ = build_model(mlp_onnx)
+    with pytest.raises(Error) as info:
+        api.compile(model, output=workdir / "m.tar", target="c -keys=cpu")
+    assert "\n" not in str(info.value) and "use --target c" in str(info.value)
+    assert files_under(workdir) == set()
+
+
 # -- standard output closed by its reader ------------------------------------------------------
 
 

@@ -132,6 +132,12 @@ def mutate(**changes: object) -> str:
         (mutate(serial={"baud": -1}), "serial.baud: expected a positive integer"),
         (mutate(clock_hz="fast"), "clock_hz: expected a positive integer"),
         (mutate(stack_size="big"), "stack_size: expected a size"),
+        (mutate(name="b\nadd_subdirectory(evil)"), "name: 'b\\nadd_subdirectory(evil)' is "
+                                                   "not a plain name"),
+        (mutate(cpu="cortex-m3 */ int evil; /*"), "is not a plain name"),
+        (mutate(zephyr_board='x" evil'), "zephyr_board: 'x\" evil' is not a plain name"),
+        (mutate(workspace_pools=[{"name": "constant"}]), "'constant'"),
+        (mutate(workspace_pools=[{"name": "p\n"}]), "pool name 'p\\n'"),
         ("name: [unclosed", "invalid YAML"),
         ("- a list", "expected a YAML mapping"),
     ],

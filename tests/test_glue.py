@@ -56,7 +56,8 @@ def model_with(
         params += [CParam("constants", "uint8_t*"), CParam("workspace", "uint8_t*")]
     if pool is None:
         pool = constant_pool()
-    memory = dataclasses.replace(memory, constants_bytes=len(pool))
+    io_bytes = sum(t.nbytes for t in inputs + outputs)  # type: ignore[operator]
+    memory = dataclasses.replace(memory, constants_bytes=len(pool), io_bytes=io_bytes)
     fields.setdefault("main", FunctionSignature(base.main.symbol, tuple(params)))
     return fixture_model(memory=memory, **fields), pool
 

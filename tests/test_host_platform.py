@@ -23,9 +23,9 @@ import microexport
 from microexport.archive.mlf import ArchiveLayout, write_archive
 from microexport.deploy.boards import load_board
 from microexport.deploy.platforms import PLATFORMS, Capabilities, Platform, get_platform
-from microexport.deploy.platforms.base import decode_outputs, encode_inputs
 from microexport.deploy.platforms.host import HostPlatform, first_error
 from microexport.deploy.subproc import CommandFailed, debian_package, run_command
+from microexport.deploy.tensors import decode_outputs, encode_inputs
 from microexport.errors import Error, InputError, MissingTool
 
 
@@ -83,11 +83,21 @@ def test_build_once_run_many(tmp_path: Path, cc: str) -> None:
 
 def test_reused_work_dir_drops_files_of_the_previous_archive(tmp_path: Path, cc: str) -> None:
     work = tmp_path / "work"
-    broken = make_archive(tmp_path, **{"zz_stale.c": (FIXTURES / "broken_lib.c").read_bytes()})
+    broken = make_archive(tmp_path, **{"tvmgen_fixture_lib.c": (FIXTURES / "broken_lib.c")
+                                       .read_bytes()})
     with pytest.raises(Error, match="compiling"):
         host().run_archive(broken, fixture_inputs(), work)
     inputs = fixture_inputs()
     assert_outputs(host().run_archive(make_archive(tmp_path), inputs, work), inputs)
+
+
+def test_only_the_sources_the_record_names_are_built(tmp_path: Path, cc: str) -> None:
+    """A stray .c file in an archive (or a member named to inject build-file syntax) never
+    reaches the compiler or a build file: the sources come from the record."""
+    stray = {"zz_stray.c": (FIXTURES / "broken_lib.c").read_bytes()}
+    inputs = fixture_inputs()
+    got = host().run_archive(make_archive(tmp_path, **stray), inputs, tmp_path / "work")
+    assert_outputs(got, inputs)
 
 
 def test_api_run_uses_host_platform(tmp_path: Path, cc: str) -> None:
@@ -143,9 +153,16 @@ def test_compile_error_names_the_first_error(tmp_path: Path, cc: str) -> None:
 
 
 def test_link_error_names_the_undefined_symbol(tmp_path: Path, cc: str) -> None:
-    archive = make_archive(tmp_path, **{"tvmgen_fixture_lib.c": None})
+    archive = make_archive(tmp_path, **{"tvmgen_fixture_lib.c": b"/* no AOT main */\n"})
     with pytest.raises(Error, match="undefined reference to .tvmgen_fixture___tvm_main__"):
         host().run_archive(archive, fixture_inputs(), tmp_path / "work")
+
+
+def test_missing_source_is_one_line(tmp_path: Path, cc: str) -> None:
+    archive = make_archive(tmp_path, **{"tvmgen_fixture_lib.c": None})
+    with pytest.raises(Error, match="tvmgen_fixture_lib.c is missing") as info:
+        host().run_archive(archive, fixture_inputs(), tmp_path / "work")
+    assert "\n" not in str(info.value)
 
 
 def test_missing_compiler_names_the_package(tmp_path: Path) -> None:

@@ -236,14 +236,26 @@ def test_error_codes_are_dense_and_texts_short() -> None:
     assert all(len(code.text) <= MAX_ERROR_TEXT and code.text.isascii() for code in ErrorCode)
 
 
+def with_io(model: CompiledModel, inputs: tuple[TensorSpec, ...] | None = None,
+            outputs: tuple[TensorSpec, ...] | None = None) -> CompiledModel:
+    """`model` with other inputs or outputs, its AOT main and I/O bytes to match."""
+    inputs = model.inputs if inputs is None else inputs
+    outputs = model.outputs if outputs is None else outputs
+    params = [CParam(t.c_name, f"{t.ctype}*") for t in inputs + outputs]
+    params += [p for p in model.main.params if p.ctype == "uint8_t*"]  # the pools
+    return dataclasses.replace(
+        model, inputs=inputs, outputs=outputs,
+        memory=dataclasses.replace(model.memory, io_bytes=sum(t.nbytes for t in inputs + outputs)),
+        main=FunctionSignature(model.main.symbol, tuple(params)))
+
+
 def test_model_signature_sees_names_shapes_and_dtypes() -> None:
     model = fixture_model()
     base = model_signature(model)
     assert model_signature(fixture_model("external")) == base  # memory does not matter
     for change in ({"name": "x"}, {"shape": (3, 2)}, {"dtype": "int32"}):
         first = dataclasses.replace(model.inputs[0], **change)
-        other = dataclasses.replace(model, inputs=(first, *model.inputs[1:]))
-        assert model_signature(other) != base
+        assert model_signature(with_io(model, (first, *model.inputs[1:]))) != base
 
 
 # --- finding the port -----------------------------------------------------------------------
@@ -383,10 +395,8 @@ def test_device_template_override(tmp_path: Path) -> None:
 
 
 def test_render_refuses_what_the_protocol_cannot_carry() -> None:
-    model = fixture_model()
     outputs = tuple(TensorSpec(f"o{i}", (1,), "float32") for i in range(256))
-    model = dataclasses.replace(model, outputs=outputs, main=FunctionSignature(
-        model.main.symbol, tuple(CParam(t.c_name, "float*") for t in outputs)))
+    model = with_io(fixture_model(), outputs=outputs)
     with pytest.raises(Error, match="256 outputs: the serial protocol carries at most 255"):
         render_device_sources(model)
 

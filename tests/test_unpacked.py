@@ -63,7 +63,7 @@ def test_buffer_params_become_pointers_and_allocs_move_to_scratch() -> None:
 
 def test_kernels_compile_to_plain_c_functions_returning_int32() -> None:
     mod, _ = make_unpacked(lowered_module())
-    _, lib = generate_c(mod, "m", "tvmgen_m_")
+    _, lib = generate_c(mod, "m")
     assert "int32_t two_stage(float* a, float* b, uint8_t* scratch)" in lib.source
     assert "int32_t copy(int8_t* a, int8_t* b)" in lib.source
     assert "return 0;" in lib.source
@@ -88,7 +88,7 @@ def test_float_abs_lowers_to_libm() -> None:
         }
     )
     unpacked, _ = make_unpacked(tir_pipeline()(mod))
-    _, lib = generate_c(unpacked, "m", "tvmgen_m_")
+    _, lib = generate_c(unpacked, "m")
     assert "fabsf(a[" in lib.source
 
 

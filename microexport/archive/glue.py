@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from microexport.errors import Error
-from microexport.model import CompiledModel, ConstantSpec, TensorSpec
+from microexport.model import CompiledModel, ConstantSpec, TensorSpec, wrapper_filename
 from microexport.templating import glue_environment, render
 from microexport.version import __version__
 
@@ -25,11 +25,6 @@ WRAPPER_TEMPLATE = "interface/tvmgen_model.c.j2"
 HARNESS_TEMPLATE = "harness/host_main.c.j2"
 HARNESS_FILENAME = "host_main.c"
 
-# Template → output file name pattern, for the files `render_glue` produces.
-GLUE_TEMPLATES: dict[str, str] = {
-    HEADER_TEMPLATE: "tvmgen_{name}.h",
-    WRAPPER_TEMPLATE: "tvmgen_{name}.c",
-}
 
 HEX_BYTES_PER_ROW = 16
 
@@ -151,8 +146,8 @@ def render_glue(
         constant_pool_rows=hex_rows(constant_pool),
     )
     return {
-        pattern.format(name=model.name): render(env, template, variables)
-        for template, pattern in GLUE_TEMPLATES.items()
+        model.header_name: render(env, HEADER_TEMPLATE, variables),
+        wrapper_filename(model.name): render(env, WRAPPER_TEMPLATE, variables),
     }
 
 

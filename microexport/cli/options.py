@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from microexport.archive.tir_json.spec import STAGES as TIR_STAGES
-from microexport.model import C_KEYWORDS, PoolSpec
+from microexport.model import PoolSpec, is_identifier, pool_problem
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,6 @@ MAX_TENSOR_ELEMENTS = 2**31 - 1  # the generated C indexes tensors with int32_t
 MAX_ALIGNMENT = 4096  # every buffer is padded to it; a page is the most any target needs
 MAX_STACK_LIMIT = 65536  # larger C locals overflow a microcontroller's stack
 MAX_TIMEOUT = 86400.0  # one day
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIM = re.compile(r"^[0-9]{1,10}$")
 
 
@@ -47,7 +46,7 @@ def parse_name(text: str) -> str:
             f"--name is {len(text)} characters long: use at most {MAX_NAME_LENGTH} (it becomes "
             "part of every C symbol and generated file name, tvmgen_<name>_lib.c)"
         )
-    if not _IDENTIFIER.match(text):
+    if not is_identifier(text):
         suggestion = re.sub(r"[^0-9A-Za-z_]", "_", text)
         if not suggestion or suggestion[0].isdigit():
             suggestion = "m_" + suggestion
@@ -165,7 +164,6 @@ BUILD_DIR = Option(("--build-dir",), "keep build files here (default: a temporar
 
 _POOL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):(?:(\d+)([KkMm]?)|unlimited)"
                    r"(?::([.A-Za-z0-9_]+))?$")
-RESERVED_POOL_NAMES = frozenset({"constants"})  # the AOT main's constant pool parameter
 
 
 def parse_pool(text: str) -> PoolSpec:
@@ -178,11 +176,9 @@ def parse_pool(text: str) -> PoolSpec:
             "or sram:unlimited"
         )
     name, digits, unit, section = match.groups()
-    if len(name) > MAX_NAME_LENGTH or name in C_KEYWORDS or name in RESERVED_POOL_NAMES:
-        raise argparse.ArgumentTypeError(
-            f"bad --workspace-pool '{text[:80]}': the pool name becomes a C parameter, so it must "
-            f"have at most {MAX_NAME_LENGTH} characters and not be a C keyword or 'constants'"
-        )
+    problem = pool_problem(name, section)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"bad --workspace-pool {text[:80]!r}: {problem}")
     factor = {"": 1, "k": 1024, "m": 1024 * 1024}[(unit or "").lower()]
     return PoolSpec(name, None if digits is None else int(digits) * factor, section)
 

@@ -19,7 +19,7 @@ from tvm import ir, tirx
 from microexport.compiler.lower import Schedule, TensorInfo
 from microexport.compiler.plan import MemoryPlan
 from microexport.compiler.unpacked import byte_pool, pool_pointer
-from microexport.model import TensorSpec, c_identifier
+from microexport.model import TensorSpec, c_identifier, symbol_prefix
 
 CONSTANTS_PARAM = "constants"
 CONSTANTS_ATTR = "microexport.constants"
@@ -33,11 +33,6 @@ class AotModule:
     mod: tvm.IRModule
     main_symbol: str
     kernel_symbols: dict[str, str]  # kernel name → C symbol
-
-
-def symbol_prefix(model_name: str) -> str:
-    """`tvmgen_<name>_`: the prefix of every generated C symbol."""
-    return f"tvmgen_{c_identifier(model_name)}_"
 
 
 def build_aot_module(

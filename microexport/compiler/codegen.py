@@ -15,6 +15,7 @@ import tvm
 import tvm_ffi
 from tvm import ir, tirx
 
+from microexport.model import header_filename, lib_filename
 from microexport.templating import glue_environment, render
 
 LIB_TEMPLATE = "codegen/lib.c.j2"
@@ -94,16 +95,16 @@ def make_tvm_free(
     for symbol in FORBIDDEN_SYMBOLS:
         if symbol in body:
             raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
-    variables = {"model_name": model_name, "header_name": f"tvmgen_{model_name}.h", "body": body}
+    variables = {"model_name": model_name, "header_name": header_filename(model_name), "body": body}
     source = render(glue_environment(templates), LIB_TEMPLATE, variables)
     return GeneratedC(filename=filename, source=source)
 
 
 def generate_c(
-    mod: tvm.IRModule, model_name: str, prefix: str, templates: Path | None = None
+    mod: tvm.IRModule, model_name: str, templates: Path | None = None
 ) -> tuple[tvm.IRModule, GeneratedC]:
     """Finalize `mod`, generate C and make it TVM-free. Returns the codegen-stage module too."""
     final = finalize_passes()(mod)
     target = next(iter(final.functions.values())).attrs["target"]
     raw = build_c(final, target)
-    return final, make_tvm_free(raw, model_name, f"{prefix}lib.c", templates)
+    return final, make_tvm_free(raw, model_name, lib_filename(model_name), templates)

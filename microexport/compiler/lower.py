@@ -83,7 +83,12 @@ def check_target(target: str) -> tvm.target.Target:
     kind = target.split()[0] if target else ""
     if kind not in SUPPORTED_TARGETS:
         raise ModelError(f"unsupported target '{target}': microexport generates C; use --target c")
-    return tvm.target.Target(target)
+    try:
+        return tvm.target.Target(target)
+    except (ValueError, TypeError, RuntimeError) as err:  # e.g. the old "c -keys=cpu" syntax
+        first = str(err).split(". ")[0].splitlines()[0]
+        raise ModelError(f"unsupported target '{target}' ({first}): use --target c (the "
+                         f"command line also takes tvmc's target strings)") from None
 
 
 def relax_pipeline() -> tvm.transform.Pass:

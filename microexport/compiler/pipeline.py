@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import ir, tirx
 
-from microexport.compiler.aot import build_aot_module, symbol_prefix
+from microexport.compiler.aot import build_aot_module
 from microexport.compiler.codegen import GeneratedC, generate_c
 from microexport.compiler.frontend import ImportedModel
 from microexport.compiler.lower import lower
@@ -90,7 +90,7 @@ def compile_to_c(imported: ImportedModel, options: CompilerOptions) -> CompiledC
     aot = build_aot_module(
         name, lowered.schedule, lowered.kernels, plan, imported.inputs, imported.outputs
     )
-    final, lib = generate_c(aot.mod, name, symbol_prefix(name), options.templates)
+    final, lib = generate_c(aot.mod, name, options.templates)
     scheduled = build_aot_module(
         name, lowered.schedule, lowered.block_kernels, plan, imported.inputs, imported.outputs,
         pass_scratch=False,

@@ -17,13 +17,15 @@ from typing import Any
 import yaml
 
 from microexport.errors import Error
-from microexport.model import C_KEYWORDS, PoolSpec
+from microexport.model import PoolSpec, pool_problem
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 _VID_PID = re.compile(r"^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$")
-_POOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_SECTION = re.compile(r"^[.A-Za-z0-9_]{1,64}$")
+# Board fields rendered into generated files (C comments, CMakeLists.txt, prj.conf, linker
+# scripts): a plain token, so no newline, quote or `*/` can reach them.
+_TOKEN = re.compile(r"[A-Za-z0-9_.+@/-]{1,128}")
+TOKEN_FIELDS = ("name", "cpu", "fpu", "qemu_machine", "zephyr_board", "west_runner")
 DEFAULT_RUN_TIMEOUT = 60.0
 MAX_RUN_TIMEOUT = 86400.0  # one day
 ADDRESS_SPACE = 2**32  # microcontrollers have 32-bit addresses: no region ends beyond 4 GiB
@@ -142,17 +144,15 @@ def _pools(value: object, where: str) -> tuple[PoolSpec, ...]:
     for index, item in enumerate(value):
         at = f"{where}[{index}]"
         if (not isinstance(item, dict) or not set(item) <= {"name", "size", "section"}
-                or not isinstance(item.get("name"), str) or not _POOL_NAME.match(item["name"])
-                or item["name"] in C_KEYWORDS or item["name"] == "constants"):
-            raise Error(f"{at}: expected {{name: C identifier (ASCII, at most 64 characters, "
-                        f"not 'constants'), size: bytes or unlimited, section: optional linker "
-                        f"section}}")
+                or not isinstance(item.get("name"), str)):
+            raise Error(f"{at}: expected {{name: C identifier, size: bytes or unlimited, "
+                        f"section: optional linker section}}")
         size = item.get("size", "unlimited")
         limit = None if size == "unlimited" else parse_size(size, f"{at}.size")
         section = _optional_str(item.get("section"), f"{at}.section")
-        if section is not None and not _SECTION.match(section):
-            raise Error(f"{at}.section: bad linker section name {section!r} (letters, digits, "
-                        "'_' and '.' only)")
+        problem = pool_problem(item["name"], section)
+        if problem is not None:
+            raise Error(f"{at}: {problem}")
         pools.append(PoolSpec(item["name"], limit, section))
     return tuple(pools)
 
@@ -206,6 +206,10 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
     name = _optional_str(data["name"], f"{origin}.name")
     compiler = _optional_str(data["compiler"], f"{origin}.compiler")
     assert name is not None and compiler is not None
+    for key, value in (("name", name), *((k, optional[k]) for k in TOKEN_FIELDS[1:])):
+        if value is not None and _TOKEN.fullmatch(value) is None:
+            raise Error(f"{origin}.{key}: {value[:80]!r} is not a plain name (at most 128 ASCII "
+                        f"letters, digits and _ . + @ / -)")
     return Board(
         name=name,
         platforms=_strings(data["platforms"], f"{origin}.platforms"),

@@ -16,6 +16,7 @@ error never leaves a half-written project.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from microexport.archive.mlf import atomic_write
 from microexport.deploy.boards import Board, dump_board, load_board, parse_board, read_board_file
 from microexport.deploy.platforms import PLATFORMS, get_platform
 from microexport.deploy.platforms.base import (
@@ -240,7 +242,7 @@ def run_project(
     """Build if needed, run once on `inputs` (name → array); outputs and measurements."""
     options = options or RunOptions()
     opened.platform.check_options(options)
-    from microexport.deploy.platforms.base import encode_inputs
+    from microexport.deploy.tensors import encode_inputs
 
     encode_inputs(opened.project.model, inputs)  # bad inputs fail before building
     platform = opened.platform
@@ -264,8 +266,8 @@ def size_of_project(opened: OpenProject) -> Any:
 def write_outputs(
     model: CompiledModel, outputs: Mapping[str, np.ndarray], output_dir: str | Path
 ) -> list[Path]:
-    """Write one `<c_name>.npy` per model output into `output_dir` (each via a temporary file);
-    returns the paths in model order."""
+    """Write one `<c_name>.npy` per model output into `output_dir` (each through a temporary file
+    renamed into place); returns the paths in model order."""
     out_dir = Path(output_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,9 +276,8 @@ def write_outputs(
     paths = []
     for spec in model.outputs:
         path = out_dir / f"{spec.c_name}.npy"
-        tmp = path.with_suffix(".npy.tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, outputs[spec.name])
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        np.save(buffer, outputs[spec.name])
+        atomic_write(path, buffer.getvalue())  # one-line error, nothing half-written
         paths.append(path)
     return paths

@@ -27,8 +27,9 @@ from microexport.archive.mlf import ArchiveLayout, extract_archive, read_model
 from microexport.deploy.boards import Board
 from microexport.deploy.size import check_fits, size_report
 from microexport.deploy.subproc import CommandResult, run_command
-from microexport.errors import DoesNotFit, Error, InputError, Unsupported
-from microexport.model import CompiledModel, TensorSpec
+from microexport.deploy.tensors import decode_outputs, encode_inputs
+from microexport.errors import DoesNotFit, Error, Unsupported
+from microexport.model import CompiledModel
 
 MODEL_DIR = "model"  # the extracted archive inside a project or work directory
 BUILD_DIR = "build"
@@ -84,10 +85,13 @@ class Project:
 
     @property
     def sources(self) -> list[Path]:
-        """The generated C sources, sorted; Error if there are none."""
-        sources = sorted((self.root / ArchiveLayout.SRC_DIR).glob("*.c"))
-        if not sources:
-            raise Error(f"{self.root}: no C sources in {ArchiveLayout.SRC_DIR}")
+        """The archive's C sources the record names (kernel library, run wrapper); Error if one
+        is missing. Never a directory listing: only these names reach build files."""
+        sources = [self.root / ArchiveLayout.source(name) for name in self.model.sources]
+        for source in sources:
+            if not source.is_file():
+                raise Error(f"{self.root}: {ArchiveLayout.source(source.name)} is missing: "
+                            f"extract the archive again")
         return sources
 
 
@@ -173,52 +177,6 @@ class MemoryNeeds:
 
     flash: int
     ram: int
-
-
-def encode_inputs(model: CompiledModel, inputs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
-    """Check `inputs` against the model's inputs; raw little-endian bytes by input name.
-
-    Raises `InputError` naming the input for a missing or unknown name or a wrong shape or dtype.
-    """
-    specs = model.inputs
-    names = [spec.name for spec in specs]
-    unknown = sorted(set(inputs) - set(names))
-    if unknown:
-        raise InputError(
-            f"unknown input '{unknown[0]}': the model's inputs are {', '.join(names) or 'none'}"
-        )
-    encoded = {}
-    for spec in specs:
-        if spec.name not in inputs:
-            raise InputError(f"missing input '{spec.name}': expected shape "
-                             f"{tuple(spec.shape)} {spec.dtype}")
-        encoded[spec.name] = encode_array(spec, np.asarray(inputs[spec.name]))
-    return encoded
-
-
-def encode_array(spec: TensorSpec, array: np.ndarray) -> bytes:
-    """One input as raw little-endian bytes after checking its shape and dtype."""
-    want_shape = tuple(int(d) for d in spec.shape)
-    want_dtype = np.dtype(spec.dtype)
-    if array.shape != want_shape or array.dtype.name != want_dtype.name:
-        raise InputError(
-            f"input '{spec.name}': expected shape {want_shape} {want_dtype.name}, "
-            f"got shape {array.shape} {array.dtype.name}"
-        )
-    return np.ascontiguousarray(array, dtype=want_dtype.newbyteorder("<")).tobytes()
-
-
-def decode_outputs(model: CompiledModel, raw: Mapping[str, bytes]) -> dict[str, np.ndarray]:
-    """Raw little-endian output bytes by output name → arrays of the model's shapes and dtypes."""
-    outputs = {}
-    for spec in model.outputs:
-        data = raw[spec.name]
-        dtype = np.dtype(spec.dtype)
-        if len(data) != spec.nbytes:
-            raise Error(f"output '{spec.name}': got {len(data)} bytes, expected {spec.nbytes}")
-        array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(spec.shape)
-        outputs[spec.name] = array.astype(dtype)
-    return outputs
 
 
 def make_directory(path: Path, what: str) -> None:

@@ -41,6 +41,7 @@ from microexport.deploy.protocol.wire import (
     crc32,
     type_name,
 )
+from microexport.deploy.tensors import decode_outputs, encode_inputs
 from microexport.errors import Error
 from microexport.model import CompiledModel, TensorSpec
 
@@ -506,8 +507,6 @@ def run_inference(
     does not answer in time or the deadline passes, and a one-line Error when the board runs
     another model or a frame or the outputs' checksum is corrupt.
     """
-    from microexport.deploy.platforms.base import decode_outputs, encode_inputs
-
     if not timeout > 0:  # NaN too
         raise Error(f"timeout must be positive, got {timeout:g} s")
     raw_inputs = encode_inputs(model, inputs)
