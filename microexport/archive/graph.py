@@ -10,24 +10,37 @@ The result is a `microexport-graph` version-1 document (docs/tir-json.md): nodes
 order), tensors (pool, offset, size, producer, consumers), constants (with their bytes), model
 inputs and outputs.
 
-`render_graph_walker` renders, from that document alone, a C runtime that calls the kernels of
-`tvmgen_<model>_lib.c` itself over its own static buffers (templates/runtimes/graph-walker/).
+`load_graph` reads a graph document back (it may be hand-written): the shipped JSON Schema
+(tir_json/schema/graph.schema.json) and the cross-references (`check_graph`), each problem a
+one-line TirJsonError naming the JSON path. `render_graph_walker` renders, from that document
+alone, a C runtime that calls the kernels of `tvmgen_<model>_lib.c` itself over its own static
+buffers (templates/runtimes/graph-walker/); every string of the document reaches the C only as a
+checked C identifier, a dtype with a C type, or comment-safe text (`walker_variables`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from microexport.archive.glue import glue_environment, hex_rows, render
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from microexport.archive.glue import comment_safe, glue_environment, hex_rows, render
 from microexport.archive.tir_json.reader import (
+    _decode,
     called_functions,
     callee,
+    check_json,
     declarations,
     dtype_bytes,
     element_count,
@@ -41,7 +54,7 @@ from microexport.archive.tir_json.reader import (
 )
 from microexport.archive.tir_json.spec import GRAPH_FORMAT, GRAPH_VERSION
 from microexport.errors import TirJsonError
-from microexport.model import C_KEYWORDS, c_identifier, c_type
+from microexport.model import C_KEYWORDS, C_TYPES, c_identifier
 
 # Equal to aot.CONSTANTS_ATTR and aot.IO_ATTR (graph.py never imports tvm).
 CONSTANTS_ATTR = "microexport.constants"
@@ -54,6 +67,15 @@ WALKER_FILES = {  # template → output file name pattern
     "walker.c.j2": "{model}_walker.c",
     "walker_main.c.j2": "{model}_walker_main.c",
 }
+SCHEMA_PACKAGE = "microexport.archive.tir_json"
+GRAPH_SCHEMA_FILE = "schema/graph.schema.json"  # in SCHEMA_PACKAGE, next to tir.schema.json
+IO_POOLS: Final = ("input", "output")  # the `pool` of a model input or output
+# Names the walker's C cannot give a kernel or a kernel parameter: keywords, and the types its
+# templates use.
+C_RESERVED: Final = C_KEYWORDS | frozenset(C_TYPES.values())
+_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_SHOWN = 60  # longest name or value quoted in an error message
+MAX_MESSAGE = 160  # longest schema message in an error
 
 
 @dataclass(frozen=True)
@@ -513,128 +535,338 @@ def graph_json(graph: Mapping[str, Any]) -> str:
     return json.dumps(graph, indent=2) + "\n"
 
 
+def graph_schema() -> dict[str, Any]:
+    """The shipped JSON Schema of graph.json (`microexport-graph` version 1), as a dict."""
+    text = files(SCHEMA_PACKAGE).joinpath(GRAPH_SCHEMA_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def _graph_validator() -> Any:
+    return jsonschema.Draft202012Validator(graph_schema())
+
+
+def _quote(text: str) -> str:
+    """A name for an error message: quoted, escaped onto one line, shortened."""
+    return repr(text) if len(text) <= MAX_SHOWN else repr(text[: MAX_SHOWN - 3]) + "..."
+
+
+def _shown(value: Any) -> str:
+    """A JSON value for an error message: a scalar quoted and shortened, else its type."""
+    if isinstance(value, str):
+        return _quote(value)
+    if value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+        return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    return type(value).__name__
+
+
 def load_graph(doc: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
-    """Read a `microexport-graph` document; TirJsonError if it is not one this version reads."""
-    if isinstance(doc, str | bytes):
-        try:
-            data = json.loads(doc)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise TirJsonError(f"$: not valid JSON ({err})") from None
-    else:
-        data = dict(doc)
-    if not isinstance(data, dict) or data.get("format") != GRAPH_FORMAT:
-        raise TirJsonError(f"$.format: expected '{GRAPH_FORMAT}'")
-    if data.get("version") != GRAPH_VERSION:
+    """Read and validate a `microexport-graph` document (graph.json text, or its dict).
+
+    In order: JSON syntax; plain JSON values (`reader.check_json`: nesting at most MAX_DEPTH
+    levels, finite numbers); format and version; the shipped JSON Schema
+    (`tir_json/schema/graph.schema.json`); then the cross-references the schema cannot express
+    (`check_graph`). Anything wrong is a one-line TirJsonError starting with the JSON path of the
+    problem; a document that passes can be read by `walker_variables` without a KeyError or
+    TypeError."""
+    data = _decode(doc) if isinstance(doc, str | bytes) else doc
+    if not isinstance(data, Mapping):
+        raise TirJsonError(f"$: expected a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    check_json(data)
+    if data.get("format") != GRAPH_FORMAT:
+        raise TirJsonError(f"$.format: expected '{GRAPH_FORMAT}', got {_shown(data.get('format'))}")
+    version = data.get("version")
+    if version != GRAPH_VERSION or isinstance(version, bool):
         raise TirJsonError(
-            f"$.version: {GRAPH_FORMAT} version {data.get('version')!r} is not supported "
+            f"$.version: {GRAPH_FORMAT} version {_shown(version)} is not supported "
             f"(this microexport reads version {GRAPH_VERSION})"
         )
+    error = best_match(_graph_validator().iter_errors(data))
+    if error is not None:
+        message = " ".join(error.message.split())
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
+        raise TirJsonError(f"{error.json_path}: {message}")
+    check_graph(data)
     return data
+
+
+def check_graph(graph: Mapping[str, Any]) -> None:
+    """The rules of a schema-valid graph document that the schema cannot express (every one holds
+    for what `graph_from_tir` writes); TirJsonError with the JSON path otherwise:
+
+    * pools are parameters of the main, each listed once;
+    * tensor names are unique; a tensor with a `param` (a model input or output) has that
+      parameter of the main and pool `input` or `output`; any other tensor is in a pool and lies
+      inside it; its size is its element count times the size of its dtype; its producer and
+      consumers are nodes;
+    * `inputs`, `outputs` and each node's `inputs` and `outputs` name tensors;
+    * the constants are exactly the tensors of the constants pools, with the same dtype, shape,
+      offset and size, and `data` (unless null) of exactly `size` bytes;
+    * kernel names are unique; node `i` has index `i`, calls a listed kernel with one argument
+      per parameter (`param` naming it); a tensor argument names a tensor, a scratch argument's
+      pool is a parameter of the main.
+    """
+    params = set(graph["params"])
+    nodes = graph["nodes"]
+    pools: dict[str, Mapping[str, Any]] = {}
+    for index, pool in enumerate(graph["pools"]):
+        path, name = f"$.pools[{index}].name", pool["name"]
+        if name in pools:
+            raise TirJsonError(f"{path}: pool {_quote(name)} is listed twice")
+        if name not in params:
+            raise TirJsonError(f"{path}: pool {_quote(name)} is not a parameter of the main")
+        pools[name] = pool
+    tensors: dict[str, Mapping[str, Any]] = {}
+    for index, tensor in enumerate(graph["tensors"]):
+        _check_tensor(tensor, f"$.tensors[{index}]", tensors, params, pools, len(nodes))
+        tensors[tensor["name"]] = tensor
+    for key in ("inputs", "outputs"):
+        _check_names(graph[key], f"$.{key}", tensors)
+    constant_pools = {name for name, pool in pools.items() if pool["kind"] == "constants"}
+    constants: set[str] = set()
+    for index, const in enumerate(graph["constants"]):
+        _check_constant(const, f"$.constants[{index}]", tensors, constant_pools, constants)
+        constants.add(const["name"])
+    for index, tensor in enumerate(graph["tensors"]):
+        if tensor["pool"] in constant_pools and tensor["name"] not in constants:
+            raise TirJsonError(f"$.tensors[{index}]: constant {_quote(tensor['name'])} has no "
+                               "entry in $.constants")
+    kernels: dict[str, Mapping[str, Any]] = {}
+    for index, kernel in enumerate(graph["kernels"]):
+        if kernel["name"] in kernels:
+            raise TirJsonError(f"$.kernels[{index}].name: kernel {_quote(kernel['name'])} is "
+                               "listed twice")
+        kernels[kernel["name"]] = kernel
+    for index, node in enumerate(nodes):
+        _check_node(node, index, tensors, kernels, params)
+
+
+def _check_names(names: list[str], path: str, tensors: Mapping[str, Any]) -> None:
+    for index, name in enumerate(names):
+        if name not in tensors:
+            raise TirJsonError(f"{path}[{index}]: {_quote(name)} is not a tensor of the graph")
+
+
+def _check_tensor(tensor: Mapping[str, Any], path: str, tensors: Mapping[str, Any],
+                  params: set[str], pools: Mapping[str, Mapping[str, Any]], node_count: int
+                  ) -> None:
+    name, pool, size = tensor["name"], tensor["pool"], tensor["size"]
+    if name in tensors:
+        raise TirJsonError(f"{path}.name: two tensors named {_quote(name)}")
+    expected = math.prod(tensor["shape"]) * dtype_bytes(tensor["dtype"], f"{path}.dtype")
+    if size != expected:
+        raise TirJsonError(f"{path}.size: {size} bytes for a tensor of {expected} bytes (its "
+                           "shape and dtype)")
+    if "param" in tensor:
+        if tensor["param"] not in params:
+            raise TirJsonError(f"{path}.param: {_quote(tensor['param'])} is not a parameter of "
+                               "the main")
+        if pool not in IO_POOLS:
+            raise TirJsonError(f"{path}.pool: a model input or output (with a param) is in pool "
+                               "'input' or 'output'")
+    elif pool not in pools:
+        raise TirJsonError(f"{path}.pool: {_quote(pool)} is not a pool of the graph")
+    elif tensor["offset"] + size > pools[pool]["size"]:
+        raise TirJsonError(f"{path}: {size} bytes at offset {tensor['offset']} do not fit in pool "
+                           f"{_quote(pool)} of {pools[pool]['size']} bytes")
+    if tensor["producer"] is not None and tensor["producer"] >= node_count:
+        raise TirJsonError(f"{path}.producer: no node {tensor['producer']} (the graph has "
+                           f"{node_count})")
+    for index, consumer in enumerate(tensor["consumers"]):
+        if consumer >= node_count:
+            raise TirJsonError(f"{path}.consumers[{index}]: no node {consumer} (the graph has "
+                               f"{node_count})")
+
+
+def _check_constant(const: Mapping[str, Any], path: str, tensors: Mapping[str, Any],
+                    constant_pools: set[str], seen: set[str]) -> None:
+    name = const["name"]
+    tensor = tensors.get(name)
+    if tensor is None or tensor["pool"] not in constant_pools:
+        raise TirJsonError(f"{path}.name: {_quote(name)} is not a tensor of a constants pool")
+    if name in seen:
+        raise TirJsonError(f"{path}.name: constant {_quote(name)} is listed twice")
+    for key in ("dtype", "shape", "offset", "size"):
+        if const[key] != tensor[key]:
+            raise TirJsonError(f"{path}.{key}: differs from the {key} of tensor {_quote(name)}")
+    if const["data"] is not None:
+        try:
+            size = len(base64.b64decode(const["data"], validate=True))
+        except binascii.Error:
+            raise TirJsonError(f"{path}.data: not base64") from None
+        if size != const["size"]:
+            raise TirJsonError(f"{path}.data: {size} bytes for a constant of {const['size']} "
+                               "bytes")
+
+
+def _check_node(node: Mapping[str, Any], index: int, tensors: Mapping[str, Any],
+                kernels: Mapping[str, Mapping[str, Any]], params: set[str]) -> None:
+    path = f"$.nodes[{index}]"
+    if node["index"] != index:
+        raise TirJsonError(f"{path}.index: {node['index']} is not the node's position {index}")
+    kernel = kernels.get(node["kernel"])
+    if kernel is None:
+        raise TirJsonError(f"{path}.kernel: {_quote(node['kernel'])} is not in $.kernels")
+    if len(node["args"]) != len(kernel["params"]):
+        raise TirJsonError(f"{path}.args: {len(node['args'])} arguments for the "
+                           f"{len(kernel['params'])} parameters of {_quote(kernel['name'])}")
+    for number, (arg, param) in enumerate(zip(node["args"], kernel["params"], strict=True)):
+        arg_path = f"{path}.args[{number}]"
+        if arg["param"] != param["name"]:
+            raise TirJsonError(f"{arg_path}.param: parameter {number} of "
+                               f"{_quote(kernel['name'])} is {_quote(param['name'])}")
+        if arg["kind"] == "tensor" and arg["tensor"] not in tensors:
+            raise TirJsonError(f"{arg_path}.tensor: {_quote(arg['tensor'])} is not a tensor of "
+                               "the graph")
+        if arg["kind"] == "scratch" and arg["pool"] not in params:
+            raise TirJsonError(f"{arg_path}.pool: {_quote(arg['pool'])} is not a parameter of "
+                               "the main")
+    for key in ("inputs", "outputs"):
+        _check_names(node[key], f"{path}.{key}", tensors)
 
 
 # -- the graph-walker runtime ----------------------------------------------------------------
 
 
-def walker_variables(graph: Mapping[str, Any]) -> dict[str, Any]:
-    """What the graph-walker templates receive (see docs/tir-json.md)."""
+def walker_variables(graph: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """What the graph-walker templates receive (see docs/tir-json.md), from a graph document
+    (validated by `load_graph` first).
+
+    Everything that reaches the C is checked here: tensor, constant and kernel-parameter names
+    become distinct C identifiers (`c_name`, distinct even upper-cased, for the size macros) and
+    comment-safe text (`comment_name`); kernel names are C identifiers that are no keyword, type
+    or name of the walker's own; every dtype printed has a C type; numbers are the schema's
+    integers. Anything else is a TirJsonError naming the JSON path."""
     graph = load_graph(graph)
     model = c_identifier(graph["model"])
-    for kernel in graph["kernels"]:  # called by name: must be the symbol in the kernel library
-        if c_identifier(kernel["name"]) != kernel["name"] or kernel["name"] in C_KEYWORDS:
-            raise TirJsonError(f"$.kernels: kernel name '{kernel['name']}' is not a C identifier")
-    by_name = {t["name"]: t for t in graph["tensors"]}
+    tensor_index = {t["name"]: index for index, t in enumerate(graph["tensors"])}
     constant_names = {c["name"] for c in graph["constants"]}
-    taken: set[str] = set()
+    taken: set[str] = set()  # upper-cased: the header's size macros are distinct too
 
     def unique(ident: str) -> str:  # distinct names that sanitise alike get distinct C names
         name, index = ident, 1
-        while name in taken:
+        while name.upper() in taken:
             name, index = f"{ident}_{index}", index + 1
-        taken.add(name)
+        taken.add(name.upper())
         return name
 
     constants = []
-    for const in graph["constants"]:
+    for index, const in enumerate(graph["constants"]):
+        path = f"$.constants[{index}]"
         if const["data"] is None:
-            raise TirJsonError(f"$.constants: constant '{const['name']}' carries no data")
+            raise TirJsonError(f"{path}.data: constant {_quote(const['name'])} carries no data")
+        _ctype(const["dtype"], f"{path}.dtype")
         constants.append({**const, "c_name": unique(f"const_{c_identifier(const['name'])}"),
+                          "comment_name": comment_safe(const["name"]),
                           "rows": hex_rows(base64.b64decode(const["data"]))})
 
-    def tensor_var(tensor: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        return {**tensor, "c_name": unique(f"{prefix}{c_identifier(tensor['name'])}"),
-                "ctype": _ctype(tensor["dtype"]),
-                "elements": max(element_count(tensor["shape"]) or 0, 1)}
+    def tensor_var(name: str, prefix: str) -> dict[str, Any]:
+        index = tensor_index[name]
+        tensor = graph["tensors"][index]
+        return {**tensor, "c_name": unique(f"{prefix}{c_identifier(name)}"),
+                "comment_name": comment_safe(name),
+                "ctype": _ctype(tensor["dtype"], f"$.tensors[{index}].dtype"),
+                "elements": max(math.prod(tensor["shape"]), 1)}
 
-    inputs = [tensor_var(by_name[n], "in_") for n in graph["inputs"]]
-    outputs = [tensor_var(by_name[n], "out_") for n in graph["outputs"]]
+    inputs = [tensor_var(n, "in_") for n in graph["inputs"]]
+    outputs = [tensor_var(n, "out_") for n in graph["outputs"]]
     io_names = set(graph["inputs"]) | set(graph["outputs"])
-    intermediates = [tensor_var(t, "buf_") for t in graph["tensors"]
+    intermediates = [tensor_var(t["name"], "buf_") for t in graph["tensors"]
                      if t["name"] not in io_names and t["name"] not in constant_names]
     c_names = {t["name"]: t["c_name"] for t in inputs + outputs + intermediates}
     c_names.update({c["name"]: c["c_name"] for c in constants})
-    kernels = {k["name"]: k for k in graph["kernels"]}
-    calls = [_call(node, kernels[node["kernel"]], c_names) for node in graph["nodes"]]
+    kernels = {k["name"]: (f"$.kernels[{index}]", k) for index, k in enumerate(graph["kernels"])}
+    calls = [_call(node, *kernels[node["kernel"]], c_names) for node in graph["nodes"]]
+    scratch = [{"c_name": name, "size": max(size, 1)}
+               for call in calls for name, size in call["scratch_areas"]]
+    run_symbol = f"{model}_walker_run"
+    own = {run_symbol, "status", "main", *c_names.values(), *(s["c_name"] for s in scratch)}
+    prototypes = [_prototype(kernel, f"$.kernels[{index}]", own, model)
+                  for index, kernel in enumerate(graph["kernels"])]
     return {
         "model": model,
         "header_name": f"{model}_walker.h",
-        "run_symbol": f"{model}_walker_run",
-        "kernels": [_prototype(k) for k in graph["kernels"]],
+        "run_symbol": run_symbol,
+        "kernels": prototypes,
         "constants": constants,
         "inputs": inputs,
         "outputs": outputs,
         "intermediates": intermediates,
-        "scratch": [{"c_name": f"scratch_{c['index']}", "size": max(c["scratch"], 1)}
-                    for c in calls if c["scratch"]],
+        "scratch": scratch,
         "calls": calls,
     }
 
 
-def _ctype(dtype: str) -> str:
-    try:
-        return c_type(dtype)
-    except ValueError as err:
-        raise TirJsonError(f"$.tensors: {err}") from None
+def _ctype(dtype: str, path: str) -> str:
+    """The C type of `dtype` (one of model.C_TYPES), else TirJsonError at `path`."""
+    if dtype not in C_TYPES:
+        raise TirJsonError(f"{path}: dtype {_quote(dtype)} has no C type (supported: "
+                           f"{', '.join(sorted(C_TYPES))})")
+    return C_TYPES[dtype]
 
 
-def _prototype(kernel: Mapping[str, Any]) -> dict[str, Any]:
+def _prototype(kernel: Mapping[str, Any], path: str, own: set[str], model: str
+               ) -> dict[str, Any]:
+    """A kernel's C declaration. It is called by name, so its name must be the symbol in the
+    kernel library: a C identifier that is no keyword or type the walker uses, and no name the
+    walker defines itself (`own`, or a `<MODEL>_WALKER_*` macro of its header)."""
+    name = kernel["name"]
+    if _C_IDENTIFIER.fullmatch(name) is None or name in C_RESERVED:
+        raise TirJsonError(f"{path}.name: kernel name {_quote(name)} is not a C identifier")
+    if name in own or name.upper().startswith(f"{model.upper()}_WALKER_"):
+        raise TirJsonError(f"{path}.name: kernel name {_quote(name)} is a name the graph "
+                           "walker defines itself")
     params: list[dict[str, Any]] = []
     used: set[str] = set()
-    for param in kernel["params"]:
+    for index, param in enumerate(kernel["params"]):
         base = c_identifier(param["name"])
-        base = f"{base}_" if base in C_KEYWORDS else base
-        name, index = base, 1
-        while name in used:
-            name, index = f"{base}_{index}", index + 1
-        used.add(name)
-        params.append({"name": name, "ctype": _ctype(param["dtype"]),
+        base = f"{base}_" if base in C_RESERVED else base
+        param_name, number = base, 1
+        while param_name in used:
+            param_name, number = f"{base}_{number}", number + 1
+        used.add(param_name)
+        params.append({"name": param_name,
+                       "ctype": _ctype(param["dtype"], f"{path}.params[{index}].dtype"),
                        "pointer": param["pointer"]})
-    returns = "void" if kernel["returns"] == "void" else _ctype(kernel["returns"])
-    return {"name": kernel["name"], "returns": returns, "params": params}
+    returns = "void" if kernel["returns"] == "void" else _ctype(kernel["returns"],
+                                                                 f"{path}.returns")
+    return {"name": name, "returns": returns, "params": params}
 
 
-def _call(node: Mapping[str, Any], kernel: Mapping[str, Any], c_names: Mapping[str, str]
-          ) -> dict[str, Any]:
-    args, scratch = [], 0
-    for arg, param in zip(node["args"], kernel["params"], strict=True):
+def _call(node: Mapping[str, Any], kernel_path: str, kernel: Mapping[str, Any],
+          c_names: Mapping[str, str]) -> dict[str, Any]:
+    """One kernel call: the C expression of each argument, and the node's scratch areas (one
+    static buffer each: `scratch_<index>`, then `scratch_<index>_<argument>`)."""
+    args: list[dict[str, Any]] = []
+    areas: list[tuple[str, int]] = []
+    path = f"$.nodes[{node['index']}]"
+    for number, (arg, param) in enumerate(zip(node["args"], kernel["params"], strict=True)):
         if arg["kind"] == "tensor":
             buffer = c_names[arg["tensor"]]
         elif arg["kind"] == "scratch":
-            scratch, buffer = arg["size"], f"scratch_{node['index']}"
+            buffer = f"scratch_{node['index']}" + (f"_{number}" if areas else "")
+            areas.append((buffer, arg["size"]))
         else:
             raise TirJsonError(
-                f"$.nodes[{node['index']}]: argument '{param['name']}' is not a tensor or "
+                f"{path}.args[{number}]: argument {_quote(param['name'])} is not a tensor or "
                 "scratch pointer: the graph walker cannot pass it"
             )
-        args.append({"buffer": buffer, "ctype": _ctype(param["dtype"])})
-    return {"index": node["index"], "kernel": node["kernel"], "args": args, "scratch": scratch,
+        ctype = _ctype(param["dtype"], f"{kernel_path}.params[{number}].dtype")
+        args.append({"buffer": buffer, "ctype": ctype})
+    return {"index": node["index"], "kernel": node["kernel"], "args": args,
+            "scratch": areas[0][1] if areas else 0, "scratch_areas": areas,
             "returns": kernel["returns"]}
 
 
-def render_graph_walker(graph: Mapping[str, Any] | str, templates_dir: Path | None = None
+def render_graph_walker(graph: Mapping[str, Any] | str | bytes, templates_dir: Path | None = None
                         ) -> dict[str, str]:
-    """Render the graph-walker runtime of `graph` (a microexport-graph document): file name →
-    C text. `templates_dir` overrides the templates of templates/runtimes/graph-walker by name."""
-    variables = walker_variables(load_graph(graph) if isinstance(graph, str) else graph)
+    """Render the graph-walker runtime of `graph` (a microexport-graph document, as text or
+    dict; validated by `load_graph`): file name → C text. `templates_dir` overrides the templates
+    of templates/runtimes/graph-walker by name."""
+    variables = walker_variables(graph)
     env = glue_environment(templates_dir)
     return {
         pattern.format(model=variables["model"]): render(env, f"{WALKER_TEMPLATES}/{template}",
