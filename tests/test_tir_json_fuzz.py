@@ -475,6 +475,23 @@ def test_out_of_range_hex_floats(value: str, bases: list[str]) -> None:
         check_reader(reader, doc)
 
 
+def test_float_attribute_that_is_not_hex(bases: list[str]) -> None:
+    """An attribute value `{"node": "Float", "value": ""}`: the schema lets it through, the
+    document checks refuse it with a path (it once escaped as a ValueError)."""
+    doc = json.loads(bases[1])
+    function = doc["modules"][0]["functions"][0]
+    function["attrs"] = {"node": "Float", "value": ""}
+    for reader in READERS.values():
+        check_reader(reader, doc)
+
+
+def test_a_key_with_a_newline_stays_on_one_line_in_the_path() -> None:
+    from microexport.archive.tir_json.reader import json_path
+
+    assert json_path("$", "a\nb") == "$['a\\nb']"
+    assert "\n" not in json_path("$", "x\ry\nz")
+
+
 @pytest.mark.parametrize("text", ['{"format": NaN}', '{"format": "microexport-tir", '
                                   '"version": 1, "stage": Infinity, "modules": []}'])
 def test_non_json_numbers_are_refused(text: str) -> None:

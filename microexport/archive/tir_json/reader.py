@@ -43,7 +43,7 @@ MAX_INT_BITS: Final = 1024
 # Nodes whose "buffer" variable must be a buffer (declared with a BufferType).
 BUFFER_NODES: Final = ("BufferStore", "BufferLoad", "DeclBuffer", "AllocBuffer", "BufferRegion",
                        "MatchBufferRegion")
-_PLAIN_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
+_PLAIN_KEY = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")
 
 
 def json_path(path: str, key: str | int) -> str:
@@ -51,10 +51,10 @@ def json_path(path: str, key: str | int) -> str:
     `$.a[0].b`, or `$['microexport.constants']` for a key that is not a plain name."""
     if isinstance(key, int):
         return f"{path}[{key}]"
-    if _PLAIN_KEY.match(key):
+    if _PLAIN_KEY.fullmatch(key):
         return f"{path}.{key}"
-    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
-    return f"{path}['{escaped}']"
+    escaped = key.encode("unicode_escape").decode("ascii").replace("'", "\\'")
+    return f"{path}['{escaped}']"  # control characters escaped: a path stays on one line
 
 
 def schema() -> dict[str, Any]:
@@ -307,6 +307,9 @@ def _check_function(func: Mapping[str, Any], path: str) -> None:
             except OverflowError:
                 raise TirJsonError(f"{node_path}.value: {node['value']} is out of the range of "
                                    "a double") from None
+            except (ValueError, TypeError):  # where the schema does not pin the value down
+                raise TirJsonError(f"{node_path}.value: {str(node['value'])[:40]!r} is not a "
+                                   "hexadecimal float (float.hex())") from None
     for buffer_path, name in buffers:
         kind = declared[name]["type"]["node"]
         if kind != "BufferType":
