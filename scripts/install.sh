@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc g++ gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cppcheck)
+# cmake, ninja-build and device-tree-compiler build Zephyr applications (west comes with .[all]);
+# picolibc-arm-none-eabi is the C library they link with ZEPHYR_TOOLCHAIN_VARIANT=cross-compile.
+APT_PACKAGES=(gcc g++ gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cppcheck
+              cmake ninja-build device-tree-compiler picolibc-arm-none-eabi)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -238,10 +238,17 @@ def test_fifo_port_talks_through_qemu_pipes(tmp_path: Path) -> None:
     for suffix in (".in", ".out"):
         os.mkfifo(f"{pipe}{suffix}")
 
+    seen: list[bytes] = []
+
     def echo() -> None:
         guest_in = os.open(f"{pipe}.in", os.O_RDWR)
         guest_out = os.open(f"{pipe}.out", os.O_RDWR)
-        os.write(guest_out, os.read(guest_in, 5).upper())
+        data = os.read(guest_in, 5)
+        os.write(guest_out, data.upper())
+        while len(data) < 5 + 5:  # b"\x01x\x01" escaped for QEMU's mux
+            data += os.read(guest_in, 16)
+        seen.append(data)
+        os.write(guest_out, b"\x01x")  # QEMU -> host is never escaped
         os.close(guest_in)
         os.close(guest_out)
 
@@ -254,6 +261,24 @@ def test_fifo_port_talks_through_qemu_pipes(tmp_path: Path) -> None:
         while len(received) < 5:
             received += port.read(5 - len(received))
         assert received == b"HELLO"
+        assert port.write(b"\x01x\x01") == 3
+        received = b""
+        while len(received) < 2:
+            received += port.read(2 - len(received))
+        assert received == b"\x01x"
     finally:
         port.close()
         peer.join(5)
+    assert seen == [b"hello\x01\x01x\x01\x01"]
+
+
+def test_qemu_mux_escape_doubles_ctrl_a_only() -> None:
+    from microexport.deploy import protocol
+    from microexport.deploy.platforms.zephyr import escape_qemu_mux
+
+    assert escape_qemu_mux(b"") == b""
+    assert escape_qemu_mux(b"\x01\x01x\x02") == b"\x01\x01\x01\x01x\x02"
+    hello = protocol.encode_frame(protocol.FrameType.HELLO, 0x78, protocol.Hello().encode())
+    assert b"\x01" in hello  # why the escape is needed: every HELLO has one
+    escaped = escape_qemu_mux(hello)
+    assert escaped.replace(b"\x01\x01", b"\x01") == hello

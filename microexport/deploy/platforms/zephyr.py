@@ -22,6 +22,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -59,6 +60,16 @@ FLASH_TIMEOUT = 300.0
 QEMU_PIPE = "qemu-fifo"  # <build>/qemu-fifo.in and .out (Zephyr's QEMU_PIPE)
 QEMU_PID_FILE = "qemu.pid"  # written by Zephyr's QEMU targets in the build directory
 PIPE_OPEN_POLL = 0.05
+# Zephyr's QEMU_PIPE opens `-chardev pipe,id=con,mux=on`: QEMU's monitor shares the console and
+# byte 0x01 (Ctrl-A) is the mux's escape character. QEMU consumes 0x01 and the byte after it as
+# a command (0x01 'x' quits QEMU), and passes one literal 0x01 when it receives two
+# (chardev/char-mux.c, mux_proc_byte). Only the host -> QEMU direction is escaped.
+QEMU_MUX_ESCAPE = b"\x01"
+
+
+def escape_qemu_mux(data: bytes) -> bytes:
+    """`data` as QEMU's multiplexed chardev must receive it: every 0x01 doubled."""
+    return data.replace(QEMU_MUX_ESCAPE, QEMU_MUX_ESCAPE * 2)
 
 # Template → file name in the project directory.
 APP_TEMPLATES: dict[str, str] = {
@@ -83,6 +94,33 @@ def zephyr_base(environ: Mapping[str, str] | None = None) -> Path:
     if not (base / "cmake" / "modules").is_dir() and not (base / "share").is_dir():
         raise Error(f"ZEPHYR_BASE={value} is not a Zephyr tree (no cmake/modules): {ZEPHYR_HELP}")
     return base
+
+
+def toolchain_cmake_args(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """CMake arguments for `west build` that the toolchain calls for.
+
+    With `ZEPHYR_TOOLCHAIN_VARIANT=cross-compile` (or `gnuarmemb`) and a compiler that ships
+    picolibc (Debian's picolibc-arm-none-eabi: `gcc -print-file-name=picolibc.specs` is a file),
+    `-DTOOLCHAIN_HAS_PICOLIBC=ON` makes Zephyr link the toolchain's picolibc instead of
+    compiling the picolibc module (3x faster builds). Nothing otherwise (the Zephyr SDK says so
+    itself).
+    """
+    environ = os.environ if environ is None else environ
+    variant = environ.get("ZEPHYR_TOOLCHAIN_VARIANT", "")
+    if variant == "cross-compile" and environ.get("CROSS_COMPILE"):
+        compiler = environ["CROSS_COMPILE"] + "gcc"
+    elif variant == "gnuarmemb" and environ.get("GNUARMEMB_TOOLCHAIN_PATH"):
+        compiler = str(Path(environ["GNUARMEMB_TOOLCHAIN_PATH"]) / "bin" / "arm-none-eabi-gcc")
+    else:
+        return ()
+    try:
+        found = subprocess.run([compiler, "-print-file-name=picolibc.specs"], capture_output=True,
+                               text=True, timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ()  # west build names the missing compiler
+    if os.path.isabs(found) and os.path.isfile(found):
+        return ("-DTOOLCHAIN_HAS_PICOLIBC=ON",)
+    return ()
 
 
 def check_west() -> None:
@@ -170,9 +208,10 @@ class ZephyrPlatform(Platform):
         return Build(project, elf, elf=elf)
 
     def do_build_plan(self, project: Project) -> list[Invocation]:
+        cmake_args = toolchain_cmake_args()
         return [Invocation(
             ("west", "build", "-b", self.zephyr_board, "-d", str(project.build_dir),
-             str(project.home)),
+             str(project.home), *(("--", *cmake_args) if cmake_args else ())),
             cwd=project.home,
             timeout=BUILD_TIMEOUT,
             what=f"west build for {self.board.name}",
@@ -291,7 +330,11 @@ class ZephyrPlatform(Platform):
 
 
 class FifoPort:
-    """A pyserial-like port over Zephyr's QEMU_PIPE FIFOs (`<path>.in`, `<path>.out`)."""
+    """A pyserial-like port over Zephyr's QEMU_PIPE FIFOs (`<path>.in`, `<path>.out`).
+
+    What is written is escaped for QEMU's chardev mux (`escape_qemu_mux`); what is read comes
+    from the emulated UART unchanged.
+    """
 
     def __init__(self, path: Path, deadline: float, alive: Any) -> None:
         self.timeout: float | None = 0.05
@@ -332,10 +375,10 @@ class FifoPort:
             return b""
 
     def write(self, data: bytes, /) -> int:
-        """Write all of `data`."""
+        """Write all of `data` (escaped for QEMU's mux); returns `len(data)`."""
         self._open()
         assert self._write_fd is not None
-        view = memoryview(data)
+        view = memoryview(escape_qemu_mux(bytes(data)))
         while view:
             try:
                 written = os.write(self._write_fd, view)

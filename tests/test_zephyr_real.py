@@ -1,0 +1,82 @@
+"""The Zephyr platform against a real Zephyr tree: the rendered application is built with
+`west build` and served in QEMU over Zephyr's QEMU_PIPE (QEMU's multiplexed chardev), and
+`microexport.test` compares what the board computed with the reference runtime.
+
+Zephyr is `ZEPHYR_BASE` when set, else the shared tree next to the repository
+(`../shared/zephyr/zephyr`). The toolchain defaults to Debian's arm-none-eabi-gcc
+(`ZEPHYR_TOOLCHAIN_VARIANT=cross-compile`), which with picolibc-arm-none-eabi installed makes the
+platform pass `-DTOOLCHAIN_HAS_PICOLIBC=ON` (about 20 s per model and board on 2 cores).
+Under CI=true a missing tree or tool is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import zoo
+from support import in_ci, require_program
+
+import microexport
+from microexport.deploy.platforms.zephyr import toolchain_cmake_args
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+SHARED_ZEPHYR = REPOSITORY.parent / "shared" / "zephyr" / "zephyr"
+CROSS_COMPILE = "/usr/bin/arm-none-eabi-"
+
+# (zoo builder, input shapes): sine_float (tflite, FULLY_CONNECTED) and cnn_onnx, whose Softmax
+# calls expf from libm.
+MODELS = {"sine_float": zoo.sine_float, "cnn_onnx": zoo.cnn_onnx}
+BOARDS = ["qemu_cortex_m3", "mps2_an521"]
+
+
+def missing(message: str) -> None:
+    """Fail under CI, skip locally."""
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def zephyr_env(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """ZEPHYR_BASE (the environment's, else the shared tree) and a cross-compile toolchain,
+    set for this test only."""
+    base = Path(os.environ.get("ZEPHYR_BASE") or SHARED_ZEPHYR)
+    if not (base / "cmake" / "modules").is_dir():
+        missing(f"no Zephyr tree at {base}: set ZEPHYR_BASE or provide ../shared/zephyr")
+    if shutil.which("west") is None:
+        missing("west not installed (pip install microexport[deploy])")
+    for program, package in [("cmake", "cmake"), ("ninja", "ninja-build"),
+                             ("arm-none-eabi-gcc", "gcc-arm-none-eabi"),
+                             ("qemu-system-arm", "qemu-system-arm")]:
+        require_program(program, package)
+    monkeypatch.setenv("ZEPHYR_BASE", str(base))
+    if "ZEPHYR_TOOLCHAIN_VARIANT" not in os.environ:
+        monkeypatch.setenv("ZEPHYR_TOOLCHAIN_VARIANT", "cross-compile")
+        monkeypatch.setenv("CROSS_COMPILE", CROSS_COMPILE)
+    return base
+
+
+def test_debian_picolibc_is_used_with_cross_compile(zephyr_env: Path) -> None:
+    if os.environ.get("CROSS_COMPILE") != CROSS_COMPILE:
+        pytest.skip("the environment names its own toolchain")
+    if not Path("/usr/lib/picolibc/arm-none-eabi").is_dir():
+        missing("picolibc-arm-none-eabi not installed (apt-get install picolibc-arm-none-eabi)")
+    assert toolchain_cmake_args() == ("-DTOOLCHAIN_HAS_PICOLIBC=ON",)
+    assert toolchain_cmake_args({"ZEPHYR_TOOLCHAIN_VARIANT": "zephyr"}) == ()
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_model_runs_in_zephyr_on_qemu(model: str, board: str, zephyr_env: Path,
+                                      tmp_path: Path) -> None:
+    path, _ = MODELS[model](tmp_path)
+    work = tmp_path / "work"
+    report = microexport.test(path, board=board, build_dir=work)
+    assert report.passed, report.summary()
+    build = work / "build"
+    assert (build / "zephyr" / "zephyr.elf").is_file()
+    if toolchain_cmake_args():
+        assert "CONFIG_PICOLIBC_USE_TOOLCHAIN=y" in (build / "zephyr" / ".config").read_text()
