@@ -33,14 +33,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import jsonschema
-from jsonschema.exceptions import best_match
 
 from microexport.archive.glue import comment_safe, glue_environment, hex_rows, render
 from microexport.archive.tir_json.reader import (
-    _decode,
     called_functions,
     callee,
-    check_json,
     declarations,
     dtype_bytes,
     element_count,
@@ -50,6 +47,7 @@ from microexport.archive.tir_json.reader import (
     parse,
     shape_of,
     statements,
+    validated,
     walk,
 )
 from microexport.archive.tir_json.spec import GRAPH_FORMAT, GRAPH_VERSION
@@ -570,25 +568,7 @@ def load_graph(doc: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     (`check_graph`). Anything wrong is a one-line TirJsonError starting with the JSON path of the
     problem; a document that passes can be read by `walker_variables` without a KeyError or
     TypeError."""
-    data = _decode(doc) if isinstance(doc, str | bytes) else doc
-    if not isinstance(data, Mapping):
-        raise TirJsonError(f"$: expected a JSON object, got {type(data).__name__}")
-    data = dict(data)
-    check_json(data)
-    if data.get("format") != GRAPH_FORMAT:
-        raise TirJsonError(f"$.format: expected '{GRAPH_FORMAT}', got {_shown(data.get('format'))}")
-    version = data.get("version")
-    if version != GRAPH_VERSION or isinstance(version, bool):
-        raise TirJsonError(
-            f"$.version: {GRAPH_FORMAT} version {_shown(version)} is not supported "
-            f"(this microexport reads version {GRAPH_VERSION})"
-        )
-    error = best_match(_graph_validator().iter_errors(data))
-    if error is not None:
-        message = " ".join(error.message.split())
-        if len(message) > MAX_MESSAGE:
-            message = message[: MAX_MESSAGE - 3] + "..."
-        raise TirJsonError(f"{error.json_path}: {message}")
+    data = validated(doc, GRAPH_FORMAT, GRAPH_VERSION, _graph_validator())
     check_graph(data)
     return data
 

@@ -131,6 +131,33 @@ def _short(error: ValidationError) -> str:
     return message
 
 
+def validated(
+    doc: str | bytes | Mapping[str, Any], fmt: str, version: int, validator: Any
+) -> dict[str, Any]:
+    """The checks every microexport JSON document gets, in order: JSON syntax; plain JSON values
+    (nesting at most MAX_DEPTH levels, finite numbers, integers of at most MAX_INT_BITS bits);
+    format `fmt` and `version`; the schema of `validator`. TirJsonError with the JSON path."""
+    data = _decode(doc) if isinstance(doc, str | bytes) else doc
+    if not isinstance(data, Mapping):
+        raise TirJsonError(f"$: expected a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    check_json(data)
+    if data.get("format") != fmt:
+        raise TirJsonError(f"$.format: expected '{fmt}', got {_brief(data.get('format'))}")
+    if data.get("version") != version or isinstance(data.get("version"), bool):
+        raise TirJsonError(
+            f"$.version: {fmt} version {_brief(data.get('version'))} is not supported "
+            f"(this microexport reads version {version})"
+        )
+    try:
+        error = best_match(validator.iter_errors(data))
+    except RecursionError:  # only when the caller's own stack is already nearly full
+        raise TirJsonError("$: nesting too deep for the Python stack left") from None
+    if error is not None:
+        raise TirJsonError(f"{error.json_path}: {_short(error)}")
+    return data
+
+
 def parse(doc: str | bytes | Mapping[str, Any], origin: str = "") -> dict[str, Any]:
     """Decode (if text) and validate a document; TirJsonError with the JSON path if it is bad.
 
@@ -138,24 +165,7 @@ def parse(doc: str | bytes | Mapping[str, Any], origin: str = "") -> dict[str, A
     integers of at most MAX_INT_BITS bits); format and version; the schema; then the rules the
     schema cannot express (`check_document`)."""
     try:
-        data = _decode(doc) if isinstance(doc, str | bytes) else doc
-        if not isinstance(data, Mapping):
-            raise TirJsonError(f"$: expected a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        check_json(data)
-        if data.get("format") != FORMAT:
-            raise TirJsonError(f"$.format: expected '{FORMAT}', got {_brief(data.get('format'))}")
-        if data.get("version") != VERSION or isinstance(data.get("version"), bool):
-            raise TirJsonError(
-                f"$.version: {FORMAT} version {_brief(data.get('version'))} is not supported "
-                f"(this microexport reads version {VERSION})"
-            )
-        try:
-            error = best_match(_validator().iter_errors(data))
-        except RecursionError:  # only when the caller's own stack is already nearly full
-            raise TirJsonError("$: nesting too deep for the Python stack left") from None
-        if error is not None:
-            raise TirJsonError(f"{error.json_path}: {_short(error)}")
+        data = validated(doc, FORMAT, VERSION, _validator())
         check_document(data)
     except TirJsonError as err:
         if origin:
