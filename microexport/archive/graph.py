@@ -73,7 +73,6 @@ IO_POOLS: Final = ("input", "output")  # the `pool` of a model input or output
 C_RESERVED: Final = C_KEYWORDS | frozenset(C_TYPES.values())
 _C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SHOWN = 60  # longest name or value quoted in an error message
-MAX_MESSAGE = 160  # longest schema message in an error
 
 
 @dataclass(frozen=True)
@@ -547,16 +546,6 @@ def _graph_validator() -> Any:
 def _quote(text: str) -> str:
     """A name for an error message: quoted, escaped onto one line, shortened."""
     return repr(text) if len(text) <= MAX_SHOWN else repr(text[: MAX_SHOWN - 3]) + "..."
-
-
-def _shown(value: Any) -> str:
-    """A JSON value for an error message: a scalar quoted and shortened, else its type."""
-    if isinstance(value, str):
-        return _quote(value)
-    if value is None or isinstance(value, bool | int | float):
-        text = repr(value)
-        return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
-    return type(value).__name__
 
 
 def load_graph(doc: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
