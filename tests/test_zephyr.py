@@ -282,3 +282,53 @@ def test_qemu_mux_escape_doubles_ctrl_a_only() -> None:
     assert b"\x01" in hello  # why the escape is needed: every HELLO has one
     escaped = escape_qemu_mux(hello)
     assert escaped.replace(b"\x01\x01", b"\x01") == hello
+
+
+WEST_FAILURES = [
+    ("[5/120] Building C object CMakeFiles/app.dir/src/main.c.obj\nFAILED: x.obj\n"
+     "/p/src/main.c:3:2: error: #error broken\n    3 | #error broken\n",
+     "FATAL ERROR: command exited with status 1: /usr/bin/cmake --build /p/build\n",
+     "/p/src/main.c:3:2: error: #error broken"),
+    ("", "/usr/bin/arm-none-eabi-ld: zephyr_pre0.elf section `bss' will not fit in region `RAM'\n"
+     "collect2: error: ld returned 1 exit status\nFATAL ERROR: command exited with status 1\n",
+     "/usr/bin/arm-none-eabi-ld: zephyr_pre0.elf section `bss' will not fit in region `RAM'"),
+    ("-- Board: nope\n", "CMake Error at /z/cmake/modules/boards.cmake:304 (message):\n"
+     "  Invalid BOARD; see above.\nFATAL ERROR: command exited with status 1: cmake -B build\n",
+     "CMake Error at /z/cmake/modules/boards.cmake:304 (message): Invalid BOARD; see above."),
+    ("Parsing /z/Kconfig\n", "\nwarning: FPU (defined at arch/Kconfig:1) was assigned the value "
+     "'y' but got the value 'n'.\nerror: Aborting due to Kconfig warnings\n"
+     "FATAL ERROR: command exited with status 1\n",
+     "warning: FPU (defined at arch/Kconfig:1) was assigned the value 'y' but got the value 'n'."),
+    ("", "FATAL ERROR: command exited with status 1: ninja\n",
+     "FATAL ERROR: command exited with status 1: ninja"),
+]
+
+
+@pytest.mark.parametrize(("stdout", "stderr", "expected"), WEST_FAILURES)
+def test_west_errors_name_the_real_error(stdout: str, stderr: str, expected: str) -> None:
+    from microexport.deploy.platforms.zephyr import CommandResult, _west_error
+
+    assert _west_error(CommandResult(("west", "build"), 1, stdout, stderr)) == expected
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    from microexport.deploy.platforms import Invocation
+    from microexport.deploy.platforms.zephyr import GroupProcess
+
+    pid_file = tmp_path / "grandchild.pid"
+    step = Invocation(("sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"), cwd=tmp_path,
+                      timeout=1.0, what="sleepers")
+    with pytest.raises(Error, match="^sleepers timed out after 1 s"):
+        GroupProcess(step).wait()
+    grandchild = int(pid_file.read_text())
+    deadline = __import__("time").monotonic() + 5
+    while __import__("time").monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{grandchild}/stat").read_text().split(") ")[1][0]
+        except (OSError, IndexError):
+            break  # gone
+        if state in "ZX":
+            break  # killed, not yet reaped
+        __import__("time").sleep(0.05)
+    else:
+        pytest.fail(f"sleep {grandchild} survived the timeout")

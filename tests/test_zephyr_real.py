@@ -21,6 +21,8 @@ from support import in_ci, require_program
 
 import microexport
 from microexport.deploy.platforms.zephyr import toolchain_cmake_args
+from microexport.deploy.project import create_project
+from microexport.errors import Error
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SHARED_ZEPHYR = REPOSITORY.parent / "shared" / "zephyr" / "zephyr"
@@ -37,6 +39,19 @@ def missing(message: str) -> None:
     if in_ci():
         pytest.fail(message)
     pytest.skip(message)
+
+
+def running_with(argument: str) -> list[int]:
+    """Live (not zombie) processes with `argument` in their command line."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (argument.encode() in (proc / "cmdline").read_bytes()
+                    and (proc / "stat").read_text().split(") ")[1][0] not in "ZX"):
+                found.append(int(proc.name))
+        except (OSError, IndexError):
+            continue
+    return found
 
 
 @pytest.fixture
@@ -80,3 +95,24 @@ def test_model_runs_in_zephyr_on_qemu(model: str, board: str, zephyr_env: Path,
     assert (build / "zephyr" / "zephyr.elf").is_file()
     if toolchain_cmake_args():
         assert "CONFIG_PICOLIBC_USE_TOOLCHAIN=y" in (build / "zephyr" / ".config").read_text()
+    # Nothing left behind: QEMU_PIPE is out of the CMake cache, QEMU has ended.
+    assert "QEMU_PIPE" not in (build / "CMakeCache.txt").read_text()
+    assert not running_with(str(build))
+
+
+def test_compiler_error_is_surfaced(zephyr_env: Path, tmp_path: Path) -> None:
+    """A failing `west build` names the compiler's error line and the full log, not west's
+    `FATAL ERROR: command exited with status 1`."""
+    path, _ = zoo.sine_float(tmp_path)
+    archive = tmp_path / "sine.tar"
+    microexport.compile(path, archive, name="sine")
+    opened = create_project(archive, "qemu_cortex_m3", tmp_path / "app", platform="zephyr")
+    main_c = tmp_path / "app" / "src" / "main.c"
+    main_c.write_text(main_c.read_text() + "\n#error microexport-broken-on-purpose\n")
+    with pytest.raises(Error) as failure:
+        opened.platform.build(opened.project)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert f"{main_c}:" in message and "error: #error microexport-broken-on-purpose" in message
+    assert f"full log: {tmp_path / 'app' / 'build' / 'west-build.log'}" in message
+    assert "FATAL ERROR" not in message

@@ -19,7 +19,10 @@ VID:PID in the board file, or `--port`) and talks the protocol there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -43,10 +46,17 @@ from microexport.deploy.platforms.base import (
     make_directory,
 )
 from microexport.deploy.protocol.discovery import find_board_port
-from microexport.deploy.subproc import CommandResult, exit_description, last_line
-from microexport.errors import Error
+from microexport.deploy.subproc import (
+    CommandResult,
+    debian_package,
+    exit_description,
+    last_line,
+)
+from microexport.errors import Error, MissingTool
 from microexport.model import CompiledModel
 from microexport.templating import glue_environment, render
+
+_log = logging.getLogger(__name__)
 
 SOURCE_DIR = "src"
 ZEPHYR_STACK_BASE = 2048  # main thread, protocol frames, AOT main
@@ -57,6 +67,7 @@ FLASH_OVERHEAD = 48 * 1024
 RAM_OVERHEAD = 12 * 1024
 BUILD_TIMEOUT = 1800.0
 FLASH_TIMEOUT = 300.0
+CMAKE_TIMEOUT = 300.0
 QEMU_PIPE = "qemu-fifo"  # <build>/qemu-fifo.in and .out (Zephyr's QEMU_PIPE)
 QEMU_PID_FILE = "qemu.pid"  # written by Zephyr's QEMU targets in the build directory
 PIPE_OPEN_POLL = 0.05
@@ -220,7 +231,7 @@ class ZephyrPlatform(Platform):
     def do_build(self, project: Project) -> Build:
         check_west()
         (step,) = self.do_build_plan(project)
-        result = step.execute()
+        result = GroupProcess(step).wait()
         log = project.build_dir / "west-build.log"
         log.write_text(result.stdout + result.stderr, encoding="utf-8")
         if result.returncode != 0:
@@ -241,7 +252,7 @@ class ZephyrPlatform(Platform):
     def do_flash(self, build: Build) -> None:
         check_west()
         for step in self.do_flash_plan(build):
-            result = step.execute()
+            result = GroupProcess(step).wait()
             if result.returncode != 0:
                 raise Error(f"west flash to {self.board.name} failed "
                             f"({exit_description(result.returncode)}): {_west_error(result)}")
@@ -305,8 +316,9 @@ class ZephyrPlatform(Platform):
             path = pipe.with_name(pipe.name + suffix)
             path.unlink(missing_ok=True)
             os.mkfifo(path)
+        west = GroupProcess(step)
         finished: list[CommandResult | BaseException] = []
-        worker = threading.Thread(target=lambda: finished.append(_capture(step)), daemon=True)
+        worker = threading.Thread(target=lambda: finished.append(_capture(west)), daemon=True)
         worker.start()
         timeout = self.run_timeout(options)
         port = FifoPort(pipe, deadline=time.monotonic() + BUILD_TIMEOUT, alive=worker.is_alive)
@@ -319,14 +331,65 @@ class ZephyrPlatform(Platform):
             if isinstance(failed, Error):
                 raise failed from None
             if isinstance(failed, CommandResult):  # west failed: that is the real error
+                log = build.project.build_dir / "west-run.log"
+                log.write_text(failed.stdout + failed.stderr, encoding="utf-8")
                 raise Error(f"west build -t run for {self.board.name} failed "
-                            f"({exit_description(failed.returncode)}): {_west_error(failed)}") \
-                    from None
+                            f"({exit_description(failed.returncode)}): {_west_error(failed)} "
+                            f"(full log: {log})") from None
             raise
         finally:
             port.close()
             _stop_qemu(build.project.build_dir / QEMU_PID_FILE)
             worker.join(10.0)
+            west.kill()  # whatever of west, ninja and QEMU is left
+            _forget_qemu_pipe(build.project.build_dir, self.board.name)
+
+
+class GroupProcess:
+    """An Invocation started in its own process group (session), so that a timeout or `kill`
+    ends all of it: west, the ninja it runs and the QEMU that ninja starts."""
+
+    def __init__(self, step: Invocation) -> None:
+        self.step = step
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._killed = False
+
+    def wait(self) -> CommandResult:
+        """Run to the end (or the step's timeout, which kills the group) and capture output."""
+        step = self.step
+        label = step.what or f"'{step.argv[0]}'"
+        env = {**os.environ, **dict(step.env)} if step.env else None
+        _log.info("running: %s  (in %s)", step.command_line, step.cwd)
+        with self._lock:
+            if self._killed:
+                raise Error(f"{label} was stopped before it started")
+            try:
+                self._process = subprocess.Popen(
+                    step.argv, cwd=step.cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            except FileNotFoundError:
+                raise MissingTool(step.argv[0], step.package or debian_package(step.argv[0])) \
+                    from None
+        process = self._process
+        try:
+            stdout, stderr = process.communicate(timeout=step.timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            process.communicate()
+            raise Error(f"{label} timed out after {step.timeout:g} s: "
+                        f"{shlex.join(step.argv)}") from None
+        return CommandResult(step.argv, process.returncode, stdout.decode(errors="replace"),
+                             stderr.decode(errors="replace"))
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (nothing if it has not started or has ended)."""
+        with self._lock:
+            self._killed = True
+            if self._process is None:
+                return
+            with contextlib.suppress(OSError):
+                os.killpg(self._process.pid, signal.SIGKILL)
 
 
 class FifoPort:
@@ -396,11 +459,32 @@ class FifoPort:
         self._read_fd = self._write_fd = None
 
 
-def _capture(step: Invocation) -> CommandResult | BaseException:
+def _capture(process: GroupProcess) -> CommandResult | BaseException:
     try:
-        return step.execute()
+        return process.wait()
     except BaseException as err:  # noqa: BLE001 - reported by the caller
         return err
+
+
+def _forget_qemu_pipe(build_dir: Path, board: str) -> None:
+    """Take QEMU_PIPE out of the build's CMake cache again (`cmake -UQEMU_PIPE`, which
+    reconfigures, about 5 s), so that a later `west build -t run` has its console back."""
+    cache = build_dir / "CMakeCache.txt"
+    try:
+        if "QEMU_PIPE:" not in cache.read_text(encoding="utf-8", errors="replace"):
+            return
+    except OSError:
+        return
+    step = Invocation(("cmake", "-UQEMU_PIPE", str(build_dir)), cwd=build_dir,
+                      timeout=CMAKE_TIMEOUT, what=f"cmake -UQEMU_PIPE for {board}")
+    try:
+        result = GroupProcess(step).wait()
+    except Error as err:
+        _log.warning("%s", err)
+        return
+    if result.returncode != 0:
+        _log.warning("%s failed (%s): %s; QEMU_PIPE stays in %s", step.what,
+                     exit_description(result.returncode), _west_error(result), cache)
 
 
 def _stop_qemu(pid_file: Path) -> None:
@@ -413,11 +497,37 @@ def _stop_qemu(pid_file: Path) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
+# The lines that say why a west build failed, most specific first: a compiler or linker error,
+# a CMake error (its first message line follows it), Kconfig's warning that aborted the build.
+_COMPILER_ERROR = re.compile(r":\d+(?::\d+)?: (?:fatal )?error: |: undefined reference to |"
+                             r"\bld(?:\.\w+)?: .*(?:error|cannot find|will not fit|overflowed)|"
+                             r"^collect2: error: ")
+_CMAKE_ERROR = re.compile(r"^CMake Error\b")
+_KCONFIG_ABORT = re.compile(r"^error: Aborting due to Kconfig warnings")
+_ERROR_WORD = re.compile(r"\berror\b", re.IGNORECASE)
+
+
 def _west_error(result: CommandResult) -> str:
-    for line in (result.stderr + result.stdout).splitlines():
-        if "error" in line.lower() or "FATAL" in line:
+    """The first real error line of a failed west command (compiler, linker, CMake, Kconfig),
+    rather than west's closing `FATAL ERROR: command exited with status 1`."""
+    lines = [line.rstrip() for line in (result.stdout + "\n" + result.stderr).splitlines()]
+    for line in lines:
+        if _COMPILER_ERROR.search(line):
             return line.strip()
-    return last_line(result.stderr or result.stdout) or result.command_line
+    for index, line in enumerate(lines):
+        if _CMAKE_ERROR.search(line):
+            message = next((later.strip() for later in lines[index + 1:] if later.strip()), "")
+            return f"{line.strip()} {message}".strip()
+    for index, line in enumerate(lines):
+        if _KCONFIG_ABORT.search(line):
+            warning = next((earlier.strip() for earlier in lines[:index]
+                            if earlier.startswith("warning: ") or ": warning: " in earlier), "")
+            return warning or line.strip()
+    for line in lines:
+        if _ERROR_WORD.search(line) and not line.startswith("FATAL ERROR"):
+            return line.strip()
+    fatal = next((line.strip() for line in lines if line.startswith("FATAL ERROR")), "")
+    return fatal or last_line(result.stderr or result.stdout) or result.command_line
 
 
 def _decode_inputs(model: CompiledModel, raw: Mapping[str, bytes]) -> dict[str, Any]:
