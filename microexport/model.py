@@ -371,13 +371,6 @@ class CompiledModel:
         caller's frames)."""
         return max((kernel.stack_bytes for kernel in self.kernels), default=0)
 
-    def tensor(self, name: str) -> TensorSpec:
-        """The input or output called `name`; KeyError if there is none."""
-        for spec in self.inputs + self.outputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
     # --- metadata.json ----------------------------------------------------------------------
 
     def to_metadata(self) -> dict[str, Any]:
