@@ -35,6 +35,7 @@ flash: {origin: 0x08000000, size: 1M}
 ram: {origin: 0x20000000, size: 128K}
 qemu_machine: netduinoplus2
 zephyr_board: example_m4
+zephyr_versions: ["3.7.0", "4.0.0"]
 serial: {baud: 115200, vid_pid: "0483:374b"}
 run_timeout: 30
 clock_hz: 168000000
@@ -89,6 +90,7 @@ def test_full_schema() -> None:
         ram=MemoryRegion(0x20000000, 128 * 1024),
         qemu_machine="netduinoplus2",
         zephyr_board="example_m4",
+        zephyr_versions=("3.7.0", "4.0.0"),
         serial=SerialConfig(115200, ("0483:374b",)),
         run_timeout=30.0,
         clock_hz=168_000_000,
@@ -137,6 +139,9 @@ def mutate(**changes: object) -> str:
         (mutate(cpu="cortex-m3 */ int evil; /*"), "is not a plain name"),
         (mutate(zephyr_board='x" evil'), "zephyr_board: 'x\" evil' is not a plain name"),
         (mutate(workspace_pools=[{"name": "constant"}]), "'constant'"),
+        (mutate(zephyr_versions="4.0.0"), "zephyr_versions: expected a list of Zephyr versions"),
+        (mutate(zephyr_versions=["v4.0"]), "zephyr_versions: expected a list of Zephyr versions"),
+        (mutate(zephyr_board=None), "zephyr_versions: Zephyr versions without a zephyr_board"),
         (mutate(workspace_pools=[{"name": "p\n"}]), "pool name 'p\\n'"),
         ("name: [unclosed", "invalid YAML"),
         ("- a list", "expected a YAML mapping"),
@@ -174,11 +179,13 @@ CATALOGUE = {
     "host": (("host",), None, None, None, None, None, None, None),
     "mps2_an385": (("baremetal", "zephyr"), "cortex-m3", None, "soft", (0, 4 << 20),
                    (0x20000000, 4 << 20), "mps2-an385", "mps2/an385"),
-    "mps2_an386": (("baremetal", "zephyr"), "cortex-m4", "fpv4-sp-d16", "hard", (0, 4 << 20),
-                   (0x20000000, 4 << 20), "mps2-an386", "mps2/an386"),
-    "mps2_an500": (("baremetal", "zephyr"), "cortex-m7", "fpv5-d16", "hard", (0, 4 << 20),
-                   (0x20000000, 4 << 20), "mps2-an500", "mps2/an500"),
-    "mps2_an521": (("zephyr",), "cortex-m33", "fpv5-sp-d16", "hard", (0x10000000, 4 << 20),
+    # Zephyr 4.0 has no mps2/an386 or mps2/an500 board: bare metal only.
+    "mps2_an386": (("baremetal",), "cortex-m4", "fpv4-sp-d16", "hard", (0, 4 << 20),
+                   (0x20000000, 4 << 20), "mps2-an386", None),
+    "mps2_an500": (("baremetal",), "cortex-m7", "fpv5-d16", "hard", (0, 4 << 20),
+                   (0x20000000, 4 << 20), "mps2-an500", None),
+    # Zephyr's mps2/an521/cpu0 has no FPU (only CPU1 selects CPU_HAS_FPU).
+    "mps2_an521": (("zephyr",), "cortex-m33", None, "soft", (0x10000000, 4 << 20),
                    (0x38000000, 4 << 20), "mps2-an521", "mps2/an521/cpu0"),
     "mps3_an547": (("baremetal", "zephyr"), "cortex-m55", "auto", "hard", (0x10000000, 512 << 10),
                    (0x30000000, 512 << 10), "mps3-an547", "mps3/corstone300/an547"),
@@ -212,6 +219,8 @@ def test_catalogue_is_pinned() -> None:
                 _region(board.ram), board.qemu_machine, board.zephyr_board) == (
             platforms, cpu, fpu, abi, flash, ram, machine, zephyr), name
         assert board.serial == (SerialConfig(115200, PROBES[name]) if name in PROBES else None)
+        # Every Zephyr board names its Zephyr board and the releases it was checked with.
+        assert board.zephyr_versions == (("4.0.0",) if "zephyr" in platforms else ()), name
         if "baremetal" in platforms:
             assert board.clock_hz is not None and board.compiler == "arm-none-eabi-gcc"
 
@@ -228,3 +237,22 @@ def test_cpu_flags() -> None:
 def test_board_yaml_round_trips(name: str) -> None:
     board = load_board(name)
     assert parse_board(dump_board(board), "x.yaml") == board
+
+
+ZEPHYR_TREE = Path(__file__).resolve().parent.parent.parent / "shared" / "zephyr" / "zephyr"
+
+
+@pytest.mark.parametrize("name", [n for n, row in CATALOGUE.items() if "zephyr" in row[0]])
+def test_zephyr_boards_are_true_to_zephyr(name: str) -> None:
+    """Each Zephyr board exists in the Zephyr 4.0.0 tree, and its board file claims an FPU
+    exactly when Zephyr's SoC Kconfig gives the CPU one."""
+    from microexport.deploy.platforms.zephyr import check_board_in_tree, zephyr_version
+
+    if not (ZEPHYR_TREE / "VERSION").is_file():
+        pytest.skip(f"no Zephyr tree at {ZEPHYR_TREE}")
+    assert zephyr_version(ZEPHYR_TREE) == "4.0.0"
+    board = load_board(name)
+    check_board_in_tree(board, ZEPHYR_TREE)
+    has_fpu = {"mps2/an385": False, "mps2/an521/cpu0": False, "qemu_cortex_m3": False,
+               "qemu_x86": False}.get(board.zephyr_board or "", True)
+    assert (board.fpu is not None) == has_fpu and (board.float_abi == "hard") == has_fpu, name

@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from fixture_model import fixture_files
@@ -18,7 +19,13 @@ from microexport.archive.mlf import write_archive
 from microexport.cli import main
 from microexport.deploy.boards import list_boards, load_board
 from microexport.deploy.platforms import RunOptions, Unsupported
-from microexport.deploy.platforms.zephyr import ZephyrPlatform, find_board_port, zephyr_base
+from microexport.deploy.platforms.zephyr import (
+    ZephyrPlatform,
+    find_board_port,
+    full_libc_source,
+    libm_calls,
+    zephyr_base,
+)
 from microexport.deploy.project import create_project
 from microexport.errors import Error
 from microexport.model import FunctionSignature, KernelSpec
@@ -42,7 +49,7 @@ def zephyr_project(archive: Path, board: str, directory: Path):  # noqa: ANN201
 
 
 def test_zephyr_boards_are_pinned() -> None:
-    assert ZEPHYR_BOARDS == ["mps2_an385", "mps2_an386", "mps2_an500", "mps2_an521", "mps3_an547",
+    assert ZEPHYR_BOARDS == ["mps2_an385", "mps2_an521", "mps3_an547",
                              "nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi",
                              "qemu_cortex_m3", "qemu_x86", "stm32f746g_disco"]
 
@@ -332,3 +339,87 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         __import__("time").sleep(0.05)
     else:
         pytest.fail(f"sleep {grandchild} survived the timeout")
+
+
+def fake_zephyr(root: Path, version: tuple[int, int, int] = (4, 0, 0)) -> Path:
+    """A stand-in Zephyr tree: cmake/modules, VERSION and one board (qemu_cortex_m3)."""
+    base = root / "zephyr"
+    (base / "cmake" / "modules").mkdir(parents=True)
+    major, minor, patch = version
+    (base / "VERSION").write_text(f"VERSION_MAJOR = {major}\nVERSION_MINOR = {minor}\n"
+                                  f"PATCHLEVEL = {patch}\nVERSION_TWEAK = 0\nEXTRAVERSION =\n")
+    board = base / "boards" / "qemu" / "cortex_m3"
+    board.mkdir(parents=True)
+    (board / "board.yml").write_text("board:\n  name: qemu_cortex_m3\n  vendor: qemu\n"
+                                     "  socs:\n    - name: ti_lm3s6965\n")
+    (board / "qemu_cortex_m3.yaml").write_text("identifier: qemu_cortex_m3\narch: arm\n")
+    return base
+
+
+def build_error(project: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The one-line error of `microexport build project` (exit status 2)."""
+    status = main(["build", str(project)])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_minimal_libc_without_libm_calls(archive: Path, tmp_path: Path) -> None:
+    opened = zephyr_project(archive, "qemu_cortex_m3", tmp_path / "app")
+    assert libm_calls(opened.project) == []
+    conf = (tmp_path / "app" / "prj.conf").read_text()
+    assert "CONFIG_MINIMAL_LIBC=y" in conf and "CONFIG_REQUIRES_FULL_LIBC" not in conf
+
+
+def test_libm_calls_need_a_full_libc(archive: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    if __import__("shutil").which("west") is None:
+        pytest.skip("west not installed")
+    opened = zephyr_project(archive, "qemu_cortex_m3", tmp_path / "app")
+    lib = next(p for p in opened.project.sources if p.name.endswith("_lib.c"))
+    lib.write_text(lib.read_text() + "\nfloat tvmgen_fixture_extra(float x) { return expf(x) "
+                   "+ tvmgen_fixture_sqrtf_like(x) + sqrtf (x); }\n")
+    assert libm_calls(opened.project) == ["expf", "sqrtf"]
+    conf = render_prj_conf(opened)
+    assert "CONFIG_REQUIRES_FULL_LIBC=y" in conf and "CONFIG_MINIMAL_LIBC" not in conf
+    assert "calls libm (expf, sqrtf)" in conf
+    base = fake_zephyr(tmp_path / "ws")
+    monkeypatch.setenv("ZEPHYR_BASE", str(base))
+    monkeypatch.setenv("ZEPHYR_TOOLCHAIN_VARIANT", "cross-compile")
+    monkeypatch.setenv("CROSS_COMPILE", str(tmp_path / "no-such-toolchain-"))
+    monkeypatch.delenv("ZEPHYR_MODULES", raising=False)
+    err = build_error(tmp_path / "app", capsys)
+    assert "model 'fixture' calls libm (expf, sqrtf) and needs a full C library" in err
+    assert "apt-get install picolibc-arm-none-eabi" in err and "picolibc module" in err
+    assert not (tmp_path / "app" / "build" / "west-build.log").exists()  # west never ran
+    assert full_libc_source({"ZEPHYR_TOOLCHAIN_VARIANT": "zephyr"}) == "the Zephyr SDK's picolibc"
+    (tmp_path / "ws" / "modules" / "lib" / "picolibc").mkdir(parents=True)
+    assert full_libc_source({"ZEPHYR_TOOLCHAIN_VARIANT": "cross-compile"}, base) == (
+        "Zephyr's picolibc module")
+
+
+def render_prj_conf(opened: Any) -> str:
+    """prj.conf as `create` would render it now for `opened`'s project."""
+    return opened.platform.render_sources(opened.project)["prj.conf"]
+
+
+def test_zephyr_release_and_board_are_checked_before_west(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if __import__("shutil").which("west") is None:
+        pytest.skip("west not installed")
+    zephyr_project(archive, "qemu_cortex_m3", tmp_path / "app")
+    old = fake_zephyr(tmp_path / "old", (3, 7, 0))
+    monkeypatch.setenv("ZEPHYR_BASE", str(old))
+    err = build_error(tmp_path / "app", capsys)
+    assert err == (f"microexport: error: board 'qemu_cortex_m3' was checked with Zephyr 4.0.0, "
+                   f"but ZEPHYR_BASE={old} is Zephyr 3.7.0: use a checked Zephyr release, or check "
+                   f"the board and add 3.7.0 to zephyr_versions in its board file")
+    zephyr_project(archive, "mps2_an521", tmp_path / "an521")
+    monkeypatch.setenv("ZEPHYR_BASE", str(fake_zephyr(tmp_path / "new")))
+    err = build_error(tmp_path / "an521", capsys)
+    assert "Zephyr board 'mps2/an521/cpu0' of board 'mps2_an521' does not exist in Zephyr 4.0.0" \
+        in err
+    assert not (tmp_path / "an521" / "build" / "west-build.log").exists()

@@ -20,6 +20,7 @@ import zoo
 from support import in_ci, require_program
 
 import microexport
+from microexport.deploy.boards import load_board
 from microexport.deploy.platforms.zephyr import toolchain_cmake_args
 from microexport.deploy.project import create_project
 from microexport.errors import Error
@@ -28,9 +29,10 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 SHARED_ZEPHYR = REPOSITORY.parent / "shared" / "zephyr" / "zephyr"
 CROSS_COMPILE = "/usr/bin/arm-none-eabi-"
 
-# (zoo builder, input shapes): sine_float (tflite, FULLY_CONNECTED) and cnn_onnx, whose Softmax
-# calls expf from libm.
+# Zoo builders: sine_float (tflite, FULLY_CONNECTED), whose C calls no libm function and so
+# builds with Zephyr's minimal libc, and cnn_onnx, whose Softmax calls expf and so needs picolibc.
 MODELS = {"sine_float": zoo.sine_float, "cnn_onnx": zoo.cnn_onnx}
+LIBM = {"sine_float": [], "cnn_onnx": ["expf"]}
 BOARDS = ["qemu_cortex_m3", "mps2_an521"]
 
 
@@ -93,8 +95,18 @@ def test_model_runs_in_zephyr_on_qemu(model: str, board: str, zephyr_env: Path,
     assert report.passed, report.summary()
     build = work / "build"
     assert (build / "zephyr" / "zephyr.elf").is_file()
-    if toolchain_cmake_args():
-        assert "CONFIG_PICOLIBC_USE_TOOLCHAIN=y" in (build / "zephyr" / ".config").read_text()
+    config = (build / "zephyr" / ".config").read_text()
+    conf = (work / "prj.conf").read_text()
+    if LIBM[model]:  # libm: a full libc, the toolchain's picolibc when it has one
+        assert f"calls libm ({', '.join(LIBM[model])})" in conf
+        assert "CONFIG_REQUIRES_FULL_LIBC=y" in conf and "CONFIG_PICOLIBC=y" in config
+        if toolchain_cmake_args():
+            assert "CONFIG_PICOLIBC_USE_TOOLCHAIN=y" in config
+    else:  # no libm: Zephyr's minimal libc, chosen deliberately
+        assert "CONFIG_MINIMAL_LIBC=y" in conf and "CONFIG_REQUIRES_FULL_LIBC" not in conf
+        assert "CONFIG_MINIMAL_LIBC=y" in config and "CONFIG_PICOLIBC=y" not in config
+    # The board file's FPU claim matches what Zephyr built (an521's CPU0 has none).
+    assert ("CONFIG_FPU=y" in config) == (load_board(board).fpu is not None)
     # Nothing left behind: QEMU_PIPE is out of the CMake cache, QEMU has ended.
     assert "QEMU_PIPE" not in (build / "CMakeCache.txt").read_text()
     assert not running_with(str(build))

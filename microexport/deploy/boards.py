@@ -22,6 +22,7 @@ from microexport.model import PoolSpec, pool_problem
 _SIZE = re.compile(r"^\s*(\d+)\s*([KkMm]?)\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 _VID_PID = re.compile(r"^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$")
+_ZEPHYR_VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,4}")  # as in $ZEPHYR_BASE/VERSION: 4.0.0
 # Board fields rendered into generated files (C comments, CMakeLists.txt, prj.conf, linker
 # scripts): a plain token, so no newline, quote or `*/` can reach them.
 _TOKEN = re.compile(r"[A-Za-z0-9_.+@/-]{1,128}")
@@ -65,6 +66,9 @@ class Board:
     ram: MemoryRegion | None = None
     qemu_machine: str | None = None
     zephyr_board: str | None = None
+    # Zephyr releases the board file was checked with ("4.0.0"): its zephyr_board exists there
+    # and its CPU and FPU flags match what that Zephyr builds for.
+    zephyr_versions: tuple[str, ...] = ()
     serial: SerialConfig | None = None
     run_timeout: float = DEFAULT_RUN_TIMEOUT  # seconds one inference may take
     clock_hz: int | None = None  # core clock (SysTick processor clock); QEMU instruction counts
@@ -169,6 +173,17 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _zephyr_versions(value: object, where: str, zephyr_board: str | None) -> tuple[str, ...]:
+    versions = _strings(value, where) if isinstance(value, list) else None
+    if value is not None and (versions is None
+                              or not all(_ZEPHYR_VERSION.fullmatch(v) for v in versions)):
+        raise Error(f"{where}: expected a list of Zephyr versions like [\"4.0.0\"], got "
+                    f"{str(value)[:80]!r}")
+    if versions and zephyr_board is None:
+        raise Error(f"{where}: Zephyr versions without a zephyr_board: name the Zephyr board")
+    return versions or ()
+
+
 def _optional_str(value: object, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise Error(f"{where}: expected a string or null, got {value!r}")
@@ -225,6 +240,8 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
         ram=_region(data.get("ram"), f"{origin}.ram"),
         qemu_machine=optional["qemu_machine"],
         zephyr_board=optional["zephyr_board"],
+        zephyr_versions=_zephyr_versions(data.get("zephyr_versions"), f"{origin}.zephyr_versions",
+                                         optional["zephyr_board"]),
         serial=_serial(data.get("serial"), f"{origin}.serial"),
         run_timeout=float(timeout),
         clock_hz=clock,

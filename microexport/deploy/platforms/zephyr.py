@@ -3,7 +3,8 @@
 `create` renders, from `templates/zephyr/` and the protocol's device templates:
 
     CMakeLists.txt          find_package(Zephyr ...), the model's sources as a library
-    prj.conf                console UART free for the protocol, stack and heap, FPU
+    prj.conf                console UART free for the protocol, stack and heap, FPU, libc
+                            (minimal unless the model's C calls libm: `libm_calls`)
     src/main.c              microexport_port_init + microexport_serve_forever
     src/microexport_port.h  the port interface (main.c builds without Zephyr headers)
     src/port_zephyr.c       the transport on the console UART, k_cycle_get_32 as clock
@@ -31,6 +32,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from microexport.archive.glue import interface_variables
 from microexport.deploy.platforms.base import (
@@ -134,6 +137,145 @@ def toolchain_cmake_args(environ: Mapping[str, str] | None = None) -> tuple[str,
     return ()
 
 
+def zephyr_version(base: Path) -> str | None:
+    """The release of the Zephyr tree at `base` (`4.0.0`, from its VERSION file); None if the
+    tree has no readable VERSION file."""
+    try:
+        text = (base / "VERSION").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = dict(re.findall(r"^\s*(\w+)\s*=\s*(\S*)", text, re.MULTILINE))
+    parts = [fields.get(key, "") for key in ("VERSION_MAJOR", "VERSION_MINOR", "PATCHLEVEL")]
+    return ".".join(parts) if all(part.isdigit() for part in parts) else None
+
+
+def _add_qualified(names: set[str], prefix: str, node: Mapping[str, Any]) -> None:
+    names.add(prefix)
+    for variant in node.get("variants") or []:
+        # A variant of a CPU cluster (an521's ns of cpu0) is named by the twister files.
+        if (isinstance(variant, dict) and isinstance(variant.get("name"), str)
+                and "cpucluster" not in variant):
+            _add_qualified(names, f"{prefix}/{variant['name']}", variant)
+
+
+def zephyr_board_names(base: Path, board: str) -> set[str]:
+    """The names `west build -b` takes in the tree at `base` for the Zephyr board of `board`
+    (`mps2` for `mps2/an521/cpu0`): the board, board/SoC[/variant...] from its board.yml, and
+    the identifiers of its twister files (which add CPU clusters: `mps2/an521/cpu0`). Empty
+    when the tree has no such board."""
+    wanted = board.split("/")[0]
+    names: set[str] = set()
+    for board_yml in sorted((base / "boards").rglob("board.yml")):
+        try:
+            text = board_yml.read_text(encoding="utf-8", errors="replace")
+            if wanted not in text:
+                continue
+            data = yaml.safe_load(text)
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        entries = data.get("boards") or [data.get("board")]
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict) or entry.get("name") != wanted:
+                continue
+            socs = entry.get("socs") or []
+            if len(socs) <= 1:  # a board of several SoCs needs its qualifiers
+                names.add(wanted)
+            for soc in socs:
+                if isinstance(soc, dict) and isinstance(soc.get("name"), str):
+                    _add_qualified(names, f"{wanted}/{soc['name']}", soc)
+            for twister in board_yml.parent.glob("*.yaml"):
+                with contextlib.suppress(OSError):
+                    found = re.search(r"^identifier:\s*(\S+)", twister.read_text(
+                        encoding="utf-8", errors="replace"), re.MULTILINE)
+                    if found:
+                        names.add(found.group(1))
+    return names
+
+
+def check_board_in_tree(board: Any, base: Path) -> None:
+    """Error (one line) unless the Zephyr tree at `base` is a release the board file was checked
+    with (`zephyr_versions`) and has the board's `zephyr_board`."""
+    version = zephyr_version(base)
+    checked = tuple(board.zephyr_versions)
+    if version is None:
+        _log.warning("ZEPHYR_BASE=%s has no VERSION file: cannot check board %s against it",
+                     base, board.name)
+    elif not checked:
+        _log.warning("board %s names no zephyr_versions it was checked with (Zephyr at %s is "
+                     "%s)", board.name, base, version)
+    elif version not in checked:
+        raise Error(f"board '{board.name}' was checked with Zephyr {', '.join(checked)}, but "
+                    f"ZEPHYR_BASE={base} is Zephyr {version}: use a checked Zephyr release, or "
+                    f"check the board and add {version} to zephyr_versions in its board file")
+    if (base / "boards").is_dir() and board.zephyr_board not in zephyr_board_names(
+            base, board.zephyr_board):
+        raise Error(f"Zephyr board '{board.zephyr_board}' of board '{board.name}' does not "
+                    f"exist in Zephyr {version or '(unknown version)'} at {base}: fix zephyr_board "
+                    f"in the board file (see {base}/boards)")
+
+
+# C99 <math.h> functions (double, float and long double forms): a call to one needs libm, which
+# Zephyr's minimal libc does not have.
+_LIBM_BASE = (
+    "acos", "asin", "atan", "atan2", "cos", "sin", "tan", "acosh", "asinh", "atanh", "cosh",
+    "sinh", "tanh", "exp", "exp2", "expm1", "frexp", "ilogb", "ldexp", "log", "log10", "log1p",
+    "log2", "logb", "modf", "scalbn", "scalbln", "cbrt", "fabs", "hypot", "pow", "sqrt", "erf",
+    "erfc", "lgamma", "tgamma", "ceil", "floor", "nearbyint", "rint", "lrint", "llrint", "round",
+    "lround", "llround", "trunc", "fmod", "remainder", "remquo", "copysign", "nan", "nextafter",
+    "nexttoward", "fdim", "fmax", "fmin", "fma",
+)
+LIBM_FUNCTIONS = frozenset(name + suffix for name in _LIBM_BASE for suffix in ("", "f", "l"))
+_C_CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+
+
+def libm_calls(project: Project) -> list[str]:
+    """The libm functions the model's C calls (kernel library and run wrapper), sorted; empty
+    when the model needs no libm. The C in the archive is what Zephyr compiles, so this reads
+    it rather than trusting a summary of it."""
+    found: set[str] = set()
+    for source in project.sources:
+        text = source.read_text(encoding="utf-8", errors="replace")
+        found.update(name for name in _C_CALL.findall(text) if name in LIBM_FUNCTIONS)
+    return sorted(found)
+
+
+LIBC_HELP = ("apt-get install picolibc-arm-none-eabi (the toolchain's picolibc), or add Zephyr's "
+             "picolibc module to the workspace (west update picolibc)")
+
+
+def full_libc_source(environ: Mapping[str, str] | None = None,
+                     base: Path | None = None) -> str | None:
+    """Where a Zephyr build gets a full C library (with libm) from, or None when it has none:
+    the Zephyr SDK's picolibc, the cross toolchain's picolibc, or Zephyr's picolibc module
+    (`<workspace>/modules/lib/picolibc`, or named in ZEPHYR_MODULES). Toolchain variants other
+    than the SDK, cross-compile and gnuarmemb are not checked (west reports what is missing)."""
+    environ = os.environ if environ is None else environ
+    variant = environ.get("ZEPHYR_TOOLCHAIN_VARIANT", "") or "zephyr"
+    if variant == "zephyr":
+        return "the Zephyr SDK's picolibc"
+    if variant not in ("cross-compile", "gnuarmemb"):
+        return f"the {variant} toolchain's C library (not checked)"
+    if toolchain_cmake_args(environ):
+        return "the toolchain's picolibc"
+    if "picolibc" in environ.get("ZEPHYR_MODULES", ""):
+        return "the picolibc module in ZEPHYR_MODULES"
+    if base is not None and (base.parent / "modules" / "lib" / "picolibc").is_dir():
+        return "Zephyr's picolibc module"
+    return None
+
+
+def check_libc(project: Project, base: Path, environ: Mapping[str, str] | None = None) -> None:
+    """Error (one line, saying what to install) if the model calls libm and the build has no
+    full C library; a model without libm calls builds with Zephyr's minimal libc."""
+    calls = libm_calls(project)
+    if calls and full_libc_source(environ, base) is None:
+        raise Error(f"model '{project.name}' calls libm ({', '.join(calls[:4])}) and needs a full "
+                    f"C library, but neither the toolchain nor the Zephyr workspace at "
+                    f"{base.parent} has picolibc: {LIBC_HELP}")
+
+
 def check_west() -> None:
     """MissingTool-like Error if west is not installed, or Zephyr is not set up."""
     if shutil.which("west") is None:
@@ -188,6 +330,7 @@ class ZephyrPlatform(Platform):
             "main_stack_size": self.main_stack_size(model),
             "heap_size": self.board.heap_size or 0,
             "kernel_stack_bytes": model.max_kernel_stack_bytes,
+            "libm_calls": libm_calls(project),
         }
 
     def render_sources(self, project: Project) -> dict[str, str]:
@@ -230,6 +373,9 @@ class ZephyrPlatform(Platform):
 
     def do_build(self, project: Project) -> Build:
         check_west()
+        base = zephyr_base()
+        check_board_in_tree(self.board, base)
+        check_libc(project, base)
         (step,) = self.do_build_plan(project)
         result = GroupProcess(step).wait()
         log = project.build_dir / "west-build.log"
