@@ -1,0 +1,387 @@
+"""The ONNX backend node tests as a conformance benchmark for microexport.
+
+    python bench/onnx_conformance.py [--jobs 2] [--timeout 120] [--cache DIR] [-k SUBSTRING]
+
+Generates the node tests that ship (as generators) with the installed `onnx` package into a
+cache directory (once), then runs every test through `microexport.compile` + host `run`, in
+`--jobs` worker processes with a timeout per test, and compares with the test's expected outputs
+at the suite's tolerances (rtol 1e-3, atol 1e-7). Each test ends in one category:
+
+- `pass`;
+- `wrong result` (an output differs in shape, dtype class or values);
+- `error: <class>`: a one-line `microexport.errors` error (the expected way to refuse);
+- `C compile error`: the generated C does not build with the host gcc;
+- `run error`: the built program fails;
+- `traceback`: any other exception (a bug);
+- `timeout`.
+
+The summary goes to the "ONNX conformance" section of bench/RESULTS.md (`--no-write` prints it
+only); every result is kept as JSON in the cache directory (`results.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "microexport-onnx-node-tests"
+RTOL, ATOL = 1e-3, 1e-7
+SECTION_BEGIN = "<!-- onnx-conformance:begin -->"
+SECTION_END = "<!-- onnx-conformance:end -->"
+
+PASS = "pass"
+WRONG = "wrong result"
+COMPILE_ERROR = "C compile error"
+RUN_ERROR = "run error"
+TRACEBACK = "traceback"
+TIMEOUT = "timeout"
+ERROR_PREFIX = "error: "
+
+
+def generate(cache: Path) -> Path:
+    """Write the onnx package's node tests to `cache/node` (once) and return that directory."""
+    node_dir = cache / "node"
+    stamp = cache / "generated.stamp"
+    if stamp.is_file() and node_dir.is_dir():
+        return node_dir
+    import onnx.backend.test.case.model as model_test
+    import onnx.backend.test.case.node as node_test
+    from onnx.backend.test import cmd_tools
+
+    cache.mkdir(parents=True, exist_ok=True)
+    original = model_test.collect_testcases
+    model_test.collect_testcases = node_test.collect_testcases  # the writer takes any cases
+    try:
+        cmd_tools.generate_data(argparse.Namespace(output=str(cache)))
+    finally:
+        model_test.collect_testcases = original
+    import onnx
+
+    stamp.write_text(f"onnx {onnx.__version__}\n", encoding="utf-8")
+    return node_dir
+
+
+def test_dirs(node_dir: Path, pattern: str | None = None) -> list[Path]:
+    """The test directories (those with a model.onnx), sorted, optionally filtered by a
+    substring of the name."""
+    dirs = sorted(p.parent for p in node_dir.glob("*/model.onnx"))
+    return [d for d in dirs if pattern is None or pattern in d.name]
+
+
+# --------------------------------------------------------------------------------------------
+# one test
+# --------------------------------------------------------------------------------------------
+
+
+def read_tensor(path: Path) -> Any:
+    """A TensorProto .pb file as a numpy array."""
+    import onnx
+    from onnx import numpy_helper
+
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(path.read_bytes())
+    return numpy_helper.to_array(tensor)
+
+
+def test_data(test_dir: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The inputs (graph input name → array) and expected outputs (name, array) of data set 0."""
+    import onnx
+
+    model = onnx.load(str(test_dir / "model.onnx"), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    data = test_dir / "test_data_set_0"
+    inputs = {
+        value.name: read_tensor(data / f"input_{i}.pb")
+        for i, value in enumerate(model.graph.input)
+        if value.name not in weights and (data / f"input_{i}.pb").is_file()
+    }
+    outputs = [(value.name, read_tensor(data / f"output_{i}.pb"))
+               for i, value in enumerate(model.graph.output)]
+    return inputs, outputs
+
+
+def compare(got: Any, want: Any) -> str | None:
+    """Why `got` does not match `want` at the suite's tolerances, or None."""
+    import numpy as np
+
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return f"shape {got.shape} != expected {want.shape}"
+    if want.dtype.kind in "OUS" or want.dtype == bool or got.dtype == bool:
+        return None if np.array_equal(got, want) else "values differ"
+    try:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                                   rtol=RTOL, atol=ATOL, equal_nan=True)
+    except AssertionError:
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        return f"max abs error {np.nanmax(diff) if diff.size else 0:.3g}"
+    return None
+
+
+def run_one(test_dir: Path) -> dict[str, Any]:
+    """Compile + host run one node test; its result record (name, status, detail)."""
+    import microexport
+    from microexport.errors import Error
+
+    name = test_dir.name
+    started = time.monotonic()
+
+    def result(status: str, detail: str = "") -> dict[str, Any]:
+        return {"name": name, "status": status, "detail": detail[:400],
+                "seconds": round(time.monotonic() - started, 2)}
+
+    with tempfile.TemporaryDirectory(prefix="onnx-conf-") as tmp:
+        try:
+            compiled = microexport.compile(test_dir / "model.onnx", Path(tmp) / "model.tar",
+                                           name="model")
+            inputs, expected = test_data(test_dir)
+            specs = {spec.name for spec in compiled.model.inputs}
+            got = microexport.run(compiled.archive, {k: v for k, v in inputs.items()
+                                                     if k in specs},
+                                  build_dir=Path(tmp) / "build")
+        except Error as err:
+            message = err.one_line()
+            if message.startswith("compiling ") and " for host failed" in message:
+                return result(COMPILE_ERROR, message)
+            if message.startswith("running ") and " on host failed" in message:
+                return result(RUN_ERROR, message)
+            return result(ERROR_PREFIX + type(err).__name__, message)
+        except Exception as err:  # noqa: BLE001 - a traceback is what this benchmark counts
+            frames = traceback.extract_tb(err.__traceback__)
+            where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+            text = " ".join(str(err).split())
+            return result(TRACEBACK, f"{type(err).__name__} at {where}: {text}")
+    for out_name, want in expected:
+        if out_name not in got:
+            return result(WRONG, f"output '{out_name}' missing")
+        why = compare(got[out_name], want)
+        if why is not None:
+            return result(WRONG, f"output '{out_name}': {why}")
+    return result(PASS)
+
+
+# --------------------------------------------------------------------------------------------
+# the worker pool (a timeout kills and replaces the worker)
+# --------------------------------------------------------------------------------------------
+
+
+def _worker(conn: Connection) -> None:
+    import logging
+    import os
+
+    logging.disable(logging.CRITICAL)
+    devnull = os.open(os.devnull, os.O_WRONLY)  # TVM and gcc chatter on fd 2
+    os.dup2(devnull, 2)
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        try:
+            conn.send(run_one(Path(task)))
+        except BaseException as err:  # noqa: BLE001 - report, never die silently
+            conn.send({"name": Path(task).name, "status": TRACEBACK,
+                       "detail": f"{type(err).__name__} in the harness: {err}"[:400],
+                       "seconds": 0})
+
+
+class _Slot:
+    """One worker process with its pipe and current task."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.task: Path | None = None
+        self.started = 0.0
+
+    def give(self, task: Path) -> None:
+        self.task, self.started = task, time.monotonic()
+        self.conn.send(str(task))
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True
+            ) -> list[dict[str, Any]]:
+    """Run `tests` in `jobs` workers; a test running longer than `timeout` s is a timeout."""
+    ctx = multiprocessing.get_context("spawn")
+    pending = list(reversed(tests))
+    slots = [_Slot(ctx) for _ in range(max(1, min(jobs, len(tests))))]
+    results: list[dict[str, Any]] = []
+
+    def record(res: dict[str, Any]) -> None:
+        results.append(res)
+        if progress:
+            print(f"[{len(results)}/{len(tests)}] {res['name']}: {res['status']} "
+                  f"{res['detail'][:120]}", flush=True)
+
+    for slot in slots:
+        if pending:
+            slot.give(pending.pop())
+    while any(slot.task is not None for slot in slots):
+        busy = [slot for slot in slots if slot.task is not None]
+        ready = wait([slot.conn for slot in busy], timeout=1.0)
+        for i, slot in enumerate(slots):
+            if slot.task is None:
+                continue
+            if slot.conn in ready:
+                try:
+                    res = slot.conn.recv()
+                except EOFError:  # the worker died (a crash inside TVM)
+                    res = {"name": slot.task.name, "status": TRACEBACK,
+                           "detail": f"worker died (exit code {slot.process.exitcode})",
+                           "seconds": round(time.monotonic() - slot.started, 2)}
+                    slot.kill()
+                    slots[i] = slot = _Slot(ctx)
+                record(res)
+            elif time.monotonic() - slot.started > timeout:
+                record({"name": slot.task.name, "status": TIMEOUT,
+                        "detail": f"more than {timeout:g} s", "seconds": timeout})
+                slot.kill()
+                slots[i] = slot = _Slot(ctx)
+            else:
+                continue
+            slot.task = None
+            if pending:
+                slot.give(pending.pop())
+    for slot in slots:
+        slot.conn.send(None)
+        slot.process.join(timeout=10)
+        if slot.process.is_alive():
+            slot.kill()
+    return sorted(results, key=lambda r: r["name"])
+
+
+# --------------------------------------------------------------------------------------------
+# the summary
+# --------------------------------------------------------------------------------------------
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"\b\d+(\.\d+)?\b")
+_PATH = re.compile(r"/\S+")
+
+
+def message_class(detail: str) -> str:
+    """`detail` with names, paths and numbers blanked, to group similar failures."""
+    text = _PATH.sub("<path>", detail)
+    text = _QUOTED.sub("'…'", text)
+    text = _NUMBER.sub("N", text)
+    return text[:110]
+
+
+def summary(results: list[dict[str, Any]], seconds: float, jobs: int) -> str:
+    """The markdown section for bench/RESULTS.md."""
+    import onnx
+
+    total = len(results)
+    by_status = Counter(r["status"] for r in results)
+    passed = by_status.get(PASS, 0)
+    lines = [
+        "## ONNX conformance: the backend node tests through compile + host run",
+        "",
+        f"`python bench/onnx_conformance.py --jobs {jobs}` (onnx {onnx.__version__}: "
+        f"{total} node tests as they come, no input frozen; rtol {RTOL:g}, atol {ATOL:g}; "
+        f"{seconds / 60:.0f} min on 2 shared cores)",
+        "",
+        f"**{passed} / {total} pass ({100 * passed / max(total, 1):.1f}%)**; "
+        f"tracebacks: {by_status.get(TRACEBACK, 0)}, C compile errors: "
+        f"{by_status.get(COMPILE_ERROR, 0)}, wrong results: {by_status.get(WRONG, 0)}, "
+        f"timeouts: {by_status.get(TIMEOUT, 0)}.",
+        "",
+        "| result | tests |",
+        "|---|---|",
+    ]
+    lines += [f"| {status} | {count} |" for status, count in by_status.most_common()]
+    errors = Counter(
+        f"{r['status'].removeprefix(ERROR_PREFIX)}: {message_class(r['detail'])}"
+        for r in results if r["status"].startswith(ERROR_PREFIX)
+    )
+    lines += ["", "One-line errors, most frequent first (names and numbers blanked):", "",
+              "| tests | error |", "|---|---|"]
+    lines += [f"| {count} | {text.replace('|', '/')} |" for text, count in errors.most_common(25)]
+    if len(errors) > 25:
+        rest = sum(count for _, count in errors.most_common()[25:])
+        lines.append(f"| {rest} | ({len(errors) - 25} other messages) |")
+    for status in (TRACEBACK, COMPILE_ERROR, RUN_ERROR, WRONG, TIMEOUT):
+        failed = [r for r in results if r["status"] == status]
+        if not failed:
+            continue
+        lines += ["", f"{status} ({len(failed)}):", ""]
+        lines += [f"- `{r['name']}`: {r['detail'][:160].replace('|', '/')}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path = RESULTS_MD) -> None:
+    """Replace (or append) the ONNX-conformance section of bench/RESULTS.md."""
+    current = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
+    block = f"{SECTION_BEGIN}\n{text}{SECTION_END}\n"
+    if SECTION_BEGIN in current and SECTION_END in current:
+        head, rest = current.split(SECTION_BEGIN, 1)
+        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
+        current = head + block + ("\n" + tail if tail else "")
+    else:
+        current = current.rstrip("\n") + "\n\n" + block
+    path.write_text(current, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per test")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help=f"where the generated tests live (default {DEFAULT_CACHE})")
+    parser.add_argument("-k", dest="pattern", help="only tests whose name contains this")
+    parser.add_argument("--rerun", metavar="STATUS", action="append", default=[],
+                        help="only the tests of the last results.json with this status "
+                             "(repeatable; 'error' matches every one-line error)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the summary instead of writing bench/RESULTS.md")
+    parser.add_argument("--quiet", action="store_true", help="no line per test")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    node_dir = generate(args.cache)
+    tests = test_dirs(node_dir, args.pattern)
+    results_json = args.cache / "results.json"
+    previous: dict[str, dict[str, Any]] = {}
+    if results_json.is_file():
+        previous = {r["name"]: r for r in json.loads(results_json.read_text(encoding="utf-8"))}
+    if args.rerun:
+        def wanted(status: str) -> bool:
+            return any(status == s or (s == "error" and status.startswith(ERROR_PREFIX))
+                       for s in args.rerun)
+        tests = [t for t in tests if t.name in previous and wanted(previous[t.name]["status"])]
+    started = time.monotonic()
+    results = run_all(tests, args.jobs, args.timeout, progress=not args.quiet)
+    seconds = time.monotonic() - started
+    merged = {**previous, **{r["name"]: r for r in results}}
+    results_json.write_text(json.dumps(sorted(merged.values(), key=lambda r: r["name"]),
+                                       indent=1), encoding="utf-8")
+    partial = bool(args.pattern or args.rerun)
+    text = summary(results if partial else list(merged.values()), seconds, args.jobs)
+    if args.no_write or partial:
+        print(text)
+    else:
+        write_section(text)
+        print(text.split("\n\n")[2])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
