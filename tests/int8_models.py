@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from tests.zoo import Inputs, TfliteWriter, _schema
+from zoo import Inputs, TfliteWriter, _schema
 
 AEQ_VERSION = "0.10.0"
 SIGNATURE_KEY = "serving_default"
@@ -394,8 +394,14 @@ class FloatNet:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the quantizer's progress report and LiteRT's native log lines."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    """Silence the quantizer's progress report and LiteRT's warning that keeping every tensor
+    (which calibration needs) is meant for debugging."""
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", UserWarning)
         yield
 
 
@@ -404,11 +410,12 @@ def float_ranges(float_path: Path, calibration: list[Inputs]) -> dict[str, tuple
     reference kernels, all tensors preserved, state reset before each sample)."""
     from ai_edge_litert import interpreter as litert
 
-    interpreter = litert.Interpreter(
-        model_path=str(float_path),
-        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF,
-        experimental_preserve_all_tensors=True,
-    )
+    with _quiet():
+        interpreter = litert.Interpreter(
+            model_path=str(float_path),
+            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF,
+            experimental_preserve_all_tensors=True,
+        )
     interpreter.allocate_tensors()
     runner = interpreter.get_signature_runner(SIGNATURE_KEY)
     details = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
@@ -425,6 +432,21 @@ def float_ranges(float_path: Path, calibration: list[Inputs]) -> dict[str, tuple
     return ranges
 
 
+def aeq_quantize(float_path: Path, calibration: list[Inputs], activations: int = 8) -> bytes:
+    """ai-edge-quantizer's own output for `float_path`: the `static_wi8_ai8` recipe (or, with
+    `activations=16`, `static_wi8_ai16`), calibrated on `calibration` (a list of
+    signature-input dicts)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    with _quiet():
+        qt = quantizer.Quantizer(str(float_path))
+        qt.load_quantization_recipe(
+            recipe.static_wi8_ai8() if activations == 8 else recipe.static_wi8_ai16()
+        )
+        qsvs = qt.calibrate({SIGNATURE_KEY: calibration}, num_threads=1)
+        return bytes(qt.quantize(qsvs, enable_progress_report=False).quantized_model)
+
+
 def quantize(
     float_path: Path,
     out_path: Path,
@@ -432,25 +454,15 @@ def quantize(
     activations: int = 8,
     lstm_cell: dict[str, float] | None = None,
 ) -> Path:
-    """Fully quantize `float_path` with ai-edge-quantizer's `static_wi8_ai8` (or, with
-    `activations=16`, `static_wi8_ai16`) recipe, calibrated on `calibration` (a list of
-    signature-input dicts); operators it leaves float become integer ones (see
-    `_integerize_float_islands`; `lstm_cell` gives the float model's max |cell state| per LSTM
-    output name). Writes the quantized model to `out_path`."""
-    from ai_edge_quantizer import quantizer, recipe
-
-    qt = quantizer.Quantizer(str(float_path))
-    qt.load_quantization_recipe(
-        recipe.static_wi8_ai8() if activations == 8 else recipe.static_wi8_ai16()
-    )
-    with _quiet():
-        qsvs = qt.calibrate({SIGNATURE_KEY: calibration}, num_threads=1)
-        quantized = qt.quantize(qsvs, enable_progress_report=False).quantized_model
-    model = read_model_bytes(bytes(quantized))
+    """Fully quantize `float_path` with `aeq_quantize`; operators the quantizer leaves float
+    become integer ones (see `_integerize_float_islands`; `lstm_cell` gives the float model's
+    max |cell state| per LSTM output name). Writes the quantized model to `out_path`."""
+    quantized = aeq_quantize(float_path, calibration, activations)
+    model = read_model_bytes(quantized)
     if _integerize_float_islands(model, float_ranges(float_path, calibration), lstm_cell or {}):
         out_path.write_bytes(pack_model(model))
     else:  # the quantizer's own bytes, untouched
-        out_path.write_bytes(bytes(quantized))
+        out_path.write_bytes(quantized)
     return out_path
 
 
