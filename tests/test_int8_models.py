@@ -190,6 +190,21 @@ def test_lstm_is_laid_out_as_the_tflite_converter_does(built: Callable) -> None:
     assert len(op.intermediates) == 5
 
 
+def test_lstm_litert_agrees_with_tflm(built: Callable) -> None:
+    """LiteRT's integer LSTM kernel (a different implementation, which reads the converter's
+    intermediates) computes what TFLM computes from the hand-laid-out LSTM (off by at most 1)."""
+    require_module("ai_edge_litert", "tflite")
+    from ai_edge_litert import interpreter as litert
+
+    path, inputs = built("lstm_int8")
+    interpreter = litert.Interpreter(
+        model_path=str(path), experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF
+    )
+    got = interpreter.get_signature_runner(SIGNATURE_KEY)(**inputs)
+    for key, value in tflm_reference(path, inputs).items():
+        assert np.abs(got[key].astype(np.int32) - value.astype(np.int32)).max() <= 1
+
+
 def test_quantizer_leaves_lstm_float(built: Callable) -> None:
     """Why `lstm_int8` quantizes its LSTM itself: ai-edge-quantizer (the pinned version) keeps
     UNIDIRECTIONAL_SEQUENCE_LSTM float between a DEQUANTIZE and a QUANTIZE (its recipe has no
