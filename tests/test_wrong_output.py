@@ -1,0 +1,240 @@
+"""Regression tests for a silent wrong answer (issue 11, point 1).
+
+A reduction (MAX_POOL_2D) whose consumer is a channel PAD inlined into an ADD: the epilogue fusion
+in `schedules.py` moved the ADD under the pool's loops, whose channel loop only spans the pool's C
+channels, so output channels C..2C-1 were never written. Models of that shape are checked against
+LiteRT (TFLite Micro cannot run float16 DEQUANTIZE) on the host and bare metal in QEMU, and every
+scheduled block is checked to still run over its whole iteration domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm_ffi
+from support import require_module, require_program
+from zoo import TfliteWriter
+
+import microexport
+from microexport.api import import_model
+from microexport.archive.mlf import read_model
+from microexport.compiler.lower import check_target, lower, relax_pipeline
+from microexport.compiler.plan import live_intervals
+from microexport.compiler.schedules import covers_iteration_domain, schedule_for_c
+from microexport.deploy.boards import load_board
+from microexport.deploy.compare import compare
+from microexport.deploy.platforms import get_platform
+from microexport.deploy.reference import run_reference
+
+Inputs = dict[str, np.ndarray]
+QEMU_BOARD = "mps2_an385"
+
+
+def _float16(writer: TfliteWriter, name: str, values: np.ndarray) -> int:
+    """A float32 tensor computed by DEQUANTIZE from float16 constant `values`."""
+    half = writer.tensor(f"{name}_f16", values.shape, "float16", values.astype(np.float16))
+    full = writer.tensor(name, values.shape, "float32")
+    writer.operator("DEQUANTIZE", [half], [full])
+    return full
+
+
+def maxpool_pad_add(directory: Path) -> tuple[Path, Inputs]:
+    """The three-operator reproducer: x[1,8,8,4] → MAX_POOL_2D 2x2/2 → PAD channels 4→8 → ADD
+    y[1,4,4,8] → out."""
+    writer = TfliteWriter()
+    x = writer.tensor("x", (1, 8, 8, 4), "float32")
+    y = writer.tensor("y", (1, 4, 4, 8), "float32")
+    widths = writer.tensor("paddings", (4, 2), "int32",
+                           np.array([[0, 0], [0, 0], [0, 0], [0, 4]], np.int32))
+    pooled = writer.tensor("pooled", (1, 4, 4, 4), "float32")
+    padded = writer.tensor("padded", (1, 4, 4, 8), "float32")
+    out = writer.tensor("out", (1, 4, 4, 8), "float32")
+    writer.operator("MAX_POOL_2D", [x], [pooled], writer.options(
+        "Pool2DOptions", padding=1, strideW=2, strideH=2, filterWidth=2, filterHeight=2))
+    writer.operator("PAD", [pooled, widths], [padded], writer.options("PadOptions"))
+    writer.operator("ADD", [padded, y], [out], writer.options("AddOptions"))
+    path = writer.write(Path(directory) / "maxpool_pad_add.tflite", [x, y], [out])
+    rng = np.random.default_rng(1234)
+    return path, {"x": rng.standard_normal((1, 8, 8, 4)).astype(np.float32),
+                  "y": rng.standard_normal((1, 4, 4, 8)).astype(np.float32)}
+
+
+def face_detector(directory: Path) -> tuple[Path, Inputs]:
+    """A small float detector shaped like the model the bug was found on: float16 weights behind
+    DEQUANTIZE, convs and depthwise convs, a spatial PAD before a stride-2 depthwise, a MAX_POOL_2D
+    + channel PAD shortcut added to the conv branch (with RELU), and two heads per feature map
+    reshaped and concatenated into two outputs (regressors [1,160,4], classificators [1,160,1])."""
+    rng = np.random.default_rng(11)
+    writer = TfliteWriter()
+
+    def weights(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.4).astype(np.float32)
+
+    def conv(name: str, source: int, shape: tuple[int, ...], cin: int, cout: int, kernel: int,
+             stride: int = 1, relu: bool = False) -> int:
+        w = _float16(writer, f"{name}_w", weights(cout, kernel, kernel, cin))
+        b = writer.tensor(f"{name}_b", (cout,), "float32", weights(cout))
+        out = writer.tensor(name, shape, "float32")
+        writer.operator("CONV_2D", [source, w, b], [out], writer.options(
+            "Conv2DOptions", padding=0, strideW=stride, strideH=stride,
+            fusedActivationFunction=1 if relu else 0, dilationWFactor=1, dilationHFactor=1))
+        return out
+
+    def depthwise(name: str, source: int, shape: tuple[int, ...], channels: int, stride: int,
+                  padding: int) -> int:
+        w = _float16(writer, f"{name}_w", weights(1, 3, 3, channels))
+        b = writer.tensor(f"{name}_b", (channels,), "float32", weights(channels))
+        out = writer.tensor(name, shape, "float32")
+        writer.operator("DEPTHWISE_CONV_2D", [source, w, b], [out], writer.options(
+            "DepthwiseConv2DOptions", padding=padding, strideW=stride, strideH=stride,
+            depthMultiplier=1, dilationWFactor=1, dilationHFactor=1))
+        return out
+
+    def pad(name: str, source: int, shape: tuple[int, ...], widths: list[list[int]]) -> int:
+        paddings = writer.tensor(f"{name}_widths", (4, 2), "int32", np.array(widths, np.int32))
+        out = writer.tensor(name, shape, "float32")
+        writer.operator("PAD", [source, paddings], [out], writer.options("PadOptions"))
+        return out
+
+    def add_relu(name: str, a: int, b: int, shape: tuple[int, ...]) -> int:
+        out = writer.tensor(name, shape, "float32")
+        writer.operator("ADD", [a, b], [out],
+                        writer.options("AddOptions", fusedActivationFunction=1))
+        return out
+
+    def head(name: str, source: int, grid: int, cin: int, values: int) -> int:
+        out = conv(name, source, (1, grid, grid, values), cin, values, 1)
+        shape = writer.tensor(f"{name}_shape", (3,), "int32",
+                              np.array([1, grid * grid, values], np.int32))
+        flat = writer.tensor(f"{name}_flat", (1, grid * grid, values), "float32")
+        writer.operator("RESHAPE", [out, shape], [flat],
+                        writer.options("ReshapeOptions", newShape=[1, grid * grid, values]))
+        return flat
+
+    def concat(name: str, parts: list[int], shape: tuple[int, ...]) -> int:
+        out = writer.tensor(name, shape, "float32")
+        writer.operator("CONCATENATION", parts, [out],
+                        writer.options("ConcatenationOptions", axis=1))
+        return out
+
+    image = writer.tensor("image", (1, 16, 16, 3), "float32")
+    stem = conv("stem", image, (1, 8, 8, 8), 3, 8, 3, stride=2, relu=True)
+    # residual block at 8x8: depthwise + pointwise, added to its input
+    dw1 = depthwise("dw1", stem, (1, 8, 8, 8), 8, 1, padding=0)
+    pw1 = conv("pw1", dw1, (1, 8, 8, 8), 8, 8, 1)
+    feature_a = add_relu("block1", pw1, stem, (1, 8, 8, 8))
+    # downsampling block to 4x4 and 16 channels: the shortcut is MAX_POOL_2D + channel PAD
+    padded = pad("spatial_pad", feature_a, (1, 9, 9, 8), [[0, 0], [0, 1], [0, 1], [0, 0]])
+    dw2 = depthwise("dw2", padded, (1, 4, 4, 8), 8, 2, padding=1)
+    pw2 = conv("pw2", dw2, (1, 4, 4, 16), 8, 16, 1)
+    pooled = writer.tensor("pooled", (1, 4, 4, 8), "float32")
+    writer.operator("MAX_POOL_2D", [feature_a], [pooled], writer.options(
+        "Pool2DOptions", padding=1, strideW=2, strideH=2, filterWidth=2, filterHeight=2))
+    shortcut = pad("channel_pad", pooled, (1, 4, 4, 16), [[0, 0], [0, 0], [0, 0], [0, 8]])
+    feature_b = add_relu("block2", pw2, shortcut, (1, 4, 4, 16))
+    regressors = concat("regressors", [head("reg_a", feature_a, 8, 8, 4),
+                                       head("reg_b", feature_b, 4, 16, 4)], (1, 160, 4))
+    classificators = concat("classificators", [head("cls_a", feature_a, 8, 8, 1),
+                                               head("cls_b", feature_b, 4, 16, 1)], (1, 160, 1))
+    path = writer.write(Path(directory) / "face_detector.tflite", [image],
+                        [regressors, classificators])
+    return path, {"image": np.random.default_rng(12).uniform(-1, 1, (1, 16, 16, 3))
+                  .astype(np.float32)}
+
+
+MODELS: dict[str, Callable[[Path], tuple[Path, Inputs]]] = {
+    "maxpool_pad_add": maxpool_pad_add,
+    "face_detector": face_detector,
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Callable:
+    """`compiled(name)` → (archive, model path, inputs, LiteRT outputs), once per module."""
+    require_module("ai_edge_litert", "tflite")
+    directory = tmp_path_factory.mktemp("wrong-output")
+    cache: dict[str, tuple[Path, Path, Inputs, list[np.ndarray]]] = {}
+
+    def get(name: str) -> tuple[Path, Path, Inputs, list[np.ndarray]]:
+        if name not in cache:
+            path, inputs = MODELS[name](directory)
+            runtime, expected = run_reference(path, inputs, runtime="litert")
+            assert runtime == "litert"
+            result = microexport.compile(path, directory / f"{name}.tar", name=name)
+            cache[name] = (result.archive, path, inputs, expected)
+        return cache[name]
+
+    return get
+
+
+def _check(name: str, got: dict[str, np.ndarray], expected: list[np.ndarray], where: str) -> None:
+    assert len(got) == len(expected)
+    for (out_name, value), want in zip(got.items(), expected, strict=True):
+        result = compare(out_name, value, want)
+        assert result.passed, (f"{name}/{out_name} on {where} vs litert: "
+                               f"max abs err {result.max_abs_error}")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_matches_litert_on_host(name: str, compiled: Callable) -> None:
+    archive, _, inputs, expected = compiled(name)
+    _check(name, microexport.run(archive, inputs), expected, "host")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_matches_litert_bare_metal_in_qemu(name: str, compiled: Callable,
+                                           tmp_path: Path) -> None:
+    require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    require_program("qemu-system-arm", "qemu-system-arm")
+    archive, _, inputs, expected = compiled(name)
+    result = get_platform(load_board(QEMU_BOARD)).execute_archive(archive, inputs, tmp_path)
+    _check(name, result.outputs, expected, QEMU_BOARD)
+
+
+def test_face_detector_reuses_memory(compiled: Callable) -> None:
+    """The larger model exercises buffer reuse, where unwritten elements used to show stale
+    bytes of an earlier tensor: its workspace is smaller than its intermediates side by side."""
+    archive, path, _, _ = compiled("face_detector")
+    lowered = lower(import_model(path))
+    intervals, _ = live_intervals(lowered.schedule, lowered.scratch)
+    workspace = read_model(archive).memory.workspace_bytes
+    assert 0 < workspace < sum(interval.nbytes for interval in intervals)
+
+
+def _kernels(path: Path) -> dict[str, object]:
+    """The block-level kernels of a model after Relax fusion, before our schedule."""
+    with check_target("c"):
+        fused = relax_pipeline()(import_model(path).mod)
+    return {gv.name_hint: func for gv, func in fused.functions.items()
+            if gv.name_hint != "main" and hasattr(func, "body")}
+
+
+def _block_names(func: object) -> list[str]:
+    from tvm import s_tir
+
+    names: list[str] = []
+
+    def visit(block: s_tir.SBlock, visitor: object) -> None:
+        names.append(block.name_hint)
+        visitor.default_visit(block)  # type: ignore[attr-defined]
+
+    tvm_ffi.structural_visit(func.body, (s_tir.SBlock, visit))  # type: ignore[attr-defined]
+    return [name for name in names if name != "root"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_scheduled_block_covers_its_domain(name: str, compiled: Callable) -> None:
+    """Structural check of the fix: after `schedule_for_c`, every block of every kernel runs over
+    its whole iteration domain, and the pool + pad + add kernel is among them."""
+    from tvm import s_tir
+
+    _, path, _, _ = compiled(name)
+    kernels = _kernels(path)
+    assert any("max_pool2d" in kernel and "pad" in kernel for kernel in kernels), kernels
+    for kernel, func in kernels.items():
+        sch = s_tir.Schedule(schedule_for_c(func))
+        for block in _block_names(sch.mod["main"]):
+            assert covers_iteration_domain(sch, sch.get_sblock(block)), f"{kernel}: {block}"
