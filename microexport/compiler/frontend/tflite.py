@@ -1,13 +1,12 @@
 """TFLite → Relax with TVM's Relax TFLite frontend.
 
-Fully int8-quantized models import as dequantize → float op → quantize (QDQ). Two local
-adjustments, made through the frontend's `op_converter` hook:
+Adjustments, made through the frontend's `op_converter` hook:
 
+- quantized operators (int8/int16 activations) are imported as integer kernels by
+  `tflite_integer` (bit-exact with TFLite Micro), not as dequantize → float op → quantize;
 - every operator converter is wrapped so that a failure names the TFLite operator;
 - FULLY_CONNECTED flattens an input of rank > 2 (as TFLite does); the stock converter
-  passes it to matmul as is and fails;
-- quantized AVERAGE_POOL_2D rounds to nearest like TFLite (Micro) does: the stock converter
-  averages in int32, which truncates toward zero and biases every pooled value downward.
+  passes it to matmul as is and fails.
 
 The flatbuffer is read lazily by the `tflite` package, so a corrupt or truncated file would fail
 anywhere it is first touched; `_verify` walks every table the import reads (with index range
@@ -34,6 +33,7 @@ from microexport.compiler.frontend.common import (
     require,
     resolve_shape,
 )
+from microexport.compiler.frontend.tflite_integer import INTEGER_OPERATORS, is_integer_operator
 from microexport.errors import Error, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
@@ -324,8 +324,10 @@ def _converter_class() -> type:
     class Converter(OperatorConverter):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.convert_map["AVERAGE_POOL_2D"] = self._average_pool2d
             self.convert_map["FULLY_CONNECTED"] = self._fully_connected
+            for name, integer in INTEGER_OPERATORS.items():
+                self.convert_map[name] = self._integer_or_stock(
+                    name, integer, self.convert_map.get(name))
             self.convert_map = {
                 name: self._named(name, convert) for name, convert in self.convert_map.items()
             }
@@ -345,6 +347,18 @@ def _converter_class() -> type:
 
             return call
 
+        def _integer_or_stock(self, name: str, integer: Any, stock: Any) -> Any:
+            """The integer converter for quantized instances of `name`, TVM's otherwise."""
+
+            def convert(op: Any) -> Any:
+                if is_integer_operator(self, op):
+                    return integer(self, op)
+                if stock is None:
+                    raise NotImplementedError(f"{name} is supported only quantized (int8)")
+                return stock(op=op)
+
+            return convert
+
         def _fully_connected(self, op: Any) -> Any:
             """FULLY_CONNECTED, flattening an input of rank > 2 to (-1, inputs) as TFLite does
             without keep_num_dims (the stock converter feeds it to matmul unflattened)."""
@@ -362,11 +376,6 @@ def _converter_class() -> type:
             finally:
                 self.exp_tab.set_expr(name, original, force_override=True)
 
-        def _average_pool2d(self, op: Any) -> Any:
-            if self.get_input_tensors(op)[0].qnn_params is None:
-                return self.convert_pool2d(op, pool_type="average")
-            return _quantized_average_pool2d(self, op)
-
     return Converter
 
 
@@ -379,53 +388,3 @@ def _keep_num_dims(op: Any) -> bool:
     options = FullyConnectedOptions()
     options.Init(table.Bytes, table.Pos)
     return bool(options.KeepNumDims())
-
-
-def _pool_params(converter: Any, op: Any) -> tuple[dict[str, Any], int]:
-    """avg_pool2d keyword arguments (NHWC) and the fused activation of a Pool2D operator."""
-    from tflite.Padding import Padding
-    from tflite.Pool2DOptions import Pool2DOptions
-    from tvm.relax.frontend.tflite.tflite_frontend import get_pad_value, to_int_list
-
-    table = op.BuiltinOptions()
-    options = Pool2DOptions()
-    options.Init(table.Bytes, table.Pos)
-    kernel = (options.FilterHeight(), options.FilterWidth())
-    strides = (options.StrideH(), options.StrideW())
-    padding = [0, 0, 0, 0]
-    if options.Padding() == Padding.SAME:
-        shape = to_int_list(converter.get_tensor_shape(converter.get_input_tensors(op)[0]))
-        top, bottom = get_pad_value(shape[1], kernel[0], strides[0])
-        left, right = get_pad_value(shape[2], kernel[1], strides[1])
-        padding = [top, left, bottom, right]
-    params = {"pool_size": kernel, "strides": strides, "padding": padding, "layout": "NHWC"}
-    return params, options.FusedActivationFunction()
-
-
-def _quantized_average_pool2d(converter: Any, op: Any) -> Any:
-    """Average in float32 and round half away from zero, as TFLite's integer kernel does
-    (`(sum ± count/2) / count`); input and output share scale and zero point."""
-    from tvm import relax
-    from tvm.relax.frontend.tflite.tflite_frontend import get_scalar_from_constant
-
-    data = converter.get_input_tensors(op)[0]
-    output = converter.get_output_tensors(op)[0]
-    if not converter.has_same_qnn_params(data, output):
-        raise ValueError("quantized AVERAGE_POOL_2D needs equal input and output quantization")
-    dtype = converter.get_tensor_type_str(output.tensor.Type())
-    params, activation = _pool_params(converter, op)
-    mean = relax.op.nn.avg_pool2d(
-        relax.op.astype(converter.get_expr(data.tensor_idx), "float32"), **params
-    )
-    half, zero = relax.const(0.5, "float32"), relax.const(0.0, "float32")
-    rounded = relax.op.where(  # no abs/sign: TVM's C codegen cannot lower float abs (fabs)
-        relax.op.greater_equal(mean, zero),
-        relax.op.floor(relax.op.add(mean, half)),
-        relax.op.ceil(relax.op.subtract(mean, half)),
-    )
-    out = relax.op.astype(rounded, dtype)
-    scale = get_scalar_from_constant(output.qnn_params["scale"])
-    zero_point = get_scalar_from_constant(output.qnn_params["zero_point"])
-    return converter.convert_qnn_fused_activation_function(
-        expr=out, fused_activation_fn=activation, scale=scale, zero_point=zero_point, dtype=dtype
-    )

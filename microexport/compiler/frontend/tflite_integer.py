@@ -1,0 +1,522 @@
+"""Quantized TFLite operators imported as integer computations (no dequantize → float →
+quantize).
+
+For every operator here whose activations are int8 (and, where noted, int16), the converter
+reads the quantization parameters from the flatbuffer, computes TFLite Micro's fixed-point
+parameters at compile time (`compiler.integer.fixedpoint`) and emits an integer TE kernel
+(`compiler.integer.kernels`) through the Relax block builder. Weights stay int8 constants,
+biases int32, per-channel multipliers and shifts int32 arrays. Float operators and operators
+with float activations go to TVM's converter unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from microexport.compiler.integer import fixedpoint as fp
+from microexport.compiler.integer import kernels
+
+_INTEGER_TYPES = ("int8", "int16")
+# TFLite's ActivationFunctionType codes.
+_ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
+
+
+class QuantizationError(ValueError):
+    """A quantization scheme or parameter the integer path does not support."""
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A tensor's quantization: float32 scales, zero points, and the per-channel axis."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int
+
+    @property
+    def per_tensor_scale(self) -> float:
+        if self.scale.size != 1:
+            raise QuantizationError("a per-channel scale where one scale was expected")
+        return float(self.scale[0])
+
+    @property
+    def per_tensor_zero_point(self) -> int:
+        return int(self.zero_point[0]) if self.zero_point.size else 0
+
+
+def quantization(tensor: Any) -> Quantization | None:
+    """The quantization parameters of a TFLite TensorWrapper (None when it has none)."""
+    params = tensor.tensor.Quantization()
+    if params is None or not params.ScaleLength():
+        return None
+    scale = np.asarray(params.ScaleAsNumpy(), dtype=np.float32).reshape(-1)
+    zero = (np.asarray(params.ZeroPointAsNumpy(), dtype=np.int64).reshape(-1)
+            if params.ZeroPointLength() else np.zeros(1, dtype=np.int64))
+    return Quantization(scale, zero, int(params.QuantizedDimension()))
+
+
+def is_integer_operator(converter: Any, op: Any) -> bool:
+    """True when the operator's first input is a quantized int8/int16 activation or constant,
+    or (QUANTIZE) its output is."""
+    inputs = converter.get_input_tensors(op)
+    outputs = converter.get_output_tensors(op)
+    first = inputs[0] if inputs else None
+    for tensor in ([first] if first is not None else []) + outputs[:1]:
+        if _dtype(converter, tensor) in _INTEGER_TYPES and quantization(tensor) is not None:
+            return True
+    return False
+
+
+def _dtype(converter: Any, tensor: Any) -> str:
+    return converter.get_tensor_type_str(tensor.tensor.Type())
+
+
+def _options(op: Any, options_class: type) -> Any:
+    table = op.BuiltinOptions()
+    options = options_class()
+    if table is not None:
+        options.Init(table.Bytes, table.Pos)
+    return options
+
+
+def _activation(code: int) -> str:
+    name = _ACTIVATIONS.get(code, str(code))
+    if name in ("TANH", "SIGN_BIT") or name not in _ACTIVATIONS.values():
+        raise QuantizationError(f"fused activation {name} on a quantized operator")
+    return name
+
+
+def _expr(converter: Any, tensor: Any) -> Any:
+    """The Relax value of an activation, or a constant of the tensor's stored data."""
+    from tvm import relax
+
+    if converter.has_expr(tensor.tensor_idx):
+        return converter.get_expr(tensor.tensor_idx)
+    return relax.const(converter.get_tensor_value(tensor), _dtype(converter, tensor))
+
+
+def _const(array: np.ndarray) -> Any:
+    from tvm import relax
+
+    return relax.const(np.ascontiguousarray(array), str(array.dtype))
+
+
+def _emit(converter: Any, name: str, args: Sequence[Any],
+          build: Callable[..., Any]) -> Any:
+    """Emit `build(*te_tensors)` as a TIR kernel called from Relax on `args`."""
+    return converter.bb.emit_te(build, *args, primfunc_name_hint=name)
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    effective = (kernel - 1) * dilation + 1
+    out = (size + stride - 1) // stride
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def _padding(kind: int, shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+             dilation: Sequence[int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of TFLite's SAME (0) or VALID (1) padding, NHWC input."""
+    if kind == 1:
+        return (0, 0, 0, 0)
+    top, bottom = _same_padding(shape[1], kernel[0], strides[0], dilation[0])
+    left, right = _same_padding(shape[2], kernel[1], strides[1], dilation[1])
+    return (top, left, bottom, right)
+
+
+def _io(converter: Any, op: Any) -> tuple[list[Any], Any]:
+    return converter.get_input_tensors(op), converter.get_output_tensors(op)[0]
+
+
+def _require(q: Quantization | None, what: str) -> Quantization:
+    if q is None:
+        raise QuantizationError(f"{what} has no quantization parameters")
+    return q
+
+
+def _requantize_arrays(multipliers: list[int], shifts: list[int]) -> tuple[Any, Any, list[Any]]:
+    """Per-tensor ints when all channels agree, else int32 constant arrays (appended as extra
+    kernel arguments)."""
+    if len(set(multipliers)) == 1 and len(set(shifts)) == 1:
+        return multipliers[0], shifts[0], []
+    return None, None, [_const(np.array(multipliers, np.int32)), _const(np.array(shifts, np.int32))]
+
+
+def _output(low_high: fp.Clamp, zero_point: int, dtype: str, multiplier: Any, shift: Any
+            ) -> kernels.Output:
+    return kernels.Output(multiplier, shift, zero_point, low_high.low, low_high.high, dtype)
+
+
+def _accumulating(converter: Any, op: Any, kind: str) -> Any:
+    """CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED with int8 activations."""
+    from tflite.Conv2DOptions import Conv2DOptions
+    from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
+    from tflite.FullyConnectedOptions import FullyConnectedOptions
+    from tvm import relax
+
+    inputs, output = _io(converter, op)
+    data, weight = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 and inputs[2].tensor_idx != -1 else None
+    dtype = _dtype(converter, output)
+    if _dtype(converter, data) != "int8" or _dtype(converter, weight) != "int8":
+        raise QuantizationError(f"{_dtype(converter, data)} activations with "
+                                f"{_dtype(converter, weight)} weights (int8 x int8 only)")
+    q_in = _require(quantization(data), "the input")
+    q_w = _require(quantization(weight), "the weights")
+    q_out = _require(quantization(output), "the output")
+    if converter.has_expr(weight.tensor_idx):
+        raise QuantizationError("weights computed at run time")
+    weights = converter.get_tensor_value(weight)
+    bias_values = converter.get_tensor_value(bias) if bias is not None else None
+    if bias_values is not None and bias_values.dtype != np.int32:
+        raise QuantizationError(f"{bias_values.dtype} bias (int32 expected)")
+    options_class = {"conv": Conv2DOptions, "depthwise": DepthwiseConv2DOptions,
+                     "dense": FullyConnectedOptions}[kind]
+    options = _options(op, options_class)
+    channels = weights.shape[0] if kind != "depthwise" else weights.shape[3]
+    scales = np.broadcast_to(q_w.scale, (channels,))
+    pairs = [fp.quantize_multiplier(float(q_in.per_tensor_scale) * float(s)
+                                    / float(q_out.per_tensor_scale)) for s in scales]
+    multiplier, shift, arrays = _requantize_arrays([m for m, _ in pairs], [s for _, s in pairs])
+    clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()),
+                                q_out.per_tensor_scale, q_out.per_tensor_zero_point, dtype)
+    in_zero = q_in.per_tensor_zero_point
+    args = [_expr(converter, data), _const(weights)]
+    if bias_values is not None:
+        args.append(_const(bias_values))
+    args += arrays
+    has_bias = bias_values is not None
+
+    def unpack(tensors: Sequence[Any]) -> tuple[Any, Any, Any, kernels.Output]:
+        rest = list(tensors[2:])
+        b = rest.pop(0) if has_bias else None
+        m, s = (rest[0], rest[1]) if arrays else (multiplier, shift)
+        return tensors[0], tensors[1], b, _output(clamp, q_out.per_tensor_zero_point, dtype, m, s)
+
+    if kind == "dense":
+        shape = [int(d) for d in converter.get_tensor_shape(data)]
+        depth = int(weights.shape[1])
+        if len(shape) != 2 or shape[1] != depth:
+            args[0] = converter.bb.normalize(relax.op.reshape(args[0], (-1, depth)))
+        w_zero = int(q_w.zero_point[0]) if q_w.zero_point.size else 0
+
+        def build_dense(*tensors: Any) -> Any:
+            x, w, b, out = unpack(tensors)
+            return kernels.fully_connected(x, w, b, out, input_zero_point=in_zero,
+                                           weight_zero_point=w_zero)
+
+        result = _emit(converter, "dense_int8", args, build_dense)
+        out_shape = [int(d) for d in converter.get_tensor_shape(output)]
+        if [int(np.prod(shape)) // depth, int(weights.shape[0])] != out_shape:
+            result = converter.bb.normalize(relax.op.reshape(result, out_shape))
+        return result
+
+    strides = (options.StrideH(), options.StrideW())
+    dilation = (options.DilationHFactor(), options.DilationWFactor())
+    shape = [int(d) for d in converter.get_tensor_shape(data)]
+    padding = _padding(options.Padding(), shape, weights.shape[1:3], strides, dilation)
+    if kind == "conv":
+        def build_conv(*tensors: Any) -> Any:
+            x, w, b, out = unpack(tensors)
+            return kernels.conv2d(x, w, b, out, strides=strides, dilation=dilation,
+                                  padding=padding, input_zero_point=in_zero)
+
+        return _emit(converter, "conv2d_int8", args, build_conv)
+
+    multiplier_depth = int(weights.shape[3]) // shape[3]
+
+    def build_depthwise(*tensors: Any) -> Any:
+        x, w, b, out = unpack(tensors)
+        return kernels.depthwise_conv2d(x, w, b, out, strides=strides, dilation=dilation,
+                                        padding=padding, input_zero_point=in_zero,
+                                        depth_multiplier=multiplier_depth)
+
+    return _emit(converter, "depthwise_conv2d_int8", args, build_depthwise)
+
+
+def _conv2d(converter: Any, op: Any) -> Any:
+    return _accumulating(converter, op, "conv")
+
+
+def _depthwise_conv2d(converter: Any, op: Any) -> Any:
+    return _accumulating(converter, op, "depthwise")
+
+
+def _fully_connected(converter: Any, op: Any) -> Any:
+    return _accumulating(converter, op, "dense")
+
+
+def _scalar_params(converter: Any, tensors: Sequence[Any]) -> list[tuple[float, int]]:
+    result = []
+    for tensor in tensors:
+        q = _require(quantization(tensor), "a tensor")
+        result.append((q.per_tensor_scale, q.per_tensor_zero_point))
+    return result
+
+
+def _add_or_subtract(converter: Any, op: Any, subtract: bool) -> Any:
+    from tflite.AddOptions import AddOptions
+    from tflite.SubOptions import SubOptions
+
+    inputs, output = _io(converter, op)
+    dtype = _dtype(converter, output)
+    (s1, z1), (s2, z2), (so, zo) = _scalar_params(converter, [inputs[0], inputs[1], output])
+    options = _options(op, SubOptions if subtract else AddOptions)
+    clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()), so, zo, dtype)
+    left_shift = 15 if dtype == "int16" else 20
+    twice_max = 2 * float(max(fp.f32(s1), fp.f32(s2)))
+    m1, sh1 = fp.quantize_multiplier(float(s1) / twice_max)
+    m2, sh2 = fp.quantize_multiplier(float(s2) / twice_max)
+    mo, sho = fp.quantize_multiplier(twice_max / ((1 << left_shift) * float(so)))
+    params = kernels.AddParams(left_shift, -z1, m1, sh1, -z2, m2, sh2, mo, sho, zo,
+                               clamp.low, clamp.high, dtype)
+    return _emit(converter, "sub_int" if subtract else "add_int",
+                 [_expr(converter, inputs[0]), _expr(converter, inputs[1])],
+                 lambda a, b: kernels.add_or_subtract(a, b, params, subtract))
+
+
+def _add(converter: Any, op: Any) -> Any:
+    return _add_or_subtract(converter, op, False)
+
+
+def _sub(converter: Any, op: Any) -> Any:
+    return _add_or_subtract(converter, op, True)
+
+
+def _mul(converter: Any, op: Any) -> Any:
+    from tflite.MulOptions import MulOptions
+
+    inputs, output = _io(converter, op)
+    dtype = _dtype(converter, output)
+    (s1, z1), (s2, z2), (so, zo) = _scalar_params(converter, [inputs[0], inputs[1], output])
+    options = _options(op, MulOptions)
+    clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()), so, zo, dtype)
+    m, s = fp.quantize_multiplier(float(s1) * float(s2) / float(so))
+    out = _output(clamp, zo, dtype, m, s)
+    return _emit(converter, "mul_int",
+                 [_expr(converter, inputs[0]), _expr(converter, inputs[1])],
+                 lambda a, b: kernels.multiply(a, b, -z1, -z2, out))
+
+
+def _pool(converter: Any, op: Any, average: bool) -> Any:
+    from tflite.Pool2DOptions import Pool2DOptions
+
+    inputs, output = _io(converter, op)
+    dtype = _dtype(converter, output)
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    if fp.f32(si) != fp.f32(so) or zi != zo:
+        raise QuantizationError("pooling with different input and output quantization")
+    options = _options(op, Pool2DOptions)
+    kernel = (options.FilterHeight(), options.FilterWidth())
+    strides = (options.StrideH(), options.StrideW())
+    shape = [int(d) for d in converter.get_tensor_shape(inputs[0])]
+    padding = _padding(options.Padding(), shape, kernel, strides, (1, 1))
+    clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()), so, zo, dtype)
+    pool = kernels.average_pool2d if average else kernels.max_pool2d
+    return _emit(converter, "avg_pool_int" if average else "max_pool_int",
+                 [_expr(converter, inputs[0])],
+                 lambda x: pool(x, kernel=kernel, strides=strides, padding=padding,
+                                low=clamp.low, high=clamp.high))
+
+
+def _average_pool2d(converter: Any, op: Any) -> Any:
+    return _pool(converter, op, True)
+
+
+def _max_pool2d(converter: Any, op: Any) -> Any:
+    return _pool(converter, op, False)
+
+
+def _pad(converter: Any, op: Any) -> Any:
+    inputs, output = _io(converter, op)
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    if fp.f32(si) != fp.f32(so) or zi != zo:
+        raise QuantizationError("PAD with different input and output quantization")
+    if converter.has_expr(inputs[1].tensor_idx):
+        raise QuantizationError("PAD with paddings computed at run time")
+    paddings = [(int(a), int(b)) for a, b in converter.get_tensor_value(inputs[1])]
+    value = zo
+    if len(inputs) > 2 and inputs[2].tensor_idx != -1:
+        value = int(np.asarray(converter.get_tensor_value(inputs[2])).reshape(-1)[0])
+    return _emit(converter, "pad_int", [_expr(converter, inputs[0])],
+                 lambda x: kernels.pad(x, paddings, value))
+
+
+def _lookup(converter: Any, op: Any, name: str, table: Callable[[float, int, float, int],
+                                                                  np.ndarray]) -> Any:
+    inputs, output = _io(converter, op)
+    if _dtype(converter, inputs[0]) != "int8" or _dtype(converter, output) != "int8":
+        raise QuantizationError(f"{_dtype(converter, inputs[0])} {name} (int8 only)")
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    values = table(si, zi, so, zo)
+    return _emit(converter, f"{name.lower()}_int8", [_expr(converter, inputs[0]),
+                                                     _const(values)], kernels.lookup)
+
+
+def _logistic(converter: Any, op: Any) -> Any:
+    return _lookup(converter, op, "LOGISTIC", lambda si, zi, so, zo: fp.logistic_table(si, zi))
+
+
+def _tanh(converter: Any, op: Any) -> Any:
+    return _lookup(converter, op, "TANH", lambda si, zi, so, zo: fp.tanh_table(si, zi))
+
+
+def _hard_swish(converter: Any, op: Any) -> Any:
+    return _lookup(converter, op, "HARD_SWISH", fp.hard_swish_table)
+
+
+def _leaky_relu(converter: Any, op: Any) -> Any:
+    from tflite.LeakyReluOptions import LeakyReluOptions
+
+    alpha = float(_options(op, LeakyReluOptions).Alpha())
+    return _lookup(converter, op, "LEAKY_RELU",
+                   lambda si, zi, so, zo: fp.leaky_relu_table(alpha, si, zi, so, zo))
+
+
+def _relu_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
+    m, s = fp.quantize_multiplier(float(fp.f32(si) / fp.f32(so)))
+    low = max(-128, zo)
+    return np.array([max(low, min(127, zo + fp.multiply_by_quantized_multiplier(v - zi, m, s)))
+                     for v in fp.INT8_VALUES], dtype=np.int8)
+
+
+def _relu6_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
+    six = zi + fp.round_half_away(float(fp.f32(6.0) / fp.f32(si)))
+    return np.array([min(max(v, zi), six) for v in fp.INT8_VALUES], dtype=np.int8)
+
+
+def _relu(converter: Any, op: Any) -> Any:
+    return _lookup(converter, op, "RELU", _relu_table)
+
+
+def _relu6(converter: Any, op: Any) -> Any:
+    return _lookup(converter, op, "RELU6", _relu6_table)
+
+
+def _softmax(converter: Any, op: Any) -> Any:
+    from tflite.SoftmaxOptions import SoftmaxOptions
+
+    inputs, output = _io(converter, op)
+    if _dtype(converter, inputs[0]) != "int8" or _dtype(converter, output) != "int8":
+        raise QuantizationError(f"{_dtype(converter, inputs[0])} → "
+                                f"{_dtype(converter, output)} SOFTMAX (int8 → int8 only)")
+    (si, _), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    if zo != -128 or fp.f32(so) != fp.f32(1.0 / 256):
+        raise QuantizationError("int8 SOFTMAX output must have scale 1/256 and zero point -128")
+    beta = float(_options(op, SoftmaxOptions).Beta())
+    tables = fp.softmax_tables(si, beta)
+    return _emit(converter, "softmax_int8",
+                 [_expr(converter, inputs[0]), _const(tables.exp),
+                  _const(tables.exp_accumulated)], kernels.softmax)
+
+
+def _mean(converter: Any, op: Any) -> Any:
+    from tflite.ReducerOptions import ReducerOptions
+
+    inputs, output = _io(converter, op)
+    dtype = _dtype(converter, output)
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    if converter.has_expr(inputs[1].tensor_idx):
+        raise QuantizationError("MEAN with axes computed at run time")
+    shape = [int(d) for d in converter.get_tensor_shape(inputs[0])]
+    axes = sorted({int(a) % len(shape) for a in np.asarray(
+        converter.get_tensor_value(inputs[1])).reshape(-1)})
+    count = int(np.prod([shape[a] for a in axes]))
+    m, s = fp.mean_multiplier(si, so, count)
+    info = np.iinfo(dtype)
+    out = kernels.Output(m, s, zo, int(info.min), int(info.max), dtype)
+    keep = bool(_options(op, ReducerOptions).KeepDims())
+    return _emit(converter, "mean_int", [_expr(converter, inputs[0])],
+                 lambda x: kernels.mean(x, axes, keep, input_zero_point=zi, output=out))
+
+
+def _quantize(converter: Any, op: Any) -> Any:
+    inputs, output = _io(converter, op)
+    source, dtype = _dtype(converter, inputs[0]), _dtype(converter, output)
+    (so, zo), = _scalar_params(converter, [output])
+    if source == "float32":
+        return _emit(converter, "quantize", [_expr(converter, inputs[0])],
+                     lambda x: kernels.quantize(x, so, zo, dtype))
+    (si, zi), = _scalar_params(converter, [inputs[0]])
+    m, s = fp.quantize_multiplier(float(si) / float(so))
+    info = np.iinfo(dtype)
+    out = kernels.Output(m, s, zo, int(info.min), int(info.max), dtype)
+    return _emit(converter, "requantize", [_expr(converter, inputs[0])],
+                 lambda x: kernels.requantize(x, zi, out))
+
+
+def _dequantize(converter: Any, op: Any) -> Any:
+    inputs, _ = _io(converter, op)
+    (si, zi), = _scalar_params(converter, [inputs[0]])
+    return _emit(converter, "dequantize", [_expr(converter, inputs[0])],
+                 lambda x: kernels.dequantize(x, si, zi))
+
+
+def _concatenation(converter: Any, op: Any) -> Any:
+    from tflite.ConcatenationOptions import ConcatenationOptions
+    from tvm import relax
+
+    inputs, output = _io(converter, op)
+    options = _options(op, ConcatenationOptions)
+    if _activation(options.FusedActivationFunction()) != "NONE":
+        raise QuantizationError("a fused activation on a quantized CONCATENATION")
+    (so, zo), = _scalar_params(converter, [output])
+    dtype = _dtype(converter, output)
+    parts = []
+    for tensor in inputs:
+        (si, zi), = _scalar_params(converter, [tensor])
+        expr = _expr(converter, tensor)
+        if fp.f32(si) != fp.f32(so) or zi != zo:
+            m, s = fp.quantize_multiplier(float(si) / float(so))
+            info = np.iinfo(dtype)
+            out = kernels.Output(m, s, zo, int(info.min), int(info.max), dtype)
+            expr = _emit(converter, "requantize", [expr],
+                         lambda x, zi=zi, out=out: kernels.requantize(x, zi, out))
+        parts.append(expr)
+    return relax.op.concat(parts, axis=options.Axis())
+
+
+def _non_dequantizing(stock: str) -> Callable[[Any, Any], Any]:
+    """Operators that only move data: TVM's converter on the integers, after checking that
+    input and output quantization agree (TFLite's requirement)."""
+    def convert(converter: Any, op: Any) -> Any:
+        inputs, output = _io(converter, op)
+        (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+        if fp.f32(si) != fp.f32(so) or zi != zo:
+            raise QuantizationError("input and output quantization differ")
+        return getattr(converter, stock)(op)
+
+    return convert
+
+
+INTEGER_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "CONV_2D": _conv2d,
+    "DEPTHWISE_CONV_2D": _depthwise_conv2d,
+    "FULLY_CONNECTED": _fully_connected,
+    "ADD": _add,
+    "SUB": _sub,
+    "MUL": _mul,
+    "AVERAGE_POOL_2D": _average_pool2d,
+    "MAX_POOL_2D": _max_pool2d,
+    "PAD": _pad,
+    "PADV2": _pad,
+    "LOGISTIC": _logistic,
+    "TANH": _tanh,
+    "HARD_SWISH": _hard_swish,
+    "LEAKY_RELU": _leaky_relu,
+    "RELU": _relu,
+    "RELU6": _relu6,
+    "SOFTMAX": _softmax,
+    "MEAN": _mean,
+    "QUANTIZE": _quantize,
+    "DEQUANTIZE": _dequantize,
+    "CONCATENATION": _concatenation,
+    "STRIDED_SLICE": _non_dequantizing("convert_strided_slice"),
+    "TRANSPOSE": _non_dequantizing("convert_transpose"),
+    "SQUEEZE": _non_dequantizing("convert_squeeze"),
+}
+"""TFLite operator name → integer converter `(converter, op) -> relax expr`."""

@@ -1,0 +1,409 @@
+"""TFLite Micro's fixed-point arithmetic in Python integers.
+
+Everything a quantized operator needs at compile time: the integer multiplier and shift of a real
+scale, the activation clamp, and lookup tables for the int8 activation functions (logistic, tanh,
+hard swish, leaky ReLU, the exponentials of softmax). The functions reproduce the reference
+kernels' integer semantics exactly — 32-bit wrap-around, C's truncating division, arithmetic right
+shifts, rounding half away from zero — so that tables computed here equal what TFLite Micro
+computes element by element. Scales are float32 (as stored in the model) and are combined in the
+precision TFLite Micro uses (float32 or double), which matters for bit-exactness.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+INT16_MIN = -(1 << 15)
+INT16_MAX = (1 << 15) - 1
+
+# (exponent, Q0.31 multiplier of exp(-2**exponent)) for the barrel shifter of exp().
+_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+               (2, 39332535), (3, 720401), (4, 242))
+_EXP_MINUS_ONE_EIGHTH = 1895147668  # exp(-1/8) in Q0.31
+_ONE_THIRD = 715827883  # 1/3 in Q0.31
+_FORTY_EIGHT_SEVENTEENTHS = 1515870810  # 48/17 in Q2.29
+_MINUS_THIRTY_TWO_SEVENTEENTHS = -1010580540  # -32/17 in Q2.29
+
+
+def wrap32(value: int) -> int:
+    """`value` wrapped to int32 (two's complement)."""
+    return ((value + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def wrap16(value: int) -> int:
+    """`value` wrapped to int16 (two's complement)."""
+    return ((value + (1 << 15)) & 0xFFFF) - (1 << 15)
+
+
+def trunc_div(a: int, b: int) -> int:
+    """C's integer division (rounds toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def round_half_away(x: float) -> int:
+    """`std::round`: to nearest, ties away from zero (exact for any double)."""
+    magnitude = abs(x)
+    floor = math.floor(magnitude)
+    rounded = floor + 1 if magnitude - floor >= 0.5 else floor
+    return int(rounded) if x >= 0 else -int(rounded)
+
+
+def f32(x: float) -> np.float32:
+    """`x` as a float32 scalar (arithmetic on these stays in float32)."""
+    return np.float32(x)
+
+
+# --- compile-time parameters -------------------------------------------------------------------
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """A real multiplier as (Q0.31 multiplier, power-of-two exponent), as TFLite does it
+    (`frexp`, rounding half away from zero, flushing exponents below -31 to zero)."""
+    if real == 0.0:
+        return 0, 0
+    fraction, shift = math.frexp(real)
+    fixed = round_half_away(fraction * (1 << 31))
+    if fixed == 1 << 31:
+        fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return fixed, shift
+
+
+def quantize_value(value: float, scale: float, zero_point: int) -> int:
+    """`zero_point + round(value / scale)` with the division in float32 (TFLite's `Quantize`)."""
+    return zero_point + round_half_away(float(f32(value) / f32(scale)))
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """The integer range of an output after its fused activation."""
+
+    low: int
+    high: int
+
+
+def activation_clamp(activation: str, scale: float, zero_point: int, dtype: str) -> Clamp:
+    """The output range of a fused activation (NONE, RELU, RELU6, RELU_N1_TO_1) in the integer
+    domain of an output with `scale` and `zero_point`."""
+    info = np.iinfo(dtype)
+    low, high = int(info.min), int(info.max)
+    if activation == "RELU":
+        return Clamp(max(low, quantize_value(0.0, scale, zero_point)), high)
+    if activation == "RELU6":
+        return Clamp(max(low, quantize_value(0.0, scale, zero_point)),
+                     min(high, quantize_value(6.0, scale, zero_point)))
+    if activation == "RELU_N1_TO_1":
+        return Clamp(max(low, quantize_value(-1.0, scale, zero_point)),
+                     min(high, quantize_value(1.0, scale, zero_point)))
+    if activation == "NONE":
+        return Clamp(low, high)
+    raise ValueError(f"fused activation {activation} is not supported on quantized operators")
+
+
+def input_radius(integer_bits: int, left_shift: int, total_signed_bits: int = 31) -> int:
+    """TFLite's `CalculateInputRadius`: the largest input difference that does not saturate."""
+    rescaled = (1.0 * ((1 << integer_bits) - 1) * (1 << (total_signed_bits - integer_bits))
+                / (1 << left_shift))
+    return int(math.floor(rescaled))
+
+
+# --- run-time arithmetic, in Python (for tables and for checking the TE versions) -------------
+
+def saturating_rounding_doubling_high_mul(a: int, b: int) -> int:
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int32 (ARM's VQRDMULH)."""
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    product = a * b
+    nudge = (1 << 30) if product >= 0 else 1 - (1 << 30)
+    return wrap32(trunc_div(product + nudge, 1 << 31))
+
+
+def rounding_divide_by_pot(x: int, exponent: int) -> int:
+    """gemmlowp's RoundingDivideByPOT: arithmetic right shift rounding half away from zero."""
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)
+
+
+def multiply_by_quantized_multiplier(x: int, multiplier: int, shift: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier (int32, double rounding)."""
+    left = shift if shift > 0 else 0
+    right = -shift if shift < 0 else 0
+    return rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(wrap32(x * (1 << left)), multiplier), right)
+
+
+def saturating_rounding_multiply_by_pot(x: int, exponent: int) -> int:
+    """gemmlowp's SaturatingRoundingMultiplyByPOT on int32."""
+    if exponent > 0:
+        threshold = (1 << (31 - exponent)) - 1
+        if x > threshold:
+            return INT32_MAX
+        if x < -threshold:
+            return INT32_MIN
+        return wrap32(x << exponent)
+    if exponent < 0:
+        return rounding_divide_by_pot(x, -exponent)
+    return x
+
+
+def rescale(x: int, source_integer_bits: int, target_integer_bits: int) -> int:
+    """gemmlowp's Rescale between fixed-point formats."""
+    return saturating_rounding_multiply_by_pot(x, source_integer_bits - target_integer_bits)
+
+
+def rounding_half_sum(a: int, b: int) -> int:
+    """gemmlowp's RoundingHalfSum on int32."""
+    total = a + b
+    return wrap32(trunc_div(total + (1 if total >= 0 else -1), 2))
+
+
+def _exp_on_interval_between_negative_one_quarter_and_0_excl(a: int) -> int:
+    x = wrap32(a + (1 << 28))
+    x2 = saturating_rounding_doubling_high_mul(x, x)
+    x3 = saturating_rounding_doubling_high_mul(x2, x)
+    x4 = saturating_rounding_doubling_high_mul(x2, x2)
+    x4_over_4 = saturating_rounding_multiply_by_pot(x4, -2)
+    polynomial = saturating_rounding_multiply_by_pot(
+        wrap32(saturating_rounding_doubling_high_mul(wrap32(x4_over_4 + x3), _ONE_THIRD) + x2),
+        -1)
+    return wrap32(_EXP_MINUS_ONE_EIGHTH + saturating_rounding_doubling_high_mul(
+        _EXP_MINUS_ONE_EIGHTH, wrap32(x + polynomial)))
+
+
+def exp_on_negative_values(a: int, integer_bits: int) -> int:
+    """gemmlowp's exp_on_negative_values: exp(a) in Q0.31 for `a` <= 0 in Q`integer_bits`."""
+    fractional_bits = 31 - integer_bits
+    one_quarter = 1 << (fractional_bits - 2)
+    a_mod_quarter_minus_one_quarter = wrap32((a & (one_quarter - 1)) - one_quarter)
+    result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
+        rescale(a_mod_quarter_minus_one_quarter, integer_bits, 0))
+    remainder = wrap32(a_mod_quarter_minus_one_quarter - a)
+    for exponent, multiplier in _EXP_BARREL:
+        if integer_bits > exponent and remainder & (1 << (fractional_bits + exponent)):
+            result = saturating_rounding_doubling_high_mul(result, multiplier)
+    if integer_bits > 5 and a < -(1 << (36 - integer_bits)):
+        result = 0
+    return INT32_MAX if a == 0 else result
+
+
+def _newton_reciprocal(half_denominator: int) -> int:
+    """Three Newton-Raphson steps of 1/half_denominator, in Q2.29."""
+    x = wrap32(_FORTY_EIGHT_SEVENTEENTHS + saturating_rounding_doubling_high_mul(
+        half_denominator, _MINUS_THIRTY_TWO_SEVENTEENTHS))
+    for _ in range(3):
+        half_denominator_times_x = saturating_rounding_doubling_high_mul(half_denominator, x)
+        one_minus = wrap32((1 << 29) - half_denominator_times_x)
+        x = wrap32(x + rescale(saturating_rounding_doubling_high_mul(x, one_minus), 4, 2))
+    return x
+
+
+def one_over_one_plus_x_for_x_in_0_1(a: int) -> int:
+    """gemmlowp's 1 / (1 + a) for `a` in [0, 1) in Q0.31."""
+    return rescale(_newton_reciprocal(rounding_half_sum(a, INT32_MAX)), 1, 0)
+
+
+def one_minus_x_over_one_plus_x_for_x_in_0_1(a: int) -> int:
+    """gemmlowp's (1 - a) / (1 + a) for `a` in [0, 1) in Q0.31."""
+    return rescale(wrap32(_newton_reciprocal(rounding_half_sum(a, INT32_MAX)) - (1 << 29)), 2, 0)
+
+
+def logistic(a: int, integer_bits: int) -> int:
+    """gemmlowp's logistic(a) in Q0.31 for `a` in Q`integer_bits`."""
+    if a == 0:
+        return 1 << 30
+    magnitude = a if a > 0 else wrap32(-a)
+    positive = one_over_one_plus_x_for_x_in_0_1(
+        exp_on_negative_values(wrap32(-magnitude), integer_bits))
+    return positive if a > 0 else wrap32(INT32_MAX - positive)
+
+
+def tanh(a: int, integer_bits: int) -> int:
+    """gemmlowp's tanh(a) in Q0.31 for `a` in Q`integer_bits`."""
+    if a == 0:
+        return 0
+    negative = a if a < 0 else wrap32(-a)
+    t = one_minus_x_over_one_plus_x_for_x_in_0_1(
+        exp_on_negative_values(negative, integer_bits + 1))
+    return wrap32(-t) if a < 0 else t
+
+
+def reciprocal_with_headroom(x: int, integer_digits: int) -> tuple[int, int]:
+    """TFLite's GetReciprocal: (1/x as Q0.31 of the normalized value, bits of x above one)."""
+    headroom_plus_one = 32 - x.bit_length()  # count of leading zeros of a positive int32
+    num_bits_over_unit = integer_digits - headroom_plus_one
+    shifted_minus_one = wrap32(((x << headroom_plus_one) & 0xFFFFFFFF) - (1 << 31))
+    return one_over_one_plus_x_for_x_in_0_1(shifted_minus_one), num_bits_over_unit
+
+
+# --- 16-bit helpers of hard swish ---------------------------------------------------------------
+
+def _srdhm16(a: int, b: int) -> int:
+    if a == b == INT16_MIN:
+        return INT16_MAX
+    product = a * b
+    nudge = (1 << 14) if product >= 0 else 1 - (1 << 14)
+    return wrap16(trunc_div(product + nudge, 1 << 15))
+
+
+def _doubling_high_mul16(a: int, b: int) -> int:
+    if a == b == INT16_MIN:
+        return INT16_MAX
+    return wrap16(trunc_div(a * b, 1 << 15))
+
+
+def _saturating_left_shift16(value: int, amount: int) -> int:
+    return max(INT16_MIN, min(INT16_MAX, value * (1 << amount)))
+
+
+def _downscale_multiplier16(multiplier: int) -> int:
+    if multiplier >= INT32_MAX - (1 << 15):
+        return INT16_MAX
+    return (multiplier + (1 << 15)) >> 16
+
+
+# --- lookup tables of int8 activation functions ------------------------------------------------
+
+INT8_VALUES = range(-128, 128)
+
+
+def logistic_table(input_scale: float, input_zero_point: int) -> np.ndarray:
+    """LOGISTIC of every int8 input (output scale 1/256, zero point -128), as int8[256]."""
+    integer_bits = 4
+    fraction, left_shift = math.frexp(float(input_scale) * (1 << (31 - integer_bits)))
+    multiplier = round_half_away(fraction * (1 << 31))
+    radius = input_radius(integer_bits, left_shift)
+    table = []
+    for value in INT8_VALUES:
+        x = value - input_zero_point
+        if x <= -radius:
+            table.append(-128)
+        elif x >= radius:
+            table.append(127)
+        else:
+            q4 = multiply_by_quantized_multiplier(x, multiplier, left_shift)
+            out = rounding_divide_by_pot(logistic(q4, integer_bits), 31 - 8) - 128
+            table.append(max(-128, min(127, out)))
+    return np.array(table, dtype=np.int8)
+
+
+def tanh_table(input_scale: float, input_zero_point: int) -> np.ndarray:
+    """TANH of every int8 input (output scale 1/128, zero point 0), as int8[256]."""
+    integer_bits = 4
+    fraction, left_shift = math.frexp(float(input_scale) * (1 << (31 - integer_bits)))
+    multiplier = round_half_away(fraction * (1 << 31))
+    radius = input_radius(integer_bits, left_shift)
+    table = []
+    for value in INT8_VALUES:
+        x = value - input_zero_point
+        if x <= -radius:
+            table.append(-128)
+        elif x >= radius:
+            table.append(127)
+        else:
+            q4 = multiply_by_quantized_multiplier(x, multiplier, left_shift)
+            out = rounding_divide_by_pot(tanh(q4, integer_bits), 31 - 7)
+            table.append(max(-128, min(127, out)))
+    return np.array(table, dtype=np.int8)
+
+
+def hard_swish_table(input_scale: float, input_zero_point: int, output_scale: float,
+                     output_zero_point: int) -> np.ndarray:
+    """HARD_SWISH of every int8 input, as int8[256]."""
+    hires_input_scale = f32(1.0 / 128.0) * f32(input_scale)
+    reluish_scale = f32(3.0 / 32768.0)
+    output_multiplier, output_exponent = quantize_multiplier(
+        float(hires_input_scale / f32(output_scale)))
+    output_multiplier16 = _downscale_multiplier16(output_multiplier)
+    reluish_multiplier, reluish_exponent = quantize_multiplier(
+        float(hires_input_scale / reluish_scale))
+    reluish_multiplier16 = _downscale_multiplier16(reluish_multiplier)
+    if output_exponent > 0:
+        raise ValueError("HARD_SWISH: output scale too small for the input scale")
+    table = []
+    for value in INT8_VALUES:
+        x = wrap16(value - input_zero_point)
+        hires = wrap16(x * (1 << 7))
+        preshift_output = _srdhm16(hires, output_multiplier16)
+        reluish = hires
+        if reluish_exponent > 0:
+            reluish = _saturating_left_shift16(reluish, reluish_exponent - 1)
+        reluish = _srdhm16(reluish, reluish_multiplier16)
+        if reluish_exponent > 0:
+            reluish = _saturating_left_shift16(reluish, 1)
+        if reluish_exponent < 0:
+            reluish = wrap16(rounding_divide_by_pot(reluish, -reluish_exponent))
+        reluish = wrap16((reluish + (1 << 15)) >> 1)
+        preshift = _doubling_high_mul16(reluish, preshift_output)
+        out = wrap16(rounding_divide_by_pot(preshift, -output_exponent))
+        out = wrap16(out + output_zero_point)
+        table.append(max(-128, min(127, out)))
+    return np.array(table, dtype=np.int8)
+
+
+def leaky_relu_table(alpha: float, input_scale: float, input_zero_point: int,
+                     output_scale: float, output_zero_point: int) -> np.ndarray:
+    """LEAKY_RELU of every int8 input, as int8[256]."""
+    alpha_multiplier, alpha_shift = quantize_multiplier(
+        float(f32(input_scale) * f32(alpha) / f32(output_scale)))
+    identity_multiplier, identity_shift = quantize_multiplier(
+        float(f32(input_scale) / f32(output_scale)))
+    negative_alpha = alpha_multiplier < 0
+    safe_alpha = -alpha_multiplier if negative_alpha else alpha_multiplier
+    table = []
+    for value in INT8_VALUES:
+        x = value - input_zero_point
+        out = output_zero_point
+        if x >= 0:
+            out += multiply_by_quantized_multiplier(x, identity_multiplier, identity_shift)
+        else:
+            scaled = multiply_by_quantized_multiplier(x, safe_alpha, alpha_shift)
+            out += -scaled if negative_alpha else scaled
+        table.append(max(-128, min(127, out)))
+    return np.array(table, dtype=np.int8)
+
+
+@dataclass(frozen=True)
+class SoftmaxTables:
+    """Per input difference d = x - max(row) in [-255, 0] (index d + 255): exp(d) in Q0.31 and
+    its Q12.19 rescaling summed into the row total; 0 where d is below TFLite's cut-off."""
+
+    exp: np.ndarray  # int32[256]
+    exp_accumulated: np.ndarray  # int32[256]
+
+
+def softmax_tables(input_scale: float, beta: float) -> SoftmaxTables:
+    """The exponentials of int8 SOFTMAX for every possible input difference."""
+    scaled_diff_integer_bits = 5
+    accumulation_integer_bits = 12
+    real = min(float(beta) * float(input_scale) * (1 << (31 - scaled_diff_integer_bits)),
+               (1 << 31) - 1.0)
+    multiplier, left_shift = quantize_multiplier(real)
+    diff_min = -input_radius(scaled_diff_integer_bits, left_shift)
+    exp, accumulated = [], []
+    for diff in range(-255, 1):
+        if diff >= diff_min:
+            rescaled = multiply_by_quantized_multiplier(diff, multiplier, left_shift)
+            value = exp_on_negative_values(rescaled, scaled_diff_integer_bits)
+            exp.append(value)
+            accumulated.append(rescale(value, 0, accumulation_integer_bits))
+        else:
+            exp.append(0)
+            accumulated.append(0)
+    return SoftmaxTables(np.array(exp, dtype=np.int32), np.array(accumulated, dtype=np.int32))
+
+
+def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:
+    """The multiplier and shift of an int8 MEAN over `count` elements (TFLite folds 1/count
+    into the multiplier)."""
+    multiplier, shift = quantize_multiplier(float(input_scale) / float(output_scale))
+    extra = min(count.bit_length() - 1, 32, 31 + shift)
+    return wrap32(trunc_div(multiplier << extra, count)), shift - extra

@@ -1,0 +1,407 @@
+"""Integer operators as TE computations, with TFLite Micro's reference-kernel semantics.
+
+Each function takes TE tensors (activations, int8 weights, int32 biases, per-channel int32
+multiplier/shift arrays) and compile-time parameters, and returns the output tensor. They are
+independent of any model format: the TFLite importer computes the parameters
+(`fixedpoint`), and a faster schedule or micro-kernel can replace a kernel's inner loop without
+touching the importer. The accumulation is int32 (int8 activations) and the requantization is
+TFLite's MultiplyByQuantizedMultiplier, so results are bit-exact with TFLite Micro.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import te, tirx
+
+from microexport.compiler.integer import te_math as tm
+
+Tensor = Any  # te.Tensor
+Scalar = int | Tensor  # a compile-time int, or a per-channel int32[channels] tensor
+
+
+@dataclass(frozen=True)
+class Output:
+    """How an int32 result becomes the output: requantization (a per-tensor int, or per-channel
+    arrays indexed by the last axis), zero point, clamp (fused activation) and type."""
+
+    multiplier: Scalar
+    shift: Scalar
+    zero_point: int
+    low: int
+    high: int
+    dtype: str
+
+    def __call__(self, acc: tm.Expr, channel: tm.Expr) -> tm.Expr:
+        multiplier = self.multiplier if isinstance(self.multiplier, int) else \
+            self.multiplier[channel]
+        shift = self.shift if isinstance(self.shift, int) else self.shift[channel]
+        scaled = tm.multiply_by_quantized_multiplier(acc, multiplier, shift)
+        return tm.clamp(scaled + tm.i32(self.zero_point), self.low, self.high).astype(self.dtype)
+
+
+def _inside(index: tm.Expr, extent: int) -> tm.Expr:
+    return tirx.all(index >= 0, index < extent)
+
+
+def _padded_offset_input(data: Tensor, padding: Sequence[int], zero_point: int) -> Tensor:
+    """`data - zero_point` as int32, with zeros where the window leaves the input (TFLite skips
+    those taps, which is the same sum)."""
+    batch, height, width, channels = (int(d) for d in data.shape)
+    top, left, bottom, right = padding
+    if not any(padding):
+        return te.compute((batch, height, width, channels),
+                          lambda n, y, x, c: tm.i32(data[n, y, x, c]) - tm.i32(zero_point),
+                          name="offset_input")
+
+    def value(n: Any, y: Any, x: Any, c: Any) -> Any:
+        inside = tirx.all(_inside(y - top, height), _inside(x - left, width))
+        return tirx.if_then_else(
+            inside, tm.i32(data[n, y - top, x - left, c]) - tm.i32(zero_point), tm.i32(0))
+
+    return te.compute((batch, height + top + bottom, width + left + right, channels), value,
+                      name="padded_input")
+
+
+def _out_size(size: int, kernel: int, stride: int, dilation: int, before: int, after: int
+              ) -> int:
+    return (size + before + after - ((kernel - 1) * dilation + 1)) // stride + 1
+
+
+def conv2d(data: Tensor, weight: Tensor, bias: Tensor | None, output: Output, *,
+           strides: Sequence[int], dilation: Sequence[int], padding: Sequence[int],
+           input_zero_point: int) -> Tensor:
+    """CONV_2D, NHWC input, OHWI weights (groups when I divides the input channels)."""
+    batch, height, width, channels = (int(d) for d in data.shape)
+    out_channels, kernel_h, kernel_w, in_per_group = (int(d) for d in weight.shape)
+    groups = channels // in_per_group
+    out_per_group = out_channels // groups
+    top, left, bottom, right = padding
+    out_h = _out_size(height, kernel_h, strides[0], dilation[0], top, bottom)
+    out_w = _out_size(width, kernel_w, strides[1], dilation[1], left, right)
+    padded = _padded_offset_input(data, padding, input_zero_point)
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    rc = te.reduce_axis((0, in_per_group), name="rc")
+
+    def channel_of(oc: Any) -> Any:
+        return rc if groups == 1 else (oc // out_per_group) * in_per_group + rc
+
+    acc = te.compute(
+        (batch, out_h, out_w, out_channels),
+        lambda n, y, x, oc: te.sum(
+            padded[n, y * strides[0] + ry * dilation[0], x * strides[1] + rx * dilation[1],
+                   channel_of(oc)] * tm.i32(weight[oc, ry, rx, rc]),
+            axis=[ry, rx, rc]),
+        name="conv_acc")
+    return _finish(acc, bias, output)
+
+
+def depthwise_conv2d(data: Tensor, weight: Tensor, bias: Tensor | None, output: Output, *,
+                     strides: Sequence[int], dilation: Sequence[int], padding: Sequence[int],
+                     input_zero_point: int, depth_multiplier: int) -> Tensor:
+    """DEPTHWISE_CONV_2D, weights [1, H, W, C * depth_multiplier]."""
+    batch, height, width, _ = (int(d) for d in data.shape)
+    _, kernel_h, kernel_w, out_channels = (int(d) for d in weight.shape)
+    top, left, bottom, right = padding
+    out_h = _out_size(height, kernel_h, strides[0], dilation[0], top, bottom)
+    out_w = _out_size(width, kernel_w, strides[1], dilation[1], left, right)
+    padded = _padded_offset_input(data, padding, input_zero_point)
+    ry = te.reduce_axis((0, kernel_h), name="ry")
+    rx = te.reduce_axis((0, kernel_w), name="rx")
+    acc = te.compute(
+        (batch, out_h, out_w, out_channels),
+        lambda n, y, x, oc: te.sum(
+            padded[n, y * strides[0] + ry * dilation[0], x * strides[1] + rx * dilation[1],
+                   oc // depth_multiplier] * tm.i32(weight[0, ry, rx, oc]),
+            axis=[ry, rx]),
+        name="depthwise_acc")
+    return _finish(acc, bias, output)
+
+
+def fully_connected(data: Tensor, weight: Tensor, bias: Tensor | None, output: Output, *,
+                    input_zero_point: int, weight_zero_point: int) -> Tensor:
+    """FULLY_CONNECTED: data [batches, depth], weights [units, depth]."""
+    batches, depth = (int(d) for d in data.shape)
+    units = int(weight.shape[0])
+    rd = te.reduce_axis((0, depth), name="rd")
+    acc = te.compute(
+        (batches, units),
+        lambda b, u: te.sum(
+            (tm.i32(data[b, rd]) - tm.i32(input_zero_point))
+            * (tm.i32(weight[u, rd]) - tm.i32(weight_zero_point)),
+            axis=[rd]),
+        name="dense_acc")
+    return _finish(acc, bias, output)
+
+
+def _finish(acc: Tensor, bias: Tensor | None, output: Output) -> Tensor:
+    """Bias, requantization and clamp over the last axis (output channels)."""
+    def value(*index: Any) -> Any:
+        channel = index[-1]
+        total = acc[index] + bias[channel] if bias is not None else acc[index]
+        return output(total, channel)
+
+    return te.compute(acc.shape, value, name="requantize")
+
+
+def _broadcast_index(tensor: Tensor, index: Sequence[Any]) -> list[Any]:
+    """`index` of a broadcast output mapped to `tensor` (numpy broadcasting)."""
+    rank = len(tensor.shape)
+    tail = list(index[len(index) - rank:])
+    return [0 if int(d) == 1 else i for d, i in zip(tensor.shape, tail, strict=True)]
+
+
+def broadcast_shape(a: Tensor, b: Tensor) -> tuple[int, ...]:
+    """The numpy broadcast of the shapes of `a` and `b`."""
+    sa, sb = [int(d) for d in a.shape], [int(d) for d in b.shape]
+    rank = max(len(sa), len(sb))
+    sa, sb = [1] * (rank - len(sa)) + sa, [1] * (rank - len(sb)) + sb
+    return tuple(max(x, y) for x, y in zip(sa, sb, strict=True))
+
+
+@dataclass(frozen=True)
+class AddParams:
+    """TFLite's ADD/SUB parameters: inputs shifted left then each rescaled to a common scale."""
+
+    left_shift: int
+    input1_offset: int
+    input1_multiplier: int
+    input1_shift: int
+    input2_offset: int
+    input2_multiplier: int
+    input2_shift: int
+    output_multiplier: int
+    output_shift: int
+    output_zero_point: int
+    low: int
+    high: int
+    dtype: str
+
+
+def add_or_subtract(a: Tensor, b: Tensor, params: AddParams, subtract: bool) -> Tensor:
+    """Quantized ADD (or SUB) with numpy broadcasting."""
+    p = params
+
+    def rescaled(t: Tensor, index: Sequence[Any], offset: int, multiplier: int, shift: int
+                 ) -> Any:
+        value = (tm.i32(t[tuple(_broadcast_index(t, index))]) + tm.i32(offset)) \
+            * tm.i32(1 << p.left_shift)
+        return tm.multiply_by_quantized_multiplier(value, multiplier, shift)
+
+    def value(*index: Any) -> Any:
+        x = rescaled(a, index, p.input1_offset, p.input1_multiplier, p.input1_shift)
+        y = rescaled(b, index, p.input2_offset, p.input2_multiplier, p.input2_shift)
+        raw = x - y if subtract else x + y
+        out = tm.multiply_by_quantized_multiplier(raw, p.output_multiplier, p.output_shift)
+        return tm.clamp(out + tm.i32(p.output_zero_point), p.low, p.high).astype(p.dtype)
+
+    return te.compute(broadcast_shape(a, b), value, name="sub" if subtract else "add")
+
+
+def multiply(a: Tensor, b: Tensor, input1_offset: int, input2_offset: int, output: Output
+             ) -> Tensor:
+    """Quantized MUL with numpy broadcasting (`output` is per-tensor)."""
+    def value(*index: Any) -> Any:
+        x = tm.i32(a[tuple(_broadcast_index(a, index))]) + tm.i32(input1_offset)
+        y = tm.i32(b[tuple(_broadcast_index(b, index))]) + tm.i32(input2_offset)
+        return output(x * y, index[-1])
+
+    return te.compute(broadcast_shape(a, b), value, name="mul")
+
+
+def _pool_window(data: Tensor, kernel: Sequence[int], strides: Sequence[int],
+                 padding: Sequence[int]) -> tuple[tuple[int, ...], Any, Any]:
+    batch, height, width, channels = (int(d) for d in data.shape)
+    top, left, bottom, right = padding
+    out_h = _out_size(height, kernel[0], strides[0], 1, top, bottom)
+    out_w = _out_size(width, kernel[1], strides[1], 1, left, right)
+    ry = te.reduce_axis((0, kernel[0]), name="ry")
+    rx = te.reduce_axis((0, kernel[1]), name="rx")
+    return (batch, out_h, out_w, channels), ry, rx
+
+
+def average_pool2d(data: Tensor, *, kernel: Sequence[int], strides: Sequence[int],
+                   padding: Sequence[int], low: int, high: int) -> Tensor:
+    """AVERAGE_POOL_2D: the sum over the in-bounds part of the window divided by its size,
+    rounded half away from zero (input and output share quantization)."""
+    shape, ry, rx = _pool_window(data, kernel, strides, padding)
+    height, width = int(data.shape[1]), int(data.shape[2])
+    top, left = padding[0], padding[1]
+
+    def tap(n: Any, y: Any, x: Any, c: Any) -> Any:
+        iy, ix = y * strides[0] - top + ry, x * strides[1] - left + rx
+        inside = tirx.all(_inside(iy, height), _inside(ix, width))
+        return tirx.if_then_else(inside, tm.i32(data[n, iy, ix, c]), tm.i32(0))
+
+    total = te.compute(shape, lambda n, y, x, c: te.sum(tap(n, y, x, c), axis=[ry, rx]),
+                       name="pool_sum")
+
+    def extent(origin: Any, size: int, window: int) -> Any:
+        return tirx.min(tm.i32(window), tm.i32(size) - origin) - tirx.max(tm.i32(0), 0 - origin)
+
+    def value(n: Any, y: Any, x: Any, c: Any) -> Any:
+        count = extent(tm.i32(y * strides[0] - top), height, kernel[0]) * extent(
+            tm.i32(x * strides[1] - left), width, kernel[1])
+        acc = total[n, y, x, c]
+        half = tirx.truncdiv(count, tm.i32(2))
+        mean = tm.select(acc > tm.i32(0), tirx.truncdiv(acc + half, count),
+                         tirx.truncdiv(acc - half, count))
+        return tm.clamp(mean, low, high).astype(data.dtype)
+
+    return te.compute(shape, value, name="average_pool")
+
+
+def max_pool2d(data: Tensor, *, kernel: Sequence[int], strides: Sequence[int],
+               padding: Sequence[int], low: int, high: int) -> Tensor:
+    """MAX_POOL_2D over the in-bounds part of the window, then the activation clamp."""
+    shape, ry, rx = _pool_window(data, kernel, strides, padding)
+    height, width = int(data.shape[1]), int(data.shape[2])
+    top, left = padding[0], padding[1]
+    lowest = tirx.min_value(data.dtype)
+
+    def tap(n: Any, y: Any, x: Any, c: Any) -> Any:
+        iy, ix = y * strides[0] - top + ry, x * strides[1] - left + rx
+        inside = tirx.all(_inside(iy, height), _inside(ix, width))
+        return tirx.if_then_else(inside, data[n, iy, ix, c], lowest)
+
+    biggest = te.compute(shape, lambda n, y, x, c: te.max(tap(n, y, x, c), axis=[ry, rx]),
+                         name="pool_max")
+    return te.compute(
+        shape, lambda *i: tm.clamp(tm.i32(biggest[i]), low, high).astype(data.dtype),
+        name="max_pool")
+
+
+def pad(data: Tensor, paddings: Sequence[tuple[int, int]], value: int) -> Tensor:
+    """PAD/PADV2 in the integer domain: new elements hold `value` (the zero point for PAD)."""
+    shape = tuple(int(d) + before + after
+                  for d, (before, after) in zip(data.shape, paddings, strict=True))
+
+    def element(*index: Any) -> Any:
+        source = [i - before for i, (before, _) in zip(index, paddings, strict=True)]
+        inside = tirx.all(*[_inside(s, int(d)) for s, d in zip(source, data.shape,
+                                                               strict=True)])
+        return tirx.if_then_else(inside, data[tuple(source)],
+                                 tirx.const(value, data.dtype))
+
+    return te.compute(shape, element, name="pad")
+
+
+def lookup(data: Tensor, table: Tensor) -> Tensor:
+    """An int8 elementwise function as a 256-entry table indexed by `x + 128`."""
+    return te.compute(data.shape, lambda *i: table[tm.i32(data[i]) + tm.i32(128)],
+                      name="lookup")
+
+
+def requantize(data: Tensor, input_zero_point: int, output: Output) -> Tensor:
+    """QUANTIZE between integer types: rescale `x - input_zero_point`."""
+    return te.compute(
+        data.shape, lambda *i: output(tm.i32(data[i]) - tm.i32(input_zero_point), i[-1]),
+        name="requantize")
+
+
+def quantize(data: Tensor, scale: float, zero_point: int, dtype: str) -> Tensor:
+    """float32 → integer: round(x / scale) half away from zero (in float32, no libm) plus the
+    zero point, saturated."""
+    info_low, info_high = int(tirx.min_value(dtype).value), int(tirx.max_value(dtype).value)
+
+    def value(*i: Any) -> Any:
+        scaled = data[i] / tirx.const(scale, "float32")
+        bounded = tirx.max(tirx.min(scaled, tirx.const(1e9, "float32")),
+                           tirx.const(-1e9, "float32"))
+        whole = tm.i32(bounded)  # truncates toward zero
+        fraction = bounded - whole.astype("float32")  # exact
+        rounded = whole + tm.select(fraction >= tirx.const(0.5, "float32"), tm.i32(1),
+                                    tm.select(fraction <= tirx.const(-0.5, "float32"),
+                                              tm.i32(-1), tm.i32(0)))
+        return tm.clamp(rounded + tm.i32(zero_point), info_low, info_high).astype(dtype)
+
+    return te.compute(data.shape, value, name="quantize")
+
+
+def dequantize(data: Tensor, scale: float, zero_point: int) -> Tensor:
+    """integer → float32: scale * (x - zero_point)."""
+    return te.compute(
+        data.shape,
+        lambda *i: tirx.const(scale, "float32")
+        * (tm.i32(data[i]) - tm.i32(zero_point)).astype("float32"),
+        name="dequantize")
+
+
+def mean(data: Tensor, axes: Sequence[int], keep_dims: bool, *, input_zero_point: int,
+         output: Output) -> Tensor:
+    """MEAN over `axes`: the int32 sum minus count * zero point, rescaled with 1/count folded
+    into the (per-tensor) multiplier."""
+    shape = [int(d) for d in data.shape]
+    reduce_axes = {axis: te.reduce_axis((0, shape[axis]), name=f"r{axis}") for axis in axes}
+    count = 1
+    for axis in axes:
+        count *= shape[axis]
+    out_shape = [1 if i in reduce_axes else d for i, d in enumerate(shape)] if keep_dims \
+        else [d for i, d in enumerate(shape) if i not in reduce_axes]
+
+    def source(index: Sequence[Any]) -> list[Any]:
+        it = iter(index)
+        result = []
+        for i in range(len(shape)):
+            if i in reduce_axes:
+                if keep_dims:
+                    next(it)
+                result.append(reduce_axes[i])
+            else:
+                result.append(next(it))
+        return result
+
+    total = te.compute(
+        out_shape,
+        lambda *i: te.sum(tm.i32(data[tuple(source(i))]), axis=list(reduce_axes.values())),
+        name="mean_sum")
+    return te.compute(
+        out_shape,
+        lambda *i: output(total[i] - tm.i32(input_zero_point * count), i[-1] if i else 0),
+        name="mean")
+
+
+def softmax(data: Tensor, exp_table: Tensor, accumulated_table: Tensor) -> Tensor:
+    """int8 SOFTMAX over the last axis (output scale 1/256, zero point -128): exponentials of
+    the differences to the row maximum from tables, the row sum's reciprocal by gemmlowp's
+    Newton-Raphson, and the rounding shift of TFLite's reference kernel."""
+    shape = [int(d) for d in data.shape]
+    rows, depth = shape[:-1], shape[-1]
+    rd = te.reduce_axis((0, depth), name="rd")
+    biggest = te.compute(rows, lambda *r: te.max(tm.i32(data[(*r, rd)]), axis=[rd]),
+                         name="row_max")
+    rs = te.reduce_axis((0, depth), name="rs")
+    total = te.compute(
+        rows,
+        lambda *r: te.sum(accumulated_table[tm.i32(data[(*r, rs)]) - biggest[r] + 255],
+                          axis=[rs]),
+        name="row_sum")
+    headroom = te.compute(rows, lambda *r: tm.count_leading_zeros(total[r]), name="headroom")
+    half_denominator = te.compute(
+        rows,
+        lambda *r: tm.reciprocal_half_denominator(
+            ((total[r].astype("uint32") << headroom[r].astype("uint32"))
+             - tirx.const(1 << 31, "uint32")).astype("int32")),
+        name="half_denominator")
+    estimate = te.compute(rows, lambda *r: tm.reciprocal_first_guess(half_denominator[r]),
+                          name="reciprocal_0")
+    for step in range(3):
+        previous = estimate
+        estimate = te.compute(
+            rows, lambda *r, p=previous: tm.reciprocal_step(half_denominator[r], p[r]),
+            name=f"reciprocal_{step + 1}")
+    scale = te.compute(rows, lambda *r, e=estimate: tm.reciprocal_result(e[r]),
+                       name="reciprocal")
+
+    def value(*i: Any) -> Any:
+        r = i[:-1]
+        exp = exp_table[tm.i32(data[i]) - biggest[r] + 255]
+        exponent = (tm.i32(12) - headroom[r]) + tm.i32(31 - 8)
+        out = tm.rounding_divide_by_pot(
+            tm.saturating_rounding_doubling_high_mul(scale[r], exp), exponent)
+        return tm.clamp(out - tm.i32(128), -128, 127).astype("int8")
+
+    return te.compute(shape, value, name="softmax")

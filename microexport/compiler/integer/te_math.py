@@ -1,0 +1,129 @@
+"""TFLite Micro's run-time fixed-point operations as TE expressions.
+
+The same semantics as `fixedpoint` (which tests check these against), written so that the C
+they become is plain 32/64-bit integer code: no libm, no 64-bit division other than by a power of
+two. Shift amounts may be Python ints (folded at compile time) or int32 expressions (per-channel
+parameters read from a constant array).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import tirx
+
+from microexport.compiler.integer.fixedpoint import INT32_MAX, INT32_MIN
+
+Expr = Any  # a tirx.PrimExpr
+
+
+def dtype_of(value: Expr) -> str:
+    """The scalar type of a TIR expression (or of a TE tensor element)."""
+    if hasattr(value, "asobject"):  # te.TensorSlice
+        return str(value.dtype)
+    return str(value.ty.dtype)
+
+
+def i32(value: int | Expr) -> Expr:
+    """An int32 expression (a constant for a Python int, a cast otherwise)."""
+    if isinstance(value, int):
+        return tirx.const(value, "int32")
+    return value if dtype_of(value) == "int32" else value.astype("int32")
+
+
+def i64(value: int | Expr) -> Expr:
+    """An int64 expression."""
+    if isinstance(value, int):
+        return tirx.const(value, "int64")
+    return value if dtype_of(value) == "int64" else value.astype("int64")
+
+
+def select(condition: Expr, then: Expr, otherwise: Expr) -> Expr:
+    """Both arms evaluated, no branch: cheap arithmetic only."""
+    return tirx.Select(condition, then, otherwise)
+
+
+def clamp(x: Expr, low: int, high: int) -> Expr:
+    """`x` limited to [low, high]."""
+    return tirx.max(tirx.min(x, i32(high)), i32(low))
+
+
+def saturating_rounding_doubling_high_mul(a: Expr, b: Expr, b_is_min_possible: bool = True
+                                          ) -> Expr:
+    """(a * b * 2 + 2**31) >> 32 with gemmlowp's rounding; `b_is_min_possible=False` when `b`
+    is known not to be INT32_MIN (a positive multiplier), which drops the saturation test."""
+    product = i64(a) * i64(b)
+    nudge = select(product >= i64(0), i64(1 << 30), i64(1 - (1 << 30)))
+    high = i32(tirx.truncdiv(product + nudge, i64(1 << 31)))
+    if not b_is_min_possible:
+        return high
+    overflow = tirx.all(a == b, a == i32(INT32_MIN))
+    return select(overflow, i32(INT32_MAX), high)
+
+
+def rounding_divide_by_pot(x: Expr, exponent: int | Expr) -> Expr:
+    """Arithmetic right shift by `exponent`, rounding half away from zero."""
+    if isinstance(exponent, int) and exponent == 0:
+        return x
+    mask = (i32(1) << i32(exponent)) - i32(1)
+    remainder = tirx.bitwise_and(x, mask)
+    threshold = (mask >> i32(1)) + select(x < i32(0), i32(1), i32(0))
+    return (x >> i32(exponent)) + select(remainder > threshold, i32(1), i32(0))
+
+
+def multiply_by_quantized_multiplier(x: Expr, multiplier: int | Expr, shift: int | Expr
+                                     ) -> Expr:
+    """TFLite's MultiplyByQuantizedMultiplier; `multiplier` is non-negative."""
+    if isinstance(shift, int):
+        shifted = x * i32(1 << shift) if shift > 0 else x
+        high = saturating_rounding_doubling_high_mul(shifted, i32(multiplier), False)
+        return rounding_divide_by_pot(high, -shift) if shift < 0 else high
+    left = tirx.max(shift, i32(0))
+    right = tirx.max(i32(0) - shift, i32(0))
+    high = saturating_rounding_doubling_high_mul(x * (i32(1) << left), i32(multiplier), False)
+    return rounding_divide_by_pot(high, right)
+
+
+def saturating_rounding_multiply_by_pot(x: Expr, exponent: int) -> Expr:
+    """gemmlowp's SaturatingRoundingMultiplyByPOT with a compile-time exponent."""
+    if exponent > 0:
+        threshold = (1 << (31 - exponent)) - 1
+        shifted = x << i32(exponent)
+        return select(x > i32(threshold), i32(INT32_MAX),
+                      select(x < i32(-threshold), i32(INT32_MIN), shifted))
+    if exponent < 0:
+        return rounding_divide_by_pot(x, -exponent)
+    return x
+
+
+def count_leading_zeros(x: Expr) -> Expr:
+    """Leading zero bits of a positive int32 (as 32 comparisons: no intrinsic needed)."""
+    bits = i32(0)
+    for k in range(31):
+        bits = bits + select(x >= i32(1 << k), i32(1), i32(0))
+    return i32(32) - bits
+
+
+def reciprocal_half_denominator(a: Expr) -> Expr:
+    """(a + 1) / 2 rounded (gemmlowp's RoundingHalfSum(a, One)), the denominator of
+    `one_over_one_plus_x_for_x_in_0_1`."""
+    total = i64(a) + i64(INT32_MAX)
+    return i32(tirx.truncdiv(total + select(total >= i64(0), i64(1), i64(-1)), i64(2)))
+
+
+def reciprocal_first_guess(half_denominator: Expr) -> Expr:
+    """48/17 - 32/17 * d in Q2.29: Newton-Raphson's starting point."""
+    return i32(1515870810) + saturating_rounding_doubling_high_mul(
+        half_denominator, i32(-1010580540), False)
+
+
+def reciprocal_step(half_denominator: Expr, x: Expr) -> Expr:
+    """One Newton-Raphson step of 1/d in Q2.29 (gemmlowp does three)."""
+    srdhm = saturating_rounding_doubling_high_mul
+    one_minus = i32(1 << 29) - srdhm(half_denominator, x)
+    return x + saturating_rounding_multiply_by_pot(srdhm(x, one_minus), 2)
+
+
+def reciprocal_result(x: Expr) -> Expr:
+    """The Q2.29 estimate of 1/d as 1/(1 + a) in Q0.31."""
+    return saturating_rounding_multiply_by_pot(x, 1)
