@@ -7,6 +7,10 @@ overlap. Several placement strategies run and the smallest pool wins: greedy by 
 between live buffers (as TFLite Micro does), greedy in schedule order, every placement order for
 small graphs, and a seeded hill climb over the placement order for larger ones. Constants are laid
 out back to back in a read-only constant pool.
+
+Every plan is verified before it is used (`check_plan`): lives recomputed from the schedule, no
+two buffers live at the same step share a byte, every view's root lives across all the view's
+uses, everything fits and is aligned. A violation is a bug in microexport (`InvalidPlan`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from microexport.compiler.lower import Schedule
 from microexport.compiler.unpacked import ScratchLayout
@@ -26,6 +30,11 @@ DEFAULT_ALIGNMENT = 16
 
 class PoolOverflow(Error):
     """The buffers do not fit in the workspace pools' size limits."""
+
+
+class InvalidPlan(RuntimeError):
+    """A memory plan breaks an invariant of static planning: an internal error (a bug in
+    microexport, never in the model), so it is not an `Error` and keeps its traceback."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,10 @@ class MemoryPlan:
     """Where every workspace buffer and every constant lives, and the pool sizes.
 
     `placements` maps each buffer to (pool name, byte offset); `pool_bytes` gives each pool's
-    size (a pool of size zero is not used); `workspace_bytes` is their total.
+    size (a pool of size zero is not used); `workspace_bytes` is their total. `lives` maps each
+    placed buffer to the steps [first, last] of the schedule during which the planner kept its
+    bytes reserved (with `io_in_workspace`, a model input's life starts at step 0 and an
+    output's ends at the last step: the caller writes and reads them around the run).
     """
 
     pools: tuple[PoolSpec, ...]
@@ -60,6 +72,7 @@ class MemoryPlan:
     alignment: int  # the alignment used: the requested one, raised to the largest element size
     strategy: str  # the placement strategy that gave the smallest pool
     io_in_workspace: bool = False
+    lives: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def align(value: int, alignment: int) -> int:
@@ -307,7 +320,7 @@ def plan_memory(
             continue
         constant_offsets[name] = cursor
         cursor = align(cursor + schedule.tensors[name].nbytes, alignment)
-    return MemoryPlan(
+    plan = MemoryPlan(
         pools=tuple(pools),
         pool_bytes=pool_bytes,
         placements={name: (pools[index].name, off) for name, (index, off) in placement.items()},
@@ -319,4 +332,125 @@ def plan_memory(
         alignment=alignment,
         strategy=strategy,
         io_in_workspace=io_in_workspace,
+        lives={buf.name: (buf.first, buf.last) for buf in placed},
     )
+    check_plan(plan, schedule, scratch)
+    return plan
+
+
+def _required_lives(
+    plan: MemoryPlan, schedule: Schedule, scratch: dict[str, ScratchLayout]
+) -> dict[str, tuple[int, int, int]]:
+    """Recomputed from the schedule alone: every buffer that needs workspace bytes →
+    (size in bytes, first step, last step) it must keep them. A tensor's storage (its root) is
+    needed at every step that reads or writes the tensor or any view of it."""
+    steps = len(schedule.calls)
+    used: dict[str, list[int]] = {}
+    for step, call in enumerate(schedule.calls):
+        for name in call.inputs + call.outputs:
+            used.setdefault(schedule.root(name), []).append(step)
+    kinds = {"intermediate"} | ({"input", "output"} if plan.io_in_workspace else set())
+    required: dict[str, tuple[int, int, int]] = {}
+    roots = set(used) | (set(schedule.inputs) | {schedule.root(n) for n in schedule.outputs}
+                         if plan.io_in_workspace else set())
+    for root in roots:
+        info = schedule.tensors[root]
+        if info.kind not in kinds:
+            continue
+        touched = used.get(root, [0])
+        first, last = min(touched), max(touched)
+        if info.kind == "input":
+            first = 0
+        elif info.kind == "output":
+            last = steps - 1
+        required[root] = (info.nbytes, first, last)
+    for step, call in enumerate(schedule.calls):
+        layout = scratch.get(call.kernel)
+        if layout is not None and layout.nbytes:
+            name = plan.scratch_names.get(step, f"<scratch of {call.kernel} at step {step}>")
+            required[name] = (layout.nbytes, step, step)
+    return required
+
+
+def check_plan(plan: MemoryPlan, schedule: Schedule, scratch: dict[str, ScratchLayout]) -> None:
+    """Verify a memory plan against its schedule; raise `InvalidPlan` naming the first problem.
+
+    Checked: every buffer that needs workspace (intermediates, scratch, and inputs/outputs with
+    `io_in_workspace`) is placed, in a known pool, aligned, inside the pool's size and limit;
+    a view has no storage of its own, fits in its root and the root's planned life covers every
+    step that uses the root or any view of it; no two buffers whose planned lives share a step
+    share a byte; constants do not overlap and fit the constant pool. Cost: the number of
+    buffers times the most buffers live at once, far below the planner's own.
+    """
+
+    def fail(problem: str) -> None:
+        raise InvalidPlan(f"invalid memory plan (a bug in microexport): {problem}")
+
+    pools = {pool.name: pool for pool in plan.pools}
+    required = _required_lives(plan, schedule, scratch)
+    spans: dict[str, tuple[str, int, int]] = {}  # buffer → (pool, start byte, end byte)
+    for name, (size, first, last) in sorted(required.items()):
+        if name not in plan.placements:
+            fail(f"buffer '{name}' ({size} B, used at steps {first}..{last}) has no placement")
+        pool, offset = plan.placements[name]
+        if pool not in pools:
+            fail(f"buffer '{name}' is placed in unknown pool '{pool}'")
+        limit = pools[pool].size_limit
+        end = offset + size
+        if offset < 0 or offset % plan.alignment or end > plan.pool_bytes.get(pool, 0) or (
+                limit is not None and end > limit):
+            fail(f"buffer '{name}' at [{offset}, {end}) of pool '{pool}' is misaligned "
+                 f"(alignment {plan.alignment}) or outside the pool ({plan.pool_bytes.get(pool)} "
+                 f"B, limit {limit})")
+        life = plan.lives.get(name)
+        if life is None or life[0] > first or life[1] < last:
+            fail(f"buffer '{name}' is used (itself or through a view) at steps {first}..{last} "
+                 f"but its planned life is {life}")
+        spans[name] = (pool, offset, end)
+    for view in schedule.views:
+        root = schedule.root(view)
+        if view in plan.placements and view != root:
+            fail(f"view '{view}' of '{root}' has a placement of its own")
+        if schedule.tensors[view].nbytes > schedule.tensors[root].nbytes:
+            fail(f"view '{view}' ({schedule.tensors[view].nbytes} B) is larger than its root "
+                 f"'{root}' ({schedule.tensors[root].nbytes} B)")
+        if schedule.tensors[root].kind == "constant" and root not in plan.constant_offsets:
+            fail(f"constant view '{view}' has a root '{root}' missing from the constant pool")
+    _check_no_overlap(plan, spans, fail)
+    _check_constants(plan, schedule, fail)
+
+
+def _check_no_overlap(
+    plan: MemoryPlan, spans: dict[str, tuple[str, int, int]], fail: Callable[[str], None]
+) -> None:
+    """No two buffers whose planned lives share a step may share a byte of the same pool.
+
+    Two lives that overlap both hold at the later of their first steps, so a sweep over the
+    buffers in order of first step compares each one only with the buffers still live then."""
+    order = sorted(spans, key=lambda name: (plan.lives[name][0], name))
+    active: list[str] = []
+    for name in order:
+        first = plan.lives[name][0]
+        pool, start, end = spans[name]
+        active = [other for other in active if plan.lives[other][1] >= first]
+        for other in active:
+            other_pool, other_start, other_end = spans[other]
+            if other_pool == pool and start < other_end and other_start < end:
+                fail(f"buffers '{other}' [{other_start}, {other_end}) and '{name}' "
+                     f"[{start}, {end}) of pool '{pool}' overlap and are both live at step "
+                     f"{first}")
+        active.append(name)
+
+
+def _check_constants(plan: MemoryPlan, schedule: Schedule, fail: Callable[[str], None]) -> None:
+    """Constants are aligned, inside the constant pool and pairwise disjoint."""
+    spans = sorted(
+        (offset, offset + schedule.tensors[name].nbytes, name)
+        for name, offset in plan.constant_offsets.items()
+    )
+    previous_end, previous = 0, ""
+    for start, end, name in spans:
+        if start % plan.alignment or end > plan.constants_bytes or start < previous_end:
+            fail(f"constant '{name}' at [{start}, {end}) is misaligned, outside the "
+                 f"{plan.constants_bytes}-byte constant pool or overlaps '{previous}'")
+        previous_end, previous = max(previous_end, end), name
