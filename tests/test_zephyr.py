@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,9 +33,10 @@ from microexport.model import FunctionSignature, KernelSpec
 
 ZEPHYR_BOARDS = [name for name in list_boards() if "zephyr" in load_board(name).platforms]
 HARDWARE = ["nrf5340dk_nrf5340_cpuapp", "nucleo_f746zg", "nucleo_l4r5zi", "stm32f746g_disco"]
-APP_FILES = ["CMakeLists.txt", "board.yaml", "microexport.json", "prj.conf", "src/main.c",
-             "src/microexport_port.h", "src/microexport_protocol.c",
-             "src/microexport_protocol.h", "src/port_zephyr.c"]
+APP_FILES = ["CMakeLists.txt", "Kconfig", "board.yaml", "microexport.json", "prj.conf",
+             "selftest.conf", "src/main.c", "src/microexport_port.h",
+             "src/microexport_protocol.c", "src/microexport_protocol.h", "src/port_zephyr.c",
+             "src/selftest.c", "testcase.yaml"]
 
 
 @pytest.fixture
@@ -100,11 +102,25 @@ def test_west_command_lines(archive: Path, tmp_path: Path) -> None:
     qemu_build = qemu.platform.expected_build(qemu.project)
     (run,) = qemu.platform.run_plan(qemu_build)
     qemu_dir = tmp_path / "qemu" / "build"
-    assert run.argv == ("west", "build", "-d", str(qemu_dir), "-t", "run", "--",
-                        f"-DQEMU_PIPE={qemu_dir / 'qemu-fifo'}")
+    assert run.argv[:7] == ("west", "build", "-d", str(qemu_dir), "-t", "run", "--")
+    fifo = rf"{re.escape(str(qemu_dir))}/qemu-fifo-{os.getpid()}-[0-9a-f]{{12}}"
+    assert re.fullmatch(f"-DQEMU_PIPE={fifo}", run.argv[7])
     (qemu_west,) = qemu.platform.build_plan(qemu.project)
     assert qemu_west.argv[:4] == ("west", "build", "-b", "qemu_cortex_m3")
     assert load_board("mps2_an521").zephyr_board == "mps2/an521/cpu0"
+
+
+def test_each_run_has_its_own_fifo(archive: Path, tmp_path: Path) -> None:
+    """Two runs of one project (even at the same time) never share QEMU_PIPE's FIFOs."""
+    qemu = zephyr_project(archive, "qemu_cortex_m3", tmp_path / "qemu")
+    platform = qemu.platform
+    assert isinstance(platform, ZephyrPlatform)
+    build = platform.expected_build(qemu.project)
+    pipes = {platform.pipe_path(build) for _ in range(100)}
+    assert len(pipes) == 100
+    assert all(pipe.parent == qemu.project.build_dir for pipe in pipes)
+    plans = [platform.run_plan(build)[0].argv[-1] for _ in range(2)]
+    assert plans[0] != plans[1]
 
 
 def test_capabilities_depend_on_the_board(archive: Path, tmp_path: Path) -> None:
@@ -365,9 +381,16 @@ def build_error(project: Path, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_minimal_libc_without_libm_calls(archive: Path, tmp_path: Path) -> None:
+    """The fixture's kernel library calls isnan, a <math.h> macro that Zephyr's minimal libc
+    lacks (a real twister build failed on it): a full libc. Without it, the minimal libc."""
     opened = zephyr_project(archive, "qemu_cortex_m3", tmp_path / "app")
-    assert libm_calls(opened.project) == []
+    assert libm_calls(opened.project) == ["isnan"]
     conf = (tmp_path / "app" / "prj.conf").read_text()
+    assert "CONFIG_REQUIRES_FULL_LIBC=y" in conf and "CONFIG_MINIMAL_LIBC" not in conf
+    lib = next(p for p in opened.project.sources if p.name.endswith("_lib.c"))
+    lib.write_text(lib.read_text().replace("isnan(x_0[0])", "(x_0[0] != x_0[0])"))
+    assert libm_calls(opened.project) == []
+    conf = render_prj_conf(opened)
     assert "CONFIG_MINIMAL_LIBC=y" in conf and "CONFIG_REQUIRES_FULL_LIBC" not in conf
 
 
@@ -380,17 +403,17 @@ def test_libm_calls_need_a_full_libc(archive: Path, tmp_path: Path,
     lib = next(p for p in opened.project.sources if p.name.endswith("_lib.c"))
     lib.write_text(lib.read_text() + "\nfloat tvmgen_fixture_extra(float x) { return expf(x) "
                    "+ tvmgen_fixture_sqrtf_like(x) + sqrtf (x); }\n")
-    assert libm_calls(opened.project) == ["expf", "sqrtf"]
+    assert libm_calls(opened.project) == ["expf", "isnan", "sqrtf"]
     conf = render_prj_conf(opened)
     assert "CONFIG_REQUIRES_FULL_LIBC=y" in conf and "CONFIG_MINIMAL_LIBC" not in conf
-    assert "calls libm (expf, sqrtf)" in conf
+    assert "calls libm (expf, isnan, sqrtf)" in conf
     base = fake_zephyr(tmp_path / "ws")
     monkeypatch.setenv("ZEPHYR_BASE", str(base))
     monkeypatch.setenv("ZEPHYR_TOOLCHAIN_VARIANT", "cross-compile")
     monkeypatch.setenv("CROSS_COMPILE", str(tmp_path / "no-such-toolchain-"))
     monkeypatch.delenv("ZEPHYR_MODULES", raising=False)
     err = build_error(tmp_path / "app", capsys)
-    assert "model 'fixture' calls libm (expf, sqrtf) and needs a full C library" in err
+    assert "model 'fixture' calls libm (expf, isnan, sqrtf) and needs a full C library" in err
     assert "apt-get install picolibc-arm-none-eabi" in err and "picolibc module" in err
     assert not (tmp_path / "app" / "build" / "west-build.log").exists()  # west never ran
     assert full_libc_source({"ZEPHYR_TOOLCHAIN_VARIANT": "zephyr"}) == "the Zephyr SDK's picolibc"

@@ -20,6 +20,7 @@ VID:PID in the board file, or `--port`) and talks the protocol there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 import yaml
 
 from microexport.archive.glue import interface_variables
+from microexport.deploy.platforms.baremetal import icount_shift, ticks_to_instructions
 from microexport.deploy.platforms.base import (
     Build,
     Capabilities,
@@ -71,7 +74,7 @@ RAM_OVERHEAD = 12 * 1024
 BUILD_TIMEOUT = 1800.0
 FLASH_TIMEOUT = 300.0
 CMAKE_TIMEOUT = 300.0
-QEMU_PIPE = "qemu-fifo"  # <build>/qemu-fifo.in and .out (Zephyr's QEMU_PIPE)
+QEMU_PIPE = "qemu-fifo"  # <build>/qemu-fifo-<pid>-<token>.in and .out (Zephyr's QEMU_PIPE)
 QEMU_PID_FILE = "qemu.pid"  # written by Zephyr's QEMU targets in the build directory
 PIPE_OPEN_POLL = 0.05
 # Zephyr's QEMU_PIPE opens `-chardev pipe,id=con,mux=on`: QEMU's monitor shares the console and
@@ -92,7 +95,16 @@ APP_TEMPLATES: dict[str, str] = {
     "zephyr/zephyr_main.c.j2": f"{SOURCE_DIR}/main.c",
     "zephyr/microexport_port.h.j2": f"{SOURCE_DIR}/microexport_port.h",
     "zephyr/port_zephyr.c.j2": f"{SOURCE_DIR}/port_zephyr.c",
+    "zephyr/Kconfig.j2": "Kconfig",
+    "zephyr/selftest.conf.j2": "selftest.conf",
 }
+# The self-test (twister): rendered with the embedded inputs and reference outputs.
+SELFTEST_TEMPLATES: dict[str, str] = {
+    "zephyr/selftest.c.j2": f"{SOURCE_DIR}/selftest.c",
+    "zephyr/testcase.yaml.j2": "testcase.yaml",
+}
+SELFTEST_SEED = 0  # the embedded inputs: compare.sample_inputs(model.inputs, SELFTEST_SEED)
+HOST_REFERENCE = "the archive built for this machine with cc"
 ZEPHYR_HELP = ("install Zephyr (pip install west; west init ~/zephyrproject; cd ~/zephyrproject; "
                "west update; west zephyr-export; and the Zephyr SDK) and set "
                "ZEPHYR_BASE=~/zephyrproject/zephyr")
@@ -226,7 +238,10 @@ _LIBM_BASE = (
     "lround", "llround", "trunc", "fmod", "remainder", "remquo", "copysign", "nan", "nextafter",
     "nexttoward", "fdim", "fmax", "fmin", "fma",
 )
-LIBM_FUNCTIONS = frozenset(name + suffix for name in _LIBM_BASE for suffix in ("", "f", "l"))
+# <math.h> classification macros: Zephyr's minimal libc's math.h has none of them.
+_MATH_MACROS = ("isnan", "isinf", "isfinite", "isnormal", "signbit", "fpclassify")
+LIBM_FUNCTIONS = frozenset({*(name + suffix for name in _LIBM_BASE for suffix in ("", "f", "l")),
+                            *_MATH_MACROS})
 _C_CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
 
 
@@ -276,6 +291,134 @@ def check_libc(project: Project, base: Path, environ: Mapping[str, str] | None =
                     f"{base.parent} has picolibc: {LIBC_HELP}")
 
 
+@dataclasses.dataclass(frozen=True)
+class QemuIcount:
+    """QEMU's `-icount shift=N`: one instruction every 2**N ns of virtual time, read through a
+    timer of `timer_hz` (the emulated machine's SysTick clock, the board file's `clock_hz`)."""
+
+    shift: int
+    timer_hz: int
+
+    @property
+    def exact(self) -> bool:
+        """Whether the timer ticks at least twice per instruction (ticks -> instructions is
+        then exact, `ticks_to_instructions`)."""
+        return (1 << self.shift) * self.timer_hz >= 2 * 10**9
+
+    def instructions(self, ticks: int) -> int:
+        """Instructions executed while the timer advanced `ticks` (rounded when not exact)."""
+        if self.exact:
+            return ticks_to_instructions(ticks, self.timer_hz, self.shift)
+        return round(ticks * 10**9 / (self.timer_hz << self.shift))
+
+
+def read_kconfig(path: Path) -> dict[str, str]:
+    """`CONFIG_X=value` lines of a Zephyr build's `.config` (quotes kept); empty if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    return dict(re.findall(r"^(CONFIG_\w+)=(.*)$", text, re.MULTILINE))
+
+
+def qemu_icount(config_path: Path, board: Any) -> QemuIcount | None:
+    """The `-icount` setting a built application runs QEMU with (CONFIG_QEMU_ICOUNT and
+    CONFIG_QEMU_ICOUNT_SHIFT of its `.config`), None without one or without the board's timer
+    clock (`clock_hz`)."""
+    config = read_kconfig(config_path)
+    shift = config.get("CONFIG_QEMU_ICOUNT_SHIFT", "")
+    if config.get("CONFIG_QEMU_ICOUNT") != "y" or not shift.isdigit() or not board.clock_hz:
+        return None
+    return QemuIcount(int(shift), int(board.clock_hz))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelftestData:
+    """What the self-test embeds: inputs and the reference outputs for them (name -> array),
+    and where the outputs come from (printed by the self-test)."""
+
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    reference: str
+
+
+def _tensor_bytes(array: Any, dtype: str) -> bytes:
+    import numpy as np
+
+    want = np.dtype(dtype).newbyteorder("<")
+    return np.ascontiguousarray(np.asarray(array).astype(want, copy=False)).tobytes()
+
+
+def selftest_variables(model: CompiledModel, data: SelftestData) -> dict[str, Any]:
+    """The self-test templates' variables: each input and reference output as hex rows of its
+    little-endian bytes (`rows`), with its CRC-32 and C type, and the comparison tolerances."""
+    import zlib
+
+    from microexport.archive.glue import hex_rows, tensor_var
+    from microexport.deploy.compare import FLOAT_ATOL, FLOAT_RTOL, QUANTIZED_MAX_DIFF
+
+    def entries(specs: Any, arrays: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+        found = []
+        for spec in specs:
+            if spec.name not in arrays:
+                raise Error(f"self-test data of model '{model.name}' has no {what} "
+                            f"'{spec.name}'")
+            raw = _tensor_bytes(arrays[spec.name], spec.dtype)
+            if len(raw) != spec.nbytes:
+                raise Error(f"self-test {what} '{spec.name}' has {len(raw)} bytes, the model's "
+                            f"has {spec.nbytes}")
+            rows = [", ".join(f"0x{b}" for b in row) + "," for row in hex_rows(raw)]
+            found.append({**dataclasses.asdict(tensor_var(spec)), "rows": rows,
+                          "crc32": zlib.crc32(raw), "is_float": spec.dtype.startswith("float")})
+        return found
+
+    return {
+        "selftest_inputs": entries(model.inputs, data.inputs, "input"),
+        "selftest_outputs": entries(model.outputs, data.outputs, "output"),
+        "reference": comment_text(data.reference),
+        "rtol": repr(FLOAT_RTOL), "atol": repr(FLOAT_ATOL), "max_int_diff": QUANTIZED_MAX_DIFF,
+    }
+
+
+def comment_text(text: str) -> str:
+    """`text` safe inside a C comment, a C string and a YAML comment: printable ASCII without
+    `*/`, quotes or backslashes."""
+    cleaned = "".join(c if " " <= c <= "~" and c not in "\\\"" else "?" for c in text)
+    return cleaned.replace("*/", "*?")
+
+
+def host_reference(project: Project, inputs: Mapping[str, Any]) -> SelftestData:
+    """Reference outputs from the archive's C built and run on this machine (the `host`
+    platform), for `inputs`."""
+    import tempfile
+
+    from microexport.deploy.boards import load_board
+    from microexport.deploy.platforms.host import HostPlatform
+
+    host = HostPlatform(load_board("host"))
+    with tempfile.TemporaryDirectory(prefix="microexport-selftest-") as tmp:
+        work = Path(tmp)
+        copy = Project(project.root, work / "build", project.model, work)
+        make_directory(copy.build_dir, "build directory")
+        build = host.do_build(copy)
+        outputs = host.execute(build, inputs).outputs
+    return SelftestData(dict(inputs), outputs, HOST_REFERENCE)
+
+
+def write_selftest(directory: str | Path, data: SelftestData) -> None:
+    """Embed `data` (inputs and reference outputs, e.g. a reference runtime's) in the Zephyr
+    project at `directory`: renders src/selftest.c and testcase.yaml again."""
+    from microexport.deploy.project import open_project
+
+    opened = open_project(directory)
+    platform = opened.platform
+    if not isinstance(platform, ZephyrPlatform):
+        raise Error(f"{directory} is a project for platform '{opened.info.platform}': only "
+                    f"Zephyr projects have a self-test")
+    for relative, text in platform.render_selftest(opened.project, data).items():
+        (opened.project.home / relative).write_text(text, encoding="utf-8")
+
+
 def check_west() -> None:
     """MissingTool-like Error if west is not installed, or Zephyr is not set up."""
     if shutil.which("west") is None:
@@ -318,6 +461,15 @@ class ZephyrPlatform(Platform):
         need = ZEPHYR_STACK_BASE + model.max_kernel_stack_bytes
         return -(-need // STACK_ROUNDING) * STACK_ROUNDING
 
+    def icount_shift(self) -> int | None:
+        """The `-icount shift` the application asks QEMU for (CONFIG_QEMU_ICOUNT_SHIFT): the
+        smallest giving at least two SysTick ticks per instruction, so that the ticks around a
+        run convert exactly to instructions, as on the bare-metal platform. None on hardware
+        and on boards without a known timer clock."""
+        if self.board.qemu_machine is None or not self.board.clock_hz:
+            return None
+        return icount_shift(self.board.clock_hz)
+
     def template_variables(self, project: Project) -> dict[str, Any]:
         """What the templates in templates/zephyr/ receive (see docs/templates.md)."""
         model = project.model
@@ -331,6 +483,7 @@ class ZephyrPlatform(Platform):
             "heap_size": self.board.heap_size or 0,
             "kernel_stack_bytes": model.max_kernel_stack_bytes,
             "libm_calls": libm_calls(project),
+            "icount_shift": self.icount_shift(),
         }
 
     def render_sources(self, project: Project) -> dict[str, str]:
@@ -345,9 +498,27 @@ class ZephyrPlatform(Platform):
             files[f"{SOURCE_DIR}/{filename}"] = text
         return files
 
+    def selftest_data(self, project: Project) -> SelftestData:
+        """What `create` embeds in the self-test: seeded inputs (`compare.sample_inputs`) and
+        the outputs of the archive's C built for this machine (`write_selftest` embeds a
+        reference runtime's instead)."""
+        from microexport.deploy.compare import sample_inputs
+
+        return host_reference(project, sample_inputs(project.model.inputs, SELFTEST_SEED))
+
+    def render_selftest(self, project: Project, data: SelftestData) -> dict[str, str]:
+        """Relative path -> text of the self-test's files (src/selftest.c, testcase.yaml)."""
+        env = glue_environment(self.templates)
+        variables = {**self.template_variables(project),
+                     **selftest_variables(project.model, data)}
+        return {path: render(env, template, variables)
+                for template, path in SELFTEST_TEMPLATES.items()}
+
     def do_create(self, project: Project) -> None:
         make_directory(project.home / SOURCE_DIR, "source directory")
-        for relative, text in self.render_sources(project).items():
+        files = {**self.render_sources(project),
+                 **self.render_selftest(project, self.selftest_data(project))}
+        for relative, text in files.items():
             (project.home / relative).write_text(text, encoding="utf-8")
 
     def do_overhead(self, model: CompiledModel) -> MemoryNeeds:
@@ -410,15 +581,19 @@ class ZephyrPlatform(Platform):
         return self.board.qemu_machine is None
 
     def pipe_path(self, build: Build) -> Path:
-        """Zephyr's QEMU_PIPE: QEMU reads `<path>.in` and writes `<path>.out`."""
-        return build.project.build_dir / QEMU_PIPE
+        """A new QEMU_PIPE for one run: QEMU reads `<path>.in` and writes `<path>.out`. The name
+        is unique per run (process id and a random token), so two runs of one project never
+        share a FIFO."""
+        return build.project.build_dir / f"{QEMU_PIPE}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
-    def do_run_plan(self, build: Build, options: RunOptions) -> list[Invocation]:
+    def do_run_plan(self, build: Build, options: RunOptions,
+                    pipe: Path | None = None) -> list[Invocation]:
         if self.board.qemu_machine is None:
             return []  # hardware: the serial port only
+        pipe = pipe if pipe is not None else self.pipe_path(build)
         return [Invocation(
             ("west", "build", "-d", str(build.project.build_dir), "-t", "run", "--",
-             f"-DQEMU_PIPE={self.pipe_path(build)}"),
+             f"-DQEMU_PIPE={pipe}"),
             cwd=build.project.home,
             timeout=BUILD_TIMEOUT + self.run_timeout(options),
             what=f"west build -t run for {self.board.name}",
@@ -446,8 +621,28 @@ class ZephyrPlatform(Platform):
             check_west()
             outputs, stats = self.run_in_qemu(build, arrays, options)
         raw = {name: _encode(array) for name, array in outputs.items()}
-        return RawRun(raw, RunStats(cycles=stats.ticks, details={
-            "clock_hz": stats.clock_hz, "host_seconds": stats.host_seconds}))
+        return RawRun(raw, self.run_stats(build, stats.ticks, stats.clock_hz,
+                                          stats.host_seconds))
+
+    def icount(self, build: Build) -> QemuIcount | None:
+        """How QEMU counts instructions for this build (from its Kconfig), None on hardware or
+        when the build does not run QEMU with `-icount`."""
+        if self.board.qemu_machine is None:
+            return None
+        return qemu_icount(build.project.build_dir / "zephyr" / ".config", self.board)
+
+    def run_stats(self, build: Build, ticks: int | None, clock_hz: int,
+                  host_seconds: float | None = None) -> RunStats:
+        """What a run measured: in QEMU with `-icount`, the instructions the model's run took
+        (exact when the cycle counter ticks at least twice per instruction); on hardware, the
+        ticks of the board's cycle counter as cycles."""
+        details: dict[str, Any] = {"clock_hz": clock_hz, "host_seconds": host_seconds}
+        counting = self.icount(build) if ticks is not None else None
+        if counting is None or ticks is None:
+            return RunStats(cycles=ticks, details=details)
+        details.update(ticks=ticks, icount_shift=counting.shift, timer_hz=counting.timer_hz,
+                       exact=counting.exact)
+        return RunStats(instructions=counting.instructions(ticks), details=details)
 
     def run_in_qemu(
         self, build: Build, inputs: Mapping[str, Any], options: RunOptions
@@ -456,10 +651,10 @@ class ZephyrPlatform(Platform):
         then stop QEMU (its pid file)."""
         from microexport.deploy import protocol
 
-        (step,) = self.do_run_plan(build, options)
         pipe = self.pipe_path(build)
-        for suffix in (".in", ".out"):
-            path = pipe.with_name(pipe.name + suffix)
+        (step,) = self.do_run_plan(build, options, pipe)
+        fifos = [pipe.with_name(pipe.name + suffix) for suffix in (".in", ".out")]
+        for path in fifos:
             path.unlink(missing_ok=True)
             os.mkfifo(path)
         west = GroupProcess(step)
@@ -488,6 +683,8 @@ class ZephyrPlatform(Platform):
             _stop_qemu(build.project.build_dir / QEMU_PID_FILE)
             worker.join(10.0)
             west.kill()  # whatever of west, ninja and QEMU is left
+            for path in fifos:
+                path.unlink(missing_ok=True)
             _forget_qemu_pipe(build.project.build_dir, self.board.name)
 
 
