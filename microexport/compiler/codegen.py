@@ -7,6 +7,7 @@ render them into `templates/codegen/lib.c.j2`, which includes only the C standar
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,47 @@ def lower_to_libm(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.Pas
     return tvm_ffi.structural_map(func, (ir.Call, _lower_to_libm))
 
 
+# Non-finite constants: TVM's C code generator prints infinity as `inff` / `inf` and NaN as
+# `nanf` / `nan`, names C does not have. Before codegen they become calls of these marker
+# functions, which `make_tvm_free` replaces by C99's <math.h> macros.
+_NON_FINITE_C = {
+    "microexport_inf_float32": "INFINITY",
+    "microexport_neg_inf_float32": "(-INFINITY)",
+    "microexport_nan_float32": "NAN",
+    "microexport_inf_float64": "((double)INFINITY)",
+    "microexport_neg_inf_float64": "((double)-INFINITY)",
+    "microexport_nan_float64": "((double)NAN)",
+}
+_NON_FINITE_CALL = re.compile(r"\b(" + "|".join(_NON_FINITE_C) + r")\(\)")
+_NON_FINITE_DECL = re.compile(r"^(TVM_DLL )?(float|double) (" + "|".join(_NON_FINITE_C)
+                              + r")\((void)?\);$")
+
+
+def _finite_spelling(value: tirx.FloatImm) -> tirx.PrimExpr:
+    """A non-finite float32/float64 constant as a call of its marker function, else unchanged."""
+    number = float(value.value)
+    dtype = str(value.ty.dtype)
+    if math.isfinite(number) or dtype not in ("float32", "float64"):
+        return value
+    kind = "nan" if math.isnan(number) else "inf" if number > 0 else "neg_inf"
+    return tirx.call_pure_extern(dtype, f"microexport_{kind}_{dtype}")
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="microexport.SpellNonFinite")
+def spell_non_finite(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext
+                     ) -> tirx.PrimFunc:
+    """Rewrite infinity and NaN constants to calls of marker functions that `make_tvm_free`
+    turns into `INFINITY` / `NAN` (see `_NON_FINITE_C`)."""
+    del mod, ctx
+    return tvm_ffi.structural_map(func, (tirx.FloatImm, _finite_spelling))
+
+
 def finalize_passes() -> tvm.transform.Pass:
     """Last TIR passes before C codegen: lower math intrinsics (`fabs` → `fabsf`, `exp` → `expf`,
-    …)."""
-    return tvm.transform.Sequential([lower_to_libm, tirx.transform.LowerIntrin()])
+    …), then spell infinity and NaN constants in C."""
+    return tvm.transform.Sequential(
+        [lower_to_libm, tirx.transform.LowerIntrin(), spell_non_finite]
+    )
 
 
 def build_c(mod: tvm.IRModule, target: tvm.target.Target) -> str:
@@ -88,8 +126,10 @@ def make_tvm_free(
     (`templates` overrides it like `--templates`)."""
     lines = []
     for line in _EXTERN_C_GUARD.sub("", raw).splitlines():
-        if any(p.match(line) for p in _DROPPED_LINES) or _LIBM_DECL.match(line):
+        if (any(p.match(line) for p in _DROPPED_LINES) or _LIBM_DECL.match(line)
+                or _NON_FINITE_DECL.match(line)):
             continue
+        line = _NON_FINITE_CALL.sub(lambda m: _NON_FINITE_C[m.group(1)], line)
         lines.append(line.replace("TVM_DLL ", ""))
     body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
     for symbol in FORBIDDEN_SYMBOLS:

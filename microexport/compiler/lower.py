@@ -16,7 +16,12 @@ from tvm import ir, relax, s_tir, tirx
 
 from microexport.compiler.frontend import ImportedModel
 from microexport.compiler.schedules import schedule_for_c
-from microexport.compiler.unpacked import DEFAULT_STACK_LIMIT, ScratchLayout, make_unpacked
+from microexport.compiler.unpacked import (
+    DEFAULT_STACK_LIMIT,
+    ScratchLayout,
+    bind_buffer_offsets,
+    make_unpacked,
+)
 from microexport.errors import DynamicShape, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec, dtype_bytes
 
@@ -150,7 +155,7 @@ def lower(
     schedule = extract_schedule(scheduled, model)
     used = {call.kernel for call in schedule.calls}
     prim_funcs = {
-        gv: schedule_for_c(func).with_attr("target", tvm_target)
+        gv: bind_buffer_offsets(schedule_for_c(func)).with_attr("target", tvm_target)
         for gv, func in scheduled.functions.items()
         if isinstance(func, tirx.PrimFunc) and gv.name_hint in used
     }

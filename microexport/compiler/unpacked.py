@@ -188,6 +188,29 @@ def unpack_function(
     return c_names(new_func), layout
 
 
+def bind_buffer_offsets(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with the symbolic element offset of every buffer parameter bound to 0.
+
+    Some legalized operators (ScatterND, ScatterElements) declare their parameters with
+    `offset_factor=1`, which gives each buffer a free `elem_offset` variable that TVM's packed
+    API would read from the DLTensor. Unpacked kernels get a pointer to the first element of
+    their tensor, so the offset is 0 (without this, C codegen fails on the undefined variable).
+    """
+    offsets: dict[int, tirx.PrimExpr] = {}
+    for param in func.params:
+        if isinstance(param.ty, tirx.BufferType):
+            offset = param.ty.elem_offset
+            if isinstance(offset, tirx.Var):
+                offsets[offset.__chandle__()] = tirx.IntImm(str(offset.ty.dtype), 0)
+    if not offsets:
+        return func
+
+    def bind(var: tirx.Var) -> tirx.PrimExpr:
+        return offsets.get(var.__chandle__(), var)
+
+    return tvm_ffi.structural_map(func, (tirx.Var, bind), order="pre")
+
+
 def c_name(name: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
     """`name` as a C identifier (not a keyword) that is not in `taken`: `in put/0` → `in_put_0`,
     `int` → `int_`, `x` (taken) → `x_1`."""
@@ -210,9 +233,14 @@ def c_names(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """
     params = list(func.params)
     renamed: dict[int, ir.Var] = {}
-    taken = {p.name for p in params if c_name(p.name) == p.name}
-    for param in params:
-        if c_name(param.name) != param.name:
+    kept: set[int] = set()
+    taken: set[str] = set()
+    for param in params:  # the first parameter of each usable name keeps it
+        if c_name(param.name) == param.name and param.name not in taken:
+            taken.add(param.name)
+            kept.add(param.__chandle__())
+    for param in params:  # FuseTIR may name two parameters alike (`lv1`, `lv1`)
+        if param.__chandle__() not in kept:
             new = ir.Var(c_name(param.name, taken), param.ty)
             taken.add(new.name)
             renamed[param.__chandle__()] = new
