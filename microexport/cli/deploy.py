@@ -68,8 +68,18 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from microexport.deploy.project import create_project
+    from microexport.deploy.project import create_project, create_zephyr_module
+    from microexport.errors import Error
 
+    if args.kind == "zephyr-module":
+        if args.platform not in (None, "zephyr"):
+            raise Error(f"--kind zephyr-module is for the zephyr platform: drop --platform "
+                        f"{args.platform}")
+        module = create_zephyr_module(args.archive, args.board, args.output,
+                                      templates=args.templates, force=args.force)
+        print(f"created Zephyr module {module}: add it to an application with "
+              f"-DZEPHYR_EXTRA_MODULES={module}")
+        return 0
     opened = create_project(args.archive, args.board, args.output, platform=args.platform,
                             templates=args.templates, force=args.force)
     print(f"created {opened.directory}: model '{opened.info.model}' for board "
@@ -241,7 +251,10 @@ COMMANDS = (
          Option(("-o", "--output"), "project directory to create", {"type": Path,
                                                                      "required": True}),
          PLATFORM, TEMPLATES,
-         Option(("--force",), "replace an existing project directory", {"action": "store_true"})),
+         Option(("--force",), "replace an existing project directory", {"action": "store_true"}),
+         Option(("--kind",), "what to create: a complete application for the board (app), or "
+                "the model as a Zephyr module for an existing application (zephyr-module)",
+                {"choices": ["app", "zephyr-module"], "default": "app"})),
     ),
     Command("build", "build a project (bare metal: arm-none-eabi-gcc; Zephyr: west build)",
             cmd_build, (PROJECT,), (DRY_RUN,)),

@@ -142,6 +142,34 @@ def create_project(
     return open_project(output)
 
 
+PROJECT_KINDS = ("app", "zephyr-module")  # `project create --kind`
+
+
+def create_zephyr_module(
+    archive: str | Path,
+    board: str | Board,
+    output: str | Path,
+    *,
+    templates: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Write `archive` as a Zephyr module in the new directory `output` (`--kind zephyr-module`:
+    zephyr/module.yml, CMakeLists.txt with zephyr_library, Kconfig, the extracted model) for an
+    existing Zephyr application to add with ZEPHYR_EXTRA_MODULES; returns its path. The model
+    is checked against `board`'s flash and RAM first, as for a project."""
+    from microexport.deploy.platforms.zephyr_module import create_module
+
+    board_info = resolve_board(board)
+    if "zephyr" not in board_info.platforms:
+        raise Error(f"board '{board_info.name}' has no Zephyr platform (its platforms: "
+                    f"{', '.join(board_info.platforms)}): choose a Zephyr board for "
+                    f"--kind zephyr-module (see microexport boards)")
+    template_dir = Path(templates).absolute() if templates is not None else None
+    zephyr = get_platform(board_info, "zephyr", templates=template_dir)
+    return create_module(archive, board_info, output, templates=template_dir, force=force,
+                         check_fit=zephyr.check_fit)
+
+
 def _move_into_place(staging: Path, output: Path) -> None:
     """Rename `staging` to `output`, replacing an existing `output` only once `staging` is
     complete."""
