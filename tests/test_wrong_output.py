@@ -9,6 +9,8 @@ scheduled block is checked to still run over its whole iteration domain.
 
 from __future__ import annotations
 
+import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from microexport.deploy.boards import load_board
 from microexport.deploy.compare import compare
 from microexport.deploy.platforms import get_platform
 from microexport.deploy.reference import run_reference
+from microexport.model import CompiledModel
 
 Inputs = dict[str, np.ndarray]
 QEMU_BOARD = "mps2_an385"
@@ -202,6 +205,85 @@ def test_face_detector_reuses_memory(compiled: Callable) -> None:
     intervals, _ = live_intervals(lowered.schedule, lowered.scratch)
     workspace = read_model(archive).memory.workspace_bytes
     assert 0 < workspace < sum(interval.nbytes for interval in intervals)
+
+
+def _poison_harness(model: CompiledModel) -> str:
+    """C main for an archive compiled with `workspace="external"`: `poisoned BYTE IN... OUT...`
+    fills every workspace pool and every output buffer with BYTE before the run, reads the
+    inputs from files and writes the outputs to files."""
+    prefix = f"tvmgen_{model.name}"
+    lines = ["#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
+             f'#include "{prefix}.h"', ""]
+    for pool in model.memory.pools:
+        if pool.nbytes:
+            lines.append(f"static union {prefix}_{pool.name}_storage pool_{pool.name};")
+    for kind, specs in (("in", model.inputs), ("out", model.outputs)):
+        for t in specs:
+            lines.append(f"static {t.ctype} {kind}_{t.c_name}[{max(t.elements, 1)}];")
+    lines += ["", "static int io(const char* path, void* data, size_t size, int write) {",
+              '  FILE* f = fopen(path, write ? "wb" : "rb");',
+              "  size_t done = 0;",
+              "  if (f) done = write ? fwrite(data, 1, size, f) : fread(data, 1, size, f);",
+              "  if (f) fclose(f);", "  return done != size;", "}", "",
+              "int main(int argc, char** argv) {",
+              f"  struct {prefix}_inputs inputs;", f"  struct {prefix}_outputs outputs;",
+              f"  struct {prefix}_workspace_pools pools;",
+              "  int poison = atoi(argv[1]);", "  (void)argc;"]
+    for pool in model.memory.pools:
+        if pool.nbytes:
+            lines += [f"  memset(&pool_{pool.name}, poison, sizeof pool_{pool.name});",
+                      f"  pools.{pool.name} = pool_{pool.name}.bytes;"]
+        else:
+            lines.append(f"  pools.{pool.name} = NULL;")
+    arg = 2
+    for t in model.inputs:
+        lines += [f"  inputs.{t.c_name} = in_{t.c_name};",
+                  f"  if (io(argv[{arg}], in_{t.c_name}, {t.nbytes}, 0)) return 2;"]
+        arg += 1
+    for t in model.outputs:
+        lines += [f"  memset(out_{t.c_name}, poison, sizeof out_{t.c_name});",
+                  f"  outputs.{t.c_name} = out_{t.c_name};"]
+    lines.append(f"  if ({prefix}_run(&inputs, &outputs, &pools) != 0) return 3;")
+    for t in model.outputs:
+        lines.append(f"  if (io(argv[{arg}], out_{t.c_name}, {t.nbytes}, 1)) return 4;")
+        arg += 1
+    return "\n".join([*lines, "  return 0;", "}", ""])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_output_depends_on_stale_memory(name: str, compiled: Callable,
+                                           tmp_path: Path) -> None:
+    """The wrong answer was elements never written: what they showed depended on the memory
+    plan (zeros in a fresh static pool, bytes of an earlier tensor after reuse). With every
+    workspace pool and output poisoned before the run (bytes 0xFF: float32 NaN; 0x4B: 1.3e7, which
+    a RELU does not hide), the outputs still match LiteRT: nothing is read before it is written
+    and every output element is written."""
+    gcc = require_program("gcc", "gcc")
+    _, path, inputs, expected = compiled(name)
+    result = microexport.compile(path, tmp_path / "external.tar", name=name,
+                                 workspace="external")
+    model = read_model(result.archive)
+    assert model.memory.workspace_bytes > 0
+    with tarfile.open(result.archive) as tar:
+        tar.extractall(tmp_path / "archive", filter="data")
+    host = tmp_path / "archive/codegen/host"
+    (tmp_path / "harness.c").write_text(_poison_harness(model))
+    binary = tmp_path / "poisoned"
+    subprocess.run([gcc, "-std=c99", "-O1", "-I", str(host / "include"),
+                    *map(str, sorted((host / "src").glob("*.c"))), str(tmp_path / "harness.c"),
+                    "-lm", "-o", str(binary)], check=True, capture_output=True, text=True)
+    args = []
+    for spec in model.inputs:
+        file = tmp_path / f"in_{spec.c_name}.bin"
+        file.write_bytes(np.ascontiguousarray(inputs[spec.name], spec.dtype).tobytes())
+        args.append(str(file))
+    outs = [tmp_path / f"out_{spec.c_name}.bin" for spec in model.outputs]
+    for poison in (0xFF, 0x4B):
+        subprocess.run([str(binary), str(poison), *args, *map(str, outs)], check=True,
+                       timeout=60)
+        got = {spec.name: np.fromfile(file, spec.dtype).reshape(spec.shape)
+               for spec, file in zip(model.outputs, outs, strict=True)}
+        _check(name, got, expected, f"host with memory poisoned by {poison:#x}")
 
 
 def _kernels(path: Path) -> dict[str, object]:
