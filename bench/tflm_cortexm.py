@@ -7,20 +7,22 @@ TFLite Micro (TFLM) comes from the user's checkout (`--tflm` or `$TFLM_ROOT`) wi
 third-party code already in `tensorflow/lite/micro/tools/make/downloads/` (the pins are in
 `PINNED`; nothing is downloaded). For each board's core and each kernel set (TFLM's reference
 kernels, or `OPTIMIZED_KERNEL_DIR=cmsis_nn`) the script compiles, with TFLM's own Makefile rules
-and flags, the framework plus only the kernels the benchmark models use into a static library,
-cached under `--build-dir` per (core, kernels). Per model it links a bare-metal harness
-(bench/tflm_harness/: our `main.cc` and startup code, microexport's bare-metal linker script) and
-runs it in `qemu-system-arm -icount shift=0`, where one instruction lasts 1 ns and the CMSDK
-timer ticks every 40 instructions. Reported per model, board and TFLM kernel set:
+and flags, the framework plus only the kernels the benchmark models use into two static
+libraries (framework; kernels with CMSIS-NN), cached under `--build-dir` per (core, kernels).
+Per model it links a bare-metal harness (bench/tflm_harness/: our `main.cc` and startup code,
+microexport's bare-metal linker script) and runs it in `qemu-system-arm -icount shift=0`, where
+one instruction lasts 1 ns and the CMSDK timer ticks every 40 instructions. Reported per model,
+board and TFLM kernel set:
 
 * instructions per inference: the median of invokes 2..N (the first may run one-time setup);
   ours from bench/cortexm.py's `measure` (microexport's own bare-metal harness, one inference);
 * instructions per MAC (MACs counted from the model's CONV_2D, DEPTHWISE_CONV_2D,
   FULLY_CONNECTED and BATCH_MATMUL operators);
 * RAM: TFLM's `arena_used_bytes()` against our workspace + inputs + outputs;
-* code: the bytes of executable code linked from the TFLM library (interpreter, kernels,
-  CMSIS-NN) against the code of our model functions; and of the whole image (startup, newlib,
-  harness included) for both. Weights are in neither.
+* code: the bytes of executable code linked from TFLM's kernels (with CMSIS-NN) and from its
+  framework (interpreter, allocator, flatbuffer parsing), against the code of our model functions
+  (kernels, AOT main, run wrapper); and of the whole image (startup, newlib, harness included)
+  for both. Weights are in neither.
 
 Ratios are ours/TFLM (below 1: we use less).
 """
@@ -77,7 +79,7 @@ PINNED = {
                                " -> downloads/cmsis/Cortex_DFP",
 }
 THIRD_PARTY = ("flatbuffers", "gemmlowp", "ruy", "kissfft", "cmsis_nn", "cmsis/CMSIS",
-               "cmsis/Cortex_DFP")
+               "cmsis/Cortex_DFP", "pigweed")
 
 # The kernels the benchmark models need: TFLM kernel sources by stem (with their `_common`).
 KERNEL_STEMS = ("activations", "add", "conv", "depthwise_conv", "fully_connected", "kernel_util",
@@ -101,7 +103,8 @@ def sources_hint() -> str:
     pins = "; ".join(f"{repo} {pin}" for repo, pin in PINNED.items())
     return (f"TFLite Micro sources not found: pass --tflm PATH or set TFLM_ROOT to a checkout of "
             f"tensorflow/tflite-micro with its third-party code unpacked under {DOWNLOADS}/ "
-            f"(see its Makefile's download scripts; pins used here: {pins})")
+            f"(its Makefile's download scripts name them; an empty pigweed/ will do; the Makefile "
+            f"needs Pillow and numpy; pins used here: {pins})")
 
 
 def find_tflm(path: str | None) -> Path | None:
@@ -135,9 +138,10 @@ def tflm_arch(board: Board) -> str:
 
 @dataclass(frozen=True)
 class TflmLibrary:
-    """A built TFLM static library and the flags to compile a harness against it."""
+    """The built TFLM static libraries and the flags to compile a harness against them."""
 
-    library: Path
+    framework: Path  # interpreter, allocator, flatbuffer parsing, shared kernel helpers
+    kernels: Path  # the operator kernels (and CMSIS-NN)
     cxxflags: list[str]
     cflags: list[str]
     includes: list[str]  # absolute -I flags
@@ -177,31 +181,38 @@ def wanted_object(path: str) -> bool:
 
 
 def build_tflm(root: Path, arch: str, kernels: str, cache: Path, jobs: int) -> TflmLibrary:
-    """Compile (or reuse from `cache`) the TFLM library for `arch` with `kernels`."""
+    """Compile (or reuse from `cache`, when built from the same checkout and commit) the TFLM
+    library for `arch` with `kernels`."""
     out = cache / f"{arch}_{kernels}"
     meta = out / "flags.json"
-    library = out / "libtflm.a"
-    if meta.exists() and library.exists():
-        return TflmLibrary(library=library, **json.loads(meta.read_text()))
+    framework, kernel_lib = out / "libtflm_framework.a", out / "libtflm_kernels.a"
+    stamp = {"root": str(root), "commit": tflm_commit(root), "layout": 2}
+    if meta.exists() and framework.exists() and kernel_lib.exists():
+        cached = json.loads(meta.read_text())
+        if cached.pop("source", None) == stamp:  # else built from another checkout: rebuild
+            return TflmLibrary(framework=framework, kernels=kernel_lib, **cached)
     command = make_command(root, arch, kernels)
     names = ["CXXFLAGS", "CCFLAGS", "INCLUDES", "MICROLITE_LIB_OBJS", "MICROLITE_KERNEL_OBJS",
              "MICROLITE_THIRD_PARTY_KERNEL_OBJS", "KERNEL_OPTIMIZATION_LEVEL"]
     values = make_variables(command, names)
     objects = [o for key in names[3:6] for o in values[key].split() if wanted_object(o)]
     print(f"building TFLM for {arch} ({kernels}): {len(objects)} objects", file=sys.stderr)
-    subprocess.run(["nice", "-n", "10"] + command + [f"-j{jobs}"] + objects, check=True,
-                   stdout=subprocess.DEVNULL)
+    done = subprocess.run(["nice", "-n", "10"] + command + [f"-j{jobs}"] + objects,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"TFLM build for {arch} ({kernels}) failed:\n{done.stderr[-3000:]}")
     out.mkdir(parents=True, exist_ok=True)
-    library.unlink(missing_ok=True)
-    subprocess.run(["arm-none-eabi-ar", "rcs", str(library)] + [str(root / o) for o in objects],
-                   check=True)
-    includes = [f"-I{root / flag[2:].strip(chr(34))}" for flag in values["INCLUDES"].split()
+    for library, part in ((framework, True), (kernel_lib, False)):
+        library.unlink(missing_ok=True)
+        members = [str(root / o) for o in objects if ("/obj/core/" in o) == part]
+        subprocess.run(["arm-none-eabi-ar", "rcs", str(library), *members], check=True)
+    includes = [f"-I{root / flag[2:]}" for flag in shell_split(values["INCLUDES"])
                 if flag.startswith("-I")]
     level = values["KERNEL_OPTIMIZATION_LEVEL"]
     flags = {"cxxflags": shell_split(values["CXXFLAGS"]) + [level],
              "cflags": shell_split(values["CCFLAGS"]) + [level], "includes": includes}
-    meta.write_text(json.dumps(flags, indent=1))
-    return TflmLibrary(library=library, **flags)
+    meta.write_text(json.dumps({**flags, "source": stamp}, indent=1))
+    return TflmLibrary(framework=framework, kernels=kernel_lib, **flags)
 
 
 def shell_split(text: str) -> list[str]:
@@ -429,7 +440,8 @@ def build_harness(lib: TflmLibrary, board: Board, model: Path, input_bytes: byte
     subprocess.run(["arm-none-eabi-g++", *cpu_ld, "--specs=rdimon.specs", "-nostartfiles",
                     "-Wl,--gc-sections", f"-Wl,-Map={work / 'tflm.map'}",
                     f"-T{work / 'linker.ld'}", str(work / "startup.o"), str(work / "main.o"),
-                    str(lib.library), "-lm", "-o", str(elf)], check=True)
+                    "-Wl,--start-group", str(lib.kernels), str(lib.framework),
+                    "-Wl,--end-group", "-lm", "-o", str(elf)], check=True)
     return elf
 
 
@@ -466,19 +478,21 @@ def run_harness(elf: Path, board: Board) -> TflmRun:
 _MAP_INPUT = re.compile(r"^ (\.text\S*)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S+)", re.MULTILINE)
 
 
-def code_bytes(elf: Path, library: Path) -> tuple[int, int]:
-    """(code bytes linked from `library`, all executable bytes of the image), from the linker
-    map and the ELF's section headers."""
+def code_bytes(elf: Path, library: Path) -> int:
+    """Code bytes linked from `library` (the linker map's input sections)."""
     text = (elf.parent / "tflm.map").read_text()
     text = re.sub(r"^ (\.text\S*)\n\s+", r" \1 ", text, flags=re.MULTILINE)  # wrapped names
-    from_library = sum(int(size, 16) for _, address, size, source in _MAP_INPUT.findall(text)
-                       if source.startswith(str(library) + "(") and int(address, 16))
+    return sum(int(size, 16) for _, address, size, source in _MAP_INPUT.findall(text)
+               if source.startswith(str(library) + "(") and int(address, 16))
+
+
+def image_code_bytes(elf: Path) -> int:
+    """All executable bytes of an image (its SHF_ALLOC | SHF_EXECINSTR sections)."""
     from elftools.elf.elffile import ELFFile
 
     with elf.open("rb") as stream:
-        image = sum(s["sh_size"] for s in ELFFile(stream).iter_sections()
-                    if s["sh_flags"] & 0x6 == 0x6)  # SHF_ALLOC | SHF_EXECINSTR
-    return from_library, image
+        return sum(s["sh_size"] for s in ELFFile(stream).iter_sections()
+                   if s["sh_flags"] & 0x6 == 0x6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,19 +565,29 @@ def main() -> None:
                     elf = build_harness(lib, board, path, input_bytes,
                                         work / f"tflm_{board.name}_{kernels}", args.invokes)
                     run = run_harness(elf, board)
-                    lib_code, image_code = code_bytes(elf, lib.library)
-                    rows.append(_row(board.name, kernels, macs, run, lib_code, image_code, ours))
+                    code = Code(code_bytes(elf, lib.kernels), code_bytes(elf, lib.framework),
+                                image_code_bytes(elf))
+                    rows.append(_row(board.name, kernels, macs, run, code, ours))
             print(f"### {name} ({macs:,} MACs; operators {', '.join(model_operators(path))})\n")
             print(markdown_table(HEADER, rows) + "\n", flush=True)
 
 
+@dataclass(frozen=True)
+class Code:
+    """Code bytes of a TFLM image: its kernels (with CMSIS-NN), its framework, all of it."""
+
+    kernels: int
+    framework: int
+    image: int
+
+
 HEADER = ["board", "TFLM kernels", "TFLM instr/inference", "TFLM instr/MAC",
           "ours instr/inference", "ours instr/MAC", "ours/TFLM instr", "TFLM arena B",
-          "ours RAM B", "ours/TFLM RAM", "TFLM lib code B", "ours model code B",
-          "ours/TFLM code", "TFLM image code B", "ours image code B"]
+          "ours RAM B", "ours/TFLM RAM", "TFLM kernel code B", "TFLM framework code B",
+          "ours model code B", "ours/TFLM kernel code", "TFLM image code B", "ours image code B"]
 
 
-def _row(board: str, kernels: str, macs: int, run: TflmRun, lib_code: int, image_code: int,
+def _row(board: str, kernels: str, macs: int, run: TflmRun, code: Code,
          ours: Ours | None) -> list[object]:
     per_mac = (lambda n: f"{n / macs:.2f}") if macs else (lambda n: "n/a")
     if ours is None:
@@ -574,8 +598,9 @@ def _row(board: str, kernels: str, macs: int, run: TflmRun, lib_code: int, image
                       ratio(ours.instructions, run.instructions)]
         ours_ram, ours_code, ours_image = ours.ram, ours.model_code, ours.image_code
     return [board, kernels, run.instructions, per_mac(run.instructions), *ours_cells,
-            run.arena_bytes, ours_ram, ratio(ours and ours.ram, run.arena_bytes), lib_code,
-            ours_code, ratio(ours and ours.model_code, lib_code), image_code, ours_image]
+            run.arena_bytes, ours_ram, ratio(ours and ours.ram, run.arena_bytes), code.kernels,
+            code.framework, ours_code, ratio(ours and ours.model_code, code.kernels), code.image,
+            ours_image]
 
 
 if __name__ == "__main__":
