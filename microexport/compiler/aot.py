@@ -10,6 +10,7 @@ Kernels and main end up in one IRModule of private functions, so the C codegen e
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from tvm import ir, tirx
 
 from microexport.compiler.lower import Schedule, TensorInfo
 from microexport.compiler.plan import MemoryPlan
-from microexport.compiler.unpacked import byte_pool, pool_pointer
+from microexport.compiler.unpacked import byte_pool, mark_unused, pool_pointer
 from microexport.model import TensorSpec, c_identifier, symbol_prefix
 
 CONSTANTS_PARAM = "constants"
@@ -54,7 +55,8 @@ def build_aot_module(
     `pass_scratch=False` leaves out the kernels' scratch arguments (for kernels not yet unpacked).
     """
     prefix = symbol_prefix(model_name)
-    kernel_vars = {gv.name_hint: ir.GlobalVar(prefix + gv.name_hint) for gv in kernels.functions}
+    kernel_vars = {gv.name_hint: ir.GlobalVar(kernel_symbol(prefix, gv.name_hint))
+                   for gv in kernels.functions}
     funcs = {kernel_vars[gv.name_hint]: f for gv, f in kernels.functions.items()}
 
     params: list[tirx.Var] = []
@@ -105,6 +107,7 @@ def build_aot_module(
             tirx.IfThenElse(tirx.NE(status, tirx.IntImm("int32", 0)), tirx.Return(status), None)
         )
     body.append(tirx.Return(tirx.IntImm("int32", 0)))
+    body[:0] = mark_unused(params, tirx.SeqStmt(body))  # inputs the model ignores
 
     main_symbol = prefix + "__tvm_main__"
     target = next(iter(funcs.values())).attrs["target"]
@@ -118,6 +121,19 @@ def build_aot_module(
     funcs[ir.GlobalVar(main_symbol)] = main
     symbols = {name: gv.name_hint for name, gv in kernel_vars.items()}
     return AotModule(tvm.IRModule(funcs), main_symbol, symbols)
+
+
+MAX_SYMBOL_LENGTH = 200  # metadata.schema.json: a function symbol has at most 200 characters
+
+
+def kernel_symbol(prefix: str, kernel: str) -> str:
+    """`prefix + kernel`, shortened to `MAX_SYMBOL_LENGTH` with a hash of the full name when
+    longer (FuseTIR names a fused kernel after every operator in it)."""
+    symbol = prefix + kernel
+    if len(symbol) <= MAX_SYMBOL_LENGTH:
+        return symbol
+    digest = hashlib.sha256(kernel.encode()).hexdigest()[:12]
+    return f"{symbol[:MAX_SYMBOL_LENGTH - len(digest) - 1]}_{digest}"
 
 
 def _declare(

@@ -16,6 +16,7 @@ import tvm
 import tvm_ffi
 from tvm import ir, tirx
 
+from microexport.compiler.unpacked import UNUSED_MARKER
 from microexport.model import header_filename, lib_filename
 from microexport.templating import glue_environment, render
 
@@ -81,6 +82,8 @@ _NON_FINITE_C = {
     "microexport_neg_inf_float64": "((double)-INFINITY)",
     "microexport_nan_float64": "((double)NAN)",
 }
+_UNUSED_CALL = re.compile(r"^(\s*)" + UNUSED_MARKER + r"\((\w+)\);$")
+_MARKER_DECL = re.compile(r"^(TVM_DLL )?int32_t " + UNUSED_MARKER + r"\(.*\);$")
 _NON_FINITE_CALL = re.compile(r"\b(" + "|".join(_NON_FINITE_C) + r")\(\)")
 _NON_FINITE_DECL = re.compile(r"^(TVM_DLL )?(float|double) (" + "|".join(_NON_FINITE_C)
                               + r")\((void)?\);$")
@@ -127,8 +130,9 @@ def make_tvm_free(
     lines = []
     for line in _EXTERN_C_GUARD.sub("", raw).splitlines():
         if (any(p.match(line) for p in _DROPPED_LINES) or _LIBM_DECL.match(line)
-                or _NON_FINITE_DECL.match(line)):
+                or _NON_FINITE_DECL.match(line) or _MARKER_DECL.match(line)):
             continue
+        line = _UNUSED_CALL.sub(r"\1(void)\2;", line)
         line = _NON_FINITE_CALL.sub(lambda m: _NON_FINITE_C[m.group(1)], line)
         lines.append(line.replace("TVM_DLL ", ""))
     body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"

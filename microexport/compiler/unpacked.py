@@ -125,6 +125,48 @@ def _static_nbytes(buffer: tirx.Buffer) -> int:
     return count * dtype_bytes(str(buffer.dtype))
 
 
+# `microexport_unused(x);` in TVM's C output becomes `(void)x;` (see codegen.make_tvm_free): a
+# parameter no statement reads (a model input the model ignores, an empty tensor) compiles
+# without an unused-parameter warning under -Werror.
+UNUSED_MARKER = "microexport_unused"
+
+
+def mark_unused(params: list[tirx.Var], body: tirx.Stmt) -> list[tirx.Stmt]:
+    """`microexport_unused(p)` statements for the pointer parameters `body` never uses."""
+    used = _used_vars(body)
+    return [tirx.Evaluate(tirx.call_extern("int32", UNUSED_MARKER, param))
+            for param in params if param.__chandle__() not in used]
+
+
+def _used_vars(body: tirx.Stmt) -> set[int]:
+    """The variables (by handle) `body` uses other than to declare a buffer: a buffer declared
+    on another's data (`x_1 = decl_buffer(..., data=x.data)`) uses it only if `x_1` is used."""
+    decls: list[tirx.DeclBuffer] = []
+
+    def collect(stmt: tirx.Stmt) -> tirx.Stmt | None:
+        if isinstance(stmt, tirx.DeclBuffer):
+            decls.append(stmt)
+        return None
+
+    rewrite_stmt(body, collect)
+    counts = _var_counts(body)
+    aliases: dict[int, set[int]] = {}
+    for decl in decls:
+        own = _var_counts(decl)
+        for key, count in own.items():
+            counts[key] = counts.get(key, 0) - count
+        buffer = decl.buffer.__chandle__()
+        aliases.setdefault(buffer, set()).update(key for key in own if key != buffer)
+    used = {key for key, count in counts.items() if count > 0}
+    pending = list(used)
+    while pending:
+        for key in aliases.get(pending.pop(), ()):
+            if key not in used:
+                used.add(key)
+                pending.append(key)
+    return used
+
+
 def _layout(buffers: list[tirx.Buffer], stack_bytes: int) -> ScratchLayout:
     placed: list[ScratchBuffer] = []
     offset = 0
@@ -142,7 +184,8 @@ def unpack_function(
     `stack_limit` bytes stay C locals."""
 
     def stays_on_stack(buffer: tirx.Buffer) -> bool:
-        return _static_nbytes(buffer) <= stack_limit
+        # A zero-byte buffer goes to scratch too: C has no zero-length local arrays.
+        return 0 < _static_nbytes(buffer) <= stack_limit
 
     params: list[tirx.Var] = []
     decls: list[tirx.Stmt] = []
@@ -158,9 +201,19 @@ def unpack_function(
 
     on_stack: list[tirx.Buffer] = []
 
+    unused: set[int] = set()  # zero-byte buffers nothing reads or writes (empty splits)
+    var_counts = _var_counts(func.body)
+
     def collect(stmt: tirx.Stmt) -> tirx.Stmt | None:
         if isinstance(stmt, tirx.AllocBuffer):
-            (on_stack if stays_on_stack(stmt.buffer) else allocated).append(stmt.buffer)
+            data = stmt.buffer.__chandle__()
+            if (_static_nbytes(stmt.buffer) == 0
+                    and var_counts.get(data, 0) <= _var_counts(stmt).get(data, 0)):
+                unused.add(data)
+            elif stays_on_stack(stmt.buffer):
+                on_stack.append(stmt.buffer)
+            else:
+                allocated.append(stmt.buffer)
             return stmt
         return None
 
@@ -172,6 +225,8 @@ def unpack_function(
     def lift(stmt: tirx.Stmt) -> tirx.Stmt | None:
         if not isinstance(stmt, tirx.AllocBuffer) or stays_on_stack(stmt.buffer):
             return None
+        if stmt.buffer.__chandle__() in unused:  # would be an unused C variable
+            return tirx.Evaluate(tirx.IntImm("int32", 0))
         offset = next(placements).offset
         return tirx.DeclBuffer(
             stmt.buffer, data=pool_pointer(scratch, offset, str(stmt.buffer.dtype))
@@ -181,7 +236,12 @@ def unpack_function(
     if layout.buffers:
         params.append(scratch_ptr)
         decls.insert(0, tirx.DeclBuffer(scratch, data=scratch_ptr))
-    body = tirx.SeqStmt([*decls, body, tirx.Return(tirx.IntImm("int32", 0))])
+    pointers = {param.__chandle__(): ptr for param, ptr in zip(func.params, params, strict=False)
+                if isinstance(param.ty, tirx.BufferType)}
+    used = _used_vars(body)
+    unused = [tirx.Evaluate(tirx.call_extern("int32", UNUSED_MARKER, pointers[key]))
+              for key in pointers if key not in used]
+    body = tirx.SeqStmt([*unused, *decls, body, tirx.Return(tirx.IntImm("int32", 0))])
     new_func = tirx.PrimFunc(params, body, ret_type=ir.PrimType("int32"))
     attrs = {k: v for k, v in (func.attrs or {}).items() if k != "global_symbol"}
     new_func = new_func.with_attrs(attrs) if attrs else new_func
@@ -267,6 +327,19 @@ def _var_names(func: tirx.PrimFunc) -> set[str]:
 
     tvm_ffi.structural_map(func, (ir.Var, visit), order="pre")
     return names
+
+
+def _var_counts(node: object) -> dict[int, int]:
+    """How often each variable (by handle) occurs in `node`."""
+    counts: dict[int, int] = {}
+
+    def visit(var: ir.Var) -> ir.Var:
+        key = var.__chandle__()
+        counts[key] = counts.get(key, 0) + 1
+        return var
+
+    tvm_ffi.structural_map(node, (ir.Var, visit), order="pre")
+    return counts
 
 
 def make_unpacked(

@@ -45,6 +45,8 @@ def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
     inputs = _model_inputs(model, input_shapes, path)
     model = fold_shape_computations(model, inputs)
     _check_operators(model)
+    _check_training_mode(model)
+    _rewrite_one_sided_isinf(model.graph)
     mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
     return finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
@@ -122,6 +124,56 @@ def _check_operators(model: onnx.ModelProto) -> None:
         if others:
             detail += f"; also {', '.join(others)}"
         raise UnsupportedOperator(first, detail)
+
+
+def _check_training_mode(model: onnx.ModelProto) -> None:
+    """UnsupportedOperator for a Dropout whose `training_mode` input is not a constant false:
+    TVM's frontend ignores it (and `ratio`) and would compute the inference identity."""
+    from onnx import numpy_helper
+
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+            continue
+        flag = constants.get(node.input[2])
+        if flag is None or bool(numpy_helper.to_array(flag).any()):
+            raise UnsupportedOperator(
+                "Dropout", "in training mode (random masks; its training_mode input "
+                f"'{node.input[2]}' is not a constant false): export the model for inference")
+
+
+def _rewrite_one_sided_isinf(graph: onnx.GraphProto) -> None:
+    """IsInf with `detect_negative=0` or `detect_positive=0` as IsInf and a sign test.
+
+    TVM's frontend ignores the two attributes (it detects both infinities). The sign test
+    compares `x` with `-x` (`x > -x` means positive), so no constant of x's type is needed.
+    """
+    from onnx import helper
+
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: a.i for a in node.attribute}
+        negative, positive = attrs.get("detect_negative", 1), attrs.get("detect_positive", 1)
+        if node.op_type != "IsInf" or node.domain not in _DEFAULT_DOMAINS or (
+                negative and positive):
+            nodes.append(node)
+            continue
+        x, (y,) = node.input[0], node.output
+        stem = f"{y}__isinf"
+        nodes.append(helper.make_node("IsInf", [x], [f"{stem}_any"], name=f"{stem}_any"))
+        if negative or positive:
+            nodes.append(helper.make_node("Neg", [x], [f"{stem}_neg"], name=f"{stem}_neg"))
+            compare = "Greater" if positive else "Less"
+            nodes.append(helper.make_node(compare, [x, f"{stem}_neg"], [f"{stem}_sign"],
+                                          name=f"{stem}_sign"))
+            sign = f"{stem}_sign"
+        else:  # neither infinity: always false
+            nodes.append(helper.make_node("Not", [f"{stem}_any"], [f"{stem}_not"],
+                                          name=f"{stem}_not"))
+            sign = f"{stem}_not"
+        nodes.append(helper.make_node("And", [f"{stem}_any", sign], [y], name=node.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> Any:
