@@ -446,3 +446,48 @@ def test_zephyr_release_and_board_are_checked_before_west(
     assert "Zephyr board 'mps2/an521/cpu0' of board 'mps2_an521' does not exist in Zephyr 4.0.0" \
         in err
     assert not (tmp_path / "an521" / "build" / "west-build.log").exists()
+
+
+def test_selftest_embeds_inputs_and_reference_outputs(archive: Path, tmp_path: Path) -> None:
+    """The self-test files: testcase.yaml for twister's console harness over selftest.conf, and
+    src/selftest.c with the inputs and reference outputs as bytes (the host build's at create,
+    any others through write_selftest)."""
+    import zlib
+
+    import numpy as np
+    import yaml
+    from fixture_model import expected_outputs, fixture_inputs
+
+    from microexport.deploy.platforms.zephyr import HOST_REFERENCE, SelftestData, write_selftest
+
+    root = tmp_path / "app"
+    zephyr_project(archive, "mps2_an521", root)
+    testcase = yaml.safe_load((root / "testcase.yaml").read_text())
+    common = testcase["common"]
+    assert common["harness"] == "console"
+    assert common["harness_config"]["regex"] == ["microexport selftest: PASS"]
+    assert common["extra_args"] == ["EXTRA_CONF_FILE=selftest.conf"]
+    assert common["platform_allow"] == ["mps2/an521/cpu0"]
+    assert list(testcase["tests"]) == ["microexport.fixture.selftest"]
+    assert "CONFIG_MICROEXPORT_SELFTEST=y" in (root / "selftest.conf").read_text()
+    assert "config MICROEXPORT_SELFTEST" in (root / "Kconfig").read_text()
+    assert "if(CONFIG_MICROEXPORT_SELFTEST)" in (root / "CMakeLists.txt").read_text()
+    selftest = (root / "src" / "selftest.c").read_text()
+    assert HOST_REFERENCE in selftest
+    inputs = fixture_inputs(3)
+    outputs = expected_outputs(inputs)
+    write_selftest(root, SelftestData(inputs, outputs, 'odd */ "name"\n'))
+    selftest = (root / "src" / "selftest.c").read_text()
+    assert 'reference odd *? ?name??' in selftest and "*/ \"name\"" not in selftest
+    for name, array in outputs.items():
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        assert f"CRC-32 0x{zlib.crc32(data):08x}" in selftest, name
+        assert ", ".join(f"0x{b:02x}" for b in data[:16]) in selftest
+    with pytest.raises(Error, match="^self-test data of model 'fixture' has no output 'y'$"):
+        write_selftest(root, SelftestData(inputs, {"count": outputs["count"]}, "x"))
+    with pytest.raises(Error, match="^self-test input 'x:0' has 48 bytes, the model's has 24$"):
+        write_selftest(root, SelftestData({**inputs, "x:0": np.zeros(12, np.float32)},
+                                          outputs, "x"))
+    bare = create_project(archive, "mps2_an385", tmp_path / "bare", platform="baremetal")
+    with pytest.raises(Error, match="platform 'baremetal': only Zephyr projects have a self-test"):
+        write_selftest(bare.directory, SelftestData(inputs, outputs, "x"))

@@ -116,5 +116,6 @@ def test_zephyr_runs_count_instructions_deterministically(
         assert "instructions per inference" in stats[0].summary()
         assert "cycles" not in stats[0].summary()
         counts[board] = stats[0].instructions
+        assert not list(opened.project.build_dir.glob("qemu-fifo*"))  # each run removed its own
     low, high = sorted(counts.values())
     assert high <= 1.02 * low, counts  # equal for sine_float: 21002 on both

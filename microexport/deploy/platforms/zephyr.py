@@ -9,12 +9,19 @@
     src/microexport_port.h  the port interface (main.c builds without Zephyr headers)
     src/port_zephyr.c       the transport on the console UART, k_cycle_get_32 as clock
     src/microexport_protocol.[ch]  microexport.deploy.protocol.render_device_sources
+    Kconfig, selftest.conf  CONFIG_MICROEXPORT_SELFTEST and the overlay that turns it on
+    src/selftest.c          the self-test: one run on embedded inputs, CRC-32s and PASS/FAIL
+                            against embedded reference outputs (`SelftestData`, `write_selftest`)
+    testcase.yaml           twister's console harness over the self-test
+
+On QEMU boards prj.conf asks for `-icount` (CONFIG_QEMU_ICOUNT, `icount_shift`) and `run`
+reports instructions per inference (`QemuIcount`), as the bare-metal platform does.
 
 `build` runs `west build -b <zephyr board> -d <project>/build <project>`, `flash` runs
 `west flash -d <project>/build`. `run` on a board emulated by QEMU runs
-`west build -d <project>/build -t run` with the console UART on a pipe (Zephyr's QEMU_PIPE) and
-talks the protocol over it; on hardware it opens the board's serial port (found by the USB
-VID:PID in the board file, or `--port`) and talks the protocol there.
+`west build -d <project>/build -t run` with the console UART on a pipe of its own (Zephyr's
+QEMU_PIPE) and talks the protocol over it; on hardware it opens the board's serial port (found
+by the USB VID:PID in the board file, or `--port`) and talks the protocol there.
 """
 
 from __future__ import annotations
