@@ -8,6 +8,7 @@ followed by our unpacked-API pass (stage `lowered`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,8 @@ class Schedule:
     outputs: tuple[str, ...]
     views: dict[str, str]
     constants: dict[str, np.ndarray]
+    # kernels the schedule adds itself (copies into outputs), by kernel name, block-level TIR
+    extra_kernels: dict[str, tirx.PrimFunc] = dataclasses.field(default_factory=dict)
 
     def root(self, name: str) -> str:
         """The tensor that owns the memory of `name` (follows reshape views)."""
@@ -154,10 +157,12 @@ def lower(
         scheduled = relax_pipeline()(model.mod)
     schedule = extract_schedule(scheduled, model)
     used = {call.kernel for call in schedule.calls}
+    functions = [(gv, func) for gv, func in scheduled.functions.items()
+                 if isinstance(func, tirx.PrimFunc) and gv.name_hint in used]
+    functions += [(ir.GlobalVar(name), func) for name, func in schedule.extra_kernels.items()]
     prim_funcs = {
         gv: bind_buffer_offsets(schedule_for_c(func)).with_attr("target", tvm_target)
-        for gv, func in scheduled.functions.items()
-        if isinstance(func, tirx.PrimFunc) and gv.name_hint in used
+        for gv, func in functions
     }
     block_kernels = tvm.IRModule(prim_funcs)
     kernels, scratch = make_unpacked(tir_pipeline()(block_kernels), kernel_stack_limit)
@@ -181,6 +186,20 @@ class _ScheduleBuilder:
         self.names: dict[ir.Var, str | tuple[str, ...]] = {}
         self.const_names: list[tuple[ir.Constant, str]] = []
         self.used_names: set[str] = set()
+        self.extra_kernels: dict[str, tirx.PrimFunc] = {}
+
+    def copy(self, source: str, name: str) -> str:
+        """A new tensor `name` (unique) computed as a copy of tensor `source`."""
+        info = self.tensors[source]
+        count = int(np.prod(info.shape, dtype=np.int64))
+        kernel = f"copy_{info.dtype}_{count}"
+        if kernel not in self.extra_kernels:
+            self.used_names.add(kernel)
+            self.extra_kernels[kernel] = copy_kernel(count, info.dtype)
+        target = self.unique(name)
+        self.tensors[target] = TensorInfo(target, info.shape, info.dtype, "intermediate")
+        self.calls.append(KernelCall(kernel, (source,), (target,)))
+        return target
 
     def unique(self, base: str) -> str:
         name, i = base, 1
@@ -290,7 +309,17 @@ def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel) -> Schedule:
         outputs=outputs,
         views=builder.views,
         constants=builder.constants,
+        extra_kernels=builder.extra_kernels,
     )
+
+
+def copy_kernel(count: int, dtype: str) -> tirx.PrimFunc:
+    """A block-level kernel copying `count` elements of `dtype` (`dst[i] = src[i]`)."""
+    from tvm import te
+
+    src = te.placeholder((count,), dtype, name="src")
+    dst = te.compute((count,), lambda i: src[i], name="dst")
+    return te.create_prim_func([src, dst]).without_attr("global_symbol")
 
 
 def _bind_outputs(
@@ -305,12 +334,10 @@ def _bind_outputs(
         root = name
         while root in builder.views:
             root = builder.views[root]
-        kind = builder.tensors[root].kind
-        if kind != "intermediate" or root in roots:
-            raise ModelError(
-                f"output '{spec.name}' is a model input, a constant or (a reshape of) another "
-                "output: microexport needs every output computed by its own kernel"
-            )
+        if builder.tensors[root].kind != "intermediate" or root in roots:
+            # A model input, a constant or (a view of) another output: the output gets its own
+            # memory, filled by a copy kernel.
+            name = root = builder.copy(name, spec.c_name)
         roots.add(root)
         for tensor in (name, root):
             info = builder.tensors[tensor]

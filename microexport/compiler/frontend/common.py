@@ -86,9 +86,10 @@ def finish_import(
     main = mod["main"]
     if "params" in (main.attrs or {}):  # stale weight list some frontends attach
         mod = _replace_main(mod, main.without_attr("params"))
+    where = str(source) if source is not None else "the Relax module"
+    mod, input_names = _bind_empty_inputs(mod, list(input_names), where)
     mod = relax.transform.FoldConstant()(mod)
     main = mod["main"]
-    where = str(source) if source is not None else "the Relax module"
     inputs = tuple(
         _tensor_spec(name, param.ty, f"input '{name}' of {where}")
         for name, param in zip(input_names, main.params, strict=True)
@@ -104,6 +105,36 @@ def finish_import(
     _check_no_symbolic_vars(main, where)
     _check_c_float_types(main, where)
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, format=fmt, source=source)
+
+
+def _bind_empty_inputs(
+    mod: tvm.IRModule, input_names: list[str], where: str
+) -> tuple[tvm.IRModule, list[str]]:
+    """Bind every input without elements (a zero-size dimension) to an empty constant.
+
+    Such an input carries only its static shape and dtype, which the model keeps; the compiled
+    model does not take it (C has no zero-length arrays to pass).
+    """
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    main = mod["main"]
+    empty: dict[str, Any] = {}
+    kept = []
+    for name, param in zip(input_names, main.params, strict=True):
+        ty = param.ty
+        if (isinstance(ty, relax.TensorType) and isinstance(ty.shape, relax.ShapeExpr)
+                and any(isinstance(d, tvm.tirx.IntImm) and int(d) == 0 for d in ty.shape.values)
+                and all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values)):
+            shape = tuple(int(d) for d in ty.shape.values)
+            _tensor_spec(name, ty, f"input '{name}' of {where}")  # a dtype C has a type for
+            empty[param.name] = tvm.runtime.tensor(np.zeros(shape, dtype=str(ty.dtype)))
+        else:
+            kept.append(name)
+    if not empty:
+        return mod, input_names
+    return relax.transform.BindParams("main", empty)(mod), kept
 
 
 def _replace_main(mod: tvm.IRModule, main: object) -> tvm.IRModule:
@@ -138,6 +169,10 @@ def _tensor_spec(name: str, ty: object, what: str) -> TensorSpec:
                 f"{what} has dynamic dimension {axis} ('{dim}'): give the inputs static shapes"
             )
     shape = tuple(int(d) for d in dims)
+    if 0 in shape and what.startswith("output"):
+        raise ModelError(f"{what} has shape {shape}, no elements: microexport cannot return an "
+                         "empty tensor (C has no zero-length arrays); remove it from the model's "
+                         "outputs")
     if any(d < 0 for d in shape) or math.prod(shape) > MAX_TENSOR_ELEMENTS:
         raise ModelError(f"{what} has shape {shape} ({math.prod(shape)} elements): at most "
                          f"{MAX_TENSOR_ELEMENTS} elements fit the int32 indices of the generated C")
@@ -190,7 +225,7 @@ def dynamic_dim_error(name: str, axis: int, dim: object, shape: list[object]) ->
 
 def resolve_shape(name: str, dims: list[Any], given: tuple[int, ...] | None) -> tuple[int, ...]:
     """The static shape of input `name`: `given` (from --input-shape, same rank as `dims`), else
-    `dims` if every dimension is a positive int, else a DynamicShape error."""
+    `dims` if every dimension is an int >= 0, else a DynamicShape error."""
     if given is not None:
         if len(given) != len(dims):
             raise InputError(
@@ -199,7 +234,7 @@ def resolve_shape(name: str, dims: list[Any], given: tuple[int, ...] | None) -> 
             )
         return tuple(int(d) for d in given)
     for axis, dim in enumerate(dims):
-        if not isinstance(dim, int) or dim <= 0:
+        if not isinstance(dim, int) or dim < 0:  # a zero-size dimension is static
             raise dynamic_dim_error(name, axis, dim, dims)
     return tuple(dims)
 

@@ -43,13 +43,16 @@ def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
     require("onnx", "onnx")
     model = _read(path)
     inputs = _model_inputs(model, input_shapes, path)
+    model, inputs = _freeze_empty_inputs(model, inputs)
     model = fold_shape_computations(model, inputs)
     _check_operators(model)
     _check_training_mode(model)
     _rewrite_one_sided_isinf(model.graph)
     mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
-    return finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
+    imported = finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
+    _check_output_shapes(model, imported, path)
+    return imported
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -95,6 +98,31 @@ def _model_inputs(model: onnx.ModelProto, input_shapes: Shapes, path: Path) -> l
     return specs
 
 
+def _freeze_empty_inputs(
+    model: onnx.ModelProto, inputs: list[TensorSpec]
+) -> tuple[onnx.ModelProto, list[TensorSpec]]:
+    """Make every input without elements (a zero-size dimension) an empty initializer.
+
+    Its value is fully known (its static shape and type), so shape-only uses such as CastLike's
+    `target_type` or an empty `axes` input become constants the frontend accepts; the compiled
+    model does not take it.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    empty = [spec for spec in inputs if 0 in spec.shape]
+    if not empty:
+        return model, inputs
+    import onnx
+
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    for spec in empty:
+        frozen.graph.initializer.append(
+            numpy_helper.from_array(np.zeros(spec.shape, dtype=spec.dtype), spec.name))
+    return frozen, [spec for spec in inputs if 0 not in spec.shape]
+
+
 def _static_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> tuple[int, ...]:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
@@ -126,13 +154,49 @@ def _check_operators(model: onnx.ModelProto) -> None:
         raise UnsupportedOperator(first, detail)
 
 
+def _check_output_shapes(model: onnx.ModelProto, imported: ImportedModel, path: Path) -> None:
+    """ModelError if an output's static shape declared in the model differs from the shape
+    TVM's frontend computed for it (a frontend shortcut, never a right answer)."""
+    for value, spec in zip(model.graph.output, imported.outputs, strict=True):
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1
+                     for d in tensor_type.shape.dim)
+        if all(d >= 0 for d in dims) and dims != spec.shape:
+            raise ModelError(
+                f"output '{value.name}' of {path}: TVM's ONNX frontend computes shape "
+                f"{spec.shape} where the model declares {dims}: the operator producing it is "
+                "not supported this way; open an issue")
+
+
+# Operators whose extra outputs TVM's frontend does not compute (it returns placeholders).
+_PLACEHOLDER_OUTPUTS = {"LayerNormalization": ("Mean", "InvStdDev")}
+
+
 def _check_training_mode(model: onnx.ModelProto) -> None:
-    """UnsupportedOperator for a Dropout whose `training_mode` input is not a constant false:
-    TVM's frontend ignores it (and `ratio`) and would compute the inference identity."""
+    """UnsupportedOperator for what TVM's frontend would silently compute wrong: a Dropout
+    whose `training_mode` input is not a constant false (it ignores it and `ratio`), a
+    BatchNormalization with `training_mode=1` (our inference lowering uses the running
+    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used."""
     from onnx import numpy_helper
 
     constants = {init.name: init for init in model.graph.initializer}
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {value.name for value in model.graph.output}
     for node in model.graph.node:
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        if node.op_type == "BatchNormalization" and any(
+                a.name == "training_mode" and a.i for a in node.attribute):
+            raise UnsupportedOperator("BatchNormalization", "training_mode=1 (batch "
+                                      "statistics): export the model for inference")
+        extra = _PLACEHOLDER_OUTPUTS.get(node.op_type, ())
+        for name, what in zip(node.output[1:], extra, strict=False):
+            if name and name in used:
+                raise UnsupportedOperator(node.op_type, f"its {what} output '{name}' is not "
+                                          "computed by TVM's frontend: use only its first "
+                                          "output")
         if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
             continue
         flag = constants.get(node.input[2])
