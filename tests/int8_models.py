@@ -1,17 +1,22 @@
 """Real int8 (and int16x8) TFLite models, quantized by a real quantizer, for the integer tests.
 
-Every builder writes a *float* TFLite model by hand (flatbuffer object API, with a SignatureDef),
-then fully quantizes it with the pinned `ai-edge-quantizer` (recipe `static_wi8_ai8`, or
-`static_wi8_ai16` for 16x8) calibrated on a fixed-seed set, and returns
-`(path_of_quantized_model, sample_inputs)` like `zoo.py`'s builders. Model inputs and outputs
-are integers (the quantizer's INPUT/OUTPUT ops change their type; no QUANTIZE/DEQUANTIZE edges).
+Every builder writes a *float* TFLite model by hand (flatbuffer object API, with a SignatureDef,
+He-initialised fixed-seed weights) as `<stem>_float.tflite`, fully quantizes it with the pinned
+`ai-edge-quantizer` (recipe `static_wi8_ai8`, or `static_wi8_ai16` for 16x8) calibrated on a
+fixed-seed set of `CALIBRATION_SAMPLES` inputs, writes `<stem>.tflite` and returns
+`(path, sample_inputs)` like `zoo.py`'s builders (`sample_inputs`: a fixed-seed draw from the
+calibration distribution, quantized with the model's input parameters). Model inputs and outputs
+are integers: the quantizer's INPUT/OUTPUT entries of the recipe retype them, so there is no
+QUANTIZE/DEQUANTIZE at the edges.
 
-The LSTM is the exception: ai-edge-quantizer 0.10.0 has no UNIDIRECTIONAL_SEQUENCE_LSTM
-quantization (see `lstm_int8`), so it is written quantized by hand in the layout TFLite's own
-converter produces for an int8 LSTM.
+ai-edge-quantizer 0.10.0 leaves three operators float (no recipe entry): LEAKY_RELU, a
+stand-alone RELU6 and UNIDIRECTIONAL_SEQUENCE_LSTM. `_integerize_float_islands` gives them
+integer tensors the way TFLite's own converter does, from the float model's calibrated ranges;
+the LSTM gets the converter's int8 layout (int16 cell state, the five intermediates).
 
-Everything is deterministic: weights and calibration data come from fixed seeds, and the same
-builder writes byte-identical files on every run.
+Everything is deterministic: the same builder writes byte-identical files on every run.
+`tflm_reference` runs a model with TFLite Micro; `INT8_MODELS` lists the builders for
+parametrized tests.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ class LstmWeights:
     recurrent: list[np.ndarray]  # (hidden, hidden) each
     bias: list[np.ndarray]  # (hidden,) each
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         """Float reference from zero state: `(outputs (batch, time, hidden), |cell| max)`."""
 
         def sigmoid(v: np.ndarray) -> np.ndarray:
