@@ -16,6 +16,7 @@ import tvm
 from tvm import ir, relax, s_tir, tirx
 
 from microexport.compiler.frontend import ImportedModel
+from microexport.compiler.frontend.common import relax_failure
 from microexport.compiler.schedules import schedule_for_c
 from microexport.compiler.unpacked import (
     DEFAULT_STACK_LIMIT,
@@ -154,7 +155,10 @@ def lower(
     """
     tvm_target = check_target(target)
     with tvm_target:
-        scheduled = relax_pipeline()(model.mod)
+        try:
+            scheduled = relax_pipeline()(model.mod)
+        except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot lower
+            raise relax_failure(err, "lower") from err
     schedule = extract_schedule(scheduled, model)
     used = {call.kernel for call in schedule.calls}
     functions = [(gv, func) for gv, func in scheduled.functions.items()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.errors import DynamicShape, Error, InputError, ModelError
+from microexport.errors import DynamicShape, Error, InputError, ModelError, UnsupportedOperator
 from microexport.model import C_TYPES, TensorSpec
 
 if TYPE_CHECKING:
@@ -88,7 +88,10 @@ def finish_import(
         mod = _replace_main(mod, main.without_attr("params"))
     where = str(source) if source is not None else "the Relax module"
     mod, input_names = _bind_empty_inputs(mod, list(input_names), where)
-    mod = relax.transform.FoldConstant()(mod)
+    try:
+        mod = relax.transform.FoldConstant()(mod)
+    except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot fold
+        raise relax_failure(err, "compile") from err
     main = mod["main"]
     inputs = tuple(
         _tensor_spec(name, param.ty, f"input '{name}' of {where}")
@@ -291,6 +294,32 @@ def _end_blocks(builder: Any) -> None:
             builder._end_block()  # noqa: SLF001 - the only way to close a block left open
         except Exception:  # noqa: BLE001 - TVM's InternalError: no block left
             return
+
+
+def relax_failure(err: BaseException, what: str) -> ModelError:
+    """The one-line error for a TVM Relax pass that failed on the model (`what`: the step).
+
+    TVM's legalization and constant folding fail with assertions or internal errors on operator
+    variants they do not handle (integer `power`, a reshape to a shape computed at run time, …).
+    The message names the failing operator when a frame of the traceback holds the `call` being
+    legalized, else the TVM function that failed.
+    """
+    from tvm import ir, relax
+
+    op = None
+    function = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        call = frame.f_locals.get("call")
+        if isinstance(call, relax.Call) and isinstance(call.op, ir.Op):
+            op = call.op.name
+        if "tvm" in Path(frame.f_code.co_filename).parts:
+            function = frame.f_code.co_name
+    detail = first_line(err) if str(err).strip() else type(err).__name__
+    if op is not None:
+        return UnsupportedOperator(op.removeprefix("relax."), f"TVM cannot {what} it: {detail}")
+    where = f" (in TVM's {function})" if function else ""
+    return ModelError(f"TVM cannot {what} the model{where}: {detail}; replace the operator "
+                      "or open an issue")
 
 
 def first_line(err: BaseException) -> str:
