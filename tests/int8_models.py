@@ -9,8 +9,9 @@ calibration distribution, quantized with the model's input parameters). Model in
 are integers: the quantizer's INPUT/OUTPUT entries of the recipe retype them, so there is no
 QUANTIZE/DEQUANTIZE at the edges.
 
-ai-edge-quantizer 0.10.0 leaves three operators float (no recipe entry): LEAKY_RELU, a
-stand-alone RELU6 and UNIDIRECTIONAL_SEQUENCE_LSTM. `_integerize_float_islands` gives them
+ai-edge-quantizer 0.10.0 leaves some operators float (no recipe entry): LEAKY_RELU, a
+stand-alone RELU6, SQUEEZE, EXPAND_DIMS and UNIDIRECTIONAL_SEQUENCE_LSTM.
+`_integerize_float_islands` gives them
 integer tensors the way TFLite's own converter does, from the float model's calibrated ranges;
 the LSTM gets the converter's int8 layout (int16 cell state, the five intermediates).
 
@@ -33,7 +34,7 @@ from zoo import Inputs, TfliteWriter, _schema
 
 AEQ_VERSION = "0.10.0"
 SIGNATURE_KEY = "serving_default"
-CALIBRATION_SAMPLES = 8
+CALIBRATION_SAMPLES = 16
 
 _TYPES = {"float32": 0, "float16": 1, "int32": 2, "int64": 4, "bool": 6, "int16": 7, "int8": 9}
 
@@ -387,6 +388,24 @@ class FloatNet:
         self.w.operator("UNIDIRECTIONAL_SEQUENCE_LSTM", inputs + [-1] * 4, [y.index], options)
         return y, weights
 
+    def op(
+        self,
+        kind: str,
+        inputs: list[T | np.ndarray],
+        shapes: list[tuple[int, ...]],
+        options: object = None,
+    ) -> list[T]:
+        """Any operator: `inputs` are activations or constant arrays (written as constants),
+        `shapes` the output shapes; returns the outputs."""
+        name = self._name(kind.lower())
+        indices = [
+            x.index if isinstance(x, T) else self.w.const(f"{name}/in{i}", x)
+            for i, x in enumerate(inputs)
+        ]
+        outs = [self._out(name if i == 0 else f"{name}:{i}", s) for i, s in enumerate(shapes)]
+        self.w.operator(kind, indices, [o.index for o in outs], options)
+        return outs
+
     def write(self, path: Path, inputs: list[T], outputs: list[T]) -> Path:
         """Write the float model with its SignatureDef."""
         return self.w.write(path, [t.index for t in inputs], [t.index for t in outputs])
@@ -411,9 +430,11 @@ def _quiet() -> Iterator[None]:
 
 
 def float_ranges(float_path: Path, calibration: list[Inputs]) -> dict[str, tuple[float, float]]:
-    """(min, max) of every float activation of the float model over the calibration set (LiteRT
-    reference kernels, all tensors preserved, state reset before each sample)."""
+    """Calibrated (min, max) of every float activation of the float model, as ai-edge-quantizer
+    calibrates: per sample (LiteRT reference kernels, all tensors kept, state reset), merged by
+    the quantizer's own moving average of the per-sample extremes."""
     from ai_edge_litert import interpreter as litert
+    from ai_edge_quantizer.utils import qsv_utils
 
     with _quiet():
         interpreter = litert.Interpreter(
@@ -424,17 +445,18 @@ def float_ranges(float_path: Path, calibration: list[Inputs]) -> dict[str, tuple
     interpreter.allocate_tensors()
     runner = interpreter.get_signature_runner(SIGNATURE_KEY)
     details = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.float32]
-    ranges: dict[str, tuple[float, float]] = {}
+    qsvs: dict[str, dict] = {}
     for sample in calibration:
         interpreter.reset_all_variables()
         runner(**sample)
         for detail in details:
             value = interpreter.get_tensor(detail["index"])
-            if value.size == 0:
-                continue
-            low, high = ranges.get(detail["name"], (np.inf, -np.inf))
-            ranges[detail["name"]] = (min(low, float(value.min())), max(high, float(value.max())))
-    return ranges
+            if value.size:
+                new = {"min": np.float32(value.min()), "max": np.float32(value.max())}
+                qsvs[detail["name"]] = qsv_utils.moving_average_update(
+                    qsvs.get(detail["name"], {}), new
+                )
+    return {name: (float(q["min"]), float(q["max"])) for name, q in qsvs.items()}
 
 
 def aeq_quantize(float_path: Path, calibration: list[Inputs], activations: int = 8) -> bytes:
@@ -539,14 +561,23 @@ def operators(path: Path) -> list[tuple[str, list[str], list[str]]]:
 # Integer versions of the operators ai-edge-quantizer 0.10.0 leaves in float
 # --------------------------------------------------------------------------------------------
 #
-# The quantizer has no recipe entry for LEAKY_RELU, a stand-alone RELU6 or
+# The quantizer has no recipe entry for LEAKY_RELU, a stand-alone RELU6, SQUEEZE, EXPAND_DIMS or
 # UNIDIRECTIONAL_SEQUENCE_LSTM: it keeps them float between a DEQUANTIZE and a QUANTIZE. We give
-# them integer tensors the way TFLite's own converter does, with the quantizer's calibration
-# ranges: LEAKY_RELU an output of its own calibrated range, RELU6 its input's parameters (TFLM's
-# int8 RELU6 clamps without requantizing), the LSTM the converter's int8 layout (see
-# `_integer_lstm`). The DEQUANTIZE/QUANTIZE pair around them disappears.
+# them integer tensors the way TFLite's own converter does, with calibrated ranges of the float
+# model: LEAKY_RELU an output of its own range, RELU6/SQUEEZE/EXPAND_DIMS their input's
+# parameters (TFLM's int8 RELU6 clamps without requantizing), the LSTM the converter's int8
+# layout (see `_integer_lstm`). The DEQUANTIZE/QUANTIZE pair around them disappears.
 
-_FLOAT_ISLAND_OPS = ("LEAKY_RELU", "RELU6", "UNIDIRECTIONAL_SEQUENCE_LSTM")
+_FLOAT_ISLAND_OPS = (
+    "LEAKY_RELU",
+    "RELU6",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM",
+)
+# Operators whose integer output has its input's parameters (TFLM's RELU6 clamps without
+# requantizing; SQUEEZE and EXPAND_DIMS only change the shape).
+_SAME_AS_INPUT = ("RELU6", "SQUEEZE", "EXPAND_DIMS")
 
 
 def _op_name(model: object, op: object) -> str:
@@ -607,7 +638,7 @@ def _integerize_float_islands(
     for op in island:
         kind = _op_name(model, op)
         source, out = tensors[op.inputs[0]], tensors[op.outputs[0]]
-        if kind == "RELU6":
+        if kind in _SAME_AS_INPUT:
             out.type, out.quantization = source.type, source.quantization
         elif kind == "LEAKY_RELU" and out.type == _TYPES["float32"]:
             scale, zp = _asymmetric_int8(*ranges[out.name.decode()])
@@ -876,6 +907,44 @@ def lstm_int8(directory: Path) -> tuple[Path, Inputs]:
     return _finish(net, directory, "lstm_int8", ([frames], [probs]), data, lstm_cell={"lstm": cell})
 
 
+def shape_ops_int8(directory: Path) -> tuple[Path, Inputs]:
+    """Data-movement and matrix operators, int8: PADV2, DEPTHWISE_CONV_2D with depth multiplier
+    2, STRIDED_SLICE (stride 2), SPLIT, TRANSPOSE, RESHAPE, SOFTMAX over the last axis of a
+    rank-3 tensor, BATCH_MATMUL of two activations (attention-like: softmax weights × values),
+    SQUEEZE, EXPAND_DIMS, RELU, FULLY_CONNECTED. Input "x" int8 (1, 12, 12, 4), output "y" int8
+    (1, 3). SQUEEZE and EXPAND_DIMS are quantized by `_integerize_float_islands`."""
+    net = FloatNet(96)
+    x = net.input("x", (1, 12, 12, 4))
+    pads = np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32)
+    (p,) = net.op("PADV2", [x, pads, np.array(0.0, np.float32)], [(1, 14, 14, 4)])
+    d = net.depthwise(p, padding=_VALID, multiplier=2)
+    begin, end, strides = ([0, 1, 1, 0], [1, 11, 11, 8], [1, 2, 2, 1])
+    (s,) = net.op(
+        "STRIDED_SLICE",
+        [d, *(np.array(v, np.int32) for v in (begin, end, strides))],
+        [(1, 5, 5, 8)],
+        net.w.options("StridedSliceOptions"),
+    )
+    a, b = net.op(
+        "SPLIT",
+        [np.array(3, np.int32), s],
+        [(1, 5, 5, 4)] * 2,
+        net.w.options("SplitOptions", numSplits=2),
+    )
+    (a,) = net.op("TRANSPOSE", [a, np.array([0, 3, 1, 2], np.int32)], [(1, 4, 5, 5)])
+    a, b = net.softmax(net.reshape(a, (1, 4, 25)), "attention"), net.reshape(b, (1, 25, 4))
+    (m,) = net.op("BATCH_MATMUL", [a, b], [(1, 4, 4)], net.w.options("BatchMatMulOptions"))
+    (m,) = net.op("SQUEEZE", [m], [(4, 4)], net.w.options("SqueezeOptions", squeezeDims=[0]))
+    (m,) = net.op("EXPAND_DIMS", [m, np.array([0], np.int32)], [(1, 4, 4)])
+    m = net.unary(m, "RELU")
+    y = net.fc(net.reshape(m, (1, 16)), 3, name="y")
+
+    def data(seed: int, count: int) -> list[np.ndarray]:
+        return _images(seed, x.shape, count)
+
+    return _finish(net, directory, "shape_ops_int8", ([x], [y]), data)
+
+
 @dataclass(frozen=True)
 class Int8Model:
     """A registry entry: builder, activation width, and the operators the model must contain
@@ -925,5 +994,14 @@ INT8_MODELS: list[Int8Model] = [
         lstm_int8,
         8,
         "UNIDIRECTIONAL_SEQUENCE_LSTM RESHAPE FULLY_CONNECTED SOFTMAX",
+    ),
+    Int8Model(
+        "shape_ops_int8",
+        shape_ops_int8,
+        8,
+        (
+            "PADV2 DEPTHWISE_CONV_2D STRIDED_SLICE SPLIT TRANSPOSE RESHAPE SOFTMAX BATCH_MATMUL "
+            "SQUEEZE EXPAND_DIMS RELU FULLY_CONNECTED"
+        ),
     ),
 ]
