@@ -207,14 +207,17 @@ def test_lstm_litert_agrees_with_tflm(built: Callable) -> None:
 
 def test_quantizer_leaves_lstm_float(built: Callable) -> None:
     """Why `lstm_int8` quantizes its LSTM itself: ai-edge-quantizer (the pinned version) keeps
-    UNIDIRECTIONAL_SEQUENCE_LSTM float between a DEQUANTIZE and a QUANTIZE (its recipe has no
-    entry for the operator)."""
-    from ai_edge_quantizer import qtyping
+    UNIDIRECTIONAL_SEQUENCE_LSTM float between a DEQUANTIZE and a QUANTIZE: the operator is
+    not among its operation names, and asking for it explicitly is refused."""
+    from ai_edge_quantizer import qtyping, quantizer
     from int8_models import _features
 
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in qtyping.TFLOperationName.__members__
     path, _ = built("lstm_int8")
     float_path = path.with_name("lstm_int8_float.tflite")
+    asked = quantizer.Quantizer(str(float_path))
+    with pytest.raises(ValueError, match="Unsupported operation UNIDIRECTIONAL_SEQUENCE_LSTM"):
+        asked.add_static_config(".*", "UNIDIRECTIONAL_SEQUENCE_LSTM", 8, 8)
     calibration = [{"frames": v} for v in _features(1000, (1, 49, 10), 2)]
     raw = float_path.with_name("lstm_aeq_raw.tflite")
     raw.write_bytes(aeq_quantize(float_path, calibration))
