@@ -112,6 +112,48 @@ def test_model_runs_in_zephyr_on_qemu(model: str, board: str, zephyr_env: Path,
     assert not running_with(str(build))
 
 
+# Boards whose first platform is bare metal (so `microexport test --board` runs them bare metal)
+# and that are also Zephyr boards: the Zephyr application is created, built and run as
+# `microexport project create --platform zephyr` / `run` do, one model each (the libm one on the
+# hard-float Cortex-M55). qemu_x86 is the one QEMU board left out: it needs an x86 Zephyr
+# toolchain (../shared/zephyr/README.md).
+ZEPHYR_SECOND = [("sine_float", "mps2_an385"), ("cnn_onnx", "mps3_an547")]
+
+
+def test_every_qemu_zephyr_board_is_tested() -> None:
+    from microexport.deploy.boards import list_boards
+
+    qemu_zephyr = {name for name in list_boards() if "zephyr" in load_board(name).platforms
+                   and load_board(name).qemu_machine is not None}
+    assert qemu_zephyr == {*BOARDS, *(board for _, board in ZEPHYR_SECOND), "qemu_x86"}
+
+
+@pytest.mark.parametrize(("model", "board"), ZEPHYR_SECOND)
+def test_zephyr_platform_on_dual_platform_boards(model: str, board: str, zephyr_env: Path,
+                                                 tmp_path: Path) -> None:
+    from microexport.deploy.compare import compare, sample_inputs
+    from microexport.deploy.project import build_project, run_project
+    from microexport.deploy.reference import run_reference
+
+    path, _ = MODELS[model](tmp_path)
+    archive = tmp_path / "model.tar"
+    result = microexport.compile(path, archive, name="model")
+    assert load_board(board).platforms[0] == "baremetal"
+    opened = create_project(archive, board, tmp_path / "app", platform="zephyr")
+    build_project(opened)
+    inputs = sample_inputs(result.model.inputs, 0)
+    _, expected = run_reference(path, inputs)
+    run = run_project(opened, inputs)
+    for spec, want in zip(result.model.outputs, expected, strict=True):
+        comparison = compare(spec.name, run.outputs[spec.name], want)
+        assert comparison.passed, comparison
+    assert run.stats.instructions is not None and run.stats.details["exact"]
+    config = (tmp_path / "app" / "build" / "zephyr" / ".config").read_text()
+    assert ("CONFIG_FPU=y" in config) == (load_board(board).fpu is not None)
+    assert ("CONFIG_PICOLIBC=y" in config) == bool(LIBM[model])
+    assert not running_with(str(tmp_path / "app" / "build"))
+
+
 def test_compiler_error_is_surfaced(zephyr_env: Path, tmp_path: Path) -> None:
     """A failing `west build` names the compiler's error line and the full log, not west's
     `FATAL ERROR: command exited with status 1`."""
