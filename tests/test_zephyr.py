@@ -458,10 +458,16 @@ def test_selftest_embeds_inputs_and_reference_outputs(archive: Path, tmp_path: P
     import yaml
     from fixture_model import expected_outputs, fixture_inputs
 
-    from microexport.deploy.platforms.zephyr import HOST_REFERENCE, SelftestData, write_selftest
+    from microexport.deploy.platforms.zephyr import HOST_REFERENCE, SelftestData
 
     root = tmp_path / "app"
-    zephyr_project(archive, "mps2_an521", root)
+    opened = zephyr_project(archive, "mps2_an521", root)
+    assert isinstance(opened.platform, ZephyrPlatform)
+
+    def write_selftest(directory: Path, data: SelftestData) -> None:
+        assert directory == root
+        opened.platform.write_selftest(opened.project, data)
+
     testcase = yaml.safe_load((root / "testcase.yaml").read_text())
     common = testcase["common"]
     assert common["harness"] == "console"
@@ -488,6 +494,3 @@ def test_selftest_embeds_inputs_and_reference_outputs(archive: Path, tmp_path: P
     with pytest.raises(Error, match="^self-test input 'x:0' has 48 bytes, the model's has 24$"):
         write_selftest(root, SelftestData({**inputs, "x:0": np.zeros(12, np.float32)},
                                           outputs, "x"))
-    bare = create_project(archive, "mps2_an385", tmp_path / "bare", platform="baremetal")
-    with pytest.raises(Error, match="platform 'baremetal': only Zephyr projects have a self-test"):
-        write_selftest(bare.directory, SelftestData(inputs, outputs, "x"))

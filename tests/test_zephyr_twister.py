@@ -26,7 +26,7 @@ from test_zephyr_real import missing, zephyr_env  # noqa: F401 - fixture
 import microexport
 from microexport.deploy.boards import load_board
 from microexport.deploy.compare import sample_inputs
-from microexport.deploy.platforms.zephyr import SelftestData, toolchain_cmake_args, write_selftest
+from microexport.deploy.platforms.zephyr import SelftestData, ZephyrPlatform, toolchain_cmake_args
 from microexport.deploy.project import create_project
 from microexport.deploy.reference import run_reference
 
@@ -62,12 +62,13 @@ def test_twister_runs_the_selftest_in_qemu(zephyr_env: Path,  # noqa: F811 - fix
         archive = tmp_path / f"{name}.tar"
         result = microexport.compile(path, archive, name=name)
         project = root / name
-        create_project(archive, BOARD, project, platform="zephyr")
+        opened = create_project(archive, BOARD, project, platform="zephyr")
+        assert isinstance(opened.platform, ZephyrPlatform)
         inputs = sample_inputs(result.model.inputs, 0)
         reference, expected = run_reference(path, inputs)
         outputs = {spec.name: want + offset
                    for spec, want in zip(result.model.outputs, expected, strict=True)}
-        write_selftest(project, SelftestData(inputs, outputs, reference))
+        opened.platform.write_selftest(opened.project, SelftestData(inputs, outputs, reference))
         selftest = (project / "src" / "selftest.c").read_text()
         assert f"reference {reference}" in selftest
         (output,) = outputs.values()

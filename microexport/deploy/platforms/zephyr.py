@@ -11,7 +11,8 @@
     src/microexport_protocol.[ch]  microexport.deploy.protocol.render_device_sources
     Kconfig, selftest.conf  CONFIG_MICROEXPORT_SELFTEST and the overlay that turns it on
     src/selftest.c          the self-test: one run on embedded inputs, CRC-32s and PASS/FAIL
-                            against embedded reference outputs (`SelftestData`, `write_selftest`)
+                            against embedded reference outputs (`SelftestData`,
+                            `ZephyrPlatform.write_selftest`)
     testcase.yaml           twister's console harness over the self-test
 
 On QEMU boards prj.conf asks for `-icount` (CONFIG_QEMU_ICOUNT, `icount_shift`) and `run`
@@ -412,20 +413,6 @@ def host_reference(project: Project, inputs: Mapping[str, Any]) -> SelftestData:
     return SelftestData(dict(inputs), outputs, HOST_REFERENCE)
 
 
-def write_selftest(directory: str | Path, data: SelftestData) -> None:
-    """Embed `data` (inputs and reference outputs, e.g. a reference runtime's) in the Zephyr
-    project at `directory`: renders src/selftest.c and testcase.yaml again."""
-    from microexport.deploy.project import open_project
-
-    opened = open_project(directory)
-    platform = opened.platform
-    if not isinstance(platform, ZephyrPlatform):
-        raise Error(f"{directory} is a project for platform '{opened.info.platform}': only "
-                    f"Zephyr projects have a self-test")
-    for relative, text in platform.render_selftest(opened.project, data).items():
-        (opened.project.home / relative).write_text(text, encoding="utf-8")
-
-
 def check_west() -> None:
     """MissingTool-like Error if west is not installed, or Zephyr is not set up."""
     if shutil.which("west") is None:
@@ -512,6 +499,14 @@ class ZephyrPlatform(Platform):
         from microexport.deploy.compare import sample_inputs
 
         return host_reference(project, sample_inputs(project.model.inputs, SELFTEST_SEED))
+
+    def write_selftest(self, project: Project, data: SelftestData) -> None:
+        """Embed `data` (inputs and reference outputs, e.g. a reference runtime's) in the
+        project's self-test: renders src/selftest.c and testcase.yaml again. For a project
+        directory: `opened = open_project(dir); opened.platform.write_selftest(opened.project,
+        data)`."""
+        for relative, text in self.render_selftest(project, data).items():
+            (project.home / relative).write_text(text, encoding="utf-8")
 
     def render_selftest(self, project: Project, data: SelftestData) -> dict[str, str]:
         """Relative path -> text of the self-test's files (src/selftest.c, testcase.yaml)."""
