@@ -186,8 +186,8 @@ def _tensor_spec(name: str, ty: object, what: str) -> TensorSpec:
 
 
 def _check_c_float_types(main: object, where: str) -> None:
-    """ModelError if a tensor inside the model is of a float type C has no type for (float16,
-    bfloat16, float8...): TVM's C code generator writes `half` or gives up."""
+    """ModelError if a tensor inside the model is of a type C has no type for (float16,
+    bfloat16, float8, sub-byte int4...): TVM's C code generator writes `half` or gives up."""
     from tvm import relax
 
     found: set[str] = set()
@@ -196,13 +196,14 @@ def _check_c_float_types(main: object, where: str) -> None:
         ty = None if isinstance(expr, relax.Function) else getattr(expr, "ty", None)
         if isinstance(ty, relax.TensorType):
             dtype = str(ty.dtype)
-            if dtype.startswith(("float", "bfloat")) and dtype not in C_TYPES:
+            if dtype not in C_TYPES:  # float16, bfloat16, float8/float4, int4/uint4, ...
                 found.add(dtype)
 
     relax.analysis.post_order_visit(main, visit)
     if found:
-        raise ModelError(f"{where} computes in {', '.join(sorted(found))}, which C has no type "
-                         "for: convert the model to float32 (or quantize it to int8)")
+        raise ModelError(f"{where} computes in {', '.join(sorted(found))} (unsupported dtype: "
+                         "C has no type for it): convert the model to float32 (or quantize it "
+                         "to int8)")
 
 
 def _check_no_symbolic_vars(main: object, where: str) -> None:

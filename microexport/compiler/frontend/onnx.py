@@ -46,7 +46,7 @@ def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
     model, inputs = _freeze_empty_inputs(model, inputs)
     model = fold_shape_computations(model, inputs)
     _check_operators(model)
-    _check_training_mode(model)
+    _check_frontend_gaps(model)
     _rewrite_one_sided_isinf(model.graph)
     mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
@@ -174,11 +174,17 @@ def _check_output_shapes(model: onnx.ModelProto, imported: ImportedModel, path: 
 _PLACEHOLDER_OUTPUTS = {"LayerNormalization": ("Mean", "InvStdDev")}
 
 
-def _check_training_mode(model: onnx.ModelProto) -> None:
+# Attribute values TVM's frontend ignores (it computes the default instead): op → (attribute,
+# the only value it computes right).
+_IGNORED_ATTRIBUTES = {"SpaceToDepth": ("mode", b"DCR"), "RoiAlign": ("mode", b"avg")}
+
+
+def _check_frontend_gaps(model: onnx.ModelProto) -> None:
     """UnsupportedOperator for what TVM's frontend would silently compute wrong: a Dropout
     whose `training_mode` input is not a constant false (it ignores it and `ratio`), a
     BatchNormalization with `training_mode=1` (our inference lowering uses the running
-    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used."""
+    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used, an attribute
+    value of `_IGNORED_ATTRIBUTES`."""
     from onnx import numpy_helper
 
     constants = {init.name: init for init in model.graph.initializer}
@@ -191,6 +197,13 @@ def _check_training_mode(model: onnx.ModelProto) -> None:
                 a.name == "training_mode" and a.i for a in node.attribute):
             raise UnsupportedOperator("BatchNormalization", "training_mode=1 (batch "
                                       "statistics): export the model for inference")
+        if node.op_type in _IGNORED_ATTRIBUTES:
+            name, default = _IGNORED_ATTRIBUTES[node.op_type]
+            for attr in node.attribute:
+                if attr.name == name and attr.s != default:
+                    value = attr.s.decode(errors="replace")
+                    raise UnsupportedOperator(node.op_type, f"{name}={value} (TVM's frontend "
+                                              f"computes only {default.decode()})")
         extra = _PLACEHOLDER_OUTPUTS.get(node.op_type, ())
         for name, what in zip(node.output[1:], extra, strict=False):
             if name and name in used:
