@@ -112,7 +112,10 @@ def test_zephyr_runs_count_instructions_deterministically(
         stats = [run.stats for run in runs]
         assert stats[0].instructions is not None and stats[0].cycles is None
         assert stats[0].instructions == stats[1].instructions
-        assert stats[0].details["exact"] and stats[0].details["ticks"] == stats[1].details["ticks"]
+        # The ticks may differ by one (the timer's phase at the first read); the instructions
+        # they determine do not.
+        assert stats[0].details["exact"] and stats[1].details["exact"]
+        assert abs(stats[0].details["ticks"] - stats[1].details["ticks"]) <= 1
         assert "instructions per inference" in stats[0].summary()
         assert "cycles" not in stats[0].summary()
         counts[board] = stats[0].instructions
