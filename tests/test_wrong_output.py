@@ -320,3 +320,68 @@ def test_every_scheduled_block_covers_its_domain(name: str, compiled: Callable) 
         sch = s_tir.Schedule(schedule_for_c(func))
         for block in _block_names(sch.mod["main"]):
             assert covers_iteration_domain(sch, sch.get_sblock(block)), f"{kernel}: {block}"
+
+
+def test_the_faulty_fusion_is_recognised(compiled: Callable) -> None:
+    """The transformation that caused the bug, applied by hand: after `reverse_compute_at` the
+    ADD's loops span only the pool's 4 channels of its 8, and the check says so."""
+    from tvm import s_tir
+
+    _, path, _, _ = compiled("maxpool_pad_add")
+    (func,) = [f for kernel, f in _kernels(path).items() if "max_pool2d" in kernel]
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("PadInput"))
+    pool, add = sch.get_sblock("pool_max"), sch.get_sblock("T_add")
+    assert covers_iteration_domain(sch, add)
+    sch.reverse_compute_at(add, sch.get_loops(pool)[3], preserve_unit_loops=True)
+    assert not covers_iteration_domain(sch, add)
+    assert int(sch.get(sch.get_loops(add)[3]).extent) == 4  # of the 8 output channels
+
+
+def _onnx_model(path: Path, node: object, inputs: dict[str, tuple[int, tuple[int, ...]]],
+                output: tuple[int, ...], inits: list[object], opset: int) -> Path:
+    """A one-node ONNX model; `inputs` maps each graph input to (TensorProto type, shape)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [node], path.stem,
+        [helper.make_tensor_value_info(k, kind, shape) for k, (kind, shape) in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, output)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_refused_fusion_falls_back_to_the_unfused_kernel(tmp_path: Path) -> None:
+    """GroupNormalization: `reverse_compute_at` fails inside TVM (a ValueError, not a
+    ScheduleError); the kernel is compiled unfused and matches onnxruntime."""
+    require_module("onnxruntime", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(21)
+    inits = [numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "scale"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias")]
+    node = helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["y"], num_groups=3)
+    path = _onnx_model(tmp_path / "group_norm.onnx", node,
+                       {"x": (TensorProto.FLOAT, (2, 6, 3, 3))}, (2, 6, 3, 3), inits, 21)
+    inputs = {"x": rng.standard_normal((2, 6, 3, 3)).astype(np.float32)}
+    _, expected = run_reference(path, inputs)
+    result = microexport.compile(path, tmp_path / "group_norm.tar", name="group_norm")
+    comparison = compare("y", microexport.run(result.archive, inputs)["y"], expected[0])
+    assert comparison.passed, comparison.max_abs_error
+
+
+def test_a_function_without_root_block_is_left_alone(tmp_path: Path) -> None:
+    """ScatterElements legalizes to TIR written directly, without a root block: the schedule
+    returns it unchanged instead of failing."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ScatterElements", ["x", "i", "u"], ["y"], axis=1)
+    path = _onnx_model(tmp_path / "scatter.onnx", node,
+                       {"x": (TensorProto.FLOAT, (1, 5)), "i": (TensorProto.INT64, (1, 2)),
+                        "u": (TensorProto.FLOAT, (1, 2))}, (1, 5), [], 18)
+    (func,) = [f for kernel, f in _kernels(path).items() if "scatter" in kernel]
+    assert schedule_for_c(func).same_as(func)

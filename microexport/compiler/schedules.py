@@ -57,9 +57,9 @@ def _attempt(
     trial = sch.copy()
     try:
         step(trial)
+        return trial if accept(trial) else sch
     except _REFUSED:
         return sch
-    return trial if accept(trial) else sch
 
 
 def _leading_spatial_loops(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
@@ -123,7 +123,8 @@ def covers_iteration_domain(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV)
         points *= int(loop.extent)
     size = 1
     for iter_var in realize.block.iter_vars:
-        if not isinstance(iter_var.dom.extent, tirx.IntImm):
+        if not (isinstance(iter_var.dom.min, tirx.IntImm)
+                and isinstance(iter_var.dom.extent, tirx.IntImm)):
             return False
         size *= int(iter_var.dom.extent)
     if points != size:
