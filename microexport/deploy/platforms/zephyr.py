@@ -685,7 +685,7 @@ class ZephyrPlatform(Platform):
             _stop_qemu(build.project.build_dir / QEMU_PID_FILE)
             worker.join(10.0)
             west.kill()  # whatever of west, ninja and QEMU is left
-            for path in fifos:
+            for path in (*fifos, pipe):  # Zephyr's run target also touches <pipe> itself
                 path.unlink(missing_ok=True)
             _forget_qemu_pipe(build.project.build_dir, self.board.name)
 
