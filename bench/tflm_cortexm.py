@@ -546,6 +546,7 @@ def main() -> None:
     boards = [load_board(name) for name in args.boards.split(",")]
     kernel_sets = args.kernels.split(",")
     print(f"TFLite Micro {tflm_commit(root)} at {root}\n")
+    summary: list[list[object]] = []  # instructions per MAC: model, then per board
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             work = Path(tmp) / name
@@ -557,9 +558,11 @@ def main() -> None:
                                    for s in imported.inputs)
             macs = count_macs(path)
             rows = []
+            summary.append([name, f"{macs:,}"])
             for board in boards:
                 ours = None if args.no_ours else measure_ours(path, inputs, board.name,
                                                               work / f"ours_{board.name}")
+                summary[-1].append(f"{ours.instructions / macs:.2f}" if ours and macs else "-")
                 for kernels in kernel_sets:
                     lib = build_tflm(root, tflm_arch(board), kernels, args.build_dir, args.jobs)
                     elf = build_harness(lib, board, path, input_bytes,
@@ -568,8 +571,14 @@ def main() -> None:
                     code = Code(code_bytes(elf, lib.kernels), code_bytes(elf, lib.framework),
                                 image_code_bytes(elf))
                     rows.append(_row(board.name, kernels, macs, run, code, ours))
+                    summary[-1].append(f"{run.instructions / macs:.2f}" if macs else "-")
             print(f"### {name} ({macs:,} MACs; operators {', '.join(model_operators(path))})\n")
             print(markdown_table(HEADER, rows) + "\n", flush=True)
+    header = ["model", "MACs"]
+    for board in boards:
+        header += [f"ours {board.name}"] + [f"TFLM {k} {board.name}" for k in kernel_sets]
+    print("### Instructions per MAC\n")
+    print(markdown_table(header, summary))
 
 
 @dataclass(frozen=True)
