@@ -48,6 +48,7 @@ def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
     _check_operators(model)
     _check_frontend_gaps(model)
     _rewrite_one_sided_isinf(model.graph)
+    _guard_bit_shifts(model)
     mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
     imported = finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
@@ -251,6 +252,81 @@ def _rewrite_one_sided_isinf(graph: onnx.GraphProto) -> None:
         nodes.append(helper.make_node("And", [f"{stem}_any", sign], [y], name=node.name))
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _guard_bit_shifts(model: onnx.ModelProto) -> None:
+    """BitShift with shift amounts outside [0, bits) defined as ONNX defines them (left: 0;
+    right: the sign fill) instead of C's undefined behaviour: the shift runs on the amount
+    clamped into range and a Where picks the defined result for the others."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    shifts = [n for n in model.graph.node
+              if n.op_type == "BitShift" and n.domain in _DEFAULT_DOMAINS]
+    if not shifts:
+        return
+    types = _element_types(model)
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        x, y = node.input[0], node.input[1]
+        dtype = types.get(x)
+        if node not in shifts or dtype is None:
+            nodes.append(node)
+            continue
+        bits = np.dtype(dtype).itemsize * 8
+        amounts = constants.get(y)
+        if amounts is not None and bool(np.all((amounts >= 0) & (amounts < bits))):
+            nodes.append(node)
+            continue
+        (out,) = node.output
+        stem = f"{out}__shift"
+        zero, width, minus_one = (f"{stem}_zero", f"{stem}_bits", f"{stem}_minus_one")
+        signed = np.dtype(dtype).kind == "i"  # unsigned: no `>= 0` (gcc: -Wtype-limits)
+        for name, value in ((zero, 0), (width, bits), (minus_one, -1 if signed else 0)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name))
+        direction = next((a.s for a in node.attribute if a.name == "direction"), b"LEFT")
+        make = helper.make_node
+        nodes.append(make("Less", [y, width], [f"{stem}_lt" if signed else f"{stem}_ok"]))
+        if signed:
+            nodes += [make("GreaterOrEqual", [y, zero], [f"{stem}_ge"]),
+                      make("And", [f"{stem}_ge", f"{stem}_lt"], [f"{stem}_ok"])]
+        nodes += [
+            make("Where", [f"{stem}_ok", y, zero], [f"{stem}_amount"]),
+            make("BitShift", [x, f"{stem}_amount"], [f"{stem}_shifted"],
+                 direction=direction.decode()),
+        ]
+        if direction == b"RIGHT" and signed:
+            nodes += [make("Less", [x, zero], [f"{stem}_negative"]),
+                      make("Where", [f"{stem}_negative", minus_one, zero], [f"{stem}_fill"])]
+            fill = f"{stem}_fill"
+        else:
+            fill = zero
+        nodes.append(make("Where", [f"{stem}_ok", f"{stem}_shifted", fill], [out],
+                          name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, Any]:
+    """numpy dtypes of the values whose element type onnx's type inference knows."""
+    import onnx
+    from onnx import helper
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is best effort here
+        inferred = model
+    graph = inferred.graph
+    types = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        elem_type = value.type.tensor_type.elem_type
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            types[value.name] = helper.tensor_dtype_to_np_dtype(elem_type)
+    for init in graph.initializer:
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            types[init.name] = helper.tensor_dtype_to_np_dtype(init.data_type)
+    return types
 
 
 def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> Any:
