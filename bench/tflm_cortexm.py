@@ -544,7 +544,15 @@ def main() -> None:
     if shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-g++") is None:
         raise SystemExit("needs qemu-system-arm and arm-none-eabi-g++ (scripts/install.sh)")
     boards = [load_board(name) for name in args.boards.split(",")]
+    for board in boards:  # the harness reads the MPS2 boards' CMSDK timer at 0x40000000
+        if not (board.qemu_machine or "").startswith("mps2-"):
+            raise SystemExit(f"board {board.name}: only the QEMU MPS2 boards are supported")
     kernel_sets = args.kernels.split(",")
+    unknown = sorted(set(kernel_sets) - {"reference", "cmsis_nn"})
+    unknown_models = sorted(set(args.models.split(",")) - set(MODELS))
+    if unknown or unknown_models:
+        raise SystemExit(f"unknown kernel set or model: {', '.join(unknown + unknown_models)} "
+                         f"(kernels: reference, cmsis_nn; models: {', '.join(MODELS)})")
     print(f"TFLite Micro {tflm_commit(root)} at {root}\n")
     summary: list[list[object]] = []  # instructions per MAC: model, then per board
     with tempfile.TemporaryDirectory() as tmp:
