@@ -285,25 +285,38 @@ def message_class(detail: str) -> str:
     return text[:110]
 
 
-def summary(results: list[dict[str, Any]], seconds: float, jobs: int) -> str:
-    """The markdown section for bench/RESULTS.md."""
+def headline(results: list[dict[str, Any]]) -> str:
+    """Pass count and the failures that must be zero, in one line."""
+    total = len(results)
+    by_status = Counter(r["status"] for r in results)
+    passed = by_status.get(PASS, 0)
+    return (f"**{passed} / {total} pass ({100 * passed / max(total, 1):.1f}%)**; "
+            f"tracebacks: {by_status.get(TRACEBACK, 0)}, C compile errors: "
+            f"{by_status.get(COMPILE_ERROR, 0)}, wrong results: {by_status.get(WRONG, 0)}, "
+            f"timeouts: {by_status.get(TIMEOUT, 0)}.")
+
+
+def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
+            baseline: tuple[str, list[dict[str, Any]]] | None = None) -> str:
+    """The markdown section for bench/RESULTS.md (`baseline`: a label and earlier results to
+    show the headline of)."""
     import onnx
 
     total = len(results)
     by_status = Counter(r["status"] for r in results)
-    passed = by_status.get(PASS, 0)
     lines = [
         "## ONNX conformance: the backend node tests through compile + host run",
         "",
         f"`python bench/onnx_conformance.py --jobs {jobs}` (onnx {onnx.__version__}: "
-        f"{total} node tests as they come, no input frozen; rtol {RTOL:g}, atol {ATOL:g}; "
-        f"{seconds / 60:.0f} min on 2 shared cores)",
+        f"{total} node tests as they come, no input frozen; rtol {RTOL:g}, atol {ATOL:g}"
+        + (f"; {seconds / 60:.0f} min on 2 shared cores)" if seconds else ")"),
         "",
-        f"**{passed} / {total} pass ({100 * passed / max(total, 1):.1f}%)**; "
-        f"tracebacks: {by_status.get(TRACEBACK, 0)}, C compile errors: "
-        f"{by_status.get(COMPILE_ERROR, 0)}, wrong results: {by_status.get(WRONG, 0)}, "
-        f"timeouts: {by_status.get(TIMEOUT, 0)}.",
+        headline(results),
         "",
+    ]
+    if baseline is not None:
+        lines += [f"{baseline[0]}: {headline(baseline[1])}", ""]
+    lines += [
         "| result | tests |",
         "|---|---|",
     ]
@@ -354,14 +367,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true",
                         help="print the summary instead of writing bench/RESULTS.md")
     parser.add_argument("--quiet", action="store_true", help="no line per test")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="run nothing: write the section from the last results.json")
+    parser.add_argument("--baseline", type=Path, metavar="JSON",
+                        help="an earlier results.json whose headline the section shows too")
+    parser.add_argument("--baseline-label", default="Before",
+                        help="how the section names the baseline")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     node_dir = generate(args.cache)
     tests = test_dirs(node_dir, args.pattern)
     results_json = args.cache / "results.json"
+    run_json = args.cache / "run.json"  # duration and workers of the last full run
     previous: dict[str, dict[str, Any]] = {}
     if results_json.is_file():
         previous = {r["name"]: r for r in json.loads(results_json.read_text(encoding="utf-8"))}
+    baseline = None
+    if args.baseline is not None:
+        baseline = (args.baseline_label,
+                    json.loads(args.baseline.read_text(encoding="utf-8")))
+    if args.summary_only:
+        run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
+        text = summary(sorted(previous.values(), key=lambda r: r["name"]),
+                       run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline)
+        write_section(text)
+        print(text.split("\n\n")[2])
+        return 0
     if args.rerun:
         def wanted(status: str) -> bool:
             return any(status == s or (s == "error" and status.startswith(ERROR_PREFIX))
@@ -374,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     results_json.write_text(json.dumps(sorted(merged.values(), key=lambda r: r["name"]),
                                        indent=1), encoding="utf-8")
     partial = bool(args.pattern or args.rerun)
-    text = summary(results if partial else list(merged.values()), seconds, args.jobs)
+    if not partial:
+        run_json.write_text(json.dumps({"seconds": round(seconds), "jobs": args.jobs}),
+                            encoding="utf-8")
+    text = summary(results if partial else list(merged.values()), seconds, args.jobs, baseline)
     if args.no_write or partial:
         print(text)
     else:
