@@ -164,7 +164,11 @@ def _tensor_spec(name: str, ty: object, what: str) -> TensorSpec:
     if not isinstance(ty, relax.TensorType):
         raise ModelError(f"{what} is not a tensor ({ty}): only tensor inputs/outputs are supported")
     if ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr):
-        raise DynamicShape(f"{what} has an unknown shape: give the inputs static shapes")
+        if what.startswith("input"):
+            raise DynamicShape(f"{what} has an unknown shape: give the inputs static shapes")
+        raise DynamicShape(f"{what} has a shape computed at run time (from input values, not "
+                           "input shapes): make the inputs it depends on (shapes, sizes, axes, "
+                           "indices) constants of the model")
     dims = list(ty.shape.values)
     for axis, dim in enumerate(dims):
         if not isinstance(dim, tirx.IntImm):
