@@ -24,7 +24,8 @@ board and TFLM kernel set:
   (kernels, AOT main, run wrapper); and of the whole image (startup, newlib, harness included)
   for both. Weights are in neither.
 
-Ratios are ours/TFLM (below 1: we use less).
+The last column checks the harness: the board's TFLM output against TFLM's Python interpreter on
+the host (x86, reference kernels) for the same input. Ratios are ours/TFLM (below 1: we use less).
 """
 
 from __future__ import annotations
@@ -447,7 +448,8 @@ def build_harness(lib: TflmLibrary, board: Board, model: Path, input_bytes: byte
 
 @dataclass(frozen=True)
 class TflmRun:
-    """What the harness printed: instructions per invoke, arena bytes, output bytes."""
+    """What the harness printed: instructions per invoke, arena bytes, the output (its bytes in
+    hex, or `fnv1a:<hash>` for a large one)."""
 
     invokes: list[int]
     arena_bytes: int
@@ -471,8 +473,40 @@ def run_harness(elf: Path, board: Board) -> TflmRun:
     overhead = int(re.search(r"tflm-overhead (\d+)", done.stdout).group(1))
     ticks = [int(t) for t in re.findall(r"tflm-invoke \d+ (\d+)", done.stdout)]
     arena = int(re.search(r"tflm-arena (\d+)", done.stdout).group(1))
-    output = re.search(r"tflm-output (\w*)", done.stdout).group(1)
+    shown = re.search(r"tflm-output (\w*)", done.stdout)
+    output = shown.group(1) if shown else "fnv1a:" + re.search(
+        r"tflm-output-fnv1a (\w+)", done.stdout).group(1)
     return TflmRun([(t - overhead) * NS_PER_TICK for t in ticks], arena, output)
+
+
+def host_output(path: Path, x: np.ndarray) -> np.ndarray:
+    """The model's first output from TFLM's own Python interpreter (x86 host, reference
+    kernels), to check that the bare-metal harness computes the same."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    interpreter = runtime.Interpreter.from_file(str(path), arena_size=ARENA_BYTES)
+    interpreter.set_input(x, 0)
+    interpreter.invoke()
+    return interpreter.get_output(0)
+
+
+def _fnv1a(data: bytes) -> str:
+    value = 2166136261
+    for byte in data:
+        value = ((value ^ byte) * 16777619) & 0xFFFFFFFF
+    return f"{value:08x}"
+
+
+def compare_output(run: TflmRun, want: np.ndarray) -> str:
+    """How the board's TFLM output compares with the host's: exact, or the largest difference."""
+    data = want.tobytes()
+    if run.output.startswith("fnv1a:"):
+        return "exact" if run.output == "fnv1a:" + _fnv1a(data) else "differs"
+    got = np.frombuffer(bytes.fromhex(run.output), dtype=want.dtype).reshape(want.shape)
+    if got.tobytes() == data:
+        return "exact"
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64)).max()
+    return f"max diff {diff:.2g}"
 
 
 _MAP_INPUT = re.compile(r"^ (\.text\S*)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S+)", re.MULTILINE)
@@ -565,6 +599,7 @@ def main() -> None:
             input_bytes = b"".join(np.ascontiguousarray(inputs[s.name]).tobytes()
                                    for s in imported.inputs)
             macs = count_macs(path)
+            want = host_output(path, inputs[imported.inputs[0].name])
             rows = []
             summary.append([name, f"{macs:,}"])
             for board in boards:
@@ -578,7 +613,8 @@ def main() -> None:
                     run = run_harness(elf, board)
                     code = Code(code_bytes(elf, lib.kernels), code_bytes(elf, lib.framework),
                                 image_code_bytes(elf))
-                    rows.append(_row(board.name, kernels, macs, run, code, ours))
+                    rows.append(_row(board.name, kernels, macs, run, code, ours)
+                                + [compare_output(run, want)])
                     summary[-1].append(f"{run.instructions / macs:.2f}" if macs else "-")
             print(f"### {name} ({macs:,} MACs; operators {', '.join(model_operators(path))})\n")
             print(markdown_table(HEADER, rows) + "\n", flush=True)
@@ -601,7 +637,8 @@ class Code:
 HEADER = ["board", "TFLM kernels", "TFLM instr/inference", "TFLM instr/MAC",
           "ours instr/inference", "ours instr/MAC", "ours/TFLM instr", "TFLM arena B",
           "ours RAM B", "ours/TFLM RAM", "TFLM kernel code B", "TFLM framework code B",
-          "ours model code B", "ours/TFLM kernel code", "TFLM image code B", "ours image code B"]
+          "ours model code B", "ours/TFLM kernel code", "TFLM image code B", "ours image code B",
+          "TFLM output vs host TFLM"]
 
 
 def _row(board: str, kernels: str, macs: int, run: TflmRun, code: Code,
