@@ -8,7 +8,8 @@ third-party code already in `tensorflow/lite/micro/tools/make/downloads/` (the p
 `PINNED`; nothing is downloaded). For each board's core and each kernel set (TFLM's reference
 kernels, or `OPTIMIZED_KERNEL_DIR=cmsis_nn`) the script compiles, with TFLM's own Makefile rules
 and flags, the framework plus only the kernels the benchmark models use into two static
-libraries (framework; kernels with CMSIS-NN), cached under `--build-dir` per (core, kernels).
+libraries (framework; kernels with CMSIS-NN), cached under `--build-dir` per (core, kernels);
+the object files stay in the checkout's `gen/`, as with TFLM's own `make`.
 Per model it links a bare-metal harness (bench/tflm_harness/: our `main.cc` and startup code,
 microexport's bare-metal linker script) and runs it in `qemu-system-arm -icount shift=0`, where
 one instruction lasts 1 ns and the CMSDK timer ticks every 40 instructions. Reported per model,
@@ -160,10 +161,12 @@ def make_command(root: Path, arch: str, kernels: str) -> list[str]:
 
 def make_variables(command: list[str], names: list[str]) -> dict[str, str]:
     """Values of Makefile variables (TFLM's `print-<NAME>` targets)."""
-    out = subprocess.run(command + ["-s"] + [f"print-{n}" for n in names], check=True,
-                         capture_output=True, text=True).stdout
+    done = subprocess.run(command + ["-s"] + [f"print-{n}" for n in names],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"TFLM's Makefile failed: {done.stderr.strip()[-2000:]}")
     values = {}
-    for line in out.splitlines():
+    for line in done.stdout.splitlines():
         name, sep, value = line.partition("=")
         if sep and name in names:
             values[name] = value.strip()
