@@ -296,10 +296,25 @@ def headline(results: list[dict[str, Any]]) -> str:
             f"timeouts: {by_status.get(TIMEOUT, 0)}.")
 
 
+def _commit() -> str | None:
+    """The checked-out commit (short hash, `+` if the work tree differs), or None."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "microexport"],
+                               cwd=ROOT, check=False).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
-            baseline: tuple[str, list[dict[str, Any]]] | None = None) -> str:
+            baseline: tuple[str, list[dict[str, Any]]] | None = None,
+            commit: str | None = None) -> str:
     """The markdown section for bench/RESULTS.md (`baseline`: a label and earlier results to
-    show the headline of)."""
+    show the headline of; `commit`: what was measured)."""
     import onnx
 
     total = len(results)
@@ -309,7 +324,8 @@ def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
         "",
         f"`python bench/onnx_conformance.py --jobs {jobs}` (onnx {onnx.__version__}: "
         f"{total} node tests as they come, no input frozen; rtol {RTOL:g}, atol {ATOL:g}"
-        + (f"; {seconds / 60:.0f} min on 2 shared cores)" if seconds else ")"),
+        + (f"; {seconds / 60:.0f} min on 2 shared cores" if seconds else "")
+        + (f"; commit {commit})" if commit else ")"),
         "",
         headline(results),
         "",
@@ -389,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_only:
         run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
         text = summary(sorted(previous.values(), key=lambda r: r["name"]),
-                       run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline)
+                       run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline,
+                       run.get("commit"))
         write_section(text)
         print(text.split("\n\n")[2])
         return 0
@@ -398,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             return any(status == s or (s == "error" and status.startswith(ERROR_PREFIX))
                        for s in args.rerun)
         tests = [t for t in tests if t.name in previous and wanted(previous[t.name]["status"])]
+    commit = _commit()
     started = time.monotonic()
     results = run_all(tests, args.jobs, args.timeout, progress=not args.quiet)
     seconds = time.monotonic() - started
@@ -406,9 +424,10 @@ def main(argv: list[str] | None = None) -> int:
                                        indent=1), encoding="utf-8")
     partial = bool(args.pattern or args.rerun)
     if not partial:
-        run_json.write_text(json.dumps({"seconds": round(seconds), "jobs": args.jobs}),
-                            encoding="utf-8")
-    text = summary(results if partial else list(merged.values()), seconds, args.jobs, baseline)
+        run_json.write_text(json.dumps({"seconds": round(seconds), "jobs": args.jobs,
+                                        "commit": commit}), encoding="utf-8")
+    text = summary(results if partial else list(merged.values()), seconds, args.jobs, baseline,
+                   commit)
     if args.no_write or partial:
         print(text)
     else:
