@@ -27,9 +27,11 @@ pytestmark = pytest.mark.slow
 
 # Node tests that must pass: the MCU operator set, and one test per failure class fixed
 # (outputs that are inputs/constants, zero-size inputs, ScatterND's elem_offset, IsInf's
-# infinity constant, duplicate kernel parameter names, kernel symbols over 200 characters).
+# infinity constant, duplicate kernel parameter names, kernel symbols over 200 characters,
+# shift amounts C leaves undefined).
 PASSING = (
     "test_abs", "test_add_bcast", "test_averagepool_2d_pads", "test_batchnorm_example",
+    "test_bitshift_left_int32_shift_ge_width", "test_bitshift_right_int32_negative_shift",
     "test_castlike_DOUBLE_to_FLOAT", "test_clip", "test_concat_2d_axis_0",
     "test_conv_with_strides_padding", "test_convtranspose", "test_dequantizelinear",
     "test_dropout_default_ratio", "test_dynamicquantizelinear", "test_gather_0",
@@ -55,6 +57,8 @@ REFUSED = {
     "test_pow_types_int32_int32": "power only applies to float",
     "test_convtranspose_output_shape": "declares",
     "test_constantofshape_float_ones": "TVM cannot compile",
+    "test_spacetodepth_crd_mode_example": "mode=CRD",
+    "test_compress_0": "computed at run time",
 }
 
 
