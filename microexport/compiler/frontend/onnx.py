@@ -44,12 +44,21 @@ def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
     model = _read(path)
     inputs = _model_inputs(model, input_shapes, path)
     model, inputs = _freeze_empty_inputs(model, inputs)
+    expanded: set[str] = set()
+    model = expand_functions(model, _unconverted_ops(model) | _placeholder_ops(model), expanded)
     model = fold_shape_computations(model, inputs)
     _check_operators(model)
     _check_frontend_gaps(model)
     _rewrite_one_sided_isinf(model.graph)
     _guard_bit_shifts(model)
-    mod = _convert(model, inputs, path)
+    try:
+        mod = _convert(model, inputs, path)
+    except UnsupportedOperator as err:  # TVM's converter fails: its ONNX function may not
+        if err.op in expanded or not _has_function(model, err.op):
+            raise
+        model = fold_shape_computations(expand_functions(model, {err.op}, expanded), inputs)
+        _check_operators(model)
+        mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
     imported = finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
     _check_output_shapes(model, imported, path)
@@ -134,6 +143,137 @@ def _static_shape(value: onnx.ValueInfoProto, given: tuple[int, ...] | None) -> 
         d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor_type.shape.dim
     ]
     return resolve_shape(value.name, dims, given)
+
+
+# --------------------------------------------------------------------------------------------
+# expanding operators into their ONNX function bodies
+# --------------------------------------------------------------------------------------------
+
+MAX_EXPANSION_ROUNDS = 4  # a function body may use operators defined by functions themselves
+
+
+def _unconverted_ops(model: onnx.ModelProto) -> set[str]:
+    """Default-domain operators of `model` TVM's ONNX frontend has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | _HANDLED_WITHOUT_CONVERTER
+    return {node.op_type for node in model.graph.node
+            if node.domain in _DEFAULT_DOMAINS and node.op_type not in known}
+
+
+def _placeholder_ops(model: onnx.ModelProto) -> set[str]:
+    """Operators of `model` whose extra outputs (`_PLACEHOLDER_OUTPUTS`) TVM's frontend does
+    not compute but the model uses (their function body computes them)."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {value.name for value in model.graph.output}
+    return {node.op_type for node in model.graph.node
+            if node.domain in _DEFAULT_DOMAINS and node.op_type in _PLACEHOLDER_OUTPUTS
+            and any(name and name in used for name in node.output[1:])}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+
+
+def _schema(op: str, opset: int) -> Any:
+    import onnx
+
+    try:
+        return onnx.defs.get_schema(op, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _has_function(model: onnx.ModelProto, op: str) -> bool:
+    schema = _schema(op, _opset(model))
+    return schema is not None and bool(schema.function_opset_versions
+                                       or schema.context_dependent_function_opset_versions)
+
+
+def expand_functions(model: onnx.ModelProto, ops: set[str], expanded: set[str]
+                     ) -> onnx.ModelProto:
+    """A copy of `model` in which every node of `ops` (and, in later rounds, of the operators
+    TVM lacks that the bodies use) defined by an ONNX function is replaced by the function's
+    body, as the suite's `*_expanded` tests are built. `expanded` collects the ops expanded."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for _ in range(MAX_EXPANSION_ROUNDS):
+        todo = {op for op in ops if _has_function(out, op)}
+        if not todo:
+            break
+        types = _value_types(out)
+        nodes = []
+        changed = False
+        for index, node in enumerate(out.graph.node):
+            body = None
+            if node.domain in _DEFAULT_DOMAINS and node.op_type in todo:
+                body = _function_body(node, types, _opset(out), f"{node.op_type}_{index}_fn_")
+            if body is None:
+                nodes.append(node)
+            else:
+                nodes.extend(body)
+                expanded.add(node.op_type)
+                changed = True
+        if not changed:
+            break
+        del out.graph.node[:]
+        out.graph.node.extend(nodes)
+        ops = _unconverted_ops(out)
+    return out
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, Any]:
+    """The TypeProto of every value onnx's type inference knows."""
+    import onnx
+    from onnx import helper
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - inference is best effort here
+        graph = model.graph
+    types = {v.name: v.type for v in [*graph.input, *graph.value_info, *graph.output]}
+    for init in graph.initializer:
+        types.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, init.dims))
+    return types
+
+
+def _function_body(node: Any, types: dict[str, Any], opset: int, prefix: str) -> list | None:
+    """The nodes of the ONNX function defining `node` at `opset` (None if there is none or it
+    needs input types inference does not know)."""
+    from onnx import FunctionProto, NodeProto, TypeProto
+    from onnx.backend.test.case.node import function_expand_helper
+
+    schema = _schema(node.op_type, opset)
+    if schema is None:
+        return None
+    node_copy = NodeProto()
+    node_copy.CopyFrom(node)
+    for name, attr in schema.attributes.items():  # the defaults the body refers to
+        if name not in [a.name for a in node_copy.attribute] and attr.default_value.name:
+            node_copy.attribute.extend([attr.default_value])
+    function = FunctionProto()
+    versions = [v for v in schema.function_opset_versions if v <= opset]
+    if versions:
+        function.ParseFromString(schema.get_function_with_opset_version(max(versions)))
+    else:
+        versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+        inputs = [types.get(name) for name in node.input if name]
+        if not versions or any(t is None for t in inputs):
+            return None
+        try:
+            function.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+                max(versions), node_copy.SerializeToString(),
+                [TypeProto.SerializeToString(t) for t in inputs]))
+        except Exception:  # noqa: BLE001 - onnx cannot build the body for these types
+            return None
+    if not function.node:
+        return None
+    try:
+        return list(function_expand_helper(node_copy, function, prefix))
+    except Exception:  # noqa: BLE001 - leave the node to the frontend (and its error)
+        return None
 
 
 def _check_operators(model: onnx.ModelProto) -> None:
