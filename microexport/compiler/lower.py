@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import ir, relax, s_tir, tirx
 
 from microexport.compiler.frontend import ImportedModel
@@ -165,7 +166,8 @@ def lower(
                  if isinstance(func, tirx.PrimFunc) and gv.name_hint in used]
     functions += [(ir.GlobalVar(name), func) for name, func in schedule.extra_kernels.items()]
     prim_funcs = {
-        gv: bind_buffer_offsets(schedule_for_c(func)).with_attr("target", tvm_target)
+        gv: bind_buffer_offsets(schedule_for_c(infinite_reduction_identities(func)))
+        .with_attr("target", tvm_target)
         for gv, func in functions
     }
     block_kernels = tvm.IRModule(prim_funcs)
@@ -176,6 +178,34 @@ def lower(
         kernels=kernels,
         scratch=scratch,
     )
+
+
+def _infinite_identity(block: s_tir.SBlock) -> s_tir.SBlock:
+    """`block` with the initial value of a float max (min) reduction -inf (+inf) instead of
+    TVM's lowest (highest) finite value, so that a max over -inf values is -inf as in ONNX,
+    numpy and onnxruntime (a fully masked attention row tests it)."""
+    init, body = block.init, block.body
+    if not (isinstance(init, tirx.BufferStore) and isinstance(init.value, tirx.FloatImm)
+            and isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Max | tirx.Min)):
+        return block
+    dtype = str(init.value.ty.dtype)
+    if dtype not in ("float32", "float64"):
+        return block
+    value, finfo = float(init.value.value), np.finfo(dtype)
+    if isinstance(body.value, tirx.Max) and value == float(finfo.min):
+        identity = -np.inf
+    elif isinstance(body.value, tirx.Min) and value == float(finfo.max):
+        identity = np.inf
+    else:
+        return block
+    new_init = tirx.BufferStore(init.buffer, tirx.FloatImm(dtype, identity), init.indices)
+    return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body,
+                        new_init, block.alloc_buffers, block.match_buffers, block.annotations)
+
+
+def infinite_reduction_identities(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with every float max/min reduction starting from -inf/+inf (`_infinite_identity`)."""
+    return tvm_ffi.structural_map(func, (s_tir.SBlock, _infinite_identity))
 
 
 class _ScheduleBuilder:
