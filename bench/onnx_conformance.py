@@ -25,6 +25,7 @@ import argparse
 import json
 import multiprocessing
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -196,6 +197,11 @@ def _worker(conn: Connection) -> None:
                        "seconds": 0})
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    del frame
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 class _Slot:
     """One worker process with its pipe and current task."""
 
@@ -221,6 +227,7 @@ def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True
             ) -> list[dict[str, Any]]:
     """Run `tests` in `jobs` workers; a test running longer than `timeout` s is a timeout."""
     ctx = multiprocessing.get_context("spawn")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` ends the workers too
     pending = list(reversed(tests))
     slots = [_Slot(ctx) for _ in range(max(1, min(jobs, len(tests))))]
     results: list[dict[str, Any]] = []
@@ -231,6 +238,21 @@ def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True
             print(f"[{len(results)}/{len(tests)}] {res['name']}: {res['status']} "
                   f"{res['detail'][:120]}", flush=True)
 
+    try:
+        _drive(slots, pending, timeout, record, lambda: _Slot(ctx))
+    finally:  # interrupted or done: no worker outlives the run
+        for slot in slots:
+            if slot.task is None:
+                slot.conn.send(None)
+                slot.process.join(timeout=10)
+            if slot.process.is_alive():
+                slot.kill()
+    return sorted(results, key=lambda r: r["name"])
+
+
+def _drive(slots: list[_Slot], pending: list[Path], timeout: float,
+           record: Any, new_slot: Any) -> None:
+    """Hand out `pending` tests to the worker `slots` until all are done."""
     for slot in slots:
         if pending:
             slot.give(pending.pop())
@@ -248,24 +270,18 @@ def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True
                            "detail": f"worker died (exit code {slot.process.exitcode})",
                            "seconds": round(time.monotonic() - slot.started, 2)}
                     slot.kill()
-                    slots[i] = slot = _Slot(ctx)
+                    slots[i] = slot = new_slot()
                 record(res)
             elif time.monotonic() - slot.started > timeout:
                 record({"name": slot.task.name, "status": TIMEOUT,
                         "detail": f"more than {timeout:g} s", "seconds": timeout})
                 slot.kill()
-                slots[i] = slot = _Slot(ctx)
+                slots[i] = slot = new_slot()
             else:
                 continue
             slot.task = None
             if pending:
                 slot.give(pending.pop())
-    for slot in slots:
-        slot.conn.send(None)
-        slot.process.join(timeout=10)
-        if slot.process.is_alive():
-            slot.kill()
-    return sorted(results, key=lambda r: r["name"])
 
 
 # --------------------------------------------------------------------------------------------
