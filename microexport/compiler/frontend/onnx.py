@@ -51,6 +51,7 @@ def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
     _check_frontend_gaps(model)
     _rewrite_one_sided_isinf(model.graph)
     _guard_bit_shifts(model)
+    _rewrite_float_floor_mod(model)
     try:
         mod = _convert(model, inputs, path)
     except UnsupportedOperator as err:  # TVM's converter fails: its ONNX function may not
@@ -444,6 +445,41 @@ def _guard_bit_shifts(model: onnx.ModelProto) -> None:
             fill = zero
         nodes.append(make("Where", [f"{stem}_ok", f"{stem}_shifted", fill], [out],
                           name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _rewrite_float_floor_mod(model: onnx.ModelProto) -> None:
+    """Float Mod with `fmod=0` (the result takes the divisor's sign) as C's fmod plus the
+    divisor where the signs differ. TVM computes `x - floor(x / y) * y`, which is NaN for an
+    infinite divisor (`-3 mod inf` is inf)."""
+    import numpy as np
+    from onnx import helper
+
+    mods = [n for n in model.graph.node if n.op_type == "Mod" and n.domain in _DEFAULT_DOMAINS
+            and not any(a.name == "fmod" and a.i for a in n.attribute)]
+    if not mods:
+        return
+    types = _element_types(model)
+    nodes = []
+    for node in model.graph.node:
+        dtype = types.get(node.input[0])
+        if node not in mods or dtype is None or np.dtype(dtype).kind != "f":
+            nodes.append(node)
+            continue
+        (x, y), (out,) = node.input, node.output
+        stem = f"{out}__mod"
+        zero = f"{stem}_zero"
+        model.graph.initializer.append(
+            helper.make_tensor(zero, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [], [0]))
+        nodes += [
+            helper.make_node("Mod", [x, y], [f"{stem}_rem"], fmod=1),
+            helper.make_node("Mul", [f"{stem}_rem", y], [f"{stem}_prod"]),
+            helper.make_node("Less", [f"{stem}_prod", zero], [f"{stem}_differ"]),
+            helper.make_node("Add", [f"{stem}_rem", y], [f"{stem}_shifted"]),
+            helper.make_node("Where", [f"{stem}_differ", f"{stem}_shifted", f"{stem}_rem"],
+                             [out], name=node.name),
+        ]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
