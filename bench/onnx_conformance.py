@@ -376,6 +376,9 @@ def write_section(text: str, path: Path = RESULTS_MD) -> None:
     """Replace (or append) the ONNX-conformance section of bench/RESULTS.md."""
     current = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
     block = f"{SECTION_BEGIN}\n{text}{SECTION_END}\n"
+    heading = text.split("\n", 1)[0]
+    if SECTION_BEGIN not in current and SECTION_END in current and heading in current:
+        current = current.replace(heading, SECTION_BEGIN + "\n" + heading, 1)  # marker lost
     if SECTION_BEGIN in current and SECTION_END in current:
         head, rest = current.split(SECTION_BEGIN, 1)
         tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
