@@ -92,7 +92,7 @@ def test_unsupported_operator(build_model: BuildModel, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
     model, _ = build_model(unsupported_onnx)
     status, _, err = run_cli(["compile", model, "-o", tmp_path / "m.tar"], capsys)
-    assert_user_error(status, err, "Celu")
+    assert_user_error(status, err, "LpNormalization")
     assert not (tmp_path / "m.tar").exists()
 
 
