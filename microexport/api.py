@@ -72,14 +72,21 @@ class Compilation(_RecordViews):
 
 
 def import_model(
-    model: str | Path | tvm.IRModule, input_shapes: dict[str, tuple[int, ...]] | None = None
+    model: str | Path | tvm.IRModule,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    constants: dict[str, Any] | None = None,
 ) -> ImportedModel:
-    """Import a model file or wrap a Relax IRModule."""
-    from microexport.compiler.frontend import from_relax, load_model
+    """Import a model file or wrap a Relax IRModule.
+
+    `constants` (input name → array) freezes those inputs to the values at compile time: they
+    are no longer inputs of the compiled model, and what depends only on them folds (ONNX
+    shape/axes/starts/ends/sizes inputs, an `If` on them).
+    """
+    from microexport.compiler.frontend import bind_constants, from_relax, load_model
 
     if isinstance(model, str | Path):
-        return load_model(Path(model), input_shapes)
-    return from_relax(model)
+        return load_model(Path(model), input_shapes, constants)
+    return bind_constants(from_relax(model), constants)
 
 
 def compile_model(
@@ -176,19 +183,21 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     tir_stages: tuple[str, ...] = ("codegen",),
     board: str | None = None,
     kernel_stack_limit: int = 0,
+    constants: dict[str, Any] | None = None,
 ) -> CompileResult:
     """Compile a model file (or Relax IRModule) to a Model Library Format archive.
 
     `output` defaults to `<name>.tar` in the current directory. `tir_stages` selects the TIR
     stages written as `src/tir-<stage>.json` (default: codegen). `board` takes the workspace
-    pools from that board's file when `pools` is empty.
+    pools from that board's file when `pools` is empty. `constants` (input name → array)
+    freezes inputs to values at compile time (see `import_model`).
     """
     from microexport.archive.mlf import refuse_overwriting, write_archive
 
     archive = Path(output) if output is not None else Path(f"{name}.tar")
     if isinstance(model, str | Path):
         refuse_overwriting(archive, Path(model))
-    imported = import_model(model, input_shapes)
+    imported = import_model(model, input_shapes, constants)
     compilation = compile_model(
         imported,
         name=name,
@@ -238,15 +247,18 @@ def test(
     """Compile `model`, run it on `board` with seeded inputs, compare with a reference runtime.
 
     `compile_options` are those of `compile_model` (`tir_stages`, `pools`, ...) plus
-    `input_shapes`.
+    `input_shapes` and `constants` (inputs frozen to values; the reference runtime is given
+    the same values).
     """
     from microexport.archive.mlf import write_archive
     from microexport.deploy.reference import run_reference
 
     model_path = Path(model)
-    imported = import_model(model_path, compile_options.pop("input_shapes", None))
+    constants = compile_options.pop("constants", None) or {}
+    imported = import_model(model_path, compile_options.pop("input_shapes", None), constants)
     inputs = sample_inputs(imported.inputs, seed)
-    reference_name, expected = run_reference(model_path, inputs)
+    frozen = {name: np.asarray(value) for name, value in constants.items()}
+    reference_name, expected = run_reference(model_path, {**inputs, **frozen})
     if not compile_options.get("pools"):
         compile_options["pools"] = board_pools(board)
     compilation = compile_model(imported, **compile_options)

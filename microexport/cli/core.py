@@ -16,6 +16,7 @@ from microexport.cli.options import (
     TVMC_OPTIONS,
     Command,
     Option,
+    load_constants,
 )
 
 
@@ -24,6 +25,7 @@ def _compile_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "name": args.name,
         "target": args.target,
         "input_shapes": dict(args.input_shape) or None,
+        "constants": load_constants(args.constants) or None,
         "workspace": args.workspace,
         "alignment": args.workspace_alignment,
         "templates": args.templates,

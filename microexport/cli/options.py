@@ -76,6 +76,45 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+def parse_constant(text: str) -> tuple[str, Path]:
+    """`--constant NAME=FILE.npy` → ("NAME", Path("FILE.npy")); the file is read by
+    `load_constants`."""
+    name, sep, file = text.partition("=")
+    if not sep or not name or not file:
+        raise argparse.ArgumentTypeError(
+            f"bad --constant '{text}': expected NAME=FILE.npy, e.g. sr=sample_rate.npy (write "
+            "the file with numpy.save)"
+        )
+    return name, Path(file)
+
+
+def load_constants(pairs: list[tuple[str, Path]]) -> dict[str, Any]:
+    """The arrays of `--constant NAME=FILE.npy` arguments by input name; InputError for a
+    file that cannot be read as a .npy array or an input named twice."""
+    import numpy as np
+
+    from microexport.errors import InputError
+
+    arrays: dict[str, Any] = {}
+    for name, path in pairs:
+        if name in arrays:
+            raise InputError(f"--constant '{name}' is given twice: give each input one value")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except OSError as err:
+            raise InputError(f"cannot read --constant '{name}' from {path}: "
+                             f"{err.strerror or err}") from None
+        except (ValueError, EOFError):  # not .npy, pickled, truncated or empty
+            array = None
+        if not isinstance(array, np.ndarray):  # also a .npz archive of several arrays
+            if isinstance(array, np.lib.npyio.NpzFile):
+                array.close()
+            raise InputError(f"--constant '{name}': {path} is not a .npy array file "
+                             "(write one with numpy.save)")
+        arrays[name] = array
+    return arrays
+
+
 def parse_alignment(text: str) -> int:
     """`--workspace-alignment`: a power of two from 1 to `MAX_ALIGNMENT`."""
     value = _parse_int(text, "--workspace-alignment")
@@ -134,6 +173,14 @@ INPUT_SHAPE = Option(
     ("--input-shape",),
     "fix a dynamic input dimension, NAME:1x3x48x192 (repeatable)",
     {"type": parse_input_shape, "action": "append", "default": [], "metavar": "NAME:SHAPE"},
+)
+CONSTANT = Option(
+    ("--constant",),
+    "freeze model input NAME to the value in FILE.npy at compile time (same dtype and shape as "
+    "the input): it is no longer an input of the compiled model, and shape/axes/starts/ends/"
+    "sizes inputs and an ONNX If on it fold away (repeatable)",
+    {"type": parse_constant, "action": "append", "default": [], "metavar": "NAME=FILE.npy",
+     "dest": "constants"},
 )
 WORKSPACE = Option(
     ("--workspace",),
@@ -220,7 +267,7 @@ KERNEL_STACK_LIMIT = Option(
     f"in the workspace; at most {MAX_STACK_LIMIT})",
     {"type": parse_stack_limit, "default": 0, "metavar": "BYTES"},
 )
-COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
+COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, CONSTANT, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
                    KERNEL_STACK_LIMIT, TEMPLATES, TIR_STAGE)
 
 

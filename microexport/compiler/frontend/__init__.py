@@ -11,8 +11,10 @@ from pathlib import Path
 
 from microexport.compiler.frontend.common import (
     MAX_TENSOR_ELEMENTS,
+    Constants,
     ImportedModel,
     Shapes,
+    bind_constants,
     check_shape_names,
     close_block_builders,
     dynamic_dim_error,
@@ -27,8 +29,10 @@ from microexport.errors import ModelError
 __all__ = [
     "MAX_TENSOR_ELEMENTS",
     "SUPPORTED_EXTENSIONS",
+    "Constants",
     "ImportedModel",
     "Shapes",
+    "bind_constants",
     "check_shape_names",
     "close_block_builders",
     "dynamic_dim_error",
@@ -43,13 +47,17 @@ __all__ = [
 SUPPORTED_EXTENSIONS = (".onnx", ".pt2", ".tflite")
 
 
-def load_model(path: str | Path, input_shapes: Shapes | None = None) -> ImportedModel:
+def load_model(path: str | Path, input_shapes: Shapes | None = None,
+               constants: Constants | None = None) -> ImportedModel:
     """Import a model file as Relax, choosing the frontend by extension.
 
     `.onnx` (ONNX), `.tflite` (TFLite flatbuffer) and `.pt2` (a `torch.export`
     ExportedProgram saved with `torch.export.save`). `input_shapes` fixes dynamic (or
-    overrides) input dimensions by input name. Raises a `microexport.errors.Error` subclass
-    for a missing, unreadable or unsupported model.
+    overrides) input dimensions by input name. `constants` freezes inputs (by name) to values
+    at compile time: the compiled model no longer takes them, and what depends only on them
+    folds (for ONNX before TVM's frontend runs, so shape/axes/sizes inputs and an `If` on
+    them fold away; for TFLite and `.pt2` after import). Raises a `microexport.errors.Error`
+    subclass for a missing, unreadable or unsupported model.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -67,11 +75,11 @@ def load_model(path: str | Path, input_shapes: Shapes | None = None) -> Imported
     if suffix == ".onnx":
         from microexport.compiler.frontend.onnx import load_onnx
 
-        return load_onnx(path, shapes)
+        return load_onnx(path, shapes, constants)
     if suffix == ".tflite":
         from microexport.compiler.frontend.tflite import load_tflite
 
-        return load_tflite(path, shapes)
+        return bind_constants(load_tflite(path, shapes), constants)
     from microexport.compiler.frontend.torch import load_torch
 
-    return load_torch(path, shapes)
+    return bind_constants(load_torch(path, shapes), constants)

@@ -35,6 +35,7 @@ class ImportedModel:
 MAX_TENSOR_ELEMENTS = 2**31 - 1  # the generated C indexes tensors with int32_t
 
 Shapes = dict[str, tuple[int, ...]]
+Constants = dict[str, Any]  # input name → the value (array-like) it is frozen to
 
 
 def from_relax(
@@ -108,6 +109,75 @@ def finish_import(
     _check_no_symbolic_vars(main, where)
     _check_c_float_types(main, where)
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, format=fmt, source=source)
+
+
+def constant_array(name: str, value: Any, dtype: str, dims: list[Any] | None,
+                   where: str) -> Any:
+    """`value` as the numpy array input `name` of `where` is frozen to, checked against the
+    input's declared `dtype` and dimensions (`dims`: ints, or anything else for a dimension
+    the value may set; None: any shape). InputError naming the mismatch otherwise."""
+    import numpy as np
+
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - ragged lists, objects numpy cannot hold
+        raise InputError(f"constant '{name}' is not an array ({first_line(err)}): give a numpy "
+                         "array") from None
+    if str(array.dtype) != dtype:
+        raise InputError(f"constant '{name}' is {array.dtype}, input '{name}' of {where} is "
+                         f"{dtype}: save the value as {dtype} (numpy.save(path, "
+                         f"value.astype('{dtype}')))")
+    if dims is not None and (len(dims) != array.ndim or any(
+            isinstance(d, int) and d >= 0 and d != s
+            for d, s in zip(dims, array.shape, strict=True))):
+        declared = tuple(d if isinstance(d, int) and d >= 0 else "?" for d in dims)
+        raise InputError(f"constant '{name}' has shape {tuple(array.shape)}, input '{name}' of "
+                         f"{where} has shape {declared}: give a value of that shape")
+    return np.ascontiguousarray(array)
+
+
+def unknown_constant_error(unknown: list[str], names: list[str], where: str) -> InputError:
+    """The InputError for constants naming something that is not an input of `where`."""
+    listed = ", ".join(names) if names else "none"
+    return InputError(f"--constant names {', '.join(repr(n) for n in unknown)}, not an input of "
+                      f"{where}: its inputs are: {listed}")
+
+
+def bind_constants(imported: ImportedModel, constants: Constants | None) -> ImportedModel:
+    """`imported` with the inputs named in `constants` bound to those values and folded.
+
+    The frontend-independent way (TFLite, torch, Relax): the value replaces the parameter of
+    `main` after import, so what depends only on it folds with TVM's constant folding; the
+    compiled model no longer takes these inputs.
+    """
+    import dataclasses
+
+    import tvm
+    from tvm import relax
+
+    if not constants:
+        return imported
+    where = str(imported.source) if imported.source is not None else "the Relax module"
+    names = [spec.name for spec in imported.inputs]
+    unknown = sorted(set(constants) - set(names))
+    if unknown:
+        raise unknown_constant_error(unknown, names, where)
+    main = imported.mod["main"]
+    bound: dict[Any, Any] = {}
+    kept = []
+    for spec, param in zip(imported.inputs, main.params, strict=True):
+        if spec.name not in constants:
+            kept.append(spec)
+            continue
+        array = constant_array(spec.name, constants[spec.name], spec.dtype, list(spec.shape),
+                               where)
+        bound[param] = tvm.runtime.tensor(array)
+    mod = relax.transform.BindParams("main", bound)(imported.mod)
+    try:
+        mod = relax.transform.FoldConstant()(mod)
+    except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot fold
+        raise relax_failure(err, "compile") from err
+    return dataclasses.replace(imported, mod=mod, inputs=tuple(kept))
 
 
 def _bind_empty_inputs(

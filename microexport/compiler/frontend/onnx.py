@@ -5,6 +5,10 @@ them) are weights, not model inputs. Dynamic input dimensions must be fixed with
 `input_shapes`. With the input shapes fixed, shape computations (`Shape → Gather → Concat`
 reshape targets, scale factors from `x.shape`) are folded into initializers on the ONNX graph
 before import: TVM's frontend folds the simple chains itself but not all arithmetic on them.
+
+`constants` freezes model inputs to values before anything else: each becomes an initializer,
+so shape, axes, starts/ends and sizes inputs fold like weights, and an `If` whose condition
+folds is replaced by the nodes of the branch it takes.
 """
 
 from __future__ import annotations
@@ -13,21 +17,25 @@ import contextlib
 import io
 import re
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microexport.compiler.frontend.common import (
+    Constants,
     ImportedModel,
     Shapes,
     check_shape_names,
     close_block_builders,
+    constant_array,
     dynamic_dim_error,
     finish_import,
     first_line,
     require,
     resolve_shape,
+    unknown_constant_error,
 )
-from microexport.errors import ModelError, UnsupportedOperator
+from microexport.errors import InputError, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
 if TYPE_CHECKING:
@@ -38,12 +46,18 @@ _HANDLED_WITHOUT_CONVERTER = {"Constant", "If"}
 _FAILED_OP = re.compile(r"Error converting operator (\S+?),")
 
 
-def load_onnx(path: Path, input_shapes: Shapes) -> ImportedModel:
-    """Import the ONNX model at `path`; `input_shapes` fixes dynamic input dimensions."""
+def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = None
+              ) -> ImportedModel:
+    """Import the ONNX model at `path`; `input_shapes` fixes dynamic input dimensions,
+    `constants` freezes inputs (by name) to values."""
     require("onnx", "onnx")
     model = _read(path)
+    if constants:
+        model = freeze_inputs(model, constants, input_shapes, path)
     inputs = _model_inputs(model, input_shapes, path)
     model, inputs = _freeze_empty_inputs(model, inputs)
+    if any(node.op_type == "If" for node in model.graph.node):  # inline those that fold first
+        model = fold_shape_computations(model, inputs)
     expanded: set[str] = set()
     model = expand_functions(model, _unconverted_ops(model) | _placeholder_ops(model), expanded)
     model = fold_shape_computations(model, inputs)
@@ -107,6 +121,43 @@ def _model_inputs(model: onnx.ModelProto, input_shapes: Shapes, path: Path) -> l
         shape = _static_shape(value, input_shapes.get(value.name))
         specs.append(TensorSpec(name=value.name, shape=shape, dtype=dtype))
     return specs
+
+
+def freeze_inputs(model: onnx.ModelProto, constants: Constants, input_shapes: Shapes,
+                  path: Path) -> onnx.ModelProto:
+    """A copy of `model` in which each input named in `constants` is an initializer holding
+    that value instead of a graph input. InputError for a name that is not an input, a value
+    whose dtype or shape differs from the declared input, or an input also in `input_shapes`."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = {init.name for init in model.graph.initializer}
+    declared = {v.name: v for v in model.graph.input if v.name not in weights}
+    unknown = sorted(set(constants) - set(declared))
+    if unknown:
+        raise unknown_constant_error(unknown, list(declared), str(path))
+    both = sorted(set(constants) & set(input_shapes))
+    if both:
+        raise InputError(f"input '{both[0]}' is given both a --constant and an --input-shape: "
+                         "drop the --input-shape (the value fixes the shape)")
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    for name, value in constants.items():
+        tensor_type = declared[name].type.tensor_type
+        try:
+            dtype = str(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except KeyError:
+            raise ModelError(f"input '{name}' of {path} has the unknown ONNX element type "
+                             f"{tensor_type.elem_type}: is the file damaged?") from None
+        dims: list[Any] | None = None
+        if tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        array = constant_array(name, value, dtype, dims, str(path))
+        frozen.graph.initializer.append(numpy_helper.from_array(array, name))
+    kept = [v for v in frozen.graph.input if v.name not in constants]
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(kept)
+    return frozen
 
 
 def _freeze_empty_inputs(
@@ -546,13 +597,15 @@ def _validation_error(model: onnx.ModelProto) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 FOLD_MAX_ELEMENTS = 1024  # only small constant inputs are folded (shapes, scalars), not weights
+MAX_INLINE_ROUNDS = 8  # folding after inlining an `If` may fold the condition of a nested one
 _NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                  "Multinomial", "Bernoulli"}  # fmt: skip
 
 
 def fold_shape_computations(model: onnx.ModelProto, inputs: list[TensorSpec]) -> onnx.ModelProto:
     """A copy of `model` with static input shapes in which `Shape` of statically-shaped tensors,
-    `Constant` nodes and nodes computing on small constants only are replaced by initializers.
+    `Constant` nodes and nodes computing on small constants only are replaced by initializers,
+    and every `If` whose condition is then a constant by the nodes of the branch it takes.
 
     Exporters compute reshape targets and scale factors from `x.shape`
     (Shape → Gather → Div → Cast → Concat …); once the input shapes are fixed these are
@@ -560,21 +613,98 @@ def fold_shape_computations(model: onnx.ModelProto, inputs: list[TensorSpec]) ->
     only partly.
     """
     import onnx
+    from onnx import numpy_helper
 
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     _fix_input_shapes(folded.graph, inputs)
-    shapes = _inferred_shapes(folded)
-    consts = _initializer_arrays(folded.graph)
-    kept = []
-    for node in folded.graph.node:
-        values = _fold_node(node, consts, shapes, folded.opset_import)
-        if values is None:
-            kept.append(node)
-        else:
-            consts.update(zip(node.output, values, strict=True))
-    _replace_nodes(folded.graph, kept, consts)
+    for _ in range(MAX_INLINE_ROUNDS):  # shapes inside an inlined branch are inferred next round
+        shapes = _inferred_shapes(folded)
+        consts = _initializer_arrays(folded.graph)
+        kept = []
+        inlined = False
+        pending = deque(folded.graph.node)
+        while pending:
+            node = pending.popleft()
+            branch = _taken_branch(node, consts)
+            if branch is not None:
+                nodes, initializers = _inline_branch(node, branch)
+                for init in initializers:
+                    consts[init.name] = numpy_helper.to_array(init)
+                pending.extendleft(reversed(nodes))
+                inlined = True
+                continue
+            values = _fold_node(node, consts, shapes, folded.opset_import)
+            if values is None:
+                kept.append(node)
+            else:
+                consts.update(zip(node.output, values, strict=True))
+        _replace_nodes(folded.graph, kept, consts)
+        if not inlined:
+            break
     return folded
+
+
+def _taken_branch(node: onnx.NodeProto, consts: dict[str, Any]) -> onnx.GraphProto | None:
+    """The branch an `If` node takes if its condition is a known constant, else None."""
+    import numpy as np
+
+    if node.op_type != "If" or node.domain not in _DEFAULT_DOMAINS or not node.input:
+        return None
+    cond = consts.get(node.input[0])
+    if cond is None or np.size(cond) != 1:
+        return None
+    wanted = "then_branch" if bool(np.asarray(cond).reshape(-1)[0]) else "else_branch"
+    return next((attr.g for attr in node.attribute if attr.name == wanted), None)
+
+
+def _inline_branch(node: onnx.NodeProto, branch: onnx.GraphProto
+                   ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and initializers of `branch` to put in place of the `If` `node`: every value
+    the branch defines renamed under a prefix unique to the node (also where nested subgraphs
+    refer to it), and an Identity from each branch output to the matching output of `node`."""
+    from onnx import NodeProto, TensorProto, helper
+
+    prefix = f"{node.output[0]}__{node.name or 'if'}_inlined_"
+    defined = [name for n in branch.node for name in n.output if name]
+    defined += [init.name for init in branch.initializer]
+    rename = {name: prefix + name for name in defined}
+    initializers = []
+    for init in branch.initializer:
+        tensor = TensorProto()
+        tensor.CopyFrom(init)
+        tensor.name = rename[init.name]
+        initializers.append(tensor)
+    nodes = []
+    for inner in branch.node:
+        copy = NodeProto()
+        copy.CopyFrom(inner)
+        _rename_inputs(copy, rename)
+        del copy.output[:]
+        copy.output.extend(rename.get(name, name) for name in inner.output)
+        if copy.name:
+            copy.name = prefix + copy.name
+        nodes.append(copy)
+    for value, out in zip(branch.output, node.output, strict=False):
+        if out:
+            nodes.append(helper.make_node("Identity", [rename.get(value.name, value.name)],
+                                          [out], name=f"{prefix}{out}_out"))
+    return nodes, initializers
+
+
+def _rename_inputs(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """Rename the inputs of `node`, and of the nodes of its subgraphs (outer-scope references),
+    that `rename` maps."""
+    for index, name in enumerate(node.input):
+        if name in rename:
+            node.input[index] = rename[name]
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in graph.node:
+                _rename_inputs(inner, rename)
+            for value in graph.output:  # a subgraph may return an outer value directly
+                if value.name in rename:
+                    value.name = rename[value.name]
 
 
 def _fix_input_shapes(graph: onnx.GraphProto, inputs: list[TensorSpec]) -> None:
