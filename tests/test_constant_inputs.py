@@ -113,6 +113,35 @@ def if_model(directory: Path) -> Path:
                  [_value("y", TensorProto.FLOAT, [1, 16])], inits)
 
 
+def nested_if_model(directory: Path) -> Path:
+    """An `If` on `sr >= 16000` whose else branch holds another `If` on `sr >= 8000` (outer
+    values used inside both levels, the same value names in the two inner branches)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str, nodes: list, out: str, inits: tuple = ()) -> object:
+        return helper.make_graph(nodes, name, [], [_value(out, TensorProto.FLOAT, [1, 16])],
+                                 initializer=list(inits))
+
+    inner = helper.make_node(
+        "If", ["at_least_8k"], ["inner"],
+        then_branch=branch("mid", [helper.make_node("Neg", ["x"], ["v"])], "v"),
+        else_branch=branch("low", [helper.make_node("Mul", ["x", "half"], ["v"])], "v",
+                           (numpy_helper.from_array(np.array(0.5, np.float32), "half"),)))
+    outer = helper.make_node(
+        "If", ["at_least_16k"], ["branch"],
+        then_branch=branch("high", [helper.make_node("Tanh", ["x"], ["t"])], "t"),
+        else_branch=branch("lower", [helper.make_node("GreaterOrEqual", ["sr", "r8k"],
+                                                      ["at_least_8k"]),
+                                     inner, helper.make_node("Abs", ["inner"], ["e"])], "e"))
+    inits = (numpy_helper.from_array(np.array(16000, np.int64), "r16k"),
+             numpy_helper.from_array(np.array(8000, np.int64), "r8k"))
+    nodes = [helper.make_node("GreaterOrEqual", ["sr", "r16k"], ["at_least_16k"]), outer,
+             helper.make_node("Sub", ["branch", "x"], ["y"])]
+    return _save(directory / "nested_if.onnx", nodes,
+                 [_value("x", TensorProto.FLOAT, [1, 16]), _value("sr", TensorProto.INT64, [])],
+                 [_value("y", TensorProto.FLOAT, [1, 16])], inits)
+
+
 CASES: list[tuple[Callable[[Path], Path], dict[str, np.ndarray]]] = [
     (reshape_model, {"shape": np.array([3, 4], np.int64)}),
     (reshape_model, {"shape": np.array([-1, 2], np.int64)}),
@@ -122,6 +151,9 @@ CASES: list[tuple[Callable[[Path], Path], dict[str, np.ndarray]]] = [
     (resize_model, {"sizes": np.array([1, 2, 2, 2], np.int64)}),
     (if_model, {"sr": np.array(SAMPLE_RATE_THEN, np.int64)}),
     (if_model, {"sr": np.array(8000, np.int64)}),
+    (nested_if_model, {"sr": np.array(16000, np.int64)}),
+    (nested_if_model, {"sr": np.array(8000, np.int64)}),
+    (nested_if_model, {"sr": np.array(4000, np.int64)}),
 ]
 
 
@@ -193,6 +225,38 @@ def test_relax_module_input_frozen(tmp_path: Path) -> None:
     data = np.arange(8, dtype=np.float32).reshape(1, 8)
     (got,) = microexport.run(archive, {"x": data}).values()
     np.testing.assert_allclose(got, data * np.exp(value), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_program_input_frozen(tmp_path: Path) -> None:
+    """A `.pt2` input is bound after import; `test` gives torch the same value."""
+    torch = require_module("torch", "torch")
+    require_program("gcc", "gcc")
+
+    class Scaled(torch.nn.Module):  # type: ignore[misc, name-defined]
+        def forward(self, x: object, gain: object) -> object:
+            return torch.relu(x * gain + 1.0)
+
+    program = torch.export.export(Scaled(), (torch.zeros(1, 8), torch.zeros(1, 8)))
+    path = tmp_path / "scaled.pt2"
+    torch.export.save(program, str(path))
+    gain = np.linspace(-2, 2, 8, dtype=np.float32).reshape(1, 8)
+    imported = import_model(path, constants={"gain": gain})
+    assert [spec.name for spec in imported.inputs] == ["x"]
+    report = microexport.test(path, board="host", constants={"gain": gain})
+    assert report.passed, report.summary()
+
+
+def test_dynamic_dimension_takes_the_value_size(tmp_path: Path) -> None:
+    """A constant for an input with a symbolic dimension fixes that dimension."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    path = _save(tmp_path / "dyn.onnx", nodes,
+                 [_value("x", TensorProto.FLOAT, [2, 6]),
+                  _value("shape", TensorProto.INT64, ["rank"])],
+                 [_value("y", TensorProto.FLOAT, [2, 3, 2])])
+    imported = import_model(path, constants={"shape": np.array([2, 3, 2], np.int64)})
+    assert [(s.name, s.shape) for s in imported.outputs] == [("y", (2, 3, 2))]
 
 
 @pytest.mark.parametrize(("constants", "fragment"), [
