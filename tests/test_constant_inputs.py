@@ -246,6 +246,25 @@ def test_torch_program_input_frozen(tmp_path: Path) -> None:
     assert report.passed, report.summary()
 
 
+def test_tflite_input_frozen(tmp_path: Path) -> None:
+    """A TFLite input is bound after import; `test` gives the reference the same value."""
+    require_module("tflite", "tflite")
+    require_program("gcc", "gcc")
+    from zoo import TfliteWriter
+
+    writer = TfliteWriter()
+    x = writer.tensor("x", (1, 8), "float32")
+    gain = writer.tensor("gain", (1, 8), "float32")
+    y = writer.tensor("y", (1, 8), "float32")
+    writer.operator("MUL", [x, gain], [y], writer.options("MulOptions"))
+    path = writer.write(tmp_path / "gain.tflite", [x, gain], [y])
+    value = np.linspace(-2, 2, 8, dtype=np.float32).reshape(1, 8)
+    imported = import_model(path, constants={"gain": value})
+    assert [spec.name for spec in imported.inputs] == ["x"]
+    report = microexport.test(path, board="host", constants={"gain": value})
+    assert report.passed, report.summary()
+
+
 def test_dynamic_dimension_takes_the_value_size(tmp_path: Path) -> None:
     """A constant for an input with a symbolic dimension fixes that dimension."""
     from onnx import TensorProto, helper
