@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import tvm
 import tvm_ffi
 from tvm import ir, s_tir, sym, tirx
 
@@ -40,12 +41,58 @@ def schedule_for_c(func: tirx.PrimFunc) -> tirx.PrimFunc:
     except _REFUSED:
         return func
     for block in sch.get_child_blocks(root)[:-1]:
-        sch = _attempt(sch, lambda trial, b=block: trial.compute_inline(b))
+        if _inline_growth(sch, block) <= INLINE_BUDGET:
+            sch = _attempt(sch, lambda trial, b=block: trial.compute_inline(b))
     for block in reversed(sch.get_child_blocks(root)):
-        sch = _attempt(sch, lambda trial, b=block: trial.reverse_compute_inline(b))
+        if _reverse_inline_growth(sch, block) <= INLINE_BUDGET:
+            sch = _attempt(sch, lambda trial, b=block: trial.reverse_compute_inline(b))
     for block in sch.get_child_blocks(root):
         sch = _fuse_epilogue_into_reduction(sch, block)
     return sch.mod["main"]
+
+
+# Expression nodes a consumer may gain by inlining one producer. Integer requantization uses its
+# input several times (rounding shifts, saturation tests), so inlining a chain of requantizing
+# elementwise kernels into each other multiplies the expression at every step; past this budget
+# the producer keeps its own loop (and buffer) instead.
+INLINE_BUDGET = 512
+
+
+def _inline_growth(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
+    """How many expression nodes inlining `block` would copy into its consumers: the size of
+    its value times the number of times the consumers read it."""
+    producer = sch.get(block)
+    if len(producer.writes) != 1:
+        return 0
+    buffer = producer.writes[0].source
+    size = _count_nodes(producer.body, tvm.ir.expr.Expr)
+    reads = 0
+    for consumer in sch.get_consumers(block):
+        reads += _count_nodes(sch.get(consumer).body, tvm.ir.expr.TensorLoad,
+                              lambda load: load.source.same_as(buffer))
+    return size * reads
+
+
+def _reverse_inline_growth(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int:
+    """How many expression nodes inlining the consumer `block` into its producer would copy:
+    the producer's value is substituted for each of the consumer's reads of it."""
+    producers = sch.get_producers(block)
+    if len(producers) != 1:
+        return 0
+    return _inline_growth(sch, producers[0])
+
+
+def _count_nodes(node: object, kind: type, accept: Callable[[object], bool] = lambda _: True
+                 ) -> int:
+    count = 0
+
+    def visit(value: object) -> object:
+        nonlocal count
+        count += bool(accept(value))
+        return value
+
+    tvm_ffi.structural_map(node, (kind, visit), order="pre")
+    return count
 
 
 def _attempt(

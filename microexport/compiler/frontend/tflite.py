@@ -33,7 +33,11 @@ from microexport.compiler.frontend.common import (
     require,
     resolve_shape,
 )
-from microexport.compiler.frontend.tflite_integer import INTEGER_OPERATORS, is_integer_operator
+from microexport.compiler.frontend.tflite_integer import (
+    DATA_MOVEMENT_OPERATORS,
+    INTEGER_OPERATORS,
+    is_integer_operator,
+)
 from microexport.errors import Error, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
@@ -322,6 +326,11 @@ def _converter_class() -> type:
     from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 
     class Converter(OperatorConverter):
+        # Quantized operators we import (integer kernels, or operators that only move the
+        # integers), plus those TVM's converter lowers through float (QDQ).
+        _SUPPORTED_QUANTIZED_OPS = frozenset(OperatorConverter._SUPPORTED_QUANTIZED_OPS) | {
+            *INTEGER_OPERATORS, *DATA_MOVEMENT_OPERATORS}
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.convert_map["FULLY_CONNECTED"] = self._fully_connected
@@ -346,6 +355,16 @@ def _converter_class() -> type:
                     raise _OperatorFailed(name) from err
 
             return call
+
+        def get_op_code_str(self, op: Any) -> str:
+            """The operator's name from max(builtin_code, deprecated_builtin_code), as the
+            schema says and TFLite Micro reads it (the `tflite` package's BuiltinCode() returns
+            the deprecated byte for codes below 127, so a writer that leaves that byte 0 would
+            turn e.g. QUANTIZE into ADD)."""
+            code = _builtin_code(self.model.OperatorCodes(op.OpcodeIndex()))
+            if code in self.builtin_op_code and code != 32:  # 32: CUSTOM, named by the stock
+                return self.builtin_op_code[code]
+            return super().get_op_code_str(op)
 
         def _integer_or_stock(self, name: str, integer: Any, stock: Any) -> Any:
             """The integer converter for quantized instances of `name`, TVM's otherwise."""
@@ -377,6 +396,16 @@ def _converter_class() -> type:
                 self.exp_tab.set_expr(name, original, force_override=True)
 
     return Converter
+
+
+def _builtin_code(op_code: Any) -> int:
+    """max(builtin_code, deprecated_builtin_code) of an OperatorCode table, read raw."""
+    import flatbuffers
+
+    offset = op_code._tab.Offset(10)  # builtin_code: int32
+    builtin = op_code._tab.Get(flatbuffers.number_types.Int32Flags,
+                               offset + op_code._tab.Pos) if offset else 0
+    return max(int(builtin), int(op_code.DeprecatedBuiltinCode()))
 
 
 def _keep_num_dims(op: Any) -> bool:

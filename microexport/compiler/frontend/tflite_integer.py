@@ -410,8 +410,7 @@ def _softmax(converter: Any, op: Any) -> Any:
     beta = float(_options(op, SoftmaxOptions).Beta())
     tables = fp.softmax_tables(si, beta)
     return _emit(converter, "softmax_int8",
-                 [_expr(converter, inputs[0]), _const(tables.exp),
-                  _const(tables.exp_accumulated)], kernels.softmax)
+                 [_expr(converter, inputs[0]), _const(tables.exp)], kernels.softmax)
 
 
 def _mean(converter: Any, op: Any) -> Any:
@@ -520,3 +519,7 @@ INTEGER_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "SQUEEZE": _non_dequantizing("convert_squeeze"),
 }
 """TFLite operator name → integer converter `(converter, op) -> relax expr`."""
+
+DATA_MOVEMENT_OPERATORS = frozenset({"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SPLIT", "SPLIT_V",
+                                     "STRIDED_SLICE", "TRANSPOSE"})
+"""Quantized operators that TVM's converter handles on the integers as they are."""

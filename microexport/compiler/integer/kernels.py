@@ -191,11 +191,18 @@ def add_or_subtract(a: Tensor, b: Tensor, params: AddParams, subtract: bool) -> 
             * tm.i32(1 << p.left_shift)
         return tm.multiply_by_quantized_multiplier(value, multiplier, shift)
 
-    def value(*index: Any) -> Any:
+    def raw_value(*index: Any) -> Any:
         x = rescaled(a, index, p.input1_offset, p.input1_multiplier, p.input1_shift)
         y = rescaled(b, index, p.input2_offset, p.input2_multiplier, p.input2_shift)
-        raw = x - y if subtract else x + y
-        out = tm.multiply_by_quantized_multiplier(raw, p.output_multiplier, p.output_shift)
+        return x - y if subtract else x + y
+
+    # Two stages: the output's requantization uses its input several times, and the inputs'
+    # rescalings are themselves several-use expressions.
+    raw = te.compute(broadcast_shape(a, b), raw_value, name="sum")
+
+    def value(*index: Any) -> Any:
+        out = tm.multiply_by_quantized_multiplier(raw[index], p.output_multiplier,
+                                                  p.output_shift)
         return tm.clamp(out + tm.i32(p.output_zero_point), p.low, p.high).astype(p.dtype)
 
     return te.compute(broadcast_shape(a, b), value, name="sub" if subtract else "add")
@@ -364,7 +371,7 @@ def mean(data: Tensor, axes: Sequence[int], keep_dims: bool, *, input_zero_point
         name="mean")
 
 
-def softmax(data: Tensor, exp_table: Tensor, accumulated_table: Tensor) -> Tensor:
+def softmax(data: Tensor, exp_table: Tensor) -> Tensor:
     """int8 SOFTMAX over the last axis (output scale 1/256, zero point -128): exponentials of
     the differences to the row maximum from tables, the row sum's reciprocal by gemmlowp's
     Newton-Raphson, and the rounding shift of TFLite's reference kernel."""
@@ -376,25 +383,19 @@ def softmax(data: Tensor, exp_table: Tensor, accumulated_table: Tensor) -> Tenso
     rs = te.reduce_axis((0, depth), name="rs")
     total = te.compute(
         rows,
-        lambda *r: te.sum(accumulated_table[tm.i32(data[(*r, rs)]) - biggest[r] + 255],
-                          axis=[rs]),
+        lambda *r: te.sum(tm.saturating_rounding_multiply_by_pot(
+            exp_table[tm.i32(data[(*r, rs)]) - biggest[r] + 255], -12), axis=[rs]),
         name="row_sum")
-    headroom = te.compute(rows, lambda *r: tm.count_leading_zeros(total[r]), name="headroom")
-    half_denominator = te.compute(
-        rows,
-        lambda *r: tm.reciprocal_half_denominator(
-            ((total[r].astype("uint32") << headroom[r].astype("uint32"))
-             - tirx.const(1 << 31, "uint32")).astype("int32")),
-        name="half_denominator")
-    estimate = te.compute(rows, lambda *r: tm.reciprocal_first_guess(half_denominator[r]),
-                          name="reciprocal_0")
+    headroom = _row_stage(rows, lambda *r: tm.count_leading_zeros(total[r]), "headroom")
+    # gemmlowp's RoundingHalfSum(sum normalised to [1, 2) minus one, One): with the sum
+    # positive and its top bit at 30 after `headroom - 1` shifts this is exactly that shift.
+    half_denominator = _row_stage(
+        rows, lambda *r: total[r] << (headroom[r] - tm.i32(1)), "half_denominator")
+    estimate = _row_stage(rows, lambda *r: tm.reciprocal_first_guess(half_denominator[r]),
+                          "reciprocal_0")
     for step in range(3):
-        previous = estimate
-        estimate = te.compute(
-            rows, lambda *r, p=previous: tm.reciprocal_step(half_denominator[r], p[r]),
-            name=f"reciprocal_{step + 1}")
-    scale = te.compute(rows, lambda *r, e=estimate: tm.reciprocal_result(e[r]),
-                       name="reciprocal")
+        estimate = _newton_step(rows, half_denominator, estimate, f"reciprocal_{step + 1}")
+    scale = _per_row(rows, estimate, tm.reciprocal_result, "reciprocal")
 
     def value(*i: Any) -> Any:
         r = i[:-1]
@@ -405,3 +406,24 @@ def softmax(data: Tensor, exp_table: Tensor, accumulated_table: Tensor) -> Tenso
         return tm.clamp(out - tm.i32(128), -128, 127).astype("int8")
 
     return te.compute(shape, value, name="softmax")
+
+
+def _row_stage(rows: Sequence[int], value: Any, name: str) -> Tensor:
+    """A per-row intermediate of softmax, kept as its own loop (a unit reduction, which the
+    C schedule does not inline): inlining the Newton-Raphson steps into each other and into the
+    per-element loop would copy every step's expression several times per use."""
+    def stage(*r: Any) -> Any:
+        unit = te.reduce_axis((0, 1), name="unit")
+        return te.sum(value(*r), axis=[unit])
+
+    return te.compute(rows, stage, name=name)
+
+
+def _newton_step(rows: Sequence[int], half_denominator: Tensor, previous: Tensor, name: str
+                 ) -> Tensor:
+    return _row_stage(rows, lambda *r: tm.reciprocal_step(half_denominator[r], previous[r]),
+                      name)
+
+
+def _per_row(rows: Sequence[int], source: Tensor, function: Any, name: str) -> Tensor:
+    return _row_stage(rows, lambda *r: function(source[r]), name)

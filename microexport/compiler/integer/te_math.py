@@ -104,13 +104,6 @@ def count_leading_zeros(x: Expr) -> Expr:
     return i32(32) - bits
 
 
-def reciprocal_half_denominator(a: Expr) -> Expr:
-    """(a + 1) / 2 rounded (gemmlowp's RoundingHalfSum(a, One)), the denominator of
-    `one_over_one_plus_x_for_x_in_0_1`."""
-    total = i64(a) + i64(INT32_MAX)
-    return i32(tirx.truncdiv(total + select(total >= i64(0), i64(1), i64(-1)), i64(2)))
-
-
 def reciprocal_first_guess(half_denominator: Expr) -> Expr:
     """48/17 - 32/17 * d in Q2.29: Newton-Raphson's starting point."""
     return i32(1515870810) + saturating_rounding_doubling_high_mul(
