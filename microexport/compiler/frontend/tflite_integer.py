@@ -179,8 +179,13 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     options = _options(op, options_class)
     channels = weights.shape[0] if kind != "depthwise" else weights.shape[3]
     scales = np.broadcast_to(q_w.scale, (channels,))
-    pairs = [fp.quantize_multiplier(float(q_in.per_tensor_scale) * float(s)
-                                    / float(q_out.per_tensor_scale)) for s in scales]
+    if kind == "dense" and q_w.scale.size == 1:
+        # TFLite Micro's per-tensor FULLY_CONNECTED multiplies the scales in float32.
+        pairs = [fp.quantize_multiplier(float(fp.f32(q_in.per_tensor_scale) * fp.f32(scales[0]))
+                                        / float(q_out.per_tensor_scale))]
+    else:
+        pairs = [fp.quantize_multiplier(float(q_in.per_tensor_scale) * float(s)
+                                        / float(q_out.per_tensor_scale)) for s in scales]
     multiplier, shift, arrays = _requantize_arrays([m for m, _ in pairs], [s for _, s in pairs])
     clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()),
                                 q_out.per_tensor_scale, q_out.per_tensor_zero_point, dtype)
@@ -479,6 +484,36 @@ def _concatenation(converter: Any, op: Any) -> Any:
     return relax.op.concat(parts, axis=options.Axis())
 
 
+def _batch_matmul(converter: Any, op: Any) -> Any:
+    from tflite.BatchMatMulOptions import BatchMatMulOptions
+
+    inputs, output = _io(converter, op)
+    dtype = _dtype(converter, output)
+    if dtype != "int8":
+        raise QuantizationError(f"{dtype} BATCH_MATMUL (int8 only)")
+    (sl, zl), (sr, zr), (so, zo) = _scalar_params(converter, [inputs[0], inputs[1], output])
+    options = _options(op, BatchMatMulOptions)
+    m, s = fp.quantize_multiplier(float(fp.f32(sl) * fp.f32(sr)) / float(so))
+    out = kernels.Output(m, s, zo, -128, 127, dtype)
+    adj_x, adj_y = bool(options.AdjX()), bool(options.AdjY())
+    return _emit(converter, "batch_matmul_int8",
+                 [_expr(converter, inputs[0]), _expr(converter, inputs[1])],
+                 lambda a, b: kernels.batch_matmul(a, b, zl, zr, out, adj_x, adj_y))
+
+
+def _reshape_to_output(converter: Any, op: Any) -> Any:
+    """EXPAND_DIMS on integers: a reshape to the output's shape (a view; TVM's converter fails
+    on it)."""
+    from tvm import relax
+
+    inputs, output = _io(converter, op)
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    if fp.f32(si) != fp.f32(so) or zi != zo:
+        raise QuantizationError("input and output quantization differ")
+    shape = [int(d) for d in converter.get_tensor_shape(output)]
+    return relax.op.reshape(_expr(converter, inputs[0]), shape)
+
+
 def _non_dequantizing(stock: str) -> Callable[[Any, Any], Any]:
     """Operators that only move data: TVM's converter on the integers, after checking that
     input and output quantization agree (TFLite's requirement)."""
@@ -514,6 +549,8 @@ INTEGER_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "QUANTIZE": _quantize,
     "DEQUANTIZE": _dequantize,
     "CONCATENATION": _concatenation,
+    "BATCH_MATMUL": _batch_matmul,
+    "EXPAND_DIMS": _reshape_to_output,
     "STRIDED_SLICE": _non_dequantizing("convert_strided_slice"),
     "TRANSPOSE": _non_dequantizing("convert_transpose"),
     "SQUEEZE": _non_dequantizing("convert_squeeze"),

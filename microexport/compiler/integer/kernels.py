@@ -137,6 +137,36 @@ def fully_connected(data: Tensor, weight: Tensor, bias: Tensor | None, output: O
     return _finish(acc, bias, output)
 
 
+def batch_matmul(lhs: Tensor, rhs: Tensor, lhs_zero_point: int, rhs_zero_point: int,
+                 output: Output, adj_x: bool, adj_y: bool) -> Tensor:
+    """BATCH_MATMUL of two int8 tensors with numpy broadcasting of the batch dimensions;
+    `adj_x`/`adj_y` transpose the last two axes of an operand (per-tensor `output`)."""
+    ls, rs = [int(d) for d in lhs.shape], [int(d) for d in rhs.shape]
+    rows, depth = (ls[-1], ls[-2]) if adj_x else (ls[-2], ls[-1])
+    cols = rs[-2] if adj_y else rs[-1]
+    lb, rb = ls[:-2], rs[:-2]
+    rank = max(len(lb), len(rb))
+    batch = [max(a, b) for a, b in zip([1] * (rank - len(lb)) + lb,
+                                       [1] * (rank - len(rb)) + rb, strict=True)]
+    rk = te.reduce_axis((0, depth), name="rk")
+
+    def element(tensor: Tensor, batch_index: Sequence[Any], inner: tuple[Any, Any]) -> Any:
+        own = [int(d) for d in tensor.shape[:-2]]
+        tail = list(batch_index[len(batch_index) - len(own):]) if own else []
+        index = [0 if d == 1 else i for d, i in zip(own, tail, strict=True)]
+        return tensor[(*index, *inner)]
+
+    def value(*index: Any) -> Any:
+        *b, i, j = index
+        a = element(lhs, b, (rk, i) if adj_x else (i, rk))
+        c = element(rhs, b, (j, rk) if adj_y else (rk, j))
+        return te.sum((tm.i32(a) - tm.i32(lhs_zero_point)) * (tm.i32(c) - tm.i32(rhs_zero_point)),
+                      axis=[rk])
+
+    acc = te.compute((*batch, rows, cols), value, name="batch_matmul_acc")
+    return te.compute(acc.shape, lambda *i: output(acc[i], i[-1]), name="requantize")
+
+
 def _finish(acc: Tensor, bias: Tensor | None, output: Output) -> Tensor:
     """Bias, requantization and clamp over the last axis (output channels)."""
     def value(*index: Any) -> Any:
