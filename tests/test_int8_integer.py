@@ -58,10 +58,13 @@ def test_zoo_int8_cnn_bit_exact_on_host(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("board", ["mps2_an385", "mps2_an386"])
-def test_int8_model_bit_exact_in_qemu(board: str, built: Callable, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", BIT_EXACT)
+def test_int8_model_bit_exact_in_qemu(name: str, board: str, built: Callable, tmp_path: Path
+                                      ) -> None:
+    """Cortex-M3 (no DSP, no FPU) and Cortex-M4F, C built with -Werror: same bits as TFLM."""
     require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     require_program("qemu-system-arm", "qemu-system-arm")
-    path, inputs = built("dscnn_kws_int8")
+    path, inputs = built(name)
     archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="kws").archive
     got = microexport.run(archive, inputs, board=board, build_dir=tmp_path / "build")
     want = tflm_reference(path, inputs)
