@@ -347,8 +347,25 @@ def _pad(converter: Any, op: Any) -> Any:
     value = zo
     if len(inputs) > 2 and inputs[2].tensor_idx != -1:
         value = int(np.asarray(converter.get_tensor_value(inputs[2])).reshape(-1)[0])
-    return _emit(converter, "pad_int", [_expr(converter, inputs[0])],
-                 lambda x: kernels.pad(x, paddings, value))
+    padded = _emit(converter, "pad_int", [_expr(converter, inputs[0])],
+                   lambda x: kernels.pad(x, paddings, value))
+    _keep_unfused(converter, padded)
+    return padded
+
+
+# TVM's OpPatternKind: an opaque kernel is never fused with its neighbours.
+_OPAQUE = 8
+
+
+def _keep_unfused(converter: Any, value: Any) -> None:
+    """Mark the kernel computing `value` opaque, so that operator fusion leaves it alone. A PAD
+    fused behind a conv extends the conv's output domain, so the conv's requantization can no
+    longer run per output element and its int32 accumulator becomes a whole tensor of scratch;
+    as its own kernel the padded tensor is an int8 activation like any other."""
+    call = converter.bb.lookup_binding(value)
+    kernel = call.args[0]
+    function = converter.bb.get()[kernel]
+    converter.bb.update_func(kernel, function.with_attr("op_pattern", _OPAQUE))
 
 
 def _lookup(converter: Any, op: Any, name: str, table: Callable[[float, int, float, int],
