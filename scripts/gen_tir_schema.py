@@ -6,7 +6,8 @@ from pathlib import Path
 
 from microexport.archive.tir_json.schema_gen import schema_text
 
-SCHEMA = Path(__file__).resolve().parent.parent / "microexport/archive/tir_json/schema/tir.schema.json"
+SCHEMA = (Path(__file__).resolve().parent.parent
+          / "microexport/archive/tir_json/schema/tir.schema.json")
 
 if __name__ == "__main__":
     SCHEMA.write_text(schema_text())
