@@ -12,6 +12,7 @@ precision TFLite Micro uses (float32 or double), which matters for bit-exactness
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,8 +276,11 @@ def _downscale_multiplier16(multiplier: int) -> int:
 INT8_VALUES = range(-128, 128)
 
 
-def logistic_table(input_scale: float, input_zero_point: int) -> np.ndarray:
-    """LOGISTIC of every int8 input (output scale 1/256, zero point -128), as int8[256]."""
+def _sigmoid_like_table(input_scale: float, input_zero_point: int,
+                        function: Callable[[int, int], int], output_shift: int,
+                        output_zero_point: int) -> np.ndarray:
+    """TFLite Micro's int8 LOGISTIC/TANH: the input rescaled to Q4.27 (saturating outside the
+    input radius), the gemmlowp function in Q0.31, then a rounding shift to int8."""
     integer_bits = 4
     fraction, left_shift = math.frexp(float(input_scale) * (1 << (31 - integer_bits)))
     multiplier = round_half_away(fraction * (1 << 31))
@@ -290,29 +294,19 @@ def logistic_table(input_scale: float, input_zero_point: int) -> np.ndarray:
             table.append(127)
         else:
             q4 = multiply_by_quantized_multiplier(x, multiplier, left_shift)
-            out = rounding_divide_by_pot(logistic(q4, integer_bits), 31 - 8) - 128
-            table.append(max(-128, min(127, out)))
+            out = rounding_divide_by_pot(function(q4, integer_bits), output_shift)
+            table.append(max(-128, min(127, out + output_zero_point)))
     return np.array(table, dtype=np.int8)
+
+
+def logistic_table(input_scale: float, input_zero_point: int) -> np.ndarray:
+    """LOGISTIC of every int8 input (output scale 1/256, zero point -128), as int8[256]."""
+    return _sigmoid_like_table(input_scale, input_zero_point, logistic, 31 - 8, -128)
 
 
 def tanh_table(input_scale: float, input_zero_point: int) -> np.ndarray:
     """TANH of every int8 input (output scale 1/128, zero point 0), as int8[256]."""
-    integer_bits = 4
-    fraction, left_shift = math.frexp(float(input_scale) * (1 << (31 - integer_bits)))
-    multiplier = round_half_away(fraction * (1 << 31))
-    radius = input_radius(integer_bits, left_shift)
-    table = []
-    for value in INT8_VALUES:
-        x = value - input_zero_point
-        if x <= -radius:
-            table.append(-128)
-        elif x >= radius:
-            table.append(127)
-        else:
-            q4 = multiply_by_quantized_multiplier(x, multiplier, left_shift)
-            out = rounding_divide_by_pot(tanh(q4, integer_bits), 31 - 7)
-            table.append(max(-128, min(127, out)))
-    return np.array(table, dtype=np.int8)
+    return _sigmoid_like_table(input_scale, input_zero_point, tanh, 31 - 7, 0)
 
 
 def hard_swish_table(input_scale: float, input_zero_point: int, output_scale: float,
@@ -373,32 +367,27 @@ def leaky_relu_table(alpha: float, input_scale: float, input_zero_point: int,
 
 @dataclass(frozen=True)
 class SoftmaxTables:
-    """Per input difference d = x - max(row) in [-255, 0] (index d + 255): exp(d) in Q0.31 and
-    its Q12.19 rescaling summed into the row total; 0 where d is below TFLite's cut-off."""
+    """Per input difference d = x - max(row) in [-255, 0] (index d + 255): exp(d) in Q0.31;
+    0 where d is below TFLite's cut-off (the kernel rescales it to Q12.19 for the row sum)."""
 
     exp: np.ndarray  # int32[256]
-    exp_accumulated: np.ndarray  # int32[256]
 
 
 def softmax_tables(input_scale: float, beta: float) -> SoftmaxTables:
     """The exponentials of int8 SOFTMAX for every possible input difference."""
     scaled_diff_integer_bits = 5
-    accumulation_integer_bits = 12
     real = min(float(beta) * float(input_scale) * (1 << (31 - scaled_diff_integer_bits)),
                (1 << 31) - 1.0)
     multiplier, left_shift = quantize_multiplier(real)
     diff_min = -input_radius(scaled_diff_integer_bits, left_shift)
-    exp, accumulated = [], []
+    exp = []
     for diff in range(-255, 1):
         if diff >= diff_min:
             rescaled = multiply_by_quantized_multiplier(diff, multiplier, left_shift)
-            value = exp_on_negative_values(rescaled, scaled_diff_integer_bits)
-            exp.append(value)
-            accumulated.append(rescale(value, 0, accumulation_integer_bits))
+            exp.append(exp_on_negative_values(rescaled, scaled_diff_integer_bits))
         else:
             exp.append(0)
-            accumulated.append(0)
-    return SoftmaxTables(np.array(exp, dtype=np.int32), np.array(accumulated, dtype=np.int32))
+    return SoftmaxTables(np.array(exp, dtype=np.int32))
 
 
 def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:
