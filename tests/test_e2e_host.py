@@ -246,3 +246,33 @@ def test_templates_override_the_kernel_library_too(build_model: BuildModel,
         lib = tar.extractfile("./codegen/host/src/tvmgen_mlp_lib.c").read().decode()
     assert lib.startswith("/* ACME build of mlp */\n")
     assert microexport.run(result.archive, inputs)
+
+
+def _no_input_onnx(path: Path) -> Path:
+    """A model without inputs (a constant through Relu), as the ONNX node tests have a few."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    value = numpy_helper.from_array(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=value),
+         helper.make_node("Relu", ["k"], ["y"])],
+        "no_inputs", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(("workspace", "io_in_workspace"),
+                         [("static", False), ("external", False), ("external", True)])
+def test_model_without_inputs_builds_warning_free_and_runs(
+    workspace: str, io_in_workspace: bool, tmp_path: Path
+) -> None:
+    """The harness and run wrapper of a model with no inputs compile under -Werror (no unused
+    read_input, no unused pools parameter) and the output matches onnxruntime."""
+    require_program("gcc", "gcc")
+    model = _no_input_onnx(tmp_path / "no_inputs.onnx")
+    report = microexport.test(model, workspace=workspace, io_in_workspace=io_in_workspace)
+    assert report.passed, report.summary()
