@@ -18,6 +18,7 @@ import io
 import re
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +36,16 @@ from microexport.compiler.frontend.common import (
     resolve_shape,
     unknown_constant_error,
 )
-from microexport.errors import InputError, ModelError, UnsupportedOperator
+from microexport.compiler.frontend.recurrent import ONNX_RECURRENT_OPS, onnx_converters
+from microexport.errors import Error, InputError, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
 if TYPE_CHECKING:
     import onnx
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_HANDLED_WITHOUT_CONVERTER = {"Constant", "If"}
+# Converted without TVM's converter map, or by converters of ours added to it (`_our_converters`).
+_HANDLED_WITHOUT_CONVERTER = {"Constant", "If", *ONNX_RECURRENT_OPS}
 _FAILED_OP = re.compile(r"Error converting operator (\S+?),")
 
 
@@ -562,7 +565,7 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
 
     captured = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured), _our_converters():
             warnings.simplefilter("ignore")
             return from_onnx(
                 model,
@@ -570,6 +573,9 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
                 dtype_dict={i.name: i.dtype for i in inputs},
                 keep_params_in_input=False,
             )
+    except Error as err:  # one of our converters refused the node: its message says why
+        close_block_builders(err)
+        raise
     except Exception as err:  # the frontend raises all kinds of errors
         close_block_builders(err)
         failed = _FAILED_OP.search(captured.getvalue())
@@ -579,6 +585,25 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
         if failed:
             raise UnsupportedOperator(failed.group(1), first_line(err)) from err
         raise ModelError(f"cannot import {path}: {first_line(err)}") from err
+
+
+@contextlib.contextmanager
+def _our_converters() -> Iterator[None]:
+    """TVM's ONNX frontend with our converters (`recurrent.onnx_converters`) in its converter
+    map, which it rebuilds with `_get_convert_map()` on every lookup: the module's function is
+    replaced for the duration of one import."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    stock = onnx_frontend._get_convert_map
+
+    def extended() -> dict[str, Any]:
+        return {**stock(), **onnx_converters()}
+
+    onnx_frontend._get_convert_map = extended
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = stock
 
 
 def _validation_error(model: onnx.ModelProto) -> str | None:
