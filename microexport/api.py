@@ -17,7 +17,7 @@ import numpy as np
 from microexport.archive.tir_json.spec import STAGES
 from microexport.deploy.compare import QUANTIZED_MAX_DIFF, TestReport, compare, sample_inputs
 from microexport.errors import Error
-from microexport.model import CompiledModel, MemoryReport, PoolSpec
+from microexport.model import DEFAULT_KERNEL_STACK_LIMIT, CompiledModel, MemoryReport, PoolSpec
 
 if TYPE_CHECKING:
     import tvm
@@ -100,15 +100,16 @@ def compile_model(
     pools: tuple[PoolSpec, ...] = (),
     io_in_workspace: bool = False,
     tir_stages: tuple[str, ...] = ("codegen",),
-    kernel_stack_limit: int = 0,
+    kernel_stack_limit: int = DEFAULT_KERNEL_STACK_LIMIT,
 ) -> Compilation:
     """Run the pipeline lower → plan → aot → codegen → glue on an imported model.
 
     `pools` splits the workspace into named pools with size limits (default: one unlimited pool
     `workspace`); `io_in_workspace` plans the inputs and outputs inside the workspace too.
     `kernel_stack_limit` keeps kernel buffers of at most that many bytes as C locals instead of
-    workspace scratch (0: none). `tir_stages` (of `TIR_STAGES`) selects the stages written as
-    `src/tir-<stage>.json` (docs/tir-json.md); `src/graph.json` is always written.
+    workspace scratch (0: none; default `DEFAULT_KERNEL_STACK_LIMIT`). `tir_stages` (of
+    `TIR_STAGES`) selects the stages written as `src/tir-<stage>.json` (docs/tir-json.md);
+    `src/graph.json` is always written.
     """
     from microexport.archive.glue import render_glue
     from microexport.archive.mlf import archive_files
@@ -182,7 +183,7 @@ def compile(  # noqa: A001 - mirrors the CLI command name
     io_in_workspace: bool = False,
     tir_stages: tuple[str, ...] = ("codegen",),
     board: str | None = None,
-    kernel_stack_limit: int = 0,
+    kernel_stack_limit: int = DEFAULT_KERNEL_STACK_LIMIT,
     constants: dict[str, Any] | None = None,
 ) -> CompileResult:
     """Compile a model file (or Relax IRModule) to a Model Library Format archive.
@@ -242,23 +243,33 @@ def test(
     board: str = "host",
     build_dir: str | Path | None = None,
     seed: int = 0,
+    reference: str | None = None,
     **compile_options: Any,
 ) -> TestReport:
     """Compile `model`, run it on `board` with seeded inputs, compare with a reference runtime.
 
-    `compile_options` are those of `compile_model` (`tir_stages`, `pools`, ...) plus
-    `input_shapes` and `constants` (inputs frozen to values; the reference runtime is given
-    the same values).
+    `reference` picks what the outputs are compared with: None (default) the format's runtime
+    (onnxruntime, TFLite Micro with LiteRT as fallback, torch), one of those by name, or
+    `"tvm"`: TVM's own LLVM build of the same imported Relax module our pipeline starts from,
+    on the host (a failure against `tvm` is in our pipeline, a failure against the format's
+    runtime only is in the import). `compile_options` are those of `compile_model`
+    (`tir_stages`, `pools`, ...) plus `input_shapes` and `constants` (inputs frozen to values;
+    the reference runtime is given the same values).
     """
     from microexport.archive.mlf import write_archive
-    from microexport.deploy.reference import run_reference
+    from microexport.deploy.reference import REFERENCES, TVM, run_reference, run_tvm
 
+    if reference is not None and reference not in REFERENCES:
+        raise Error(f"unknown reference '{reference}': use one of {', '.join(REFERENCES)}")
     model_path = Path(model)
     constants = compile_options.pop("constants", None) or {}
     imported = import_model(model_path, compile_options.pop("input_shapes", None), constants)
     inputs = sample_inputs(imported.inputs, seed)
-    frozen = {name: np.asarray(value) for name, value in constants.items()}
-    reference_name, expected = run_reference(model_path, {**inputs, **frozen})
+    if reference == TVM:
+        reference_name, expected = TVM, run_tvm(imported, inputs)
+    else:
+        frozen = {name: np.asarray(value) for name, value in constants.items()}
+        reference_name, expected = run_reference(model_path, {**inputs, **frozen}, reference)
     if not compile_options.get("pools"):
         compile_options["pools"] = board_pools(board)
     compilation = compile_model(imported, **compile_options)

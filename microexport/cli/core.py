@@ -12,6 +12,7 @@ from microexport.cli.options import (
     BUILD_DIR,
     COMPILE_OPTIONS,
     INPUT,
+    REFERENCE,
     TEMPLATES,
     TVMC_OPTIONS,
     Command,
@@ -62,7 +63,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from microexport import api
 
     report = api.test(args.model, board=args.board, build_dir=args.build_dir,
-                      **_compile_kwargs(args))
+                      reference=args.reference, **_compile_kwargs(args))
     print(report.summary())
     return 0 if report.passed else 1
 
@@ -95,7 +96,7 @@ COMMANDS = (
         "compile, build, run on a board and compare with a reference runtime",
         cmd_test,
         (Option(("model",), "model file", {"type": Path}),),
-        (BOARD, BUILD_DIR, *COMPILE_OPTIONS),
+        (BOARD, REFERENCE, BUILD_DIR, *COMPILE_OPTIONS),
     ),
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from microexport.archive.tir_json.spec import STAGES as TIR_STAGES
-from microexport.model import PoolSpec, is_identifier, pool_problem
+from microexport.model import DEFAULT_KERNEL_STACK_LIMIT, PoolSpec, is_identifier, pool_problem
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,14 @@ TEMPLATES = Option(
     {"type": Path, "metavar": "DIR"},
 )
 BOARD = Option(("--board",), "board to run on (see boards/)", {"default": "host"})
+# Kept in step with microexport.deploy.reference.REFERENCES (not imported: --help stays light).
+REFERENCE = Option(
+    ("--reference",),
+    "what to compare with: tvm (TVM's own LLVM build of the same imported Relax module, on the "
+    "host: a failure is in our pipeline, not the import) or a runtime by name; default: the "
+    "format's runtime (onnxruntime; tflite-micro, falling back to litert; torch)",
+    {"choices": ["tvm", "onnxruntime", "tflite-micro", "litert", "torch"], "default": None},
+)
 INPUT = Option(
     ("--input",),
     "input tensor as .npy, NAME=FILE or FILE in model input order (repeatable)",
@@ -263,9 +271,9 @@ TIR_STAGE = Option(
 KERNEL_STACK_LIMIT = Option(
     ("--kernel-stack-limit",),
     "keep kernel-internal buffers of at most BYTES (e.g. one-element accumulators) as C locals "
-    "the compiler can hold in registers, instead of workspace scratch (default 0: every buffer "
-    f"in the workspace; at most {MAX_STACK_LIMIT})",
-    {"type": parse_stack_limit, "default": 0, "metavar": "BYTES"},
+    "the compiler can hold in registers, instead of workspace scratch (default "
+    f"{DEFAULT_KERNEL_STACK_LIMIT}; 0: every buffer in the workspace; at most {MAX_STACK_LIMIT})",
+    {"type": parse_stack_limit, "default": DEFAULT_KERNEL_STACK_LIMIT, "metavar": "BYTES"},
 )
 COMPILE_OPTIONS = (NAME, TARGET, INPUT_SHAPE, CONSTANT, WORKSPACE, ALIGNMENT, POOL, IO_IN_WORKSPACE,
                    KERNEL_STACK_LIMIT, TEMPLATES, TIR_STAGE)

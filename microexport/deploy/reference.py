@@ -4,7 +4,10 @@
 - `.tflite`: TensorFlow Lite Micro's interpreter (the runtime the C code replaces), falling back
   to LiteRT with reference kernels where TFLite Micro cannot run the model (float16 weights, an
   operator TFLite Micro lacks); the fallback is reported in the returned runtime name;
-- `.pt2`: PyTorch (`torch.export.load(path).module()`).
+- `.pt2`: PyTorch (`torch.export.load(path).module()`);
+- any format: `tvm`, TVM's own LLVM build of the imported Relax module (`run_tvm`), the module
+  our pipeline starts from: a difference from it is in our pipeline (lowering, planning, AOT,
+  C), a difference from the format's runtime but not from `tvm` is in the import.
 
 `run_reference` returns `(runtime name, outputs in model order)`.
 """
@@ -19,19 +22,25 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from microexport.compiler.frontend import first_line, require
 from microexport.errors import Error, InputError, ModelError
 
+if TYPE_CHECKING:
+    from microexport.compiler.frontend import ImportedModel
+
 ONNXRUNTIME = "onnxruntime"
 TFLITE_MICRO = "tflite-micro"
 LITERT = "litert"
 TORCH = "torch"
+TVM = "tvm"
 
 RUNTIMES = {".onnx": (ONNXRUNTIME,), ".tflite": (TFLITE_MICRO, LITERT), ".pt2": (TORCH,)}
+# What `test --reference` accepts: TVM's LLVM build of the import, or a format's runtime.
+REFERENCES = (TVM, ONNXRUNTIME, TFLITE_MICRO, LITERT, TORCH)
 
 Inputs = dict[str, np.ndarray]
 
@@ -309,3 +318,40 @@ def _flatten(outputs: Any) -> list[Any]:
     if isinstance(outputs, dict):
         return [leaf for item in outputs.values() for leaf in _flatten(item)]
     return [outputs] if hasattr(outputs, "detach") else []
+
+
+# --------------------------------------------------------------------------------------------
+# TVM's own LLVM build of the imported module
+# --------------------------------------------------------------------------------------------
+
+
+def run_tvm(imported: ImportedModel, inputs: Inputs) -> list[np.ndarray]:
+    """Build the imported Relax module with TVM's own pipeline for `llvm` and run it in the
+    Relax VM on the host; outputs in model order.
+
+    This is the exact module our pipeline starts from (weights bound, frozen inputs folded),
+    so it separates a bug of the import from a bug of ours.
+    """
+    import tvm
+    from tvm import relax
+
+    if tvm.get_global_func("target.build.llvm", allow_missing=True) is None:
+        raise Error("this TVM build has no LLVM backend, which --reference tvm needs: install "
+                    "the apache-tvm wheel (built with LLVM) or choose another --reference")
+    expected = [(spec.name, spec.shape, spec.dtype) for spec in imported.inputs]
+    arrays = _ordered(inputs, expected)
+    try:
+        executable = tvm.compile(imported.mod, target="llvm")
+    except Exception as err:  # noqa: BLE001 - TVM raises many kinds of errors while building
+        raise ModelError(f"tvm cannot build the imported module for llvm: "
+                         f"{first_line(err)}") from err
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    result = vm["main"](*[tvm.runtime.tensor(array) for array in arrays])
+    return [np.array(leaf.numpy()) for leaf in _vm_leaves(result, tvm.runtime.Tensor)]
+
+
+def _vm_leaves(result: Any, tensor_type: type) -> list[Any]:
+    """The tensors of what the Relax VM returned (a tensor or a nested tuple), in order."""
+    if isinstance(result, tensor_type):
+        return [result]
+    return [leaf for item in result for leaf in _vm_leaves(item, tensor_type)]
