@@ -30,6 +30,10 @@ METADATA_FORMAT: Final = 2
 MAX_NAME_LENGTH: Final = 64  # model, tensor C and pool names: keeps every symbol and path short
 WORKSPACE_MODES: Final = ("static", "external")
 MAIN_RETURN_TYPE: Final = "int32_t"
+# `--kernel-stack-limit` default: kernel buffers of at most this many bytes (a reduction's
+# one-element accumulator, a few partial sums) are C locals the compiler keeps in registers,
+# not workspace memory stored to and reloaded on every multiply-accumulate.
+DEFAULT_KERNEL_STACK_LIMIT: Final = 64
 
 _C_IDENT = re.compile(r"[^0-9A-Za-z_]")
 # Matched with `fullmatch` (a `$` would accept a trailing newline); ASCII classes only.

@@ -218,16 +218,18 @@ def test_board_file_pools_are_planned(build_model: BuildModel, tmp_path: Path) -
 
 def test_kernel_stack_limit_keeps_accumulators_local(build_model: BuildModel,
                                                      tmp_path: Path) -> None:
-    """By default every kernel buffer is workspace scratch; --kernel-stack-limit keeps small
-    ones as C locals (reported as stack bytes), with the same outputs."""
+    """By default small kernel buffers (accumulators) are C locals, reported as stack bytes;
+    --kernel-stack-limit 0 puts every kernel buffer in the workspace, with the same outputs."""
     _, builder, _ = next(entry for entry in ZOO if entry[0] == "cnn_onnx")
     path, inputs = build_model(builder)
-    default = microexport.compile(path, tmp_path / "a.tar", name="cnn")
-    local = microexport.compile(path, tmp_path / "b.tar", name="cnn", kernel_stack_limit=16)
-    functions = default.metadata["memory"]["functions"]
+    scratch = microexport.compile(path, tmp_path / "a.tar", name="cnn", kernel_stack_limit=0)
+    local = microexport.compile(path, tmp_path / "b.tar", name="cnn")
+    functions = scratch.metadata["memory"]["functions"]
     assert all(f["stack_bytes"] == 0 for f in functions.values())
     assert any(f["stack_bytes"] > 0 for f in local.metadata["memory"]["functions"].values())
-    expected = microexport.run(default.archive, inputs)
+    assert (local.metadata["memory"]["workspace_bytes"]
+            <= scratch.metadata["memory"]["workspace_bytes"])
+    expected = microexport.run(scratch.archive, inputs)
     got = microexport.run(local.archive, inputs)
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key])

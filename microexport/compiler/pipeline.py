@@ -21,6 +21,7 @@ from microexport.compiler.lower import lower
 from microexport.compiler.plan import MemoryPlan, plan_memory
 from microexport.errors import Error
 from microexport.model import (
+    DEFAULT_KERNEL_STACK_LIMIT,
     MAX_NAME_LENGTH,
     WORKSPACE_MODES,
     CompiledModel,
@@ -47,7 +48,7 @@ class CompilerOptions:
     alignment: int = 16
     pools: tuple[PoolSpec, ...] = ()
     io_in_workspace: bool = False
-    kernel_stack_limit: int = 0
+    kernel_stack_limit: int = DEFAULT_KERNEL_STACK_LIMIT
     templates: Path | None = None
 
     def check(self) -> None:

@@ -5,9 +5,10 @@ For every kernel PrimFunc:
   (`float* A` + `DeclBuffer(A_buf, data=A)`), so the C codegen emits a plain C function;
 - every buffer the kernel allocates internally is moved to one `scratch` pointer parameter at a
   compile-time byte offset (the planner places it in the workspace), so no allocation and no
-  `TVMBackendAllocWorkspace` is left. Optionally (`stack_limit`, CLI `--kernel-stack-limit`),
-  buffers of at most that many bytes (accumulators of one output element) stay C local arrays,
-  which the C compiler keeps in registers: a few percent fewer instructions;
+  `TVMBackendAllocWorkspace` is left, except that buffers of at most `stack_limit` bytes (CLI
+  `--kernel-stack-limit`, default `DEFAULT_STACK_LIMIT`; accumulators of one output element)
+  stay C local arrays, which the C compiler keeps in registers instead of storing and reloading
+  them on every multiply-accumulate;
 - the function returns `int32_t` 0;
 - every variable name that is not a C identifier (model tensor names such as `in put/0:x` become
   kernel parameter names) is sanitised, distinct parameters keeping distinct names.
@@ -23,11 +24,16 @@ import tvm_ffi
 from tvm import ir, tirx
 
 from microexport.errors import DynamicShape
-from microexport.model import C_KEYWORDS, c_identifier, dtype_bytes
+from microexport.model import (
+    C_KEYWORDS,
+    DEFAULT_KERNEL_STACK_LIMIT,
+    c_identifier,
+    dtype_bytes,
+)
 
 SCRATCH_ALIGNMENT = 16
 SCRATCH_PARAM = "scratch"
-DEFAULT_STACK_LIMIT = 0  # every kernel buffer in the workspace
+DEFAULT_STACK_LIMIT = DEFAULT_KERNEL_STACK_LIMIT
 
 StmtRewriter = Callable[[tirx.Stmt], tirx.Stmt | None]
 
