@@ -288,7 +288,7 @@ def _schema() -> object:
     return schema_py_generated
 
 
-_TFLITE_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int8": 9}
+_TFLITE_TYPES = {"float32": 0, "float16": 1, "int32": 2, "int64": 4, "int16": 7, "int8": 9}
 
 
 class TfliteWriter:

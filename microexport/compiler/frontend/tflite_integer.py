@@ -152,7 +152,9 @@ def _output(low_high: fp.Clamp, zero_point: int, dtype: str, multiplier: Any, sh
 
 
 def _accumulating(converter: Any, op: Any, kind: str) -> Any:
-    """CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED with int8 activations."""
+    """CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED with int8 activations, or int16
+    activations and int8 weights (16x8: int64 accumulator unless the bias is int32, as in
+    TFLite Micro)."""
     from tflite.Conv2DOptions import Conv2DOptions
     from tflite.DepthwiseConv2DOptions import DepthwiseConv2DOptions
     from tflite.FullyConnectedOptions import FullyConnectedOptions
@@ -162,9 +164,11 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     data, weight = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 and inputs[2].tensor_idx != -1 else None
     dtype = _dtype(converter, output)
-    if _dtype(converter, data) != "int8" or _dtype(converter, weight) != "int8":
-        raise QuantizationError(f"{_dtype(converter, data)} activations with "
-                                f"{_dtype(converter, weight)} weights (int8 x int8 only)")
+    activations = _dtype(converter, data)
+    if activations not in ("int8", "int16") or _dtype(converter, weight) != "int8" \
+            or dtype != activations:
+        raise QuantizationError(f"{activations} activations with {_dtype(converter, weight)} "
+                                f"weights and {dtype} output (int8 x int8 or int16 x int8 only)")
     q_in = _require(quantization(data), "the input")
     q_w = _require(quantization(weight), "the weights")
     q_out = _require(quantization(output), "the output")
@@ -172,8 +176,15 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         raise QuantizationError("weights computed at run time")
     weights = converter.get_tensor_value(weight)
     bias_values = converter.get_tensor_value(bias) if bias is not None else None
-    if bias_values is not None and bias_values.dtype != np.int32:
-        raise QuantizationError(f"{bias_values.dtype} bias (int32 expected)")
+    allowed_bias = (np.int32, np.int64) if activations == "int16" else (np.int32,)
+    if bias_values is not None and bias_values.dtype not in allowed_bias:
+        raise QuantizationError(f"{bias_values.dtype} bias with {activations} activations")
+    if activations == "int16" and (q_in.per_tensor_zero_point or q_out.per_tensor_zero_point):
+        raise QuantizationError("int16 activations with a non-zero zero point")
+    # 16x8 accumulates in int64 unless the bias is int32 (TFLite Micro's rule).
+    wide = activations == "int16" and (bias_values is None or bias_values.dtype == np.int64)
+    if kind == "depthwise" and activations == "int16" and not wide:
+        raise QuantizationError("int16 DEPTHWISE_CONV_2D with an int32 bias (int64 expected)")
     options_class = {"conv": Conv2DOptions, "depthwise": DepthwiseConv2DOptions,
                      "dense": FullyConnectedOptions}[kind]
     options = _options(op, options_class)
@@ -186,6 +197,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     else:
         pairs = [fp.quantize_multiplier(float(q_in.per_tensor_scale) * float(s)
                                         / float(q_out.per_tensor_scale)) for s in scales]
+    if wide:
+        pairs = [fp.reduced_multiplier(m, s) for m, s in pairs]
     multiplier, shift, arrays = _requantize_arrays([m for m, _ in pairs], [s for _, s in pairs])
     clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()),
                                 q_out.per_tensor_scale, q_out.per_tensor_zero_point, dtype)
@@ -200,7 +213,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         rest = list(tensors[2:])
         b = rest.pop(0) if has_bias else None
         m, s = (rest[0], rest[1]) if arrays else (multiplier, shift)
-        return tensors[0], tensors[1], b, _output(clamp, q_out.per_tensor_zero_point, dtype, m, s)
+        return tensors[0], tensors[1], b, kernels.Output(
+            m, s, q_out.per_tensor_zero_point, clamp.low, clamp.high, dtype, wide)
 
     if kind == "dense":
         shape = [int(d) for d in converter.get_tensor_shape(data)]
@@ -214,7 +228,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
             return kernels.fully_connected(x, w, b, out, input_zero_point=in_zero,
                                            weight_zero_point=w_zero)
 
-        result = _emit(converter, "dense_int8", args, build_dense)
+        result = _emit(converter, f"dense_{activations}", args, build_dense)
         out_shape = [int(d) for d in converter.get_tensor_shape(output)]
         if [int(np.prod(shape)) // depth, int(weights.shape[0])] != out_shape:
             result = converter.bb.normalize(relax.op.reshape(result, out_shape))
@@ -230,7 +244,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
             return kernels.conv2d(x, w, b, out, strides=strides, dilation=dilation,
                                   padding=padding, input_zero_point=in_zero)
 
-        return _emit(converter, "conv2d_int8", args, build_conv)
+        return _emit(converter, f"conv2d_{activations}", args, build_conv)
 
     multiplier_depth = int(weights.shape[3]) // shape[3]
 
@@ -240,7 +254,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
                                         padding=padding, input_zero_point=in_zero,
                                         depth_multiplier=multiplier_depth)
 
-    return _emit(converter, "depthwise_conv2d_int8", args, build_depthwise)
+    return _emit(converter, f"depthwise_conv2d_{activations}", args, build_depthwise)
 
 
 def _conv2d(converter: Any, op: Any) -> Any:
@@ -423,9 +437,11 @@ def _softmax(converter: Any, op: Any) -> Any:
     from tflite.SoftmaxOptions import SoftmaxOptions
 
     inputs, output = _io(converter, op)
-    if _dtype(converter, inputs[0]) != "int8" or _dtype(converter, output) != "int8":
-        raise QuantizationError(f"{_dtype(converter, inputs[0])} → "
-                                f"{_dtype(converter, output)} SOFTMAX (int8 → int8 only)")
+    source, target = _dtype(converter, inputs[0]), _dtype(converter, output)
+    if (source, target) == ("int16", "int16"):
+        return _softmax_int16(converter, op)
+    if (source, target) != ("int8", "int8"):
+        raise QuantizationError(f"{source} → {target} SOFTMAX (int8 → int8 or int16 → int16)")
     (si, _), (so, zo) = _scalar_params(converter, [inputs[0], output])
     if zo != -128 or fp.f32(so) != fp.f32(1.0 / 256):
         raise QuantizationError("int8 SOFTMAX output must have scale 1/256 and zero point -128")
@@ -433,6 +449,21 @@ def _softmax(converter: Any, op: Any) -> Any:
     tables = fp.softmax_tables(si, beta)
     return _emit(converter, "softmax_int8",
                  [_expr(converter, inputs[0]), _const(tables.exp)], kernels.softmax)
+
+
+def _softmax_int16(converter: Any, op: Any) -> Any:
+    from tflite.SoftmaxOptions import SoftmaxOptions
+
+    inputs, output = _io(converter, op)
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    if zi or zo or abs(float(so) - 1.0 / 32768) > 0.001 / 32768:
+        raise QuantizationError("int16 SOFTMAX needs zero points 0 and output scale 1/32768")
+    beta = float(_options(op, SoftmaxOptions).Beta())
+    params = fp.int16_softmax_params(si, beta)
+    return _emit(converter, "softmax_int16",
+                 [_expr(converter, inputs[0]), _const(params.exp_table),
+                  _const(params.reciprocal_table)],
+                 lambda x, e, r: kernels.softmax_int16(x, e, r, params.multiplier, params.shift))
 
 
 def _mean(converter: Any, op: Any) -> Any:

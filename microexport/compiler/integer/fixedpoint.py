@@ -396,3 +396,95 @@ def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tupl
     multiplier, shift = quantize_multiplier(float(input_scale) / float(output_scale))
     extra = min(count.bit_length() - 1, 32, 31 + shift)
     return wrap32(trunc_div(multiplier << extra, count)), shift - extra
+
+
+# --- int16 activations (TFLite's 16x8 mode) ----------------------------------------------------
+
+def reduced_multiplier(multiplier: int, shift: int) -> tuple[int, int]:
+    """The (Q0.15 multiplier, right shift) pair that TFLite's 64-bit-accumulator
+    MultiplyByQuantizedMultiplier uses in place of a (Q0.31 multiplier, shift) pair."""
+    reduced = (multiplier + (1 << 15)) >> 16 if multiplier < 0x7FFF0000 else 0x7FFF
+    return reduced, 15 - shift
+
+
+def multiply_by_quantized_multiplier_wide(x: int, multiplier: int, shift: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier of an int64 accumulator (one rounding, with the
+    multiplier reduced to 16 bits)."""
+    reduced, right_shift = reduced_multiplier(multiplier, shift)
+    return wrap32((x * reduced + (1 << (right_shift - 1))) >> right_shift)
+
+
+def _round_f32(x: np.float32) -> np.float32:
+    """`TfLiteRound` of a float: to nearest, ties away from zero, in float32."""
+    return np.float32(round_half_away(float(x)))
+
+
+def int16_lookup_table(transform: Callable[[np.float32], np.float32], input_scale: float,
+                       input_zero_point: int, output_scale: float, output_zero_point: int
+                       ) -> np.ndarray:
+    """TFLite's 513-entry int16 table of `transform` (LUTPopulate<int16_t>): 512 samples over
+    the input range, each biased by half the error of linear interpolation at the midpoint, plus
+    the end point. All arithmetic in float32 as TFLite Micro does it."""
+    f = np.float32
+    in_scale, out_scale = f(input_scale), f(output_scale)
+    input_min = in_scale * f(INT16_MIN - input_zero_point)
+    input_max = in_scale * f(INT16_MAX - input_zero_point)
+    output_min = out_scale * f(INT16_MIN - output_zero_point)
+    output_max = out_scale * f(INT16_MAX - output_zero_point)
+    steps = 512
+    step = (input_max - input_min) / f(steps)
+    half_step = step / f(2)
+    scaling = f(INT16_MAX - INT16_MIN + 1) / (output_max - output_min)
+    table = []
+    for i in range(steps):
+        value = transform(input_min + f(i) * step)
+        midpoint = transform(input_min + f(i) * step + half_step)
+        following = transform(input_min + f(i + 1) * step)
+        sample = _round_f32(value * scaling)
+        interpolated = _round_f32((following * scaling + _round_f32(value * scaling)) / f(2))
+        error = interpolated - _round_f32(midpoint * scaling)
+        bias = _round_f32(error / f(2))
+        table.append(int(min(max(sample - bias, f(INT16_MIN)), f(INT16_MAX))))
+    table.append(int(min(max(_round_f32(transform(input_max) * scaling), f(INT16_MIN)),
+                         f(INT16_MAX))))
+    return np.array(table, dtype=np.int16)
+
+
+def _expf(x: np.float32) -> np.float32:
+    # The correctly rounded float32 exponential (what glibc's expf returns).
+    return np.float32(math.exp(float(x)))
+
+
+def _one_over_one_plus(x: np.float32) -> np.float32:
+    return np.float32(1) / (np.float32(1) + x)
+
+
+def int16_lookup(table: np.ndarray, value: int) -> int:
+    """TFLite's interpolating lookup of an int16 value in a 513-entry table."""
+    index = 256 + (value >> 7)
+    offset = value & 0x7F
+    base = int(table[index])
+    slope = int(table[index + 1]) - base
+    return wrap16(base + ((slope * offset + 64) >> 7))
+
+
+@dataclass(frozen=True)
+class Int16SoftmaxParams:
+    """int16 SOFTMAX: the rescaling of input differences to [-10, 0] and its two tables."""
+
+    multiplier: int
+    shift: int
+    exp_table: np.ndarray  # int16[513]: exp over [-10, 0]
+    reciprocal_table: np.ndarray  # int16[513]: 1 / (1 + x) over [0, 1]
+
+
+def int16_softmax_params(input_scale: float, beta: float) -> Int16SoftmaxParams:
+    """The compile-time parameters of TFLite's int16 SOFTMAX (output scale 1/32768)."""
+    span = INT16_MAX - INT16_MIN
+    multiplier, shift = quantize_multiplier(
+        float(f32(input_scale)) * float(f32(beta)) / (10.0 / 65535.0))
+    exp_table = int16_lookup_table(_expf, float(f32(10.0) / f32(span)), INT16_MAX,
+                                   float(f32(2.0) / f32(span)), 0)
+    reciprocal = int16_lookup_table(_one_over_one_plus, float(f32(1.0) / f32(span)), INT16_MIN,
+                                    float(f32(2.0) / f32(span)), 0)
+    return Int16SoftmaxParams(multiplier, shift, exp_table, reciprocal)

@@ -5,7 +5,9 @@ multiplier/shift arrays) and compile-time parameters, and returns the output ten
 independent of any model format: the TFLite importer computes the parameters
 (`fixedpoint`), and a faster schedule or micro-kernel can replace a kernel's inner loop without
 touching the importer. The accumulation is int32 (int8 activations) and the requantization is
-TFLite's MultiplyByQuantizedMultiplier, so results are bit-exact with TFLite Micro.
+TFLite's MultiplyByQuantizedMultiplier, so results are bit-exact with TFLite Micro. With int16
+activations (TFLite's 16x8 mode) conv, depthwise and fully connected accumulate in int64 and
+requantize with TFLite's 64-bit MultiplyByQuantizedMultiplier (`Output.wide`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ Scalar = int | Tensor  # a compile-time int, or a per-channel int32[channels] te
 
 @dataclass(frozen=True)
 class Output:
-    """How an int32 result becomes the output: requantization (a per-tensor int, or per-channel
-    arrays indexed by the last axis), zero point, clamp (fused activation) and type."""
+    """How an accumulator becomes the output: requantization (a per-tensor int, or per-channel
+    arrays indexed by the last axis), zero point, clamp (fused activation) and type. `wide`: the
+    accumulator is int64 and (multiplier, shift) are the reduced Q0.15 multiplier and right
+    shift of `fixedpoint.reduced_multiplier`."""
 
     multiplier: Scalar
     shift: Scalar
@@ -33,12 +37,16 @@ class Output:
     low: int
     high: int
     dtype: str
+    wide: bool = False
 
     def __call__(self, acc: tm.Expr, channel: tm.Expr) -> tm.Expr:
         multiplier = self.multiplier if isinstance(self.multiplier, int) else \
             self.multiplier[channel]
         shift = self.shift if isinstance(self.shift, int) else self.shift[channel]
-        scaled = tm.multiply_by_quantized_multiplier(acc, multiplier, shift)
+        if self.wide:
+            scaled = tm.multiply_by_quantized_multiplier_wide(acc, multiplier, shift)
+        else:
+            scaled = tm.multiply_by_quantized_multiplier(acc, multiplier, shift)
         return tm.clamp(scaled + tm.i32(self.zero_point), self.low, self.high).astype(self.dtype)
 
 
@@ -70,6 +78,11 @@ def _out_size(size: int, kernel: int, stride: int, dilation: int, before: int, a
     return (size + before + after - ((kernel - 1) * dilation + 1)) // stride + 1
 
 
+def _accumulate(product: tm.Expr, output: Output) -> tm.Expr:
+    """A product of an activation and a weight (int32) in the accumulator's type."""
+    return tm.i64(product) if output.wide else product
+
+
 def conv2d(data: Tensor, weight: Tensor, bias: Tensor | None, output: Output, *,
            strides: Sequence[int], dilation: Sequence[int], padding: Sequence[int],
            input_zero_point: int) -> Tensor:
@@ -91,9 +104,9 @@ def conv2d(data: Tensor, weight: Tensor, bias: Tensor | None, output: Output, *,
 
     acc = te.compute(
         (batch, out_h, out_w, out_channels),
-        lambda n, y, x, oc: te.sum(
+        lambda n, y, x, oc: te.sum(_accumulate(
             padded[n, y * strides[0] + ry * dilation[0], x * strides[1] + rx * dilation[1],
-                   channel_of(oc)] * tm.i32(weight[oc, ry, rx, rc]),
+                   channel_of(oc)] * tm.i32(weight[oc, ry, rx, rc]), output),
             axis=[ry, rx, rc]),
         name="conv_acc")
     return _finish(acc, bias, output)
@@ -113,9 +126,9 @@ def depthwise_conv2d(data: Tensor, weight: Tensor, bias: Tensor | None, output: 
     rx = te.reduce_axis((0, kernel_w), name="rx")
     acc = te.compute(
         (batch, out_h, out_w, out_channels),
-        lambda n, y, x, oc: te.sum(
+        lambda n, y, x, oc: te.sum(_accumulate(
             padded[n, y * strides[0] + ry * dilation[0], x * strides[1] + rx * dilation[1],
-                   oc // depth_multiplier] * tm.i32(weight[0, ry, rx, oc]),
+                   oc // depth_multiplier] * tm.i32(weight[0, ry, rx, oc]), output),
             axis=[ry, rx]),
         name="depthwise_acc")
     return _finish(acc, bias, output)
@@ -129,9 +142,9 @@ def fully_connected(data: Tensor, weight: Tensor, bias: Tensor | None, output: O
     rd = te.reduce_axis((0, depth), name="rd")
     acc = te.compute(
         (batches, units),
-        lambda b, u: te.sum(
+        lambda b, u: te.sum(_accumulate(
             (tm.i32(data[b, rd]) - tm.i32(input_zero_point))
-            * (tm.i32(weight[u, rd]) - tm.i32(weight_zero_point)),
+            * (tm.i32(weight[u, rd]) - tm.i32(weight_zero_point)), output),
             axis=[rd]),
         name="dense_acc")
     return _finish(acc, bias, output)
@@ -171,7 +184,9 @@ def _finish(acc: Tensor, bias: Tensor | None, output: Output) -> Tensor:
     """Bias, requantization and clamp over the last axis (output channels)."""
     def value(*index: Any) -> Any:
         channel = index[-1]
-        total = acc[index] + bias[channel] if bias is not None else acc[index]
+        total = acc[index]
+        if bias is not None:
+            total = total + (tm.i64(bias[channel]) if output.wide else tm.i32(bias[channel]))
         return output(total, channel)
 
     return te.compute(acc.shape, value, name="requantize")
@@ -457,3 +472,42 @@ def _newton_step(rows: Sequence[int], half_denominator: Tensor, previous: Tensor
 
 def _per_row(rows: Sequence[int], source: Tensor, function: Any, name: str) -> Tensor:
     return _row_stage(rows, lambda *r: function(source[r]), name)
+
+
+def softmax_int16(data: Tensor, exp_table: Tensor, reciprocal_table: Tensor, multiplier: int,
+                  shift: int) -> Tensor:
+    """int16 SOFTMAX over the last axis (zero points 0, output scale 1/32768), as TFLite's
+    SoftmaxInt16: each difference to the row maximum rescaled to [-10, 0] and looked up in the
+    exp table, the row sum normalised and its reciprocal looked up in the 1/(1 + x) table."""
+    shape = [int(d) for d in data.shape]
+    rows, depth = shape[:-1], shape[-1]
+    rd = te.reduce_axis((0, depth), name="rd")
+    biggest = te.compute(rows, lambda *r: te.max(tm.i32(data[(*r, rd)]), axis=[rd]),
+                         name="row_max")
+
+    def exp_of(*i: Any) -> Any:
+        scaled = tm.multiply_by_quantized_multiplier(tm.i32(data[i]) - biggest[i[:-1]],
+                                                     multiplier, shift)
+        return tm.int16_lookup(exp_table, tm.clamp(scaled + tm.i32(32767), -32768, 32767))
+
+    exps = te.compute(shape, exp_of, name="exp")
+    rs = te.reduce_axis((0, depth), name="rs")
+    total = te.compute(rows, lambda *r: te.sum(exps[(*r, rs)], axis=[rs]), name="row_sum")
+    headroom = _row_stage(rows, lambda *r: tm.count_leading_zeros(total[r]), "headroom")
+
+    def reciprocal_of(*r: Any) -> Any:
+        normalised = tm.i64(total[r]) << tm.i64(headroom[r] - tm.i32(1))
+        shifted = tm.i32((normalised + tm.i64(1 << 13)) >> tm.i64(14))
+        centred = tm.clamp(shifted - tm.i32((1 << 15) + (1 << 16)), -32768, 32767)
+        return tm.int16_lookup(reciprocal_table, centred)
+
+    reciprocal = _row_stage(rows, reciprocal_of, "reciprocal")
+
+    def value(*i: Any) -> Any:
+        r = i[:-1]
+        right_shift = tm.i64(tm.i32(31) - headroom[r])
+        rounding = tm.i64(1) << (right_shift - tm.i64(1))
+        result = tm.i32((tm.i64(exps[i]) * tm.i64(reciprocal[r]) + rounding) >> right_shift)
+        return tm.clamp(result, 0, 32767).astype("int16")
+
+    return te.compute(shape, value, name="softmax")

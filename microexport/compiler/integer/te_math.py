@@ -53,7 +53,12 @@ def saturating_rounding_doubling_high_mul(a: Expr, b: Expr, b_is_min_possible: b
     """(a * b * 2 + 2**31) >> 32 with gemmlowp's rounding; `b_is_min_possible=False` when `b`
     is known not to be INT32_MIN (a positive multiplier), which drops the saturation test."""
     product = i64(a) * i64(b)
-    nudge = select(product >= i64(0), i64(1 << 30), i64(1 - (1 << 30)))
+    # With `b` known non-negative the product's sign is `a`'s (when b == 0 either nudge gives
+    # 0). Testing `a` also keeps TVM's simplifier away from `a * b >= 0` with `a * b` folded
+    # into one int64 constant factor: it rewrites that test with the factor wrapped to int32,
+    # which flips the rounding of some values.
+    sign_source = product if b_is_min_possible else i64(a)
+    nudge = select(sign_source >= i64(0), i64(1 << 30), i64(1 - (1 << 30)))
     high = i32(tirx.truncdiv(product + nudge, i64(1 << 31)))
     if not b_is_min_possible:
         return high
@@ -120,3 +125,22 @@ def reciprocal_step(half_denominator: Expr, x: Expr) -> Expr:
 def reciprocal_result(x: Expr) -> Expr:
     """The Q2.29 estimate of 1/d as 1/(1 + a) in Q0.31."""
     return saturating_rounding_multiply_by_pot(x, 1)
+
+
+def multiply_by_quantized_multiplier_wide(x: Expr, reduced_multiplier: int | Expr,
+                                          right_shift: int | Expr) -> Expr:
+    """TFLite's MultiplyByQuantizedMultiplier of an int64 accumulator, with the multiplier
+    already reduced to Q0.15 and the shift turned into a right shift
+    (`fixedpoint.reduced_multiplier`): one rounding, result truncated to int32."""
+    rounding = i64(1) << (i64(right_shift) - i64(1))
+    return i32((i64(x) * i64(reduced_multiplier) + rounding) >> i64(right_shift))
+
+
+def int16_lookup(table: Any, value: Expr) -> Expr:
+    """TFLite's interpolating lookup of an int16 `value` (an int32 expression in the int16
+    range) in a 513-entry int16 table: the top 9 bits index, the low 7 interpolate."""
+    index = i32(256) + (value >> i32(7))
+    offset = tirx.bitwise_and(value, i32(0x7F))
+    base = i32(table[index])
+    slope = i32(table[index + i32(1)]) - base
+    return i32((base + ((slope * offset + i32(64)) >> i32(7))).astype("int16"))
