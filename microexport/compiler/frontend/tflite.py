@@ -33,6 +33,7 @@ from microexport.compiler.frontend.common import (
     require,
     resolve_shape,
 )
+from microexport.compiler.frontend.recurrent import tflite_unidirectional_sequence_lstm
 from microexport.compiler.frontend.tflite_integer import (
     DATA_MOVEMENT_OPERATORS,
     INTEGER_OPERATORS,
@@ -286,6 +287,8 @@ def _convert(model: Any, inputs: list[TensorSpec], path: Path) -> Any:
     except _OperatorFailed as err:
         close_block_builders(err)
         cause = err.__cause__ or err
+        if isinstance(cause, Error):  # our converter refused the operator: its message says why
+            raise cause from err
         if isinstance(cause, struct.error):  # the operator's options point past the end
             raise ModelError(f"cannot parse {path} as a TFLite model (corrupt or truncated "
                              f"file?): operator {err.op}: {first_line(cause)}") from err
@@ -334,6 +337,8 @@ def _converter_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.convert_map["FULLY_CONNECTED"] = self._fully_connected
+            self.convert_map["UNIDIRECTIONAL_SEQUENCE_LSTM"] = self._sequence_lstm(
+                self.convert_map.get("UNIDIRECTIONAL_SEQUENCE_LSTM"))
             for name, integer in INTEGER_OPERATORS.items():
                 self.convert_map[name] = self._integer_or_stock(
                     name, integer, self.convert_map.get(name))
@@ -375,6 +380,17 @@ def _converter_class() -> type:
                 if stock is None:
                     raise NotImplementedError(f"{name} is supported only quantized (int8)")
                 return stock(op=op)
+
+            return convert
+
+        def _sequence_lstm(self, stock: Any) -> Any:
+            """Float UNIDIRECTIONAL_SEQUENCE_LSTM by `recurrent` (TVM's handles only coupled
+            input-forget gates), quantized ones by `stock`."""
+
+            def convert(op: Any) -> Any:
+                if self.is_quantized(op) and stock is not None:
+                    return stock(op=op)
+                return tflite_unidirectional_sequence_lstm(self, op)
 
             return convert
 
