@@ -236,18 +236,11 @@ def add_or_subtract(a: Tensor, b: Tensor, params: AddParams, subtract: bool) -> 
             * tm.i32(1 << p.left_shift)
         return tm.multiply_by_quantized_multiplier(value, multiplier, shift)
 
-    def raw_value(*index: Any) -> Any:
+    def value(*index: Any) -> Any:
         x = rescaled(a, index, p.input1_offset, p.input1_multiplier, p.input1_shift)
         y = rescaled(b, index, p.input2_offset, p.input2_multiplier, p.input2_shift)
-        return x - y if subtract else x + y
-
-    # Two stages: the output's requantization uses its input several times, and the inputs'
-    # rescalings are themselves several-use expressions.
-    raw = te.compute(broadcast_shape(a, b), raw_value, name="sum")
-
-    def value(*index: Any) -> Any:
-        out = tm.multiply_by_quantized_multiplier(raw[index], p.output_multiplier,
-                                                  p.output_shift)
+        out = tm.multiply_by_quantized_multiplier(x - y if subtract else x + y,
+                                                  p.output_multiplier, p.output_shift)
         return tm.clamp(out + tm.i32(p.output_zero_point), p.low, p.high).astype(p.dtype)
 
     return te.compute(broadcast_shape(a, b), value, name="sub" if subtract else "add")

@@ -50,16 +50,12 @@ def clamp(x: Expr, low: int, high: int) -> Expr:
 
 def saturating_rounding_doubling_high_mul(a: Expr, b: Expr, b_is_min_possible: bool = True
                                           ) -> Expr:
-    """(a * b * 2 + 2**31) >> 32 with gemmlowp's rounding; `b_is_min_possible=False` when `b`
-    is known not to be INT32_MIN (a positive multiplier), which drops the saturation test."""
-    product = i64(a) * i64(b)
-    # With `b` known non-negative the product's sign is `a`'s (when b == 0 either nudge gives
-    # 0). Testing `a` also keeps TVM's simplifier away from `a * b >= 0` with `a * b` folded
-    # into one int64 constant factor: it rewrites that test with the factor wrapped to int32,
-    # which flips the rounding of some values.
-    sign_source = product if b_is_min_possible else i64(a)
-    nudge = select(sign_source >= i64(0), i64(1 << 30), i64(1 - (1 << 30)))
-    high = i32(tirx.truncdiv(product + nudge, i64(1 << 31)))
+    """gemmlowp's SaturatingRoundingDoublingHighMul: (a * b + 2**30) >> 31 on int64 (gemmlowp's
+    sign-dependent nudge followed by a division truncating toward zero is exactly this floor:
+    for a negative product, trunc((p + 1 - 2**30) / 2**31) = floor((p + 2**30) / 2**31)).
+    `b_is_min_possible=False` when `b` is known not to be INT32_MIN, which drops the one
+    saturating case. `a` appears once, so the expression stays small when inlined."""
+    high = i32((i64(a) * i64(b) + i64(1 << 30)) >> i64(31))
     if not b_is_min_possible:
         return high
     overflow = tirx.all(a == b, a == i32(INT32_MIN))
@@ -67,13 +63,16 @@ def saturating_rounding_doubling_high_mul(a: Expr, b: Expr, b_is_min_possible: b
 
 
 def rounding_divide_by_pot(x: Expr, exponent: int | Expr) -> Expr:
-    """Arithmetic right shift by `exponent`, rounding half away from zero."""
-    if isinstance(exponent, int) and exponent == 0:
-        return x
-    mask = (i32(1) << i32(exponent)) - i32(1)
-    remainder = tirx.bitwise_and(x, mask)
-    threshold = (mask >> i32(1)) + select(x < i32(0), i32(1), i32(0))
-    return (x >> i32(exponent)) + select(remainder > threshold, i32(1), i32(0))
+    """Arithmetic right shift by `exponent`, rounding half away from zero: adding half (less
+    one for a negative `x`) before the shift, in int64 so that no sum overflows."""
+    if isinstance(exponent, int):
+        if exponent == 0:
+            return x
+        nudge = select(x < i32(0), i64((1 << (exponent - 1)) - 1), i64(1 << (exponent - 1)))
+        return i32((i64(x) + nudge) >> i64(exponent))
+    half = (i64(1) << i64(exponent)) >> i64(1)
+    negative = select(x < i32(0), i64(tirx.min(exponent, i32(1))), i64(0))
+    return i32((i64(x) + half - negative) >> i64(exponent))
 
 
 def multiply_by_quantized_multiplier(x: Expr, multiplier: int | Expr, shift: int | Expr
