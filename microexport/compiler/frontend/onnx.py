@@ -59,6 +59,11 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
         model = freeze_inputs(model, constants, input_shapes, path)
     inputs = _model_inputs(model, input_shapes, path)
     model, inputs = _freeze_empty_inputs(model, inputs)
+    # Quantized (QDQ / QLinear) patterns become integer kernels; before any folding, which
+    # would turn the DequantizeLinear of small weights into float constants.
+    from microexport.compiler.frontend.onnx_integer import integer_converters, rewrite_integer
+
+    model, integer = rewrite_integer(model, {i.name: i.shape for i in inputs})
     if any(node.op_type == "If" for node in model.graph.node):  # inline those that fold first
         model = fold_shape_computations(model, inputs)
     expanded: set[str] = set()
@@ -70,13 +75,15 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     _guard_bit_shifts(model)
     _rewrite_float_floor_mod(model)
     try:
-        mod = _convert(model, inputs, path)
+        with integer_converters(integer):
+            mod = _convert(model, inputs, path)
     except UnsupportedOperator as err:  # TVM's converter fails: its ONNX function may not
         if err.op in expanded or not _has_function(model, err.op):
             raise
         model = fold_shape_computations(expand_functions(model, {err.op}, expanded), inputs)
         _check_operators(model)
-        mod = _convert(model, inputs, path)
+        with integer_converters(integer):
+            mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
     imported = finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
     _check_output_shapes(model, imported, path)
@@ -338,6 +345,8 @@ def _check_operators(model: onnx.ModelProto) -> None:
     known = set(_get_convert_map()) | _HANDLED_WITHOUT_CONVERTER
     missing = set()
     for node in model.graph.node:
+        if node.domain == "ai.microexport.integer":  # integer kernels of onnx_integer
+            continue
         if node.domain not in _DEFAULT_DOMAINS:
             missing.add(f"{node.domain}::{node.op_type}")
         elif node.op_type not in known:

@@ -1,0 +1,279 @@
+"""Quantized ONNX models (onnxruntime's QDQ and QOperator formats) compile to integer kernels.
+
+Float models built with `onnx.helper` (conv, depthwise conv, residual Add, max/average/global
+pooling, Gemm, MatMul, Relu) are quantized by `onnxruntime.quantization.quantize_static` with a
+fixed-seed calibration reader: int8 and uint8 activations, per-channel and per-tensor weights,
+uint8 weights with zero points, QDQ and QOperator (QLinearConv, QLinearMatMul, com.microsoft's
+QLinearAdd / QLinearGlobalAveragePool / QGemm). The compiled C runs on the host (one model also
+on Cortex-M3 in QEMU); its outputs are within one quantization step of onnxruntime's (whose
+kernels requantize in float and round half to even), and no kernel between the float model
+edges (quantize / dequantize) does float arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_module, require_program
+
+import microexport
+
+SEED = 20261130
+CALIBRATION_SAMPLES = 16
+
+
+def _init(name: str, array: np.ndarray) -> object:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def cnn_model(path: Path) -> dict[str, tuple[int, ...]]:
+    """Conv+Relu, depthwise conv, residual Add, MaxPool, AveragePool (padded),
+    GlobalAveragePool, Flatten, Gemm: a small NCHW image classifier."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(SEED)
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=8),
+        node("Relu", ["c2"], ["r2"]),
+        node("Conv", ["r2", "w3", "b3"], ["c3"], strides=[1, 1]),
+        node("Add", ["c3", "r1"], ["a"]),
+        node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("AveragePool", ["p"], ["q"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("GlobalAveragePool", ["q"], ["g"]),
+        node("Flatten", ["g"], ["f"]),
+        node("Gemm", ["f", "w4", "b4"], ["y"], transB=1),
+    ]
+    inits = [
+        _init("w1", rng.normal(size=(8, 3, 3, 3)) * 0.3), _init("b1", rng.normal(size=8) * 0.1),
+        _init("w2", rng.normal(size=(8, 1, 3, 3)) * 0.3), _init("b2", rng.normal(size=8) * 0.1),
+        _init("w3", rng.normal(size=(8, 8, 1, 1)) * 0.3), _init("b3", rng.normal(size=8) * 0.1),
+        _init("w4", rng.normal(size=(5, 8)) * 0.3), _init("b4", rng.normal(size=5) * 0.1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return {"x": (1, 3, 12, 12)}
+
+
+def mlp_model(path: Path) -> dict[str, tuple[int, ...]]:
+    """MatMul on a 3-D input (rows of tokens) + bias + Relu, MatMul + bias."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(SEED + 1)
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["x", "w1"], ["m1"]),
+        node("Add", ["m1", "b1"], ["h1"]),
+        node("Relu", ["h1"], ["r1"]),
+        node("MatMul", ["r1", "w2"], ["m2"]),
+        node("Add", ["m2", "b2"], ["y"]),
+    ]
+    inits = [
+        _init("w1", rng.normal(size=(16, 24)) * 0.3), _init("b1", rng.normal(size=24) * 0.1),
+        _init("w2", rng.normal(size=(24, 6)) * 0.3), _init("b2", rng.normal(size=6) * 0.1),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return {"x": (1, 4, 16)}
+
+
+MODELS: dict[str, Callable[[Path], dict[str, tuple[int, ...]]]] = {
+    "cnn": cnn_model,
+    "mlp": mlp_model,
+}
+
+# name → (format, activation type, weight type, per channel)
+CONFIGS = {
+    "qdq_s8_per_channel": ("QDQ", "QInt8", "QInt8", True),
+    "qdq_u8_per_tensor": ("QDQ", "QUInt8", "QInt8", False),
+    "qdq_u8_u8_weights": ("QDQ", "QUInt8", "QUInt8", True),
+    "qoperator_u8": ("QOperator", "QUInt8", "QUInt8", False),
+}
+
+
+def quantize(float_path: Path, out: Path, shapes: dict[str, tuple[int, ...]], config: str
+             ) -> None:
+    """quantize_static with a fixed-seed calibration reader."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    fmt, activations, weights, per_channel = CONFIGS[config]
+    rng = np.random.default_rng(SEED + 2)
+    samples = [{name: rng.normal(size=shape).astype(np.float32)
+                for name, shape in shapes.items()} for _ in range(CALIBRATION_SAMPLES)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(samples)
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat[fmt],
+                    activation_type=QuantType[activations], weight_type=QuantType[weights],
+                    per_channel=per_channel)
+
+
+def output_step(path: Path) -> float:
+    """The scale of the DequantizeLinear computing the model's (single) output."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    output = model.graph.output[0].name
+    node = next(n for n in model.graph.node if output in n.output)
+    assert node.op_type == "DequantizeLinear", node.op_type
+    scale = next(i for i in model.graph.initializer if i.name == node.input[1])
+    return float(numpy_helper.to_array(scale))
+
+
+def sample_inputs(shapes: dict[str, tuple[int, ...]], count: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(SEED + 3)
+    return [{name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
+            for _ in range(count)]
+
+
+def onnxruntime_outputs(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], tuple]:
+    """`built(model, config)` → (quantized model, archive, input shapes), built once."""
+    require_module("onnxruntime", "onnx")
+    cache: dict[tuple[str, str], tuple[Path, Path, dict]] = {}
+
+    def get(model: str, config: str) -> tuple[Path, Path, dict]:
+        if (model, config) not in cache:
+            directory = tmp_path_factory.mktemp(f"{model}_{config}")
+            shapes = MODELS[model](directory / "float.onnx")
+            quantized = directory / "quantized.onnx"
+            quantize(directory / "float.onnx", quantized, shapes, config)
+            archive = microexport.compile(str(quantized), output=directory / "m.tar",
+                                          name="q").archive
+            cache[model, config] = (quantized, archive, shapes)
+        return cache[model, config]
+
+    return get
+
+
+CASES = [(model, config) for model in MODELS for config in CONFIGS]
+
+
+@pytest.mark.parametrize(("model", "config"), CASES)
+def test_within_one_step_of_onnxruntime_on_host(model: str, config: str, built: Callable
+                                                 ) -> None:
+    path, archive, shapes = built(model, config)
+    step = output_step(path)
+    for inputs in sample_inputs(shapes, 2):
+        (want,) = onnxruntime_outputs(path, inputs)
+        got = microexport.run(archive, inputs)["y"]
+        assert got.shape == want.shape and got.dtype == np.float32
+        error = float(np.abs(got - want).max())
+        assert error <= step * 1.0001, f"max abs error {error} = {error / step:.2f} steps"
+
+
+def _kernels(source: str) -> dict[str, str]:
+    """C function name → body, for every function defined in `source`."""
+    bodies = {}
+    for match in re.finditer(r"^int32_t (\w+)\([^)]*\) \{\n(.*?)^\}", source, re.M | re.S):
+        bodies[match.group(1)] = match.group(2)
+    return bodies
+
+
+@pytest.mark.parametrize(("model", "config"), CASES)
+def test_no_float_between_the_edges(model: str, config: str, built: Callable) -> None:
+    """Only the quantize (float input) and dequantize (float output) kernels and the AOT main
+    (which passes the float buffers) mention float; weights are integer constants."""
+    _, archive, _ = built(model, config)
+    with tarfile.open(archive) as tar:
+        metadata = json.load(tar.extractfile("./metadata.json"))
+        library = tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode()
+    kernels = _kernels(library)
+    assert kernels, library[:2000]
+    floating = {name for name, body in kernels.items()
+                if "float" in body or "double" in body}
+    edges = {name for name in floating
+             if re.search(r"_(de)?quantize\d*$", name) or name.endswith("___tvm_main__")}
+    assert floating == edges, f"float arithmetic in {sorted(floating - edges)}"
+    assert any(re.search(r"_quantize\d*$", name) for name in kernels)
+    assert any(re.search(r"_dequantize\d*$", name) for name in kernels)
+    integer = [name for name in kernels if "_int" in name]
+    assert len(integer) >= 2, sorted(kernels)
+    dtypes = {c["dtype"] for c in metadata["constants"]}
+    assert dtypes <= {"int8", "uint8", "int16", "int32"}, dtypes
+
+
+def test_unmatched_operator_stays_float(tmp_path: Path) -> None:
+    """A quantized operator the integer path does not take (Sigmoid) computes through float as
+    before, between integer kernels; outputs still agree with onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    require_module("onnxruntime", "onnx")
+    rng = np.random.default_rng(SEED + 4)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Conv", ["s", "w2", "b2"], ["y"])]
+    inits = [_init("w", rng.normal(size=(4, 2, 3, 3)) * 0.3), _init("b", np.zeros(4)),
+             _init("w2", rng.normal(size=(3, 4, 1, 1)) * 0.3), _init("b2", np.zeros(3))]
+    graph = helper.make_graph(
+        nodes, "sig", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    shapes = {"x": (1, 2, 6, 6)}
+    quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, "qdq_s8_per_channel")
+    archive = microexport.compile(str(tmp_path / "q.onnx"), output=tmp_path / "m.tar",
+                                  name="q").archive
+    with tarfile.open(archive) as tar:
+        library = tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode()
+    names = list(_kernels(library))
+    assert sum("conv2d_int" in name for name in names) == 2, names
+    step = output_step(tmp_path / "q.onnx")
+    (inputs,) = sample_inputs(shapes, 1)
+    (want,) = onnxruntime_outputs(tmp_path / "q.onnx", inputs)
+    got = microexport.run(archive, inputs)["y"]
+    assert float(np.abs(got - want).max()) <= step * 1.0001
+
+
+def test_qdq_model_in_qemu(built: Callable, tmp_path: Path) -> None:
+    """The int8 per-channel CNN on Cortex-M3 (no FPU but for the edges): same outputs as on
+    the host, within one step of onnxruntime."""
+    require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    require_program("qemu-system-arm", "qemu-system-arm")
+    path, archive, shapes = built("cnn", "qdq_s8_per_channel")
+    (inputs,) = sample_inputs(shapes, 1)
+    got = microexport.run(archive, inputs, board="mps2_an385", build_dir=tmp_path / "build")
+    host = microexport.run(archive, inputs)
+    assert np.array_equal(got["y"], host["y"])
+    (want,) = onnxruntime_outputs(path, inputs)
+    assert float(np.abs(got["y"] - want).max()) <= output_step(path) * 1.0001
