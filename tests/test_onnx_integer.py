@@ -277,3 +277,14 @@ def test_qdq_model_in_qemu(built: Callable, tmp_path: Path) -> None:
     assert np.array_equal(got["y"], host["y"])
     (want,) = onnxruntime_outputs(path, inputs)
     assert float(np.abs(got["y"] - want).max()) <= output_step(path) * 1.0001
+
+
+@pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qoperator_u8"])
+def test_microexport_test_allows_one_output_step(config: str, built: Callable) -> None:
+    """`microexport test` compares a quantized ONNX model's float outputs with onnxruntime's
+    within one step of the output's DequantizeLinear scale (and reports the error)."""
+    path, _, _ = built("cnn", config)
+    report = microexport.test(str(path), board="host")
+    assert report.reference == "onnxruntime"
+    assert report.passed, report.summary()
+    assert all(o.max_abs_error <= output_step(path) * 1.0001 for o in report.outputs)

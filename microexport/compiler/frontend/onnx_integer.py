@@ -154,6 +154,31 @@ def integer_converters(graph: IntegerGraph) -> Iterator[None]:
         onnx_frontend._get_convert_map = original
 
 
+def output_steps(path: Any) -> dict[str, float]:
+    """The quantization step (scale) of each output of the ONNX model at `path` computed by a
+    per-tensor DequantizeLinear with a constant scale: what one rounding difference from
+    onnxruntime's kernels amounts to in that float output."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable here: no steps (the import says why)
+        return {}
+    scales = {init.name: init for init in model.graph.initializer}
+    producers = {name: node for node in model.graph.node for name in node.output}
+    steps = {}
+    for value in model.graph.output:
+        node = producers.get(value.name)
+        if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2 or \
+                node.input[1] not in scales:
+            continue
+        scale = numpy_helper.to_array(scales[node.input[1]])
+        if scale.size == 1 and np.isfinite(scale).all():
+            steps[value.name] = float(scale.reshape(-1)[0])
+    return steps
+
+
 class _Unmatched(Exception):
     """The pattern at hand is not one the integer path takes (it stays on the float path)."""
 
