@@ -53,8 +53,9 @@ def _dtype(expr: Any) -> str:
 
 def _constant(expr: Any) -> Any:
     """The numpy value of a Relax constant, None for anything else."""
-    relax = _relax()
-    return expr.data.numpy() if isinstance(expr, relax.Constant) else None
+    from tvm.ir.expr import Constant  # relax.const() makes one (a GenericConst)
+
+    return expr.value.numpy() if isinstance(expr, Constant) else None
 
 
 def _take(bb: Any, expr: Any, index: int, axis: int) -> Any:
@@ -256,11 +257,11 @@ def _lstm_step(bb: Any, x: Any, h: Any, c: Any, *, r: Any, rb: Any, hidden: int,
         p_i, p_o, p_f = (_rows(bb, peep, k * hidden, (k + 1) * hidden) for k in range(3))
         i = _add(bb, i, _mul(bb, p_i, c))
         f = _add(bb, f, _mul(bb, p_f, c))
-    f = bb.emit(f_act(_clip(bb, f, clip)))
-    if input_forget:  # coupled input and forget gates
-        i = bb.emit(_relax().op.subtract(_relax().const(1.0, _dtype(f)), f))
+    i = bb.emit(f_act(_clip(bb, i, clip)))
+    if input_forget:  # coupled gates, as onnxruntime couples them: f = 1 - i
+        f = bb.emit(_relax().op.subtract(_relax().const(1.0, _dtype(i)), i))
     else:
-        i = bb.emit(f_act(_clip(bb, i, clip)))
+        f = bb.emit(f_act(_clip(bb, f, clip)))
     g = bb.emit(g_act(_clip(bb, g, clip)))
     c = _add(bb, _mul(bb, f, c), _mul(bb, i, g))
     if peep is not None:
