@@ -54,9 +54,11 @@ from microexport.archive.tir_json.spec import GRAPH_FORMAT, GRAPH_VERSION
 from microexport.errors import TirJsonError
 from microexport.model import C_KEYWORDS, C_TYPES, c_identifier
 
-# Equal to aot.CONSTANTS_ATTR and aot.IO_ATTR (graph.py never imports tvm).
+# Equal to aot.CONSTANTS_ATTR, aot.IO_ATTR and quantization.QUANTIZATION_ATTR (graph.py never
+# imports tvm).
 CONSTANTS_ATTR = "microexport.constants"
 IO_ATTR = "microexport.io"
+QUANTIZATION_ATTR = "microexport.quantization"
 CONSTANTS_POOL = "constants"
 MAIN_SUFFIX = "___tvm_main__"
 WALKER_TEMPLATES = "runtimes/graph-walker"
@@ -92,6 +94,7 @@ class _Buffer:
     shape: list[int]
     pointer: Pointer
     size: int  # bytes
+    hint: str = ""  # the buffer's name hint (`name` differs when two tensors share one)
 
 
 @dataclass
@@ -267,7 +270,8 @@ class _MainWalker:
                                "constant")
         pointer = self.pointer(stmt["data"], f"{path}.data")
         size = _buffer_bytes(buffer_type, f"{path}.buffer.type")
-        buffer = _Buffer(var.get("hint", var["name"]), buffer_type["dtype"], shape, pointer, size)
+        hint = var.get("hint", var["name"])
+        buffer = _Buffer(hint, buffer_type["dtype"], shape, pointer, size, hint)
         self.buffers[var["name"]] = buffer
         if var["name"] in self.pool_vars:
             if pointer.offset != 0 or pointer.base in self.pools:
@@ -428,8 +432,55 @@ def _uses(calls: list[_Call]) -> tuple[dict[str, int], dict[str, list[int]]]:
     return producers, consumers
 
 
+def _quantization(main: Mapping[str, Any], path: str, tensors: list[_Buffer]
+                  ) -> dict[str, dict[str, Any]]:
+    """Tensor name hint → `{"scale", "zero_point", "axis"}` from the main's
+    `microexport.quantization` attribute (none without it; a hint two tensors share, or that
+    names no tensor, is ignored). TirJsonError for an entry of the wrong shape."""
+    items = _map_items(main, QUANTIZATION_ATTR, f"{path}.attrs")
+    hints = [t.hint for t in tensors]
+    found = {}
+    for name, value in (items or {}).items():
+        item_path = json_path(json_path(json_path(f"{path}.attrs", QUANTIZATION_ATTR), "items"),
+                              name)
+        fields = value.get("items") if isinstance(value, dict) and value.get("node") == "Map" \
+            else None
+        if not isinstance(fields, dict) or set(fields) != {"scale", "zero_point", "axis"}:
+            raise TirJsonError(f"{item_path}: expected a Map of scale, zero_point and axis")
+        scale, zero_point, axis = fields["scale"], fields["zero_point"], fields["axis"]
+        if not (isinstance(scale, list) and scale
+                and all(isinstance(v, float) and math.isfinite(v) for v in scale)):
+            raise TirJsonError(f"{item_path}.items.scale: expected a list of finite floats")
+        if not (isinstance(zero_point, list) and len(zero_point) == len(scale)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in zero_point)):
+            raise TirJsonError(f"{item_path}.items.zero_point: expected one integer per scale")
+        if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)
+                                 or axis < 0):
+            raise TirJsonError(f"{item_path}.items.axis: expected null or a dimension index")
+        if hints.count(name) == 1:
+            found[name] = {"scale": scale, "zero_point": zero_point, "axis": axis}
+    return found
+
+
+def _check_quantization(tensor: Mapping[str, Any], path: str) -> None:
+    """A tensor's `quantization` fits it: one zero point per scale; one scale and axis null
+    (per tensor), or one scale per index of dimension `axis` (per channel)."""
+    q, shape = tensor["quantization"], tensor["shape"]
+    scales = len(q["scale"])
+    if len(q["zero_point"]) != scales:
+        raise TirJsonError(f"{path}.zero_point: {len(q['zero_point'])} zero points for "
+                           f"{scales} scales")
+    if q["axis"] is None:
+        if scales != 1:
+            raise TirJsonError(f"{path}.axis: null (per tensor) with {scales} scales")
+    elif q["axis"] >= len(shape) or shape[q["axis"]] != scales:
+        raise TirJsonError(f"{path}.axis: {scales} scales along axis {q['axis']} of a tensor "
+                           f"of shape {shape}")
+
+
 def _tensor_entries(walker: _MainWalker, io_params: list[str]) -> list[dict[str, Any]]:
     producers, consumers = _uses(walker.calls)
+    quantization = _quantization(walker.main, walker.path, walker.tensors)
     entries = []
     for tensor in walker.tensors:
         base = tensor.pointer.base
@@ -441,6 +492,10 @@ def _tensor_entries(walker: _MainWalker, io_params: list[str]) -> list[dict[str,
         if base in io_params:
             entry["pool"] = "output" if tensor.name in producers else "input"
             entry["param"] = base
+        if tensor.hint in quantization:
+            entry["quantization"] = quantization[tensor.hint]
+            _check_quantization(entry, json_path(json_path(json_path(
+                f"{walker.path}.attrs", QUANTIZATION_ATTR), "items"), tensor.hint) + ".items")
         entries.append(entry)
     return entries
 
@@ -641,6 +696,8 @@ def _check_tensor(tensor: Mapping[str, Any], path: str, tensors: Mapping[str, An
     elif tensor["offset"] + size > pools[pool]["size"]:
         raise TirJsonError(f"{path}: {size} bytes at offset {tensor['offset']} do not fit in pool "
                            f"{_quote(pool)} of {pools[pool]['size']} bytes")
+    if "quantization" in tensor:
+        _check_quantization(tensor, f"{path}.quantization")
     if tensor["producer"] is not None and tensor["producer"] >= node_count:
         raise TirJsonError(f"{path}.producer: no node {tensor['producer']} (the graph has "
                            f"{node_count})")

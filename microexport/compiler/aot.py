@@ -19,6 +19,7 @@ from tvm import ir, tirx
 
 from microexport.compiler.lower import Schedule, TensorInfo
 from microexport.compiler.plan import MemoryPlan
+from microexport.compiler.quantization import QUANTIZATION_ATTR
 from microexport.compiler.unpacked import byte_pool, mark_unused, pool_pointer
 from microexport.model import TensorSpec, c_identifier, symbol_prefix
 
@@ -51,7 +52,9 @@ def build_aot_module(
     Every tensor the main touches is declared as a named buffer (shape, dtype) on its pointer, so
     the graph (tensors, pools, offsets, producers, consumers) can be read back from the main alone.
     The constants travel with the main as its `microexport.constants` attribute (name → tensor);
-    `microexport.io` lists the buffer names of the model inputs and outputs in order.
+    `microexport.io` lists the buffer names of the model inputs and outputs in order;
+    `microexport.quantization` (quantized models only) maps a buffer name to the tensor's
+    scales, zero points and per-channel axis in the source model.
     `pass_scratch=False` leaves out the kernels' scratch arguments (for kernels not yet unpacked).
     """
     prefix = symbol_prefix(model_name)
@@ -117,7 +120,11 @@ def build_aot_module(
         for name in plan.constant_offsets
     }
     io = {"inputs": [spec.c_name for spec in inputs], "outputs": [spec.c_name for spec in outputs]}
-    main = main.with_attrs({"target": target, CONSTANTS_ATTR: constants, IO_ATTR: io})
+    attrs = {"target": target, CONSTANTS_ATTR: constants, IO_ATTR: io}
+    quantization = _quantization(schedule, buffers)
+    if quantization:
+        attrs[QUANTIZATION_ATTR] = quantization
+    main = main.with_attrs(attrs)
     funcs[ir.GlobalVar(main_symbol)] = main
     symbols = {name: gv.name_hint for name, gv in kernel_vars.items()}
     return AotModule(tvm.IRModule(funcs), main_symbol, symbols)
@@ -134,6 +141,15 @@ def kernel_symbol(prefix: str, kernel: str) -> str:
         return symbol
     digest = hashlib.sha256(kernel.encode()).hexdigest()[:12]
     return f"{symbol[:MAX_SYMBOL_LENGTH - len(digest) - 1]}_{digest}"
+
+
+def _quantization(schedule: Schedule, buffers: dict[str, tirx.Buffer]) -> dict[str, dict]:
+    """Buffer name → `TensorQuantization.as_attr()` of each declared tensor that has one (a name
+    two buffers share is left out: the graph could not tell them apart)."""
+    names = [buffer.name for buffer in buffers.values()]
+    return {buffer.name: schedule.quantization[root].as_attr()
+            for root, buffer in sorted(buffers.items(), key=lambda item: item[1].name)
+            if root in schedule.quantization and names.count(buffer.name) == 1}
 
 
 def _declare(

@@ -18,6 +18,11 @@ from tvm import ir, relax, s_tir, tirx
 
 from microexport.compiler.frontend import ImportedModel
 from microexport.compiler.frontend.common import relax_failure
+from microexport.compiler.quantization import (
+    TensorQuantization,
+    fusion_origins,
+    fusion_recorder,
+)
 from microexport.compiler.schedules import schedule_for_c
 from microexport.compiler.unpacked import (
     DEFAULT_STACK_LIMIT,
@@ -69,6 +74,8 @@ class Schedule:
     constants: dict[str, np.ndarray]
     # kernels the schedule adds itself (copies into outputs), by kernel name, block-level TIR
     extra_kernels: dict[str, tirx.PrimFunc] = dataclasses.field(default_factory=dict)
+    # tensor → its quantization in the source model (quantized TFLite models; views included)
+    quantization: dict[str, TensorQuantization] = dataclasses.field(default_factory=dict)
 
     def root(self, name: str) -> str:
         """The tensor that owns the memory of `name` (follows reshape views)."""
@@ -155,12 +162,17 @@ def lower(
     become scratch in the workspace.
     """
     tvm_target = check_target(target)
-    with tvm_target:
+    # For a quantized model, watch FuseOps: the variables it binds fused calls to are new and
+    # are traced back to the bindings that carry the quantization (quantization.fusion_origins).
+    recorder, fused = fusion_recorder() if model.quantization else (None, {})
+    instruments = [recorder] if recorder is not None else []
+    with tvm_target, tvm.transform.PassContext(instruments=instruments):
         try:
             scheduled = relax_pipeline()(model.mod)
         except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot lower
             raise relax_failure(err, "lower") from err
-    schedule = extract_schedule(scheduled, model)
+    origins = fusion_origins(fused["before"], fused["after"]) if "after" in fused else {}
+    schedule = extract_schedule(scheduled, model, origins)
     used = {call.kernel for call in schedule.calls}
     functions = [(gv, func) for gv, func in scheduled.functions.items()
                  if isinstance(func, tirx.PrimFunc) and gv.name_hint in used]
@@ -211,8 +223,11 @@ def infinite_reduction_identities(func: tirx.PrimFunc) -> tirx.PrimFunc:
 class _ScheduleBuilder:
     """Walks the fused Relax `main` and records tensors, kernel calls and views."""
 
-    def __init__(self, model: ImportedModel) -> None:
+    def __init__(self, model: ImportedModel, origins: dict[ir.Var, ir.Var] | None = None
+                 ) -> None:
         self.model = model
+        self.origins = origins or {}
+        self.quantization: dict[str, TensorQuantization] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.calls: list[KernelCall] = []
         self.views: dict[str, str] = {}
@@ -233,7 +248,15 @@ class _ScheduleBuilder:
         target = self.unique(name)
         self.tensors[target] = TensorInfo(target, info.shape, info.dtype, "intermediate")
         self.calls.append(KernelCall(kernel, (source,), (target,)))
+        if source in self.quantization:
+            self.quantization[target] = self.quantization[source]
         return target
+
+    def quantize(self, name: str, key: ir.Expr) -> None:
+        """Record the source model's quantization of the Relax value `key` for tensor `name`."""
+        found = self.model.quantization.get(self.origins.get(key, key))
+        if found is not None:
+            self.quantization[name] = found
 
     def unique(self, base: str) -> str:
         name, i = base, 1
@@ -255,6 +278,7 @@ class _ScheduleBuilder:
         data = const.value.numpy()
         self.constants[name] = data
         self.tensors[name] = TensorInfo(name, tuple(data.shape), str(data.dtype), "constant")
+        self.quantize(name, const)
         return name
 
     def arg(self, expr: ir.Expr) -> str:
@@ -276,6 +300,8 @@ class _ScheduleBuilder:
         elif isinstance(value, ir.TupleGetItem):
             outs = self.names[value.tuple_value]
             self.names[var] = outs[value.index]  # type: ignore[index]
+            if self.names[var] not in self.quantization:  # a field of a kernel's tuple result
+                self.quantize(self.names[var], var)  # type: ignore[arg-type]
         elif isinstance(value, ir.Tuple):
             self.names[var] = tuple(self.arg(f) for f in value.fields)
         elif isinstance(value, ir.Var):
@@ -303,6 +329,7 @@ class _ScheduleBuilder:
             self.add_tensor(name, out_ty, "intermediate")
             outs = [name]
             self.names[var] = name
+            self.quantize(name, var)
         self.calls.append(KernelCall(kernel, inputs, tuple(outs)))
 
     def view(self, var: ir.Var, source: ir.Expr) -> None:
@@ -313,17 +340,23 @@ class _ScheduleBuilder:
             self.constants[name] = self.constants[base].reshape(self.tensors[name].shape)
         self.views[name] = base
         self.names[var] = name
+        self.quantize(name, var)
 
 
-def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel) -> Schedule:
-    """Turn the fused Relax `main` into a `Schedule` of kernel calls over named tensors."""
+def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel,
+                     origins: dict[ir.Var, ir.Var] | None = None) -> Schedule:
+    """Turn the fused Relax `main` into a `Schedule` of kernel calls over named tensors.
+
+    `origins` maps variables FuseOps introduced to the ones they replace (for the quantization
+    of fused kernels' results)."""
     main = scheduled["main"]
-    builder = _ScheduleBuilder(model)
+    builder = _ScheduleBuilder(model, origins)
     input_names = []
     for param, spec in zip(main.params, model.inputs, strict=True):
         name = builder.unique(spec.c_name)
         builder.add_tensor(name, param.ty, "input")
         builder.names[param] = name
+        builder.quantize(name, param)
         input_names.append(name)
     body = main.body
     for block in body.blocks:
@@ -344,7 +377,24 @@ def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel) -> Schedule:
         views=builder.views,
         constants=builder.constants,
         extra_kernels=builder.extra_kernels,
+        quantization=_with_views(builder.quantization, builder.views, builder.tensors),
     )
+
+
+def _with_views(quantization: dict[str, TensorQuantization], views: dict[str, str],
+                tensors: dict[str, TensorInfo]) -> dict[str, TensorQuantization]:
+    """`quantization` plus, for a tensor without its own, that of a view of it or of the
+    tensor it views (a reshape keeps the quantization; a per-channel one only with the shape
+    unchanged)."""
+    result = dict(quantization)
+    for view, base in views.items():
+        for source, target in ((view, base), (base, view)):
+            found = result.get(source)
+            if found is None or target in result:
+                continue
+            if found.axis is None or tensors[source].shape == tensors[target].shape:
+                result[target] = found
+    return result
 
 
 def copy_kernel(count: int, dtype: str) -> tirx.PrimFunc:

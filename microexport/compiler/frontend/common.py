@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,8 @@ from microexport.model import C_TYPES, TensorSpec
 
 if TYPE_CHECKING:
     import tvm
+
+    from microexport.compiler.quantization import TensorQuantization
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class ImportedModel:
     outputs: tuple[TensorSpec, ...]
     format: str  # "onnx" | "tflite" | "torch" | "relax"
     source: Path | None = None
+    # The source model's quantization of the Relax values (`Var`s of `mod["main"]` and
+    # `Constant`s) that stand for quantized tensors: see compiler/quantization.py.
+    quantization: dict[Any, TensorQuantization] = field(default_factory=dict)
 
 
 MAX_TENSOR_ELEMENTS = 2**31 - 1  # the generated C indexes tensors with int32_t
@@ -76,6 +81,7 @@ def finish_import(
     output_names: list[str] | tuple[str, ...] | None,
     fmt: str,
     source: Path | None,
+    quantization: dict[Any, TensorQuantization] | None = None,
 ) -> ImportedModel:
     """Fold constants, drop frontend leftovers, check static shapes and build the I/O specs.
 
@@ -108,7 +114,8 @@ def finish_import(
     )
     _check_no_symbolic_vars(main, where)
     _check_c_float_types(main, where)
-    return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, format=fmt, source=source)
+    return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, format=fmt, source=source,
+                         quantization=quantization or {})
 
 
 def constant_array(name: str, value: Any, dtype: str, dims: list[Any] | None,

@@ -39,6 +39,7 @@ from microexport.compiler.frontend.tflite_integer import (
     INTEGER_OPERATORS,
     is_integer_operator,
 )
+from microexport.compiler.quantization import TensorQuantization, same_data, tflite_quantization
 from microexport.errors import Error, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
@@ -62,10 +63,15 @@ def load_tflite(path: Path, input_shapes: Shapes) -> ImportedModel:
     converter = _frontend(path, _converter_class(), model, subgraph, _expr_table(),
                           _block_builder())
     _check_operators(converter, subgraph, path)
-    mod = _convert(model, inputs, path)
+    mod, quantization = _convert(model, inputs, path)
     outputs = _vector(subgraph.OutputsLength(), subgraph.OutputsAsNumpy)
     output_names = [_tensor_name(subgraph, i) for i in outputs]
-    return finish_import(mod, [i.name for i in inputs], output_names, "tflite", path)
+    result = mod["main"].body.body  # one output: the Var bound to it (a tuple: its fields')
+    output_q = tflite_quantization(subgraph.Tensors(outputs[0])) if len(outputs) == 1 else None
+    if output_q is not None:
+        quantization.setdefault(result, output_q)
+    return finish_import(mod, [i.name for i in inputs], output_names, "tflite", path,
+                         quantization)
 
 
 def _read(path: Path) -> Any:
@@ -274,16 +280,26 @@ def _is_dynamic_range(converter: Any, op: Any, path: Path) -> bool:
     return any(t.qnn_params is not None for t in inputs[1:])
 
 
-def _convert(model: Any, inputs: list[TensorSpec], path: Path) -> Any:
+def _convert(model: Any, inputs: list[TensorSpec], path: Path
+             ) -> tuple[Any, dict[Any, TensorQuantization]]:
+    """The Relax module of `model`, and the quantization of the Relax values that stand for
+    its quantized tensors (model inputs, operator outputs, weights)."""
     from tvm.relax.frontend.tflite import from_tflite
 
+    converters: list[Any] = []
+
+    def converter(*args: Any) -> Any:  # keeps the instance from_tflite makes
+        converters.append(_converter_class()(*args))
+        return converters[-1]
+
     try:
-        return from_tflite(
+        mod = from_tflite(
             model,
             shape_dict={i.name: i.shape for i in inputs},
             dtype_dict={i.name: i.dtype for i in inputs},
-            op_converter=_converter_class(),
+            op_converter=converter,
         )
+        return mod, converters[-1].model_quantization()
     except _OperatorFailed as err:
         close_block_builders(err)
         cause = err.__cause__ or err
@@ -325,7 +341,7 @@ def _block_builder() -> Any:
 def _converter_class() -> type:
     """The frontend's OperatorConverter with named failures and rounding average pooling
     (built on first use, so that importing this module does not import TVM)."""
-    from tvm import relax
+    from tvm import ir, relax
     from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 
     class Converter(OperatorConverter):
@@ -336,6 +352,9 @@ def _converter_class() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
+            # Relax Var/Constant → quantization of the TFLite tensor it stands for.
+            self.quantization: dict[Any, TensorQuantization] = {}
+            self._results: set[Any] = set()  # Vars that are results of converted operators
             self.convert_map["FULLY_CONNECTED"] = self._fully_connected
             self.convert_map["UNIDIRECTIONAL_SEQUENCE_LSTM"] = self._sequence_lstm(
                 self.convert_map.get("UNIDIRECTIONAL_SEQUENCE_LSTM"))
@@ -353,13 +372,91 @@ def _converter_class() -> type:
             def call(op: Any) -> Any:
                 try:
                     ret = convert(op=op)
-                    return None if ret is None else self.bb.normalize(ret)
+                    return None if ret is None else self._record(op, self.bb.normalize(ret))
                 except _OperatorFailed:
                     raise
                 except Exception as err:
                     raise _OperatorFailed(name) from err
 
             return call
+
+        def _record(self, op: Any, ret: Any) -> Any:
+            """`ret` with each output of a quantized operator bound to a Var (a bare Call
+            would be bound later under another name), recording those Vars' and the weights'
+            quantization (compiler/quantization.py). Float operators are left alone."""
+            outputs = self.get_output_tensors(op)
+            quants = [tflite_quantization(t.tensor) for t in outputs]
+            if not any(q is not None for q in quants):
+                if isinstance(ret, relax.Var):
+                    self._results.add(ret)
+                return ret
+            if len(outputs) == 1:
+                ret = self._bound(ret)
+                values = [ret]
+            else:
+                if isinstance(ret, relax.Tuple):
+                    values = [self._bound(f) for f in ret.fields]
+                else:
+                    whole = self._bound(ret)
+                    values = [self.bb.emit(relax.TupleGetItem(whole, i))
+                              for i in range(len(outputs))]
+                ret = relax.Tuple(values)
+            for value, q in zip(values, quants, strict=False):
+                if q is not None and isinstance(value, ir.Var | ir.Constant):
+                    self.quantization.setdefault(value, q)
+            self._record_weights(op, [v for v in values if isinstance(v, relax.Var)])
+            self._results.update(v for v in values if isinstance(v, relax.Var))
+            return ret
+
+        def _bound(self, expr: Any) -> Any:
+            if isinstance(expr, ir.Var | ir.Constant | ir.Tuple):
+                return expr
+            return self.bb.emit(expr)
+
+        def _record_weights(self, op: Any, results: list[Any]) -> None:
+            """The quantization of the constants the operator's bindings use that hold
+            exactly a quantized constant input of the operator (weights, biases); constants we
+            compute (multipliers, shifts, tables) match none and get none."""
+            weights = []
+            for tensor in self.get_input_tensors(op):
+                q = tflite_quantization(tensor.tensor) if tensor.tensor_idx != -1 else None
+                if q is None or self.has_expr(tensor.tensor_idx):
+                    continue
+                with contextlib.suppress(Exception):  # no data: not a constant
+                    weights.append((self.get_tensor_value(tensor), q))
+            if not weights:
+                return
+            seen: set[Any] = set()
+            stack = list(results)
+            while stack:  # the bindings this operator emitted, back to earlier results
+                var = stack.pop()
+                if var in seen:
+                    continue
+                seen.add(var)
+                value = self.bb.lookup_binding(var)
+                if value is None:
+                    continue
+
+                def visit(expr: Any) -> None:
+                    if isinstance(expr, ir.Constant):
+                        for array, q in weights:
+                            if same_data(array, expr):
+                                self.quantization.setdefault(expr, q)
+                                break
+                    elif isinstance(expr, relax.Var) and expr not in self._results:
+                        stack.append(expr)
+
+                relax.analysis.post_order_visit(value, visit)
+
+        def model_quantization(self) -> dict[Any, TensorQuantization]:
+            """What `_record` found, plus the model inputs' quantization."""
+            found = dict(self.quantization)
+            for index in _vector(self.subgraph.InputsLength(), self.subgraph.InputsAsNumpy):
+                q = tflite_quantization(self.subgraph.Tensors(index))
+                name = _tensor_name(self.subgraph, index)
+                if q is not None and self.exp_tab.has_expr(name):
+                    found.setdefault(self.exp_tab.get_expr(name), q)
+            return found
 
         def get_op_code_str(self, op: Any) -> str:
             """The operator's name from max(builtin_code, deprecated_builtin_code), as the
