@@ -183,11 +183,52 @@ def _layout(buffers: list[tirx.Buffer], stack_bytes: int) -> ScratchLayout:
     return ScratchLayout(tuple(placed), stack_bytes)
 
 
+def drop_write_only_buffers(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` without the internal buffers it writes but never reads, their stores and the
+    loops left empty.
+
+    A fused multi-output operator whose other outputs the model does not use (a Split with one
+    part consumed) still computes them into an internal buffer: in C a local array that is
+    "set but not used" (-Werror), or workspace scratch for nothing.
+    """
+    allocated: set[int] = set()
+
+    def collect(stmt: tirx.Stmt) -> tirx.Stmt | None:
+        if isinstance(stmt, tirx.AllocBuffer):
+            allocated.add(stmt.buffer.__chandle__())
+        return None
+
+    rewrite_stmt(func.body, collect)
+    loaded: set[int] = set()
+
+    def visit_load(load: ir.TensorLoad) -> ir.TensorLoad:
+        loaded.add(load.source.__chandle__())
+        return load
+
+    tvm_ffi.structural_map(func.body, (ir.TensorLoad, visit_load), order="pre")
+    write_only = allocated - loaded
+    if not write_only:
+        return func
+
+    def drop(stmt: tirx.Stmt) -> tirx.Stmt | None:
+        if (isinstance(stmt, tirx.AllocBuffer | tirx.BufferStore)
+                and stmt.buffer.__chandle__() in write_only):
+            return tirx.Evaluate(tirx.IntImm("int32", 0))
+        return None
+
+    body = rewrite_stmt(func.body, drop)
+    if any(key in write_only for key in _var_counts(body)):  # used some other way: keep it
+        return func
+    mod = tirx.transform.RemoveNoOp()(tvm.IRModule({"kernel": func.with_body(body)}))
+    return mod["kernel"]
+
+
 def unpack_function(
     func: tirx.PrimFunc, stack_limit: int = DEFAULT_STACK_LIMIT
 ) -> tuple[tirx.PrimFunc, ScratchLayout]:
     """Apply the unpacked-API rewrite to one flattened kernel; internal buffers of at most
-    `stack_limit` bytes stay C locals."""
+    `stack_limit` bytes stay C locals, internal buffers nothing reads are dropped."""
+    func = drop_write_only_buffers(func)
 
     def stays_on_stack(buffer: tirx.Buffer) -> bool:
         # A zero-byte buffer goes to scratch too: C has no zero-length local arrays.

@@ -1,0 +1,152 @@
+"""Differential fuzzing: random ONNX graphs through compile + host run against onnxruntime.
+
+    python bench/fuzz.py --count 2000 --seed 0 [--batch 25] [--jobs 1]
+
+Graph `i` of a run is `tests/random_models.random_graph(seed + i)`: the same arguments check the
+same graphs on every machine. Graphs are compiled `--batch` at a time as one model (a failing
+batch is bisected), every output compared with onnxruntime (float32: rtol 1e-4, atol 1e-5).
+A failing graph is shrunk to a small reproducer written as JSON to `--out`
+(`<status>-<graph>.json`, loadable with `random_models.Graph.from_json`; copy it to
+tests/fuzz_reproducers/ to make it a regression test), and a mismatch is attributed with TVM's
+own LLVM build of the same import (`import`: TVM's build agrees with our C; `pipeline`: it
+does not). `--out`/summary.json holds every graph's outcome; the result line is appended to
+the table of bench/RESULTS.md (`--no-write`: print it only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import random_models  # noqa: E402
+
+RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+SECTION_BEGIN = "<!-- fuzz:begin -->"
+SECTION_END = "<!-- fuzz:end -->"
+SECTION_HEAD = """## Differential fuzzing: random ONNX graphs against onnxruntime
+
+`python bench/fuzz.py --count N --seed S` (tests/random_models.py: convs, depthwise, pools, pads,
+concats, splits, reshapes/views, transposes, slices, residual and broadcasting arithmetic,
+activations, dense heads, float16 and int8 weights, several outputs; compiled in batches, run on
+the host, every output compared with onnxruntime at rtol 1e-4, atol 1e-5). *unsupported*: a
+one-line error of ours; *mismatch*: wrong outputs (attributed with `--reference tvm`: import or
+pipeline); *crash*: a traceback or generated C that does not build. Each run appends a row.
+
+"""
+COLUMNS = ("graphs", "seeds", "pass", "unsupported", "mismatch (import / pipeline)", "crash",
+           "nodes per graph", "minutes", "commit")
+TABLE_HEAD = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+
+
+def _check(args: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """Outcomes of graphs `first` … `first + count - 1` (run in a worker process)."""
+    first, count, shrink_budget = args
+    graphs = [random_models.random_graph(seed) for seed in range(first, first + count)]
+    original = {g.name: g for g in graphs}
+    results = []
+    for outcome in random_models.check_batch(graphs, shrink_budget=shrink_budget):
+        name = outcome.graph.name
+        results.append({
+            "graph": name,
+            "nodes": len(original[name].nodes),
+            "status": outcome.status,
+            "detail": outcome.detail,
+            "attribution": outcome.attribution,
+            "reproducer": outcome.graph.to_json() if outcome.bug else None,
+        })
+    return results
+
+
+def run(count: int, seed: int, batch: int, jobs: int, shrink_budget: int,
+        verbose: bool = True) -> list[dict[str, Any]]:
+    """Check `count` graphs from `seed` on; outcomes in seed order."""
+    chunks = [(first, min(batch, seed + count - first), shrink_budget)
+              for first in range(seed, seed + count, batch)]
+    results: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for chunk in pool.map(_check, chunks):
+            results += chunk
+            if verbose:
+                for r in chunk:
+                    if r["status"] != "pass":
+                        print(f"{r['graph']}: {r['status']} {r['attribution']} "
+                              f"{r['detail'][:160]}", flush=True)
+                print(f"{len(results)}/{count} graphs checked", flush=True)
+    return results
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "microexport",
+                                "templates"], cwd=ROOT, check=False).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+" if dirty else "")
+
+
+def result_row(results: list[dict[str, Any]], seed: int, seconds: float, commit: str) -> str:
+    """The markdown table row of one run."""
+    by_status = Counter(r["status"] for r in results)
+    attributions = Counter(r["attribution"] for r in results if r["status"] == "mismatch")
+    nodes = sum(r["nodes"] for r in results) / max(len(results), 1)
+    return (f"| {len(results)} | {seed}–{seed + len(results) - 1} | {by_status['pass']} | "
+            f"{by_status['unsupported'] + by_status['reference-error']} | "
+            f"{by_status['mismatch']} ({attributions['import']} / {attributions['pipeline']}) | "
+            f"{by_status['crash']} | {nodes:.1f} | {seconds / 60:.1f} | {commit} |")
+
+
+def append_row(row: str, path: Path = RESULTS_MD) -> None:
+    """Append `row` to the fuzzing table of bench/RESULTS.md (creating the section)."""
+    text = path.read_text(encoding="utf-8")
+    if SECTION_BEGIN not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION_BEGIN}\n{SECTION_HEAD}{TABLE_HEAD}{SECTION_END}\n"
+    head, rest = text.split(SECTION_END, 1)
+    path.write_text(head.rstrip("\n") + "\n" + row + "\n" + SECTION_END + rest, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1000, help="graphs to check (1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first graph (0)")
+    parser.add_argument("--batch", type=int, default=25, help="graphs per compilation (25)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (1)")
+    parser.add_argument("--shrink-budget", type=int, default=40,
+                        help="compilations spent shrinking each failing graph (40)")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "fuzz",
+                        help="directory for summary.json and reproducers (build/fuzz)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the result row instead of appending it to bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    started = time.monotonic()
+    results = run(args.count, args.seed, args.batch, args.jobs, args.shrink_budget)
+    seconds = time.monotonic() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        if r["reproducer"]:
+            (args.out / f"{r['status']}-{r['graph']}.json").write_text(r["reproducer"])
+    summary = [{k: v for k, v in r.items() if k != "reproducer"} for r in results]
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    row = result_row(results, args.seed, seconds, _commit())
+    print(row)
+    if not args.no_write:
+        append_row(row)
+    bugs = [r for r in results if r["status"] in ("mismatch", "crash")]
+    return 1 if bugs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
