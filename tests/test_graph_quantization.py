@@ -238,3 +238,33 @@ def test_bad_quantization_attribute_in_tir_json_is_an_error_with_its_path(
         with pytest.raises(TirJsonError, match=path) as err:
             graph_module.graph_from_tir(bad)
         assert message in str(err.value), str(err.value)
+
+
+def test_fused_call_maps_back_to_the_last_binding_of_its_group() -> None:
+    """FuseOps binds a fused call to a new variable; `fusion_origins` maps it to the binding
+    of the group's result (here relu after matmul), and leaves kept variables alone."""
+    from tvm import relax
+
+    from microexport.compiler.lower import relax_pipeline
+    from microexport.compiler.quantization import fusion_origins, fusion_recorder
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((4, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.exp(x))
+            c = bb.emit(relax.op.multiply(a, relax.const(2.0, "float32")))
+            d = bb.emit(relax.op.matmul(a, relax.op.permute_dims(c)))
+            e = bb.emit(relax.op.nn.relu(d))
+            out = bb.emit_output(relax.Tuple([e, c]))
+        bb.emit_func_output(out)
+    recorder, seen = fusion_recorder()
+    with tvm.target.Target("c"), tvm.transform.PassContext(instruments=[recorder]):
+        scheduled = relax_pipeline()(bb.get())
+    origins = fusion_origins(seen["before"], seen["after"])
+    calls = {b.value.args[0].name_hint: b.var for block in scheduled["main"].body.blocks
+             for b in block.bindings if isinstance(b.value, relax.Call)
+             and b.value.op.name == "relax.call_tir"}
+    fused = calls["fused_matmul_relu"]
+    assert origins[fused].same_as(e)
+    assert calls["multiply"].same_as(c) and calls["multiply"] not in origins

@@ -125,12 +125,18 @@ def fusion_origins(before: Any, after: Any) -> dict[Any, Any]:
                 found.append(var)
         return found[0] if len(found) == 1 else None
 
+    fields: dict[Any, list[Any]] = {}  # fused call returning a tuple → its resolved fields
     for block in after["main"].body.blocks:
         for binding in block.bindings:
             var, value = binding.var, binding.value
             if var in old_vars:
                 continue
             target = key(value, {})
+            if (isinstance(value, ir.TupleGetItem) and value.tuple_value in fields
+                    and value.index < len(fields[value.tuple_value])):
+                # an item of a fused group's tuple of results: that result's binding
+                origins[var] = fields[value.tuple_value][value.index]
+                continue
             if (isinstance(value, ir.Call) and isinstance(value.op, ir.GlobalVar)
                     and isinstance(after[value.op], relax.Function)):
                 function = after[value.op]
@@ -138,10 +144,11 @@ def fusion_origins(before: Any, after: Any) -> dict[Any, Any]:
                 body = function.body
                 result = body.body
                 last = [b for blk in body.blocks for b in blk.bindings]
+                target = None
                 if last and isinstance(result, relax.Var) and last[-1].var.same_as(result):
                     target = key(last[-1].value, params)
-                else:
-                    target = None
+                elif isinstance(result, relax.Tuple):
+                    fields[var] = [resolve(f, params) for f in result.fields]
             origin = find(target)
             if origin is not None:
                 origins[var] = origin
