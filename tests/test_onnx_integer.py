@@ -288,3 +288,77 @@ def test_microexport_test_allows_one_output_step(config: str, built: Callable) -
     assert report.reference == "onnxruntime"
     assert report.passed, report.summary()
     assert all(o.max_abs_error <= output_step(path) * 1.0001 for o in report.outputs)
+
+
+def test_hand_written_qdq_activations(tmp_path: Path) -> None:
+    """QDQ written by hand (quantize_static folds Relu and Clip into the QuantizeLinear's
+    range): Conv → Relu → QuantizeLinear with the Relu kept, a standalone Clip between
+    DequantizeLinear and QuantizeLinear of different scales, a Reshape between equal ones, and
+    MatMul → Clip → QuantizeLinear; all integer, within one step of onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    require_module("onnxruntime", "onnx")
+    rng = np.random.default_rng(SEED + 5)
+    weight_scales = rng.uniform(0.005, 0.01, 4).astype(np.float32)
+
+    def const(name: str, value: object, dtype: object) -> object:
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    node = helper.make_node
+    nodes = [
+        node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=0),
+        node("DequantizeLinear", ["bq", "sb"], ["bd"], axis=0),
+        node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c"], ["r"]),
+        node("QuantizeLinear", ["r", "sr", "zr"], ["rq"]),
+        node("DequantizeLinear", ["rq", "sr", "zr"], ["rd"]),
+        node("Clip", ["rd", "lo", "hi"], ["k"]),
+        node("QuantizeLinear", ["k", "sk", "zk"], ["kq"]),
+        node("DequantizeLinear", ["kq", "sk", "zk"], ["kd"]),
+        node("Reshape", ["kd", "shape"], ["f"]),
+        node("QuantizeLinear", ["f", "sk", "zk"], ["fq"]),
+        node("DequantizeLinear", ["fq", "sk", "zk"], ["fd"]),
+        node("DequantizeLinear", ["mq", "sm", "zm"], ["md"], axis=1),
+        node("MatMul", ["fd", "md"], ["mm"]),
+        node("Clip", ["mm", "lo2", "hi2"], ["mc"]),
+        node("QuantizeLinear", ["mc", "sy", "zy"], ["yq"]),
+        node("DequantizeLinear", ["yq", "sy", "zy"], ["y"]),
+    ]
+    inits = [
+        const("sx", 0.02, np.float32), const("zx", 3, np.int8),
+        const("wq", rng.integers(-127, 128, (4, 2, 3, 3)), np.int8),
+        const("sw", weight_scales, np.float32), const("zw", np.zeros(4), np.int8),
+        # the bias scale is input scale x weight scale, as onnxruntime's fusion expects
+        const("bq", rng.integers(-500, 500, 4), np.int32),
+        const("sb", np.float32(0.02) * weight_scales, np.float32),
+        const("sr", 0.03, np.float32), const("zr", -128, np.int8),
+        const("lo", 0.5, np.float32), const("hi", 3.0, np.float32),
+        const("sk", 0.025, np.float32), const("zk", -100, np.int8),
+        const("shape", [1, 4, 36], np.int64),
+        const("mq", rng.integers(-127, 128, (36, 5)), np.int8),
+        const("sm", rng.uniform(0.002, 0.004, 5), np.float32), const("zm", np.zeros(5), np.int8),
+        const("lo2", -1.0, np.float32), const("hi2", 1.5, np.float32),
+        const("sy", 0.015, np.float32), const("zy", 10, np.int8),
+    ]
+    graph = helper.make_graph(
+        nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "acts.onnx"
+    onnx.save(model, str(path))
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="q").archive
+    with tarfile.open(archive) as tar:
+        library = tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode()
+    kernels = _kernels(library)
+    floating = {name for name, body in kernels.items() if "float" in body}
+    assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
+    assert any("clamp_int" in name for name in kernels), sorted(kernels)
+    for inputs in sample_inputs({"x": (1, 2, 6, 6)}, 2):
+        inputs = {"x": inputs["x"] * 1.5}
+        (want,) = onnxruntime_outputs(path, inputs)
+        got = microexport.run(archive, inputs)["y"]
+        assert float(np.abs(got - want).max()) <= 0.015 * 1.0001
