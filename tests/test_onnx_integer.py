@@ -362,3 +362,27 @@ def test_hand_written_qdq_activations(tmp_path: Path) -> None:
         (want,) = onnxruntime_outputs(path, inputs)
         got = microexport.run(archive, inputs)["y"]
         assert float(np.abs(got - want).max()) <= 0.015 * 1.0001
+
+
+def test_torch_exported_cnn(tmp_path: Path) -> None:
+    """A CNN exported by torch.onnx.export (BatchNorm, a reshape target computed from
+    x.shape, a dynamic batch axis), quantized by quantize_static: Conv, MaxPool and Gemm become
+    integer kernels, the quantized BatchNormalization (no integer pattern) stays float;
+    within one step of onnxruntime."""
+    require_module("torch", "torch")
+    require_module("onnxruntime", "onnx")
+    from zoo import EXPORTED_ONNX_SHAPES, exported_onnx_cnn
+
+    float_path, inputs = exported_onnx_cnn(tmp_path)
+    quantized = tmp_path / "quantized.onnx"
+    quantize(float_path, quantized, EXPORTED_ONNX_SHAPES, "qdq_s8_per_channel")
+    archive = microexport.compile(str(quantized), output=tmp_path / "m.tar", name="q",
+                                  input_shapes=EXPORTED_ONNX_SHAPES).archive
+    with tarfile.open(archive) as tar:
+        library = tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode()
+    names = " ".join(_kernels(library))
+    for kernel in ("conv2d_int", "max_pool_int", "dense_int"):
+        assert kernel in names, names
+    (want,) = onnxruntime_outputs(quantized, inputs)
+    got = microexport.run(archive, inputs)["logits"]
+    assert float(np.abs(got - want).max()) <= output_step(quantized) * 1.0001
