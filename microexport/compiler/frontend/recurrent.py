@@ -223,10 +223,12 @@ def _onnx_recurrent(kind: str, bb: Any, inputs: list[Any], attr: dict[str, Any])
         if kind == "LSTM":
             c = (_take(bb, init_c, d, state_axis) if init_c is not None
                  else _zeros((batch, hidden), dtype))
-        cell = functools.partial(_STEPS[kind], bb, r=r_d, rb=rb, hidden=hidden, clip=clip,
-                                 act=activations[d], input_forget=input_forget,
-                                 linear_before_reset=linear_before_reset,
-                                 peep=None if peep is None else _take(bb, peep, d, 0))
+        # Everything a step reads of the weights is computed once per direction: each step
+        # computing its own transpose would fold into one more copy of the constant.
+        weights = _step_weights(kind, bb, r_d, rb, None if peep is None else _take(bb, peep, d, 0),
+                                hidden, linear_before_reset)
+        cell = functools.partial(_STEPS[kind], bb, weights=weights, clip=clip,
+                                 act=activations[d], input_forget=input_forget)
         outputs: list[Any] = [None] * seq
         for t in (reversed(range(seq)) if reverse else range(seq)):
             h, c = cell(steps[t], h, c)
@@ -246,17 +248,48 @@ def _onnx_recurrent(kind: str, bb: Any, inputs: list[Any], attr: dict[str, Any])
     return relax.Tuple(results)
 
 
-def _lstm_step(bb: Any, x: Any, h: Any, c: Any, *, r: Any, rb: Any, hidden: int,
-               clip: float | None, act: list[Callable[[Any], Any]], input_forget: bool,
-               linear_before_reset: bool, peep: Any) -> tuple[Any, Any]:
+def _transposed(bb: Any, w: Any) -> Any:
+    return bb.emit(_relax().op.permute_dims(w, [1, 0]))
+
+
+def _columns(bb: Any, expr: Any, begin: int, end: int) -> Any:
+    """`expr[:, begin:end]`."""
+    return bb.emit(_relax().op.strided_slice(expr, axes=[1], begin=[begin], end=[end]))
+
+
+def _step_weights(kind: str, bb: Any, r: Any, rb: Any, peep: Any, hidden: int,
+                  linear_before_reset: bool) -> dict[str, Any]:
+    """What the steps of one direction read: transposed recurrent weights (GRU: split into
+    the z/r gates and the h gate), LSTM peepholes, GRU's Rbh when it stays inside the reset
+    gate's product."""
+    r_t = _transposed(bb, r)  # (hidden, gates·hidden)
+    if kind == "GRU":
+        weights = {"r_zr": _columns(bb, r_t, 0, 2 * hidden),
+                   "r_h": _columns(bb, r_t, 2 * hidden, 3 * hidden)}
+        if linear_before_reset:
+            weights["rb_h"] = _rows(bb, rb, 2 * hidden, 3 * hidden)
+        return weights
+    weights = {"r": r_t}
+    if peep is not None:  # P holds the input, output, forget peepholes
+        weights.update(zip(("p_i", "p_o", "p_f"),
+                           (_rows(bb, peep, k * hidden, (k + 1) * hidden) for k in range(3)),
+                           strict=True))
+    return weights
+
+
+def _matmul(bb: Any, x: Any, w: Any) -> Any:
+    return bb.emit(_relax().op.matmul(x, w))
+
+
+def _lstm_step(bb: Any, x: Any, h: Any, c: Any, *, weights: dict[str, Any],
+               clip: float | None, act: list[Callable[[Any], Any]],
+               input_forget: bool) -> tuple[Any, Any]:
     """One ONNX LSTM step (gates i o f c; `x` holds X·Wᵀ + Wb + Rb)."""
-    del rb, linear_before_reset
     f_act, g_act, h_act = act
-    i, o, f, g = _split(bb, _add(bb, x, _matmul_t(bb, h, r)), 4, 1)
-    if peep is not None:
-        p_i, p_o, p_f = (_rows(bb, peep, k * hidden, (k + 1) * hidden) for k in range(3))
-        i = _add(bb, i, _mul(bb, p_i, c))
-        f = _add(bb, f, _mul(bb, p_f, c))
+    i, o, f, g = _split(bb, _add(bb, x, _matmul(bb, h, weights["r"])), 4, 1)
+    if "p_i" in weights:
+        i = _add(bb, i, _mul(bb, weights["p_i"], c))
+        f = _add(bb, f, _mul(bb, weights["p_f"], c))
     i = bb.emit(f_act(_clip(bb, i, clip)))
     if input_forget:  # coupled gates, as onnxruntime couples them: f = 1 - i
         f = bb.emit(_relax().op.subtract(_relax().const(1.0, _dtype(i)), i))
@@ -264,41 +297,39 @@ def _lstm_step(bb: Any, x: Any, h: Any, c: Any, *, r: Any, rb: Any, hidden: int,
         f = bb.emit(f_act(_clip(bb, f, clip)))
     g = bb.emit(g_act(_clip(bb, g, clip)))
     c = _add(bb, _mul(bb, f, c), _mul(bb, i, g))
-    if peep is not None:
-        o = _add(bb, o, _mul(bb, p_o, c))
+    if "p_o" in weights:
+        o = _add(bb, o, _mul(bb, weights["p_o"], c))
     o = bb.emit(f_act(_clip(bb, o, clip)))
     return _mul(bb, o, bb.emit(h_act(c))), c
 
 
-def _gru_step(bb: Any, x: Any, h: Any, c: Any, *, r: Any, rb: Any, hidden: int,
-              clip: float | None, act: list[Callable[[Any], Any]], input_forget: bool,
-              linear_before_reset: bool, peep: Any) -> tuple[Any, Any]:
+def _gru_step(bb: Any, x: Any, h: Any, c: Any, *, weights: dict[str, Any],
+              clip: float | None, act: list[Callable[[Any], Any]],
+              input_forget: bool) -> tuple[Any, Any]:
     """One ONNX GRU step (gates z r h; `x` holds X·Wᵀ + Wb + Rbz,Rbr[,Rbh])."""
-    del c, input_forget, peep
+    del c, input_forget
     relax = _relax()
     f_act, g_act = act
     x_z, x_r, x_h = _split(bb, x, 3, 1)
-    r_zr, r_h = _rows(bb, r, 0, 2 * hidden), _rows(bb, r, 2 * hidden, 3 * hidden)
-    rec_z, rec_r = _split(bb, _matmul_t(bb, h, r_zr), 2, 1)
+    rec_z, rec_r = _split(bb, _matmul(bb, h, weights["r_zr"]), 2, 1)
     z = bb.emit(f_act(_clip(bb, _add(bb, x_z, rec_z), clip)))
     reset = bb.emit(f_act(_clip(bb, _add(bb, x_r, rec_r), clip)))
-    if linear_before_reset:
-        rec_h = _add(bb, _matmul_t(bb, h, r_h), _rows(bb, rb, 2 * hidden, 3 * hidden))
+    if "rb_h" in weights:  # linear_before_reset
+        rec_h = _add(bb, _matmul(bb, h, weights["r_h"]), weights["rb_h"])
         candidate = _add(bb, x_h, _mul(bb, reset, rec_h))
     else:
-        candidate = _add(bb, x_h, _matmul_t(bb, _mul(bb, reset, h), r_h))
+        candidate = _add(bb, x_h, _matmul(bb, _mul(bb, reset, h), weights["r_h"]))
     candidate = bb.emit(g_act(_clip(bb, candidate, clip)))
-    one = relax.const(1.0, _dtype(z))
-    keep = bb.emit(relax.op.subtract(one, z))
+    keep = bb.emit(relax.op.subtract(relax.const(1.0, _dtype(z)), z))
     return _add(bb, _mul(bb, keep, candidate), _mul(bb, z, h)), None
 
 
-def _rnn_step(bb: Any, x: Any, h: Any, c: Any, *, r: Any, rb: Any, hidden: int,
-              clip: float | None, act: list[Callable[[Any], Any]], input_forget: bool,
-              linear_before_reset: bool, peep: Any) -> tuple[Any, Any]:
+def _rnn_step(bb: Any, x: Any, h: Any, c: Any, *, weights: dict[str, Any],
+              clip: float | None, act: list[Callable[[Any], Any]],
+              input_forget: bool) -> tuple[Any, Any]:
     """One ONNX RNN step (`x` holds X·Wᵀ + Wb + Rb)."""
-    del c, rb, hidden, input_forget, linear_before_reset, peep
-    return bb.emit(act[0](_clip(bb, _add(bb, x, _matmul_t(bb, h, r)), clip))), None
+    del c, input_forget
+    return bb.emit(act[0](_clip(bb, _add(bb, x, _matmul(bb, h, weights["r"])), clip))), None
 
 
 _STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
@@ -402,6 +433,8 @@ def tflite_unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     proj_w = expr(_TFL_PROJECTION_WEIGHTS) if present(_TFL_PROJECTION_WEIGHTS) else None
     proj_b = expr(_TFL_PROJECTION_BIAS) if present(_TFL_PROJECTION_BIAS) else None
 
+    r_t = _transposed(bb, r_all)  # once: every step transposing it would fold into a copy
+    proj_t = None if proj_w is None else _transposed(bb, proj_w)
     flat = bb.emit(rop.reshape(x, (steps_count * batch, features)))
     projected = _add(bb, _matmul_t(bb, flat, w_all), b_all)
     projected = bb.emit(rop.reshape(projected, (steps_count, 1, batch, len(gate_ids) * units)))
@@ -419,7 +452,7 @@ def tflite_unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     one = relax.const(1.0, "float32")
     outputs = []
     for step in steps:
-        pre = dict(zip(gate_ids, _split(bb, _add(bb, step, _matmul_t(bb, h, r_all)),
+        pre = dict(zip(gate_ids, _split(bb, _add(bb, step, _matmul(bb, h, r_t)),
                                         len(gate_ids), 1), strict=True))
         for g in (0, 1):
             if g in pre and g in peep:
@@ -432,8 +465,8 @@ def tflite_unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
         if 3 in peep:
             pre[3] = _add(bb, pre[3], _mul(bb, peep[3], c))
         h = _mul(bb, bb.emit(rop.sigmoid(pre[3])), bb.emit(rop.tanh(c)))
-        if proj_w is not None:
-            h = _matmul_t(bb, h, proj_w)
+        if proj_t is not None:
+            h = _matmul(bb, h, proj_t)
             if proj_b is not None:
                 h = _add(bb, h, proj_b)
             h = _clip(bb, h, proj_clip)
