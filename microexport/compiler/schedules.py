@@ -7,7 +7,14 @@ intermediate buffer. For a microcontroller that costs RAM, so each kernel is res
 2. elementwise epilogues are inlined into their producers where TIR allows it;
 3. an epilogue after a reduction (conv/dense + bias + activation + requantize) is computed right
    after each output element's reduction, and the reduction's initialisation is split out, so the
-   accumulator shrinks from a whole output tensor to one element (a C local).
+   accumulator shrinks from a whole output tensor to one element (a C local under the default
+   `--kernel-stack-limit`, which the C compiler keeps in a register);
+4. the innermost reduction loop is unrolled, fully when short, else by `UNROLL_FACTOR`, so that a
+   multiply-accumulate costs its two loads and one (fused) multiply-add, not a loop test too.
+
+After TIR lowering, `hoist_invariant_conditions` moves a condition that does not change inside a
+loop (the bounds test of padding inlined into a convolution) out of it: the loop is duplicated
+under an `if`, each copy with the condition's value known (loop unswitching).
 
 Every step is an optimisation, never a requirement: each is tried on a copy of the schedule and
 kept only if TVM accepts it (and, for step 3, only if the moved epilogue still runs over its whole
@@ -48,7 +55,78 @@ def schedule_for_c(func: tirx.PrimFunc) -> tirx.PrimFunc:
             sch = _attempt(sch, lambda trial, b=block: trial.reverse_compute_inline(b))
     for block in sch.get_child_blocks(root):
         sch = _fuse_epilogue_into_reduction(sch, block)
+    for block in _reduction_blocks(sch, root):
+        sch = _unroll_innermost_reduction(sch, block)
     return sch.mod["main"]
+
+
+# Innermost reduction loops of at most this many iterations are unrolled completely (a 3x3
+# kernel's input channels, a 2x2 pool window); longer ones are split and the inner part of
+# `UNROLL_FACTOR` iterations unrolled. Four multiply-adds per loop test take most of the loop
+# overhead away at a few dozen bytes of code per kernel (`microexport size` shows them).
+FULL_UNROLL_MAX = 4
+UNROLL_FACTOR = 4
+
+
+def _reduction_blocks(sch: s_tir.Schedule, root: s_tir.schedule.SBlockRV
+                      ) -> list[s_tir.schedule.SBlockRV]:
+    """Every block under `root` (nested ones too) with a reduction iteration variable."""
+    blocks = []
+    pending = list(sch.get_child_blocks(root))
+    while pending:
+        block = pending.pop(0)
+        if any(int(iv.iter_type) != _SPATIAL for iv in sch.get(block).iter_vars):
+            blocks.append(block)
+        pending.extend(sch.get_child_blocks(block))
+    return blocks
+
+
+def _unroll_innermost_reduction(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+                                ) -> s_tir.Schedule:
+    """Unroll the innermost loop of a reduction block if it is a reduction loop of constant
+    extent: completely up to `FULL_UNROLL_MAX` iterations, else by the largest factor of its
+    extent up to `UNROLL_FACTOR` (no remainder loop)."""
+    iter_types = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    loops = sch.get_loops(block)
+    if not loops or not iter_types or iter_types[-1] == _SPATIAL:
+        return sch
+    # Sums only. TVM's C codegen binds `max(acc, x)` operands to temporaries (`float v_ =
+    # acc[i];`) and reuses a temporary for the same load text later in the scope, even after a
+    # store to `acc`: unrolled `acc = max(acc, x0); acc = max(acc, x1);` would read a stale acc.
+    body = sch.get(block).body
+    if not (isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add)
+            and _count_nodes(body.value, tvm.ir.expr.TensorLoad,
+                             lambda load: load.source.same_as(body.buffer)) == 1):
+        return sch
+    loop = sch.get(loops[-1])
+    if not isinstance(loop.extent, tirx.IntImm) or not _loop_binds_only_last(sch, block):
+        return sch
+    extent = int(loop.extent)
+    if extent <= 1:
+        return sch
+    if extent <= FULL_UNROLL_MAX:
+        return _attempt(sch, lambda trial: trial.unroll(loops[-1]))
+    factor = next((f for f in range(UNROLL_FACTOR, 1, -1) if extent % f == 0), 1)
+    if factor == 1:
+        return sch
+
+    def split_and_unroll(trial: s_tir.Schedule) -> None:
+        _, inner = trial.split(loops[-1], [None, factor])
+        trial.unroll(inner)
+
+    return _attempt(sch, split_and_unroll)
+
+
+def _loop_binds_only_last(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether the block's innermost loop variable appears only in the binding of its last
+    iteration variable (the reduction one), so that the loop is a reduction loop."""
+    realize = _block_realize(sch.mod["main"], sch.get(block))
+    if realize is None:
+        return False
+    loop_var = sch.get(sch.get_loops(block)[-1]).loop_var
+    values = list(realize.iter_values)
+    uses = [_count_nodes(value, tirx.Var, lambda v: v.same_as(loop_var)) for value in values]
+    return bool(values) and uses[-1] > 0 and not any(uses[:-1])
 
 
 # Expression nodes a consumer may gain by inlining one producer. Integer requantization uses its
@@ -208,3 +286,106 @@ def _block_realize(func: tirx.PrimFunc, block: s_tir.SBlock) -> s_tir.SBlockReal
 
 def _is_true(predicate: tirx.Expr) -> bool:
     return isinstance(predicate, tirx.IntImm) and int(predicate) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Loop unswitching on lowered TIR
+# --------------------------------------------------------------------------------------------
+
+_IF_THEN_ELSE = ir.Op.get("prim.if_then_else")
+# Conditions hoisted out of one loop, and out of all loops of one kernel, at most: each hoist
+# doubles a loop's code.
+MAX_HOISTED_CONDITIONS = 2
+MAX_HOISTS_PER_KERNEL = 8
+
+
+def _defined_vars(stmt: tirx.Stmt) -> list[tirx.Var]:
+    """Variables bound inside `stmt`: loop variables and let bindings."""
+    found: list[tirx.Var] = []
+
+    def visit(node: object) -> object:
+        var = getattr(node, "loop_var", None) if isinstance(node, tirx.For) else getattr(
+            node, "var", None)
+        if var is not None:
+            found.append(var)
+        return node
+
+    tvm_ffi.structural_map(stmt, ((tirx.For, tirx.Bind, tirx.LetStmt, tirx.Let), visit),
+                           order="pre")
+    return found
+
+
+def _is_index_condition(cond: tirx.PrimExpr) -> bool:
+    """Whether `cond` is arithmetic and comparisons of variables and constants only: no memory
+    read and no call, so evaluating it earlier, once, gives the same value."""
+    return not (_count_nodes(cond, tvm.ir.expr.TensorLoad) or _count_nodes(cond, ir.Call))
+
+
+def _invariant_condition(loop: tirx.For) -> tirx.PrimExpr | None:
+    """The condition of an `if_then_else` in `loop`'s body that no variable bound by the loop or
+    inside it affects, if there is one."""
+    inner = _defined_vars(loop)
+    found: list[tirx.PrimExpr] = []
+
+    def visit(call: ir.Call) -> ir.Call:
+        if found or not call.op.same_as(_IF_THEN_ELSE):
+            return call
+        cond = call.args[0]
+        if _is_index_condition(cond) and not any(
+                _count_nodes(cond, tirx.Var, lambda v, var=var: v.same_as(var)) for var in inner):
+            found.append(cond)
+        return call
+
+    tvm_ffi.structural_map(loop.body, (ir.Call, visit), order="pre")
+    return found[0] if found else None
+
+
+def _assume(stmt: tirx.Stmt, cond: tirx.PrimExpr, value: bool) -> tirx.Stmt:
+    """`stmt` with every `if_then_else(cond, a, b)` replaced by `a` (value true) or `b`."""
+    def pick(call: ir.Call) -> tirx.PrimExpr:
+        if call.op.same_as(_IF_THEN_ELSE) and tvm_ffi.structural_equal(call.args[0], cond):
+            return call.args[1] if value else call.args[2]
+        return call
+
+    return tvm_ffi.structural_map(stmt, (ir.Call, pick))
+
+
+def _unswitch(loop: tirx.For, hoists: list[int], budget: int = MAX_HOISTED_CONDITIONS
+              ) -> tirx.Stmt:
+    """`loop` with an invariant `if_then_else` condition hoisted out: `if (c) loop[c=true] else
+    loop[c=false]`, recursively for up to `budget` conditions; `hoists` counts the kernel's
+    hoists against `MAX_HOISTS_PER_KERNEL`."""
+    if budget <= 0 or hoists[0] >= MAX_HOISTS_PER_KERNEL:
+        return loop
+    cond = _invariant_condition(loop)
+    if cond is None:
+        return loop
+    hoists[0] += 1
+
+    def copy(value: bool) -> tirx.Stmt:
+        body = _assume(loop.body, cond, value)
+        new = tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body,
+                       loop.thread_binding, loop.annotations, step=loop.step, span=loop.span)
+        return _unswitch(new, hoists, budget - 1)
+
+    return tirx.IfThenElse(cond, copy(True), copy(False))
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="microexport.UnswitchLoops")
+def _unswitch_loops(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext
+                    ) -> tirx.PrimFunc:
+    del mod, ctx
+    hoists = [0]
+    # Post-order: inner loops are rewritten first, so a condition is hoisted out of the
+    # innermost loop it does not depend on, and the loop around it sees an `if` statement.
+    return tvm_ffi.structural_map(func, (tirx.For, lambda loop: _unswitch(loop, hoists)))
+
+
+# Loop unswitching: every loop whose body holds an `if_then_else` with a condition the loop does
+# not change (padding's bounds test inlined into a convolution's channel loop) becomes
+# `if (c) { loop with c true } else { loop with c false }`. The values computed are the same;
+# the test runs once per loop instead of once per iteration. The two copies bind the same loop
+# variables; ConvertSSA renames them, without which CommonSubexprElim takes an index expression
+# of both copies for one and hoists it above the `if`, out of its loop variable's scope.
+hoist_invariant_conditions = tvm.transform.Sequential(
+    [_unswitch_loops, tirx.transform.ConvertSSA()], name="microexport.HoistInvariantConditions")

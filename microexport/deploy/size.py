@@ -10,7 +10,9 @@ pyelftools:
 * RAM into **workspace** (the workspace pools, in the run wrapper or the harness), **io** (the
   harness's input and output buffers), **stack** (`.stack` or Zephyr's thread stacks), **heap**
   (`.heap`) and **other**;
-* `functions` gives the code bytes of each model function (kernels, AOT main, run wrapper).
+* `functions` gives the code bytes of each model function (kernels, AOT main, run wrapper),
+  `kernels` those of the operator kernels alone, by kernel symbol (an unrolled loop's cost
+  shows there); a kernel whose symbol the image lacks counts 0.
 
 Which symbol is which comes from the compiled-model record (`CompiledModel.symbols`) and the
 packaged harnesses' names (`glue.harness_symbols`), not from symbol-name prefixes.
@@ -79,6 +81,7 @@ class SizeReport:
     functions: dict[str, int] = field(default_factory=dict)  # model function → code bytes
     # The compiler's memory plan (metadata.json): workspace + I/O against the liveness bound.
     plan: dict[str, int] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)  # kernel symbol → code bytes
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document written to size.json."""
@@ -91,6 +94,7 @@ class SizeReport:
             "ram": {**asdict(self.ram), "free": self.ram.free},
             "sections": [asdict(s) for s in self.sections],
             "functions": dict(sorted(self.functions.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "kernels": self.kernels,
             "plan": self.plan,
         }
 
@@ -130,6 +134,13 @@ class SizeReport:
             lines.append("model functions (code bytes):")
             for name, size in sorted(self.functions.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"  {size:>9}  {name}")
+        if self.kernels:
+            total = sum(self.kernels.values())
+            lines.append(f"kernels (code bytes): {total} B in "
+                         f"{len(self.kernels)} kernels")
+            for name, size in self.kernels.items():
+                share = f"{100.0 * size / total:5.1f}%" if total else "    -"
+                lines.append(f"  {size:>9}  {share}  {name}")
         return "\n".join(lines)
 
 
@@ -239,8 +250,10 @@ def size_report(elf_path: Path, board: Board, model: CompiledModel) -> SizeRepor
     plan = {"workspace_bytes": memory.workspace_bytes, "io_bytes": memory.io_bytes,
             "lower_bound_bytes": memory.lower_bound_bytes,
             "io_in_workspace": int(memory.io_in_workspace)}
+    symbols = sorted(kernel.symbol for kernel in model.kernels)
+    kernels = {symbol: functions.get(symbol, 0) for symbol in symbols}
     return SizeReport(str(elf_path), board.name, model.name, flash, ram, tuple(sections),
-                      functions, plan)
+                      functions, plan, kernels)
 
 
 def check_fits(report: SizeReport, board: Board) -> None:
