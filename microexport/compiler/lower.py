@@ -23,7 +23,7 @@ from microexport.compiler.quantization import (
     fusion_origins,
     fusion_recorder,
 )
-from microexport.compiler.schedules import schedule_for_c
+from microexport.compiler.schedules import hoist_invariant_conditions, schedule_for_c
 from microexport.compiler.unpacked import (
     DEFAULT_STACK_LIMIT,
     ScratchLayout,
@@ -143,6 +143,7 @@ def tir_pipeline() -> tvm.transform.Pass:
             tirx.transform.FlattenBuffer(),
             tirx.transform.NarrowDataType(32),
             s_tir.transform.LoopPartition(),
+            hoist_invariant_conditions,
             tirx.transform.VectorizeLoop(False),
             tirx.transform.StorageRewrite(),
             tirx.transform.UnrollLoop(),
