@@ -216,11 +216,35 @@ def drop_write_only_buffers(func: tirx.PrimFunc) -> tirx.PrimFunc:
             return tirx.Evaluate(tirx.IntImm("int32", 0))
         return None
 
-    body = rewrite_stmt(func.body, drop)
+    body = _drop_unused_binds(rewrite_stmt(func.body, drop))
     if any(key in write_only for key in _var_counts(body)):  # used some other way: keep it
         return func
     mod = tirx.transform.RemoveNoOp()(tvm.IRModule({"kernel": func.with_body(body)}))
     return mod["kernel"]
+
+
+def _drop_unused_binds(body: tirx.Stmt) -> tirx.Stmt:
+    """`body` without the `Bind`s (common subexpressions) whose variable nothing uses any more,
+    until none is left (one may have been the only user of another)."""
+    while True:
+        counts = _var_counts(body)
+        unused = set()
+
+        def find(stmt: tirx.Stmt) -> tirx.Stmt | None:
+            if isinstance(stmt, tirx.Bind) and counts.get(stmt.var.__chandle__(), 0) <= 1:
+                unused.add(stmt.var.__chandle__())
+            return None
+
+        rewrite_stmt(body, find)
+        if not unused:
+            return body
+
+        def drop(stmt: tirx.Stmt) -> tirx.Stmt | None:
+            if isinstance(stmt, tirx.Bind) and stmt.var.__chandle__() in unused:
+                return tirx.Evaluate(tirx.IntImm("int32", 0))
+            return None
+
+        body = rewrite_stmt(body, drop)
 
 
 def unpack_function(
