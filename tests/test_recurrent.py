@@ -216,6 +216,29 @@ def test_onnx_sequence_lens_as_input_is_refused(tmp_path: Path) -> None:
         microexport.compile(path, tmp_path / "model.tar")
 
 
+@pytest.mark.parametrize(("kind", "options"), [
+    ("LSTM", {"peephole": True, "direction": "bidirectional"}),
+    ("GRU", {"linear_before_reset": 1}),
+    ("GRU", {"direction": "reverse"}),
+    ("RNN", {}),
+])
+def test_weights_are_stored_once_whatever_the_sequence_length(kind: str, options: dict,
+                                                               tmp_path: Path) -> None:
+    """Unrolling repeats the steps, not the weights: the constant pool of a 6-step model is
+    that of a 2-step one, no larger than the model's initializers."""
+    import onnx
+
+    sizes = []
+    for seq in (2, 6):
+        model, _ = recurrent_model(kind, seq=seq, hidden=8, **options)
+        path = tmp_path / f"seq{seq}.onnx"
+        onnx.save(model, str(path))
+        result = microexport.compile(path, tmp_path / f"seq{seq}.tar")
+        sizes.append(result.memory.constants_bytes)
+    weights = sum(np.prod(init.dims) * 4 for init in model.graph.initializer)
+    assert sizes[0] == sizes[1] <= weights
+
+
 # --------------------------------------------------------------------------------------------
 # ONNX models exported by torch
 # --------------------------------------------------------------------------------------------
@@ -391,3 +414,14 @@ def test_tflite_layer_norm_lstm_is_a_one_line_error(tmp_path: Path) -> None:
     text = caught.value.one_line()
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in text and "layer normalization" in text
     assert text.count("unsupported operator") == 1
+
+
+def test_tflite_lstm_weights_are_stored_once(tmp_path: Path) -> None:
+    """As for ONNX: a longer sequence does not grow the constant pool."""
+    sizes = []
+    for steps in (2, 6):
+        path = tmp_path / f"steps{steps}.tflite"
+        tflite_lstm(path, steps=steps, peephole=True, projection=True)
+        sizes.append(microexport.compile(path, tmp_path / f"steps{steps}.tar")
+                     .memory.constants_bytes)
+    assert sizes[0] == sizes[1]
