@@ -201,9 +201,10 @@ def test_within_one_step_of_onnxruntime_on_host(model: str, config: str, built: 
 
 
 def _kernels(source: str) -> dict[str, str]:
-    """C function name → body, for every function defined in `source`."""
+    """C function name → its definition (parameters and body), for every function defined in
+    `source` (a float kernel may mention `float` in its parameters only)."""
     bodies = {}
-    for match in re.finditer(r"^int32_t (\w+)\([^)]*\) \{\n(.*?)^\}", source, re.M | re.S):
+    for match in re.finditer(r"^int32_t (\w+)(\([^)]*\) \{\n.*?^\})", source, re.M | re.S):
         bodies[match.group(1)] = match.group(2)
     return bodies
 
@@ -231,38 +232,69 @@ def test_no_float_between_the_edges(model: str, config: str, built: Callable) ->
     assert dtypes <= {"int8", "uint8", "int16", "int32"}, dtypes
 
 
-def test_unmatched_operator_stays_float(tmp_path: Path) -> None:
-    """A quantized operator the integer path does not take (Sigmoid) computes through float as
-    before, between integer kernels; outputs still agree with onnxruntime."""
+def _conv_chain_model(path: Path, middle: list, seed: int) -> dict[str, tuple[int, ...]]:
+    """Conv → `middle` (nodes from "c" to "s") → 1x1 Conv, NCHW 1x2x6x6 → 1x3x6x6."""
     import onnx
     from onnx import TensorProto, helper
 
-    require_module("onnxruntime", "onnx")
-    rng = np.random.default_rng(SEED + 4)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Sigmoid", ["c"], ["s"]),
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), *middle,
              helper.make_node("Conv", ["s", "w2", "b2"], ["y"])]
     inits = [_init("w", rng.normal(size=(4, 2, 3, 3)) * 0.3), _init("b", np.zeros(4)),
              _init("w2", rng.normal(size=(3, 4, 1, 1)) * 0.3), _init("b2", np.zeros(3))]
     graph = helper.make_graph(
-        nodes, "sig", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "float.onnx"))
-    shapes = {"x": (1, 2, 6, 6)}
-    quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, "qdq_s8_per_channel")
+    onnx.save(model, str(path))
+    return {"x": (1, 2, 6, 6)}
+
+
+def _compile_and_compare(tmp_path: Path, middle: list, config: str) -> dict[str, str]:
+    """Quantize and compile a `_conv_chain_model`, check it against onnxruntime within one
+    step; returns the C kernels (name → body)."""
+    require_module("onnxruntime", "onnx")
+    shapes = _conv_chain_model(tmp_path / "float.onnx", middle, SEED + 4)
+    quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, config)
     archive = microexport.compile(str(tmp_path / "q.onnx"), output=tmp_path / "m.tar",
                                   name="q").archive
-    with tarfile.open(archive) as tar:
-        library = tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode()
-    names = list(_kernels(library))
-    assert sum("conv2d_int" in name for name in names) == 2, names
     step = output_step(tmp_path / "q.onnx")
-    (inputs,) = sample_inputs(shapes, 1)
-    (want,) = onnxruntime_outputs(tmp_path / "q.onnx", inputs)
-    got = microexport.run(archive, inputs)["y"]
-    assert float(np.abs(got - want).max()) <= step * 1.0001
+    for inputs in sample_inputs(shapes, 2):
+        (want,) = onnxruntime_outputs(tmp_path / "q.onnx", inputs)
+        got = microexport.run(archive, inputs)["y"]
+        assert float(np.abs(got - want).max()) <= step * 1.0001
+    with tarfile.open(archive) as tar:
+        return _kernels(tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode())
+
+
+def test_unmatched_operator_stays_float(tmp_path: Path) -> None:
+    """A quantized operator the integer path does not take (Mul) computes through float as
+    before, between integer kernels; outputs still agree with onnxruntime."""
+    from onnx import helper
+
+    middle = [helper.make_node("Mul", ["c", "c"], ["s"])]
+    kernels = _compile_and_compare(tmp_path, middle, "qdq_s8_per_channel")
+    assert sum("conv2d_int" in name for name in kernels) == 2, list(kernels)
+    floating = [name for name, body in kernels.items() if "float" in body]
+    assert any("multiply" in name for name in floating), floating
+
+
+@pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qdq_u8_per_tensor"])
+def test_elementwise_functions_as_tables(config: str, tmp_path: Path) -> None:
+    """Sigmoid, Tanh, LeakyRelu and HardSigmoid between DequantizeLinear and QuantizeLinear
+    become 256-entry tables computed at compile time: no float kernel between the edges."""
+    from onnx import helper
+
+    node = helper.make_node
+    middle = [node("Sigmoid", ["c"], ["s1"]), node("Tanh", ["c"], ["t1"]),
+              node("Add", ["s1", "t1"], ["a1"]), node("LeakyRelu", ["a1"], ["l1"], alpha=0.2),
+              node("HardSigmoid", ["l1"], ["s"])]
+    kernels = _compile_and_compare(tmp_path, middle, config)
+    main = next(body for name, body in kernels.items() if name.endswith("___tvm_main__"))
+    assert main.count("table_int") == 4, main  # one call each (equal kernels are shared)
+    floating = {name for name, body in kernels.items() if "float" in body}
+    assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
 
 
 def test_qdq_model_in_qemu(built: Callable, tmp_path: Path) -> None:

@@ -53,6 +53,13 @@ _QUANTIZED_TYPES = ("int8", "uint8")
 # their output's QuantizeLinear have the same parameters.
 _DATA_MOVEMENT = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                             "Identity"})
+# Elementwise functions of one input: between DequantizeLinear and QuantizeLinear, a table of
+# the output for each of the 256 input values, computed at compile time by onnx's reference
+# evaluator on the dequantized values and quantized as QuantizeLinear does.
+_TABULATED = frozenset({"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu",
+                        "Selu", "Celu", "Softplus", "Softsign", "Exp", "Erf", "Gelu", "Mish",
+                        "Abs", "Neg", "Sqrt", "Reciprocal", "Log", "ThresholdedRelu", "Sin",
+                        "Cos"})
 
 Emit = Callable[[Any, list[Any]], Any]  # (block builder, relax inputs) -> relax expr
 
@@ -247,6 +254,8 @@ class _Rewriter:
                 self._qdq_activation(node)
             elif op in _DATA_MOVEMENT:
                 self._qdq_data_movement(node)
+            elif op in _TABULATED:
+                self._qdq_table(node)
             elif op == "QLinearConv":
                 self._qlinear_conv(node)
             elif op == "QLinearMatMul":
@@ -650,6 +659,21 @@ class _Rewriter:
         emit = _RequantizeEmitter(q_in.zero_point, multiplier, shift, q_out, low, high).emit
         self._replace(node, [node, user], [source], user.output[0], emit, "clamp")
 
+    def _qdq_table(self, node: Any) -> None:
+        """DequantizeLinear → an elementwise function of one input → QuantizeLinear: a lookup
+        table of the 256 results."""
+        if len(node.input) != 1 or len(node.output) != 1:
+            raise _Unmatched
+        source, q_in, _ = self._dequantized(node.input[0])
+        user = self._only_consumer(node.output[0])
+        if user.op_type != "QuantizeLinear" or user.domain not in _DEFAULT_DOMAINS:
+            raise _Unmatched
+        zero = user.input[2] if len(user.input) > 2 else ""
+        q_out = self._scalar_q(user.input[1], zero, _output_dtype(user))
+        table = _function_table(node, q_in, q_out, self.model.opset_import)
+        self._replace(node, [node, user], [source], user.output[0],
+                      _LookupEmitter(table, int(np.iinfo(q_in.dtype).min)).emit, "table")
+
     def _qdq_data_movement(self, node: Any) -> None:
         """DequantizeLinear → Flatten/Reshape/… → QuantizeLinear with equal parameters: the
         operator on the integers (TVM's converter, unchanged)."""
@@ -847,6 +871,39 @@ def _bias(bias: Weights | None, input_scale: float, weight_scales: np.ndarray,
     if np.abs(quantized).max(initial=0) >= 2**31:
         raise _Unmatched
     return quantized.astype(np.int32)
+
+
+def _function_table(node: Any, q_in: QParams, q_out: QParams, opsets: Any) -> np.ndarray:
+    """`node`'s function of every value of the input's integer type, dequantized, evaluated
+    by onnx's reference evaluator in float32 and quantized (half to even, saturating)."""
+    from onnx import NodeProto, TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    info = np.iinfo(q_in.dtype)
+    values = np.arange(int(info.min), int(info.max) + 1, dtype=np.int32)
+    real = ((values - q_in.zero_point).astype(np.float32) * np.float32(q_in.scale))
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    del copy.input[:]
+    del copy.output[:]
+    copy.input.append("x")
+    copy.output.append("y")
+    graph = helper.make_graph([copy], "table",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    try:
+        model = helper.make_model(graph, opset_imports=[o for o in opsets
+                                                        if o.domain in _DEFAULT_DOMAINS])
+        with np.errstate(all="ignore"):
+            (result,) = ReferenceEvaluator(model).run(None, {"x": real})
+    except Exception as err:  # noqa: BLE001 - the evaluator cannot: stay on the float path
+        raise _Unmatched from err
+    result = np.asarray(result, dtype=np.float32)
+    if result.shape != real.shape or not np.isfinite(result).all():
+        raise _Unmatched  # NaN or infinity (log of 0, …): leave it to the float path
+    scaled = np.rint(result / np.float32(q_out.scale))  # rint: half to even, as ONNX
+    out = np.iinfo(q_out.dtype)
+    return np.clip(scaled + q_out.zero_point, out.min, out.max).astype(q_out.dtype)
 
 
 def _multipliers(input_scale: float, weight_scales: np.ndarray, output_scale: float
@@ -1093,6 +1150,26 @@ def _unfused(bb: Any, value: Any) -> Any:
     kernel = call.args[0]
     bb.update_func(kernel, bb.get()[kernel].with_attr("op_pattern", _OPAQUE))
     return value
+
+
+@dataclass(frozen=True)
+class _LookupEmitter:
+    """An elementwise function as a table indexed by the input value minus its type's minimum
+    (`table` has one entry per value of the input type)."""
+
+    table: np.ndarray
+    lowest: int
+
+    def emit(self, bb: Any, args: list[Any]) -> Any:
+        from tvm import te
+
+        from microexport.compiler.integer import te_math as tm
+
+        def build(x: Any, table: Any) -> Any:
+            return te.compute(x.shape, lambda *i: table[tm.i32(x[i]) - tm.i32(self.lowest)],
+                              name="lookup")
+
+        return bb.emit_te(build, args[0], _const(self.table), primfunc_name_hint="table_int")
 
 
 def _quantize_emitter(q: QParams) -> Emit:
