@@ -134,10 +134,16 @@ C_KEYWORDS: frozenset[str] = frozenset({
 })
 
 
+# Types C has no portable type for that model inputs and outputs may still have: stored as their
+# bits (float16: IEEE 754 binary16 in a uint16_t; kernels compute on them in float32).
+STORAGE_C_TYPES: dict[str, str] = {"float16": "uint16_t"}
+
+
 def c_type(dtype: str) -> str:
-    """The C element type of `dtype` (`float32` → `float`); ValueError if C has no such type."""
+    """The C element type of `dtype` (`float32` → `float`; `float16` → `uint16_t`, its bits);
+    ValueError if C has no such type."""
     try:
-        return C_TYPES[dtype]
+        return C_TYPES.get(dtype) or STORAGE_C_TYPES[dtype]
     except KeyError:
         raise ValueError(
             f"dtype '{dtype}' has no C type: supported are {', '.join(sorted(C_TYPES))}"

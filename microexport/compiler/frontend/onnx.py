@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import onnx
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# Nodes our own rewrites put into the graph (converted by our converters).
+_OUR_DOMAINS = ("ai.microexport.integer", "ai.microexport.float16")
 # Converted without TVM's converter map, or by converters of ours added to it (`_our_converters`).
 _HANDLED_WITHOUT_CONVERTER = {"Constant", "If", *ONNX_RECURRENT_OPS}
 _FAILED_OP = re.compile(r"Error converting operator (\S+?),")
@@ -57,6 +59,13 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     model = _read(path)
     if constants:
         model = freeze_inputs(model, constants, input_shapes, path)
+    from microexport.compiler.frontend.float16 import (
+        half_converters,
+        label_half_edges,
+        widen_float16,
+    )
+
+    model, halves = widen_float16(model)  # float16 computes in float32; edges stay float16
     inputs = _model_inputs(model, input_shapes, path)
     model, inputs = _freeze_empty_inputs(model, inputs)
     # Quantized (QDQ / QLinear) patterns become integer kernels; before any folding, which
@@ -75,17 +84,18 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     _guard_bit_shifts(model)
     _rewrite_float_floor_mod(model)
     try:
-        with integer_converters(integer):
+        with integer_converters(integer), half_converters(halves):
             mod = _convert(model, inputs, path)
     except UnsupportedOperator as err:  # TVM's converter fails: its ONNX function may not
         if err.op in expanded or not _has_function(model, err.op):
             raise
         model = fold_shape_computations(expand_functions(model, {err.op}, expanded), inputs)
         _check_operators(model)
-        with integer_converters(integer):
+        with integer_converters(integer), half_converters(halves):
             mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
-    imported = finish_import(mod, [i.name for i in inputs], output_names, "onnx", path)
+    imported = label_half_edges(
+        finish_import(mod, [i.name for i in inputs], output_names, "onnx", path), halves)
     _check_output_shapes(model, imported, path)
     return imported
 
@@ -345,7 +355,7 @@ def _check_operators(model: onnx.ModelProto) -> None:
     known = set(_get_convert_map()) | _HANDLED_WITHOUT_CONVERTER
     missing = set()
     for node in model.graph.node:
-        if node.domain == "ai.microexport.integer":  # integer kernels of onnx_integer
+        if node.domain in _OUR_DOMAINS:  # kernels of onnx_integer and float16
             continue
         if node.domain not in _DEFAULT_DOMAINS:
             missing.add(f"{node.domain}::{node.op_type}")
