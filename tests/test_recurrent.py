@@ -178,6 +178,14 @@ def test_onnx_layout_1(kind: str, tmp_path: Path) -> None:
     ("GRU", {"bias": False, "opset": 7, "outputs": ("Y",)}),
     ("RNN", {"clip": 0.3, "activations": ["Relu", "Tanh"], "direction": "bidirectional"}),
     ("RNN", {"seq": 1, "batch": 1, "initial": False}),
+    ("RNN", {"activations": ["ThresholdedRelu"], "activation_alpha": [0.2]}),
+    ("RNN", {"activations": ["Softplus", "Softsign"], "direction": "bidirectional"}),
+    ("LSTM", {"activations": ["HardSigmoid", "LeakyRelu", "Elu"],
+              "activation_alpha": [0.3, 0.05, 0.7], "activation_beta": [0.45]}),
+    ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Tanh"]}),  # alpha, beta: the defaults
+    ("GRU", {"activations": ["Sigmoid", "ScaledTanh", "HardSigmoid", "Affine"],
+             "activation_alpha": [0.9, 0.25, 0.5], "activation_beta": [1.2, 0.4, 0.1],
+             "direction": "bidirectional"}),
 ])
 def test_onnx_attributes_and_optional_inputs(kind: str, options: dict, tmp_path: Path) -> None:
     model, feeds = recurrent_model(kind, seed=7, **options)
@@ -186,7 +194,7 @@ def test_onnx_attributes_and_optional_inputs(kind: str, options: dict, tmp_path:
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"sequence_lens": np.array([4, 2])}, "sequence_lens [4, 2] shorter than the sequence"),
-    ({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, "activations=HardSigmoid"),
+    ({"activations": ["Gelu", "Tanh", "Tanh"]}, "activations=Gelu"),
 ])
 def test_onnx_unsupported_values_are_one_line_errors(options: dict, message: str,
                                                      tmp_path: Path) -> None:

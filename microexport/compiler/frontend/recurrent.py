@@ -11,11 +11,13 @@ constants, which constant folding turns into constants.
 ONNX (`onnx_converters`): every attribute of opsets 1-22 an exporter writes: direction
 (forward, reverse, bidirectional), the optional inputs B, sequence_lens (only when every
 length is the full sequence: the compiled model has static shapes), initial_h, initial_c and
-P (peepholes), `layout` 0 and 1, `clip`, `input_forget`, GRU's `linear_before_reset`, and the
-activations Sigmoid, Tanh and Relu. TFLite (`tflite_unidirectional_sequence_lstm`): float32,
-time-major or batch-major, full or coupled input-forget gates (CIFG), peepholes, projection
-(with or without bias), cell and projection clipping, TANH activation; the state starts at
-zero on every call (TFLite Micro resets its variable tensors once, at initialisation).
+P (peepholes), `layout` 0 and 1, `clip`, `input_forget`, GRU's `linear_before_reset`, and
+every activation the spec lists (with `activation_alpha` / `activation_beta`).
+
+TFLite (`tflite_unidirectional_sequence_lstm`): float32, time-major or batch-major, full or
+coupled input-forget gates (CIFG), peepholes, projection (with or without bias), cell and
+projection clipping, TANH activation; the state starts at zero on every call (TFLite Micro
+resets its variable tensors once, at initialisation).
 """
 
 from __future__ import annotations
@@ -114,10 +116,46 @@ def _zeros(shape: tuple[int, ...], dtype: str) -> Any:
 # ONNX
 # --------------------------------------------------------------------------------------------
 
-def _activation(name: str) -> Callable[[Any], Any] | None:
-    """The Relax operator of an ONNX recurrent activation name (case-insensitive)."""
-    op = _relax().op
-    return {"sigmoid": op.sigmoid, "tanh": op.tanh, "relu": op.nn.relu}.get(name.lower())
+# Activations taking alpha / beta, with the defaults of the ONNX operators of the same name
+# (Affine and ScaledTanh have none there: identity scaling).
+_ALPHA = {"affine": 1.0, "leakyrelu": 0.01, "thresholdedrelu": 1.0, "scaledtanh": 1.0,
+          "hardsigmoid": 0.2, "elu": 1.0}
+_BETA = {"affine": 0.0, "scaledtanh": 1.0, "hardsigmoid": 0.5}
+
+
+def _activation(name: str, alpha: float, beta: float) -> Callable[[Any], Any] | None:
+    """The Relax expression builder of an ONNX recurrent activation (name case-insensitive;
+    None for an unknown one)."""
+    relax = _relax()
+    op = relax.op
+
+    def const(value: float, x: Any) -> Any:
+        return relax.const(value, _dtype(x))
+
+    def leaky_relu(x: Any) -> Any:
+        return op.where(op.greater_equal(x, const(0.0, x)), x, op.multiply(x, const(alpha, x)))
+
+    def elu(x: Any) -> Any:
+        negative = op.multiply(const(alpha, x), op.subtract(op.exp(x), const(1.0, x)))
+        return op.where(op.greater_equal(x, const(0.0, x)), x, negative)
+
+    table: dict[str, Callable[[Any], Any]] = {
+        "sigmoid": op.sigmoid,
+        "tanh": op.tanh,
+        "relu": op.nn.relu,
+        "affine": lambda x: op.add(op.multiply(x, const(alpha, x)), const(beta, x)),
+        "leakyrelu": leaky_relu,
+        "thresholdedrelu": lambda x: op.where(op.greater(x, const(alpha, x)), x,
+                                              const(0.0, x)),
+        "scaledtanh": lambda x: op.multiply(const(alpha, x),
+                                            op.tanh(op.multiply(x, const(beta, x)))),
+        "hardsigmoid": lambda x: op.clip(op.add(op.multiply(x, const(alpha, x)),
+                                                const(beta, x)), 0.0, 1.0),
+        "elu": elu,
+        "softsign": lambda x: op.divide(x, op.add(const(1.0, x), op.abs(x))),
+        "softplus": lambda x: op.log(op.add(const(1.0, x), op.exp(x))),
+    }
+    return table.get(name.lower())
 
 
 def _decode(value: Any) -> str:
@@ -126,22 +164,27 @@ def _decode(value: Any) -> str:
 
 def _onnx_activations(kind: str, attr: dict[str, Any], directions: int
                       ) -> list[list[Callable[[Any], Any]]]:
-    """The activation functions of each direction (`activations`, or the defaults)."""
+    """The activation functions of each direction (`activations`, or the defaults).
+    `activation_alpha` / `activation_beta` are consumed in order by the functions that take
+    them (as onnxruntime reads them); a function left without one takes its default."""
     per_direction = len(_DEFAULT_ACTIVATIONS[kind])
     names = [_decode(n) for n in attr.get("activations", ())]
     if not names:
         names = list(_DEFAULT_ACTIVATIONS[kind]) * directions
-    elif len(names) == per_direction and directions == 2:
-        names = names * 2
     if len(names) != per_direction * directions:
         raise ModelError(f"{kind} has {len(names)} activations where its {directions} "
                          f"direction(s) need {per_direction * directions}: fix the model")
+    alphas = iter(float(a) for a in attr.get("activation_alpha", ()))
+    betas = iter(float(b) for b in attr.get("activation_beta", ()))
     functions = []
     for name in names:
-        function = _activation(name)
+        key = name.lower()
+        alpha = next(alphas, _ALPHA[key]) if key in _ALPHA else 0.0
+        beta = next(betas, _BETA[key]) if key in _BETA else 0.0
+        function = _activation(name, alpha, beta)
         if function is None:
-            raise UnsupportedOperator(kind, f"activations={name}: only Sigmoid, Tanh and Relu "
-                                      "are supported")
+            raise UnsupportedOperator(kind, f"activations={name}: not an activation of the "
+                                      "ONNX recurrent operators")
         functions.append(function)
     return [functions[d * per_direction:(d + 1) * per_direction] for d in range(directions)]
 
