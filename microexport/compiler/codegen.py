@@ -108,11 +108,59 @@ def spell_non_finite(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.
     return tvm_ffi.structural_map(func, (tirx.FloatImm, _finite_spelling))
 
 
+def _loaded_buffers(node: object) -> set[int]:
+    """The buffers (by handle) `node` loads from."""
+    loaded: set[int] = set()
+
+    def visit(load: ir.TensorLoad) -> ir.TensorLoad:
+        loaded.add(load.source.__chandle__())
+        return load
+
+    tvm_ffi.structural_map(node, (ir.TensorLoad, visit), order="pre")
+    return loaded
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="microexport.MinMaxAsSelect")
+def min_max_as_select(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassContext
+                      ) -> tirx.PrimFunc:
+    """`min(a, b)` / `max(a, b)` that read a buffer the function also writes become
+    `a < b ? a : b` / `a > b ? a : b` (a TIR Select).
+
+    TVM's C code generator prints min and max through temporaries it reuses for the same
+    operand text within a scope (`float v_ = acc[0];` … later `v_` again), even when a store to
+    `acc[0]` came in between: a max pool with a one-element window fused with a clip read the
+    accumulator before the update (found by tests/test_fuzz.py). A Select is printed inline.
+    """
+    del mod, ctx
+    stored: set[int] = set()
+
+    def visit_store(store: tirx.BufferStore) -> tirx.BufferStore:
+        stored.add(store.buffer.__chandle__())
+        return store
+
+    tvm_ffi.structural_map(func.body, (tirx.BufferStore, visit_store), order="pre")
+    if not stored:
+        return func
+
+    def min_select(node: tirx.Min) -> tirx.PrimExpr:
+        if not _loaded_buffers(node) & stored:
+            return node
+        return tirx.Select(node.a < node.b, node.a, node.b)
+
+    def max_select(node: tirx.Max) -> tirx.PrimExpr:
+        if not _loaded_buffers(node) & stored:
+            return node
+        return tirx.Select(node.a > node.b, node.a, node.b)
+
+    return tvm_ffi.structural_map(func, [(tirx.Min, min_select), (tirx.Max, max_select)])
+
+
 def finalize_passes() -> tvm.transform.Pass:
-    """Last TIR passes before C codegen: lower math intrinsics (`fabs` → `fabsf`, `exp` → `expf`,
-    …), then spell infinity and NaN constants in C."""
+    """Last TIR passes before C codegen: min/max that read written buffers as selects, lower
+    math intrinsics (`fabs` → `fabsf`, `exp` → `expf`, …), then spell infinity and NaN
+    constants in C."""
     return tvm.transform.Sequential(
-        [lower_to_libm, tirx.transform.LowerIntrin(), spell_non_finite]
+        [min_max_as_select, lower_to_libm, tirx.transform.LowerIntrin(), spell_non_finite]
     )
 
 
