@@ -247,6 +247,67 @@ def test_weights_are_stored_once_whatever_the_sequence_length(kind: str, options
     assert sizes[0] == sizes[1] <= weights
 
 
+# The ONNX backend node tests of the three operators (expected outputs from onnx's own
+# reference implementation), run as bench/onnx_conformance.py runs the whole suite.
+NODE_TESTS = [
+    f"test_{op}_{case}" for op in ("gru", "lstm")
+    for case in ("defaults", "with_initial_bias", "batchwise", "reverse", "bidirectional")
+] + ["test_gru_seq_length", "test_rnn_seq_length"] + [
+    f"test_simple_rnn_{case}"
+    for case in ("defaults", "with_initial_bias", "batchwise", "reverse", "bidirectional")]
+
+
+@pytest.fixture(scope="module")
+def node_tests(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recurrent node tests laid out as the suite lays them out."""
+    from onnx import TensorProto, numpy_helper
+    from onnx.backend.test.case import node as node_cases
+
+    root = tmp_path_factory.mktemp("onnx-node")
+    wanted = set(NODE_TESTS) | {"test_lstm_with_peepholes"}
+    with warnings.catch_warnings():  # the generators' own warnings
+        warnings.simplefilter("ignore")
+        cases = [case for case in node_cases.collect_testcases() if case.name in wanted]
+    assert {case.name for case in cases} == wanted
+    for case in cases:
+        data = root / case.name / "test_data_set_0"
+        data.mkdir(parents=True)
+        (root / case.name / "model.onnx").write_bytes(case.model.SerializeToString())
+        inputs, outputs = case.data_sets[0]
+        for kind, arrays, values in (("input", inputs, case.model.graph.input),
+                                     ("output", outputs, case.model.graph.output)):
+            for i, (array, value) in enumerate(zip(arrays, values, strict=False)):
+                tensor = (array if isinstance(array, TensorProto)
+                          else numpy_helper.from_array(np.asarray(array), value.name))
+                (data / f"{kind}_{i}.pb").write_bytes(tensor.SerializeToString())
+    return root
+
+
+def _conformance() -> object:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import onnx_conformance
+
+    return onnx_conformance
+
+
+@pytest.mark.parametrize("name", NODE_TESTS)
+def test_onnx_node_tests_pass(node_tests: Path, name: str) -> None:
+    conformance = _conformance()
+    result = conformance.run_one(node_tests / name)
+    assert result["status"] == conformance.PASS, result
+
+
+def test_onnx_node_test_with_sequence_lens_input_is_refused(node_tests: Path) -> None:
+    """test_lstm_with_peepholes feeds sequence_lens as a model input: it could be shorter."""
+    conformance = _conformance()
+    result = conformance.run_one(node_tests / "test_lstm_with_peepholes")
+    assert result["status"].startswith(conformance.ERROR_PREFIX), result
+    assert "sequence_lens input is not a constant" in result["detail"]
+    assert "\n" not in result["detail"]
+
+
 # --------------------------------------------------------------------------------------------
 # ONNX models exported by torch
 # --------------------------------------------------------------------------------------------
@@ -433,3 +494,29 @@ def test_tflite_lstm_weights_are_stored_once(tmp_path: Path) -> None:
         sizes.append(microexport.compile(path, tmp_path / f"steps{steps}.tar")
                      .memory.constants_bytes)
     assert sizes[0] == sizes[1]
+
+
+def test_onnx_node_test_with_sequence_lens_frozen_passes(node_tests: Path,
+                                                         tmp_path: Path) -> None:
+    """The same test with its (full) sequence_lens frozen by `constants` (`--constant`)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    directory = node_tests / "test_lstm_with_peepholes"
+    model = onnx.load(str(directory / "model.onnx"))
+
+    def arrays(kind: str, values: object) -> dict[str, np.ndarray]:
+        tensors = {}
+        for i, value in enumerate(values):
+            tensor = TensorProto()
+            tensor.ParseFromString((directory / "test_data_set_0" / f"{kind}_{i}.pb")
+                                   .read_bytes())
+            tensors[value.name] = numpy_helper.to_array(tensor)
+        return tensors
+
+    inputs, want = arrays("input", model.graph.input), arrays("output", model.graph.output)
+    lens = inputs.pop("sequence_lens")
+    result = microexport.compile(directory / "model.onnx", tmp_path / "model.tar",
+                                 constants={"sequence_lens": lens})
+    got = microexport.run(result.archive, inputs)
+    np.testing.assert_allclose(got["Y_h"], want["Y_h"], rtol=1e-3, atol=1e-7)
