@@ -232,7 +232,8 @@ def test_no_float_between_the_edges(model: str, config: str, built: Callable) ->
     assert dtypes <= {"int8", "uint8", "int16", "int32"}, dtypes
 
 
-def _conv_chain_model(path: Path, middle: list, seed: int) -> dict[str, tuple[int, ...]]:
+def _conv_chain_model(path: Path, middle: list, seed: int, extra: list | None = None
+                      ) -> dict[str, tuple[int, ...]]:
     """Conv → `middle` (nodes from "c" to "s") → 1x1 Conv, NCHW 1x2x6x6 → 1x3x6x6."""
     import onnx
     from onnx import TensorProto, helper
@@ -241,7 +242,8 @@ def _conv_chain_model(path: Path, middle: list, seed: int) -> dict[str, tuple[in
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), *middle,
              helper.make_node("Conv", ["s", "w2", "b2"], ["y"])]
     inits = [_init("w", rng.normal(size=(4, 2, 3, 3)) * 0.3), _init("b", np.zeros(4)),
-             _init("w2", rng.normal(size=(3, 4, 1, 1)) * 0.3), _init("b2", np.zeros(3))]
+             _init("w2", rng.normal(size=(3, 4, 1, 1)) * 0.3), _init("b2", np.zeros(3)),
+             *(extra or [])]
     graph = helper.make_graph(
         nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], inits)
@@ -251,11 +253,12 @@ def _conv_chain_model(path: Path, middle: list, seed: int) -> dict[str, tuple[in
     return {"x": (1, 2, 6, 6)}
 
 
-def _compile_and_compare(tmp_path: Path, middle: list, config: str) -> dict[str, str]:
+def _compile_and_compare(tmp_path: Path, middle: list, config: str, extra: list | None = None
+                         ) -> dict[str, str]:
     """Quantize and compile a `_conv_chain_model`, check it against onnxruntime within one
     step; returns the C kernels (name → body)."""
     require_module("onnxruntime", "onnx")
-    shapes = _conv_chain_model(tmp_path / "float.onnx", middle, SEED + 4)
+    shapes = _conv_chain_model(tmp_path / "float.onnx", middle, SEED + 4, extra)
     quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, config)
     archive = microexport.compile(str(tmp_path / "q.onnx"), output=tmp_path / "m.tar",
                                   name="q").archive
@@ -269,15 +272,36 @@ def _compile_and_compare(tmp_path: Path, middle: list, config: str) -> dict[str,
 
 
 def test_unmatched_operator_stays_float(tmp_path: Path) -> None:
-    """A quantized operator the integer path does not take (Mul) computes through float as
+    """A quantized operator the integer path does not take (Pow) computes through float as
     before, between integer kernels; outputs still agree with onnxruntime."""
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
-    middle = [helper.make_node("Mul", ["c", "c"], ["s"])]
-    kernels = _compile_and_compare(tmp_path, middle, "qdq_s8_per_channel")
+    middle = [helper.make_node("Pow", ["c", "two"], ["s"])]
+    kernels = _compile_and_compare(
+        tmp_path, middle, "qdq_s8_per_channel",
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
     assert sum("conv2d_int" in name for name in kernels) == 2, list(kernels)
     floating = [name for name, body in kernels.items() if "float" in body]
-    assert any("multiply" in name for name in floating), floating
+    assert any("power" in name for name in floating), floating
+
+
+@pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qdq_u8_per_tensor"])
+def test_mul_and_concat(config: str, tmp_path: Path) -> None:
+    """Mul (a gate: conv output times its sigmoid) and Concat of tensors with different
+    quantization (requantized to the output's) are integer."""
+    from onnx import helper
+
+    node = helper.make_node
+    middle = [node("Sigmoid", ["c"], ["g"]), node("Mul", ["c", "g"], ["m"]),
+              node("Relu", ["c"], ["r"]), node("Concat", ["m", "r"], ["k"], axis=1),
+              node("Conv", ["k", "w3", "b3"], ["s"])]
+    rng = np.random.default_rng(SEED + 6)
+    extra = [_init("w3", rng.normal(size=(4, 8, 1, 1)) * 0.3), _init("b3", np.zeros(4))]
+    kernels = _compile_and_compare(tmp_path, middle, config, extra)
+    main = next(body for name, body in kernels.items() if name.endswith("___tvm_main__"))
+    assert "mul_int" in main, main
+    floating = {name for name, body in kernels.items() if "float" in body}
+    assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
 
 
 @pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qdq_u8_per_tensor"])

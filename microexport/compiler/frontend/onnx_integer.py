@@ -248,6 +248,10 @@ class _Rewriter:
                 self._qdq_dense(node)
             elif op == "Add":
                 self._qdq_add(node)
+            elif op == "Mul":
+                self._qdq_mul(node)
+            elif op == "Concat":
+                self._qdq_concat(node)
             elif op in ("AveragePool", "MaxPool", "GlobalAveragePool"):
                 self._qdq_pool(node)
             elif op in ("Relu", "Clip"):
@@ -564,6 +568,50 @@ class _Rewriter:
         emit = self._add_emitter(params[0], params[1], q_out, bounds)
         self._replace(node, [node, q_node, *([activation] if activation else [])], sources,
                       q_node.output[0], emit, "add")
+
+    def _qdq_mul(self, node: Any) -> None:
+        """Mul: the product of the offset inputs rescaled by sa * sb / so (TFLite's MUL)."""
+        from microexport.compiler.integer import fixedpoint as fp
+        from microexport.compiler.integer import kernels
+
+        (a, qa, _), (b, qb, _) = (self._dequantized(name) for name in node.input)
+        q_node, q_out, activation, bounds = self._quantized_output(node.output[0])
+        low, high = self._clamp(q_out, bounds)
+        multiplier, shift = fp.quantize_multiplier(qa.scale * qb.scale / q_out.scale)
+        out = kernels.Output(multiplier, shift, q_out.zero_point, low, high, q_out.dtype)
+
+        def emit(bb: Any, args: list[Any]) -> Any:
+            return bb.emit_te(
+                lambda x, y: kernels.multiply(x, y, -qa.zero_point, -qb.zero_point, out),
+                args[0], args[1], primfunc_name_hint="mul_int")
+
+        self._replace(node, [node, q_node, *([activation] if activation else [])], [a, b],
+                      q_node.output[0], emit, "mul")
+
+    def _qdq_concat(self, node: Any) -> None:
+        """Concat: inputs whose parameters differ from the output's are requantized first,
+        then the integers are concatenated (a copy)."""
+        from microexport.compiler.integer import fixedpoint as fp
+
+        sources, params = [], []
+        for name in node.input:
+            source, q, _ = self._dequantized(name)
+            sources.append(source)
+            params.append(q)
+        user = self._only_consumer(node.output[0])
+        if user.op_type != "QuantizeLinear" or user.domain not in _DEFAULT_DOMAINS:
+            raise _Unmatched
+        zero = user.input[2] if len(user.input) > 2 else ""
+        q_out = self._scalar_q(user.input[1], zero, _output_dtype(user))
+        rescale: list[tuple[int, int, int] | None] = []
+        for q in params:
+            if q == q_out:
+                rescale.append(None)
+            else:
+                multiplier, shift = fp.quantize_multiplier(q.scale / q_out.scale)
+                rescale.append((q.zero_point, multiplier, shift))
+        emit = _ConcatEmitter(_attr(node, "axis", 0), tuple(rescale), q_out).emit
+        self._replace(node, [node, user], sources, user.output[0], emit, "concat")
 
     def _qlinear_add(self, node: Any) -> None:
         a, sa, za, b, sb, zb, sy, zy = (list(node.input) + [""] * 8)[:8]
@@ -1170,6 +1218,40 @@ class _LookupEmitter:
                               name="lookup")
 
         return bb.emit_te(build, args[0], _const(self.table), primfunc_name_hint="table_int")
+
+
+@dataclass(frozen=True)
+class _ConcatEmitter:
+    """Concat of integer tensors, each requantized to the output's parameters where they
+    differ ((input zero point, multiplier, shift), or None)."""
+
+    axis: int
+    rescale: tuple[tuple[int, int, int] | None, ...]
+    q_out: QParams
+
+    def emit(self, bb: Any, args: list[Any]) -> Any:
+        from tvm import relax
+
+        from microexport.compiler.integer import kernels
+
+        info = np.iinfo(self.q_out.dtype)
+        parts = []
+        for arg, rescale in zip(args, self.rescale, strict=True):
+            if rescale is not None:
+                zero, multiplier, shift = rescale
+                out = kernels.Output(multiplier, shift, self.q_out.zero_point, int(info.min),
+                                     int(info.max), self.q_out.dtype)
+                arg = bb.emit_te(_requantizer(zero, out), arg,
+                                 primfunc_name_hint="requantize_int")
+            parts.append(arg)
+        rank = len(_shape(args[0]))
+        return bb.normalize(relax.op.concat(parts, axis=self.axis % rank))
+
+
+def _requantizer(zero_point: int, output: Any) -> Callable[[Any], Any]:
+    from microexport.compiler.integer import kernels
+
+    return lambda x: kernels.requantize(x, zero_point, output)
 
 
 def _quantize_emitter(q: QParams) -> Emit:
