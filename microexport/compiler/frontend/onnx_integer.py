@@ -9,8 +9,10 @@ import, `rewrite_integer` finds these patterns on the ONNX graph:
     DequantizeLinear(w_q) ─┼─ Conv / MatMul / Gemm [→ Relu / Clip] → QuantizeLinear → y_q
     DequantizeLinear(b)  ──┘
 
-(and Add, AveragePool, MaxPool, GlobalAveragePool, standalone Relu/Clip; QLinearConv,
-QLinearMatMul, com.microsoft's QLinearAdd / QLinearAveragePool / QLinearGlobalAveragePool),
+(and Add, Mul, Concat, AveragePool, MaxPool, GlobalAveragePool, standalone Relu/Clip,
+elementwise functions of one input as 256-entry tables computed at compile time; QLinearConv,
+QLinearMatMul, com.microsoft's QLinearAdd / QLinearAveragePool / QLinearGlobalAveragePool /
+QGemm),
 and replaces each by one node of the `INTEGER_DOMAIN` whose converter (installed by
 `integer_converters` while TVM's frontend runs) emits the integer TE kernels of
 `compiler.integer.kernels`: int32 accumulation, requantization with fixed-point multipliers and
