@@ -227,7 +227,9 @@ class _Rewriter:
                 continue
             try:
                 self._match(node)
-            except _Unmatched:
+            except (_Unmatched, KeyError, ValueError, TypeError, IndexError):
+                # Not a pattern of ours, or parameters we cannot read (an unknown element
+                # type, a malformed attribute): TVM's frontend converts it (or says why not).
                 continue
         if not self.emitters:
             return
@@ -293,6 +295,8 @@ class _Rewriter:
             zp, dtype = int(zero.reshape(-1)[0]), str(zero.dtype)
         else:
             zp, dtype = 0, dtype or "uint8"
+        if dtype not in _QUANTIZED_TYPES:
+            raise _Unmatched
         value = float(scale.reshape(-1)[0])
         if not value > 0 or not np.isfinite(value):
             raise _Unmatched
@@ -759,7 +763,7 @@ class _Rewriter:
                     continue
                 try:
                     q = self._scalar_q(node.input[1], zero, _output_dtype(node))
-                except _Unmatched:
+                except (_Unmatched, KeyError, ValueError, TypeError):
                     continue
                 if self.shapes.get(node.input[0], (None, None))[1] not in (None, "float32"):
                     continue
@@ -768,9 +772,9 @@ class _Rewriter:
             elif node.op_type == "DequantizeLinear" and node.input[0] in self.integer_values:
                 try:
                     q = self._scalar_q(node.input[1], zero, self._dtype_of(node.input[0]))
-                except _Unmatched:
-                    continue
-                if _output_dtype_dq(node) != "float32":
+                    if _output_dtype_dq(node) != "float32":
+                        continue
+                except (_Unmatched, KeyError, ValueError, TypeError):
                     continue
 
                 self._replace(node, [node], [node.input[0]], node.output[0],
