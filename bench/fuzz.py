@@ -1,6 +1,6 @@
 """Differential fuzzing: random ONNX graphs through compile + host run against onnxruntime.
 
-    python bench/fuzz.py --count 2000 --seed 0 [--batch 25] [--jobs 1]
+    python bench/fuzz.py --count 2000 --seed 0 [--batch 25] [--jobs 1] [--format tflite]
 
 Graph `i` of a run is `tests/random_models.random_graph(seed + i)`: the same arguments check the
 same graphs on every machine. Graphs are compiled `--batch` at a time as one model (a failing
@@ -11,6 +11,11 @@ tests/fuzz_reproducers/ to make it a regression test), and a mismatch is attribu
 own LLVM build of the same import (`import`: TVM's build agrees with our C; `pipeline`: it
 does not). `--out`/summary.json holds every graph's outcome; the result line is appended to
 the table of bench/RESULTS.md (`--no-write`: print it only).
+
+`--format tflite` checks `random_models.write_random_tflite` graphs (float32 NHWC: CONV_2D,
+DEPTHWISE_CONV_2D, pools, PAD, CONCATENATION, TRANSPOSE, ADD/SUB/MUL with fused activations,
+FULLY_CONNECTED, SOFTMAX, float16 weights through DEQUANTIZE) against TFLite Micro (LiteRT where
+TFLite Micro cannot run one); a failing one is reported by seed, not shrunk.
 """
 
 from __future__ import annotations
@@ -33,24 +38,30 @@ import random_models  # noqa: E402
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 SECTION_BEGIN = "<!-- fuzz:begin -->"
 SECTION_END = "<!-- fuzz:end -->"
-SECTION_HEAD = """## Differential fuzzing: random ONNX graphs against onnxruntime
+SECTION_HEAD = """## Differential fuzzing: random graphs against onnxruntime and TFLite Micro
 
-`python bench/fuzz.py --count N --seed S` (tests/random_models.py: convs, depthwise, pools, pads,
-concats, splits, reshapes/views, transposes, slices, residual and broadcasting arithmetic,
-activations, dense heads, float16 and int8 weights, several outputs; compiled in batches, run on
-the host, every output compared with onnxruntime at rtol 1e-4, atol 1e-5). *unsupported*: a
-one-line error of ours; *mismatch*: wrong outputs (attributed with `--reference tvm`: import or
-pipeline); *crash*: a traceback or generated C that does not build. Each run appends a row.
+`python bench/fuzz.py --count N --seed S [--format tflite]` (tests/random_models.py: convs,
+depthwise, pools, pads, concats, splits, reshapes/views, transposes, slices, reductions,
+residual and broadcasting arithmetic, activations, dense heads, float16 and int8 weights,
+several outputs; compiled in batches, run on the host, every output compared with onnxruntime
+(ONNX) or TFLite Micro (TFLite) at rtol 1e-4, atol 1e-5). *unsupported*: a one-line error of
+ours; *mismatch*: wrong outputs (ONNX: attributed with `--reference tvm`, import or pipeline);
+*crash*: a traceback or generated C that does not build. Each run appends a row.
 
 """
-COLUMNS = ("graphs", "seeds", "pass", "unsupported", "mismatch (import / pipeline)", "crash",
-           "nodes per graph", "minutes", "commit")
+COLUMNS = ("format", "graphs", "seeds", "pass", "unsupported", "mismatch (import / pipeline)",
+           "crash", "nodes per graph", "minutes", "commit")
 TABLE_HEAD = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
 
 
-def _check(args: tuple[int, int, int]) -> list[dict[str, Any]]:
+def _check(args: tuple[int, int, int, str]) -> list[dict[str, Any]]:
     """Outcomes of graphs `first` … `first + count - 1` (run in a worker process)."""
-    first, count, shrink_budget = args
+    first, count, shrink_budget, fmt = args
+    if fmt == "tflite":
+        checked = random_models.check_tflite_seeds(list(range(first, first + count)))
+        return [{"graph": f"tflite{seed}", "nodes": None, "status": status, "detail": detail,
+                 "attribution": "", "reproducer": None}
+                for seed, (status, detail) in checked.items()]
     graphs = [random_models.random_graph(seed) for seed in range(first, first + count)]
     original = {g.name: g for g in graphs}
     results = []
@@ -67,10 +78,10 @@ def _check(args: tuple[int, int, int]) -> list[dict[str, Any]]:
     return results
 
 
-def run(count: int, seed: int, batch: int, jobs: int, shrink_budget: int,
+def run(count: int, seed: int, batch: int, jobs: int, shrink_budget: int, fmt: str = "onnx",
         verbose: bool = True) -> list[dict[str, Any]]:
     """Check `count` graphs from `seed` on; outcomes in seed order."""
-    chunks = [(first, min(batch, seed + count - first), shrink_budget)
+    chunks = [(first, min(batch, seed + count - first), shrink_budget, fmt)
               for first in range(seed, seed + count, batch)]
     results: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -96,15 +107,17 @@ def _commit() -> str:
     return head + ("+" if dirty else "")
 
 
-def result_row(results: list[dict[str, Any]], seed: int, seconds: float, commit: str) -> str:
+def result_row(results: list[dict[str, Any]], seed: int, seconds: float, commit: str,
+               fmt: str = "onnx") -> str:
     """The markdown table row of one run."""
     by_status = Counter(r["status"] for r in results)
     attributions = Counter(r["attribution"] for r in results if r["status"] == "mismatch")
-    nodes = sum(r["nodes"] for r in results) / max(len(results), 1)
-    return (f"| {len(results)} | {seed}–{seed + len(results) - 1} | {by_status['pass']} | "
+    counted = [r["nodes"] for r in results if r["nodes"] is not None]
+    nodes = f"{sum(counted) / len(counted):.1f}" if counted else "n/a"
+    return (f"| {fmt} | {len(results)} | {seed}–{seed + len(results) - 1} | {by_status['pass']} | "
             f"{by_status['unsupported'] + by_status['reference-error']} | "
             f"{by_status['mismatch']} ({attributions['import']} / {attributions['pipeline']}) | "
-            f"{by_status['crash']} | {nodes:.1f} | {seconds / 60:.1f} | {commit} |")
+            f"{by_status['crash']} | {nodes} | {seconds / 60:.1f} | {commit} |")
 
 
 def append_row(row: str, path: Path = RESULTS_MD) -> None:
@@ -127,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="compilations spent shrinking each failing graph (40)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "fuzz",
                         help="directory for summary.json and reproducers (build/fuzz)")
+    parser.add_argument("--format", choices=["onnx", "tflite"], default="onnx",
+                        help="which random graphs (onnx)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the result row instead of appending it to bench/RESULTS.md")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     started = time.monotonic()
-    results = run(args.count, args.seed, args.batch, args.jobs, args.shrink_budget)
+    results = run(args.count, args.seed, args.batch, args.jobs, args.shrink_budget, args.format)
     seconds = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / f"{r['status']}-{r['graph']}.json").write_text(r["reproducer"])
     summary = [{k: v for k, v in r.items() if k != "reproducer"} for r in results]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    row = result_row(results, args.seed, seconds, _commit())
+    row = result_row(results, args.seed, seconds, _commit(), args.format)
     print(row)
     if not args.no_write:
         append_row(row)

@@ -258,7 +258,59 @@ def _pool(b: _Builder, x: str) -> bool:
     attrs: dict[str, Any] = {k: params[k] for k in ("kernel_shape", "strides", "pads")}
     if op == "AveragePool":
         attrs["count_include_pad"] = int(b.rng.integers(0, 2))
-    b.node(op, [x], [(n, c, *params["out"])], **attrs)
+    out = params["out"]
+    if b.rng.random() < 0.25:  # ceil mode: a last, partial window
+        ceil = []
+        for i, size in enumerate((h, w)):
+            k, s, begin = params["kernel_shape"][i], params["strides"][i], params["pads"][i]
+            dim = -(-(size + begin + params["pads"][i + 2] - k) // s) + 1
+            # A last window starting in the padding is dropped by onnxruntime and PyTorch but
+            # counted by ONNX shape inference: generate only shapes both agree on.
+            ceil.append(dim if (dim - 1) * s < size + begin else None)
+        if None not in ceil:
+            attrs["ceil_mode"], out = 1, ceil
+    b.node(op, [x], [(n, c, *out)], **attrs)
+    return True
+
+
+def _reduce(b: _Builder, x: str) -> bool:
+    shape = b.shapes[x]
+    op = str(b.rng.choice(["ReduceMean", "ReduceMax", "ReduceSum"]))
+    candidates = list(range(1, len(shape)))
+    count = int(b.rng.integers(1, len(candidates) + 1))
+    axes = sorted(int(a) for a in b.rng.choice(candidates, count, replace=False))
+    keepdims = int(b.rng.integers(0, 2))
+    out = tuple(1 if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)
+    if op == "ReduceSum":  # opset 13: axes is an input
+        b.node(op, [x, b.ints(axes)], [out], keepdims=keepdims)
+    else:
+        b.node(op, [x], [out], axes=axes, keepdims=keepdims)
+    return True
+
+
+def _squeeze(b: _Builder, x: str) -> bool:
+    """Squeeze a dimension of size 1, or Unsqueeze one (ranks stay within 2 … 5)."""
+    shape = b.shapes[x]
+    ones = [i for i, d in enumerate(shape) if d == 1 and i > 0]
+    if ones and len(shape) > 2 and b.rng.random() < 0.6:
+        axis = b.pick(ones)
+        b.node("Squeeze", [x, b.ints([axis])], [shape[:axis] + shape[axis + 1:]])
+        return True
+    if len(shape) >= 5:
+        return False
+    axis = int(b.rng.integers(1, len(shape) + 1))
+    b.node("Unsqueeze", [x, b.ints([axis])], [shape[:axis] + (1,) + shape[axis:]])
+    return True
+
+
+def _expand(b: _Builder, x: str) -> bool:
+    shape = b.shapes[x]
+    ones = [i for i, d in enumerate(shape) if d == 1 and i > 0]
+    if not ones:
+        return False
+    target = list(shape)
+    target[b.pick(ones)] = int(b.rng.integers(2, 4))
+    b.node("Expand", [x, b.ints(target)], [tuple(target)])
     return True
 
 
@@ -380,7 +432,18 @@ def _binary(b: _Builder, x: str) -> bool:
         if len(shape) == 4:
             options += [(shape[1], 1, 1), (1, shape[1], 1, 1)]
         const_shape = options[int(b.rng.integers(len(options)))]
-        other = b.const(b.rng.uniform(-1, 1, const_shape).astype(np.float32), "k")
+        values = b.rng.uniform(-1, 1, const_shape)
+        stored = b.rng.random()
+        if stored < 0.2:  # a float16 constant
+            (other,) = b.node("Cast", [b.const(values.astype(np.float16), "k16_")],
+                              [const_shape], to=1)
+        elif stored < 0.35:  # an int8 constant
+            q = np.round(values * 127).astype(np.int8)
+            (other,) = b.node("DequantizeLinear", [b.const(q, "k8_"),
+                                                   b.const(np.float32(1 / 127), "s")],
+                              [const_shape])
+        else:
+            other = b.const(values.astype(np.float32), "k")
     operands = [x, other] if b.rng.random() < 0.7 else [other, x]
     other_shape = b.shapes.get(other, tuple(b.initializers.get(other, np.zeros(0)).shape))
     b.node(op, operands, [_broadcast_shape(shape, other_shape)])
@@ -427,9 +490,17 @@ _RANK4_OPS: tuple[tuple[Callable[[_Builder, str], bool], float], ...] = (
     (_slice, 0.8),
     (_binary, 2.0),
     (_unary, 1.5),
+    (_reduce, 0.5),
+    (_squeeze, 0.4),
+    (_expand, 0.3),
 )
 _RANK2_OPS: tuple[tuple[Callable[[_Builder, str], bool], float], ...] = (
     (_head, 3.0), (_binary, 1.0), (_unary, 1.0), (_concat, 0.5), (_split, 0.5), (_slice, 0.5),
+    (_squeeze, 0.3),
+)
+_OTHER_RANK_OPS: tuple[tuple[Callable[[_Builder, str], bool], float], ...] = (
+    (_binary, 1.0), (_unary, 1.0), (_transpose, 0.5), (_concat, 0.5), (_split, 0.5),
+    (_slice, 0.5), (_reshape, 0.7), (_reduce, 0.5), (_squeeze, 0.7), (_expand, 0.3),
 )
 MAX_ELEMENTS = 4096  # per value: keeps graphs small and fast to compile
 
@@ -448,11 +519,12 @@ def random_graph(seed: int, max_nodes: int = 8) -> Graph:
     tries = 0
     while sum(n.op not in _HELPER_OPS for n in b.nodes) < steps and tries < 50:
         tries += 1
-        rank4, rank2 = b.values_of_rank(4), b.values_of_rank(2)
-        recent = [v for v in list(b.shapes)[-3:] if len(b.shapes[v]) in (2, 4)]
-        pool = recent if recent and rng.random() < 0.7 else rank4 + rank2
+        operands = [v for v in b.shapes if len(b.shapes[v]) >= 2]
+        recent = operands[-3:]
+        pool = recent if rng.random() < 0.7 else operands
         x = b.pick(pool)
-        ops = _RANK4_OPS if len(b.shapes[x]) == 4 else _RANK2_OPS
+        rank = len(b.shapes[x])
+        ops = {4: _RANK4_OPS, 2: _RANK2_OPS}.get(rank, _OTHER_RANK_OPS)
         weights = np.array([wt for _, wt in ops])
         op = ops[int(rng.choice(len(ops), p=weights / weights.sum()))][0]
         snapshot = (len(b.nodes), dict(b.shapes), dict(b.initializers), b.counter)
@@ -480,6 +552,11 @@ def _with_outputs(b: _Builder) -> Graph:
         _unary(b, next(iter(b.inputs)))
         produced = list(b.nodes[-1].outputs)
     outputs = [produced[-1]]
+    if b.rng.random() < 0.1:  # an output that is a view of an input
+        x = next(iter(b.inputs))
+        outputs += b.node("Reshape", [x, b.ints([1, -1])], [(1, int(np.prod(b.shapes[x])))])
+    if b.rng.random() < 0.1:  # the same value as two outputs
+        outputs += b.node("Identity", [produced[-1]], [b.shapes[produced[-1]]])
     for _ in range(int(b.rng.integers(0, 3))):
         candidate = b.pick(produced)
         if b.rng.random() < 0.3:
@@ -704,3 +781,232 @@ def _minimised(outcome: Outcome, seed: int, budget: int) -> Outcome:
     final = check_one(small, seed) if small is not outcome.graph else outcome
     attribution = _attribute(small, seed) if final.status == "mismatch" else ""
     return replace(final, attribution=attribution)
+
+
+# --------------------------------------------------------------------------------------------
+# TFLite: random float32 NHWC graphs, checked against TFLite Micro
+# --------------------------------------------------------------------------------------------
+
+_ACTIVATIONS = (0, 0, 1, 3)  # fused activation: none, RELU, RELU6
+
+
+def _tfl_out(size: int, kernel: int, stride: int, same: bool) -> int:
+    return -(-size // stride) if same else (size - kernel) // stride + 1
+
+
+class _TfliteGraph:
+    """One random graph written into a shared `zoo.TfliteWriter` (several graphs share a
+    model, as ONNX graphs do in `merge`)."""
+
+    def __init__(self, writer: Any, seed: int) -> None:
+        self.w, self.seed = writer, seed
+        self.rng = np.random.default_rng(seed)
+        self.shapes: dict[int, Shape] = {}
+        self.count = 0
+
+    def tensor(self, shape: Shape, data: np.ndarray | None = None, dtype: str = "float32"
+               ) -> int:
+        self.count += 1
+        index = self.w.tensor(f"t{self.seed}_{self.count}", tuple(int(d) for d in shape), dtype,
+                              data)
+        if data is None:
+            self.shapes[index] = tuple(int(d) for d in shape)
+        return index
+
+    def weight(self, shape: Shape, fan_in: int) -> int:
+        """float32 weights, or float16 ones through DEQUANTIZE (TFLite Micro cannot run
+        those: the reference falls back to LiteRT)."""
+        values = self.rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))
+        if self.rng.random() < 0.15:
+            stored = self.tensor(shape, values.astype(np.float16), "float16")
+            out = self.tensor(shape)
+            del self.shapes[out]  # a weight, not an operand for later operators
+            self.w.operator("DEQUANTIZE", [stored], [out])
+            return out
+        return self.tensor(shape, values.astype(np.float32))
+
+    def ints(self, values: list[int]) -> int:
+        return self.tensor((len(values),), np.array(values, dtype=np.int32), "int32")
+
+    def op(self, name: str, inputs: list[int], shape: Shape, options: object = None) -> int:
+        out = self.tensor(shape)
+        self.w.operator(name, inputs, [out], options)
+        return out
+
+    def conv(self, x: int, depthwise: bool) -> int | None:
+        n, h, w, c = self.shapes[x]
+        k, s = int(self.rng.integers(1, 4)), int(self.rng.integers(1, 3))
+        same = bool(self.rng.integers(0, 2))
+        oh, ow = _tfl_out(h, k, s, same), _tfl_out(w, k, s, same)
+        if min(oh, ow) < 1:
+            return None
+        act = int(self.rng.choice(_ACTIVATIONS))
+        common = {"padding": 0 if same else 1, "strideH": s, "strideW": s,
+                  "fusedActivationFunction": act, "dilationHFactor": 1, "dilationWFactor": 1}
+        if depthwise:
+            mult = int(self.rng.integers(1, 3))
+            filt = self.weight((1, k, k, c * mult), k * k)
+            bias = self.weight((c * mult,), 1)
+            options = self.w.options("DepthwiseConv2DOptions", depthMultiplier=mult, **common)
+            return self.op("DEPTHWISE_CONV_2D", [x, filt, bias], (n, oh, ow, c * mult), options)
+        out_c = int(self.rng.integers(1, 6))
+        filt = self.weight((out_c, k, k, c), k * k * c)
+        bias = self.weight((out_c,), 1)
+        return self.op("CONV_2D", [x, filt, bias], (n, oh, ow, out_c),
+                       self.w.options("Conv2DOptions", **common))
+
+    def pool(self, x: int) -> int | None:
+        n, h, w, c = self.shapes[x]
+        k, s = int(self.rng.integers(1, 4)), int(self.rng.integers(1, 3))
+        same = bool(self.rng.integers(0, 2))
+        oh, ow = _tfl_out(h, k, s, same), _tfl_out(w, k, s, same)
+        if min(oh, ow) < 1:
+            return None
+        options = self.w.options("Pool2DOptions", padding=0 if same else 1, strideH=s,
+                                 strideW=s, filterHeight=k, filterWidth=k,
+                                 fusedActivationFunction=int(self.rng.choice(_ACTIVATIONS)))
+        name = str(self.rng.choice(["MAX_POOL_2D", "AVERAGE_POOL_2D"]))
+        return self.op(name, [x], (n, oh, ow, c), options)
+
+    def pad(self, x: int) -> int:
+        shape = self.shapes[x]
+        pads = [[0, 0]] + [[int(self.rng.integers(0, 3)), int(self.rng.integers(0, 3))]
+                           for _ in shape[1:]]
+        paddings = self.tensor((len(shape), 2), np.array(pads, dtype=np.int32), "int32")
+        out = tuple(d + a + b for d, (a, b) in zip(shape, pads, strict=True))
+        return self.op("PAD", [x, paddings], out)
+
+    def binary(self, x: int) -> int:
+        shape = self.shapes[x]
+        name = str(self.rng.choice(["ADD", "ADD", "SUB", "MUL"]))
+        same = [t for t, s in self.shapes.items() if s == shape and t != x]
+        if same and self.rng.random() < 0.5:
+            other = same[int(self.rng.integers(len(same)))]
+        else:
+            const_shape = (shape[-1],) if self.rng.random() < 0.6 else (1,) * len(shape)
+            other = self.tensor(const_shape,
+                                self.rng.uniform(-1, 1, const_shape).astype(np.float32))
+        kind = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions"}[name]
+        options = self.w.options(kind, fusedActivationFunction=int(
+            self.rng.choice(_ACTIVATIONS)))
+        return self.op(name, [x, other], shape, options)
+
+    def concat(self, x: int) -> int:
+        shape = self.shapes[x]
+        axis = int(self.rng.integers(1, len(shape)))
+        partners = [t for t, s in self.shapes.items() if len(s) == len(shape) and all(
+            a == b for i, (a, b) in enumerate(zip(s, shape, strict=True)) if i != axis)]
+        other = partners[int(self.rng.integers(len(partners)))]
+        out = list(shape)
+        out[axis] += self.shapes[other][axis]
+        options = self.w.options("ConcatenationOptions", axis=axis, fusedActivationFunction=0)
+        return self.op("CONCATENATION", [x, other], tuple(out), options)
+
+    def reshape(self, x: int) -> int:
+        shape = self.shapes[x]
+        total = int(np.prod(shape))
+        target = [1, total] if self.rng.random() < 0.5 else [1, shape[-1], total // shape[-1]]
+        options = self.w.options("ReshapeOptions", newShape=target)
+        return self.op("RESHAPE", [x, self.ints(target)], tuple(target), options)
+
+    def transpose(self, x: int) -> int:
+        shape = self.shapes[x]
+        perm = [0] + [int(p) + 1 for p in self.rng.permutation(len(shape) - 1)]
+        return self.op("TRANSPOSE", [x, self.ints(perm)], tuple(shape[p] for p in perm))
+
+    def unary(self, x: int) -> int:
+        name = str(self.rng.choice(["RELU", "RELU6", "LOGISTIC", "TANH"]))
+        return self.op(name, [x], self.shapes[x])
+
+    def dense(self, x: int) -> int:
+        shape = self.shapes[x]
+        if len(shape) != 2:
+            x = self.reshape(x) if len(shape) == 2 else self.op(
+                "RESHAPE", [x, self.ints([1, int(np.prod(shape))])], (1, int(np.prod(shape))),
+                self.w.options("ReshapeOptions", newShape=[1, int(np.prod(shape))]))
+        k = self.shapes[x][1]
+        units = int(self.rng.integers(1, 9))
+        y = self.op("FULLY_CONNECTED", [x, self.weight((units, k), k), self.weight((units,), 1)],
+                    (1, units), self.w.options("FullyConnectedOptions",
+                                               fusedActivationFunction=int(
+                                                   self.rng.choice(_ACTIVATIONS))))
+        if self.rng.random() < 0.5:
+            y = self.op("SOFTMAX", [y], (1, units), self.w.options("SoftmaxOptions", beta=1.0))
+        return y
+
+    def build(self, max_ops: int = 6) -> tuple[list[int], list[int]]:
+        """Inputs and outputs (tensor indices) of a random graph."""
+        rng = self.rng
+        shape = (1, int(rng.integers(2, 9)), int(rng.integers(2, 9)), int(rng.integers(1, 5)))
+        x = self.tensor(shape)
+        inputs, produced = [x], []
+        steps: list[tuple[Callable[[int], int | None], float]] = [
+            (lambda t: self.conv(t, False), 3), (lambda t: self.conv(t, True), 1.5),
+            (self.pool, 1.5), (self.pad, 1), (self.binary, 2), (self.concat, 1),
+            (self.transpose, 0.7), (self.unary, 1)]
+        weights = np.array([wt for _, wt in steps])
+        for _ in range(int(rng.integers(1, max_ops + 1))):
+            operands = [t for t, s in self.shapes.items() if len(s) == 4]
+            x = operands[-1] if rng.random() < 0.7 else operands[int(rng.integers(len(operands)))]
+            step = steps[int(rng.choice(len(steps), p=weights / weights.sum()))][0]
+            out = step(x)
+            if out is not None:
+                produced.append(out)
+        if not produced:
+            produced.append(self.unary(x))
+        if rng.random() < 0.3:
+            produced.append(self.dense(produced[-1]))
+        outputs = [produced[-1]]
+        for _ in range(int(rng.integers(0, 3))):
+            candidate = produced[int(rng.integers(len(produced)))]
+            if candidate not in outputs:
+                outputs.append(candidate)
+        return inputs, outputs
+
+
+def write_random_tflite(seeds: list[int], path: Path) -> dict[int, list[str]]:
+    """A .tflite model computing the random graph of every seed side by side; returns each
+    seed's output tensor names."""
+    from zoo import TfliteWriter
+
+    writer = TfliteWriter()
+    inputs, outputs, names = [], [], {}
+    for seed in seeds:
+        graph = _TfliteGraph(writer, seed)
+        graph_inputs, graph_outputs = graph.build()
+        inputs += graph_inputs
+        outputs += graph_outputs
+        names[seed] = [writer.tensors[t].name for t in graph_outputs]
+    writer.write(path, inputs, outputs)
+    return names
+
+
+def check_tflite_seeds(seeds: list[int], seed: int = 0) -> dict[int, tuple[str, str]]:
+    """Compile the TFLite graphs of `seeds` as one model, run it on the host, compare with
+    TFLite Micro (LiteRT where TFLite Micro cannot run it): seed → (status, detail), status as
+    in `Outcome`. A failing batch is bisected down to single seeds (each its own reproducer:
+    `write_random_tflite([seed], path)`)."""
+    import microexport
+    from microexport.errors import Error
+
+    with tempfile.TemporaryDirectory(prefix="microexport-fuzz-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        names = write_random_tflite(seeds, path)
+        try:
+            report = microexport.test(path, seed=seed)
+        except Exception as err:  # noqa: BLE001 - find which graph, then say what happened
+            if len(seeds) > 1:
+                half = len(seeds) // 2
+                return {**check_tflite_seeds(seeds[:half], seed),
+                        **check_tflite_seeds(seeds[half:], seed)}
+            text = err.one_line() if isinstance(err, Error) else (
+                f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+            crash = not isinstance(err, Error) or ("compiling '" in text and "failed" in text)
+            return {seeds[0]: ("crash" if crash else "unsupported", text)}
+    by_name = {o.name: o for o in report.outputs}
+    results = {}
+    for graph_seed, outs in names.items():
+        bad = [f"{n}: max abs error {by_name[n].max_abs_error:.3g}" for n in outs
+               if not by_name[n].passed]
+        results[graph_seed] = ("mismatch", "; ".join(bad)) if bad else ("pass", "")
+    return results

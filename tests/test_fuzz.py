@@ -1,10 +1,14 @@
 """Differential fuzzing in CI: random ONNX graphs (tests/random_models.py, fixed seeds) compiled
-through the public API, run on the host and compared with onnxruntime; the shrunk reproducers of
-bugs found so far (tests/fuzz_reproducers/*.json) as regression tests.
+through the public API, run on the host and compared with onnxruntime, random TFLite graphs
+compared with TFLite Micro; the shrunk reproducers of bugs found so far
+(tests/fuzz_reproducers/*.json) as regression tests.
 
-`FUZZ_GRAPHS` graphs run here, `FUZZ_BATCH` per compilation (about 0.8 s per graph on 2 cores);
-bench/fuzz.py runs thousands. A failing graph is shrunk and written next to the test's
-temporary directory; the assertion message names it.
+`FUZZ_GRAPHS` ONNX graphs run here, `FUZZ_BATCH` per compilation, and `TFLITE_GRAPHS` TFLite
+ones (about 0.8 s per graph on 2 idle cores; the environment variables
+MICROEXPORT_FUZZ_GRAPHS / MICROEXPORT_FUZZ_TFLITE_GRAPHS change the counts); bench/fuzz.py runs
+thousands. A failing ONNX graph is shrunk and written to the test's temporary directory (the
+assertion message names it); a failing TFLite graph is named by its seed
+(`random_models.write_random_tflite([seed], path)` rebuilds it).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import random_models
 from random_models import Graph, random_graph, shrink
 from support import require_module, require_program
 
-FUZZ_GRAPHS = int(os.environ.get("MICROEXPORT_FUZZ_GRAPHS", "250"))
+FUZZ_GRAPHS = int(os.environ.get("MICROEXPORT_FUZZ_GRAPHS", "200"))
 FUZZ_BATCH = 25
+TFLITE_GRAPHS = int(os.environ.get("MICROEXPORT_FUZZ_TFLITE_GRAPHS", "80"))
+TFLITE_BATCH = 20
 SHRINK_BUDGET = 20
 REPRODUCERS = sorted((Path(__file__).parent / "fuzz_reproducers").glob("*.json"))
 
@@ -73,6 +79,18 @@ def test_random_graphs_match_onnxruntime(first: int, tmp_path: Path) -> None:
     assert not failed, "\n".join(
         f"{o.status} {o.attribution}: {o.graph.summary()}: {o.detail} (reproducer: "
         f"{tmp_path / (o.graph.name + '.json')})" for o in failed)
+
+
+@pytest.mark.parametrize("first", range(0, TFLITE_GRAPHS, TFLITE_BATCH),
+                         ids=lambda first: f"seeds{first}-{first + TFLITE_BATCH - 1}")
+def test_random_tflite_graphs_match_tflite_micro(first: int) -> None:
+    require_module("tflite_micro", "tflite")
+    require_program("gcc", "gcc")
+    seeds = list(range(first, min(first + TFLITE_BATCH, TFLITE_GRAPHS)))
+    results = random_models.check_tflite_seeds(seeds)
+    failed = {seed: result for seed, result in results.items() if result[0] != "pass"}
+    assert not failed, "\n".join(f"TFLite seed {seed}: {status}: {detail}"
+                                 for seed, (status, detail) in failed.items())
 
 
 @pytest.mark.parametrize("path", REPRODUCERS, ids=[p.stem for p in REPRODUCERS])
