@@ -232,33 +232,35 @@ def test_no_float_between_the_edges(model: str, config: str, built: Callable) ->
     assert dtypes <= {"int8", "uint8", "int16", "int32"}, dtypes
 
 
-def _conv_chain_model(path: Path, middle: list, seed: int, extra: list | None = None
-                      ) -> dict[str, tuple[int, ...]]:
-    """Conv → `middle` (nodes from "c" to "s") → 1x1 Conv, NCHW 1x2x6x6 → 1x3x6x6."""
+def _conv_chain_model(path: Path, middle: list, seed: int, extra: list | None = None,
+                      last: str = "s") -> dict[str, tuple[int, ...]]:
+    """Conv → `middle` (nodes from "c", 4 channels, to `last`) → 1x1 Conv to 3 channels, on
+    an NCHW 1x2x6x6 input (`last="y"`: `middle` computes the output, no 1x1 Conv)."""
     import onnx
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), *middle,
-             helper.make_node("Conv", ["s", "w2", "b2"], ["y"])]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), *middle]
+    if last != "y":
+        nodes.append(helper.make_node("Conv", [last, "w2", "b2"], ["y"]))
     inits = [_init("w", rng.normal(size=(4, 2, 3, 3)) * 0.3), _init("b", np.zeros(4)),
              _init("w2", rng.normal(size=(3, 4, 1, 1)) * 0.3), _init("b2", np.zeros(3)),
              *(extra or [])]
     graph = helper.make_graph(
         nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
     return {"x": (1, 2, 6, 6)}
 
 
-def _compile_and_compare(tmp_path: Path, middle: list, config: str, extra: list | None = None
-                         ) -> dict[str, str]:
+def _compile_and_compare(tmp_path: Path, middle: list, config: str, extra: list | None = None,
+                         last: str = "s") -> dict[str, str]:
     """Quantize and compile a `_conv_chain_model`, check it against onnxruntime within one
     step; returns the C kernels (name → body)."""
     require_module("onnxruntime", "onnx")
-    shapes = _conv_chain_model(tmp_path / "float.onnx", middle, SEED + 4, extra)
+    shapes = _conv_chain_model(tmp_path / "float.onnx", middle, SEED + 4, extra, last)
     quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, config)
     archive = microexport.compile(str(tmp_path / "q.onnx"), output=tmp_path / "m.tar",
                                   name="q").archive
@@ -283,6 +285,30 @@ def test_unmatched_operator_stays_float(tmp_path: Path) -> None:
     assert sum("conv2d_int" in name for name in kernels) == 2, list(kernels)
     floating = [name for name, body in kernels.items() if "float" in body]
     assert any("power" in name for name in floating), floating
+
+
+@pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qoperator_u8"])
+def test_auto_pad_and_strides(config: str, tmp_path: Path) -> None:
+    """auto_pad SAME_UPPER with stride 2 on a conv, SAME_LOWER on an average pool, a strided
+    max pool (as converters from TensorFlow write them; onnxruntime refuses dilation with
+    auto_pad). The pool is the model's output: a 2x2 average has many ties, which
+    onnxruntime's float mean rounds either way, and a conv after it could turn a one-step
+    difference into two."""
+    from onnx import helper
+
+    node = helper.make_node
+    rng = np.random.default_rng(SEED + 7)
+    middle = [node("Conv", ["c", "w3", "b3"], ["d"], auto_pad="SAME_UPPER", strides=[2, 2]),
+              node("AveragePool", ["d"], ["p"], kernel_shape=[2, 2], auto_pad="SAME_LOWER"),
+              node("MaxPool", ["p"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                   auto_pad="SAME_UPPER")]
+    extra = [_init("w3", rng.normal(size=(4, 4, 3, 3)) * 0.3), _init("b3", np.zeros(4))]
+    kernels = _compile_and_compare(tmp_path, middle, config, extra, last="y")
+    main = next(body for name, body in kernels.items() if name.endswith("___tvm_main__"))
+    for kernel in ("conv2d_int", "avg_pool_int"):
+        assert kernel in main, main
+    floating = {name for name, body in kernels.items() if "float" in body}
+    assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
 
 
 @pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qdq_u8_per_tensor"])

@@ -1132,6 +1132,9 @@ class _PoolEmitter:
             raise ModelError(f"a quantized 2-D pool on an input of shape {shape}")
         padding = _padding(self.pads, shape[2:], self.kernel, self.strides, (1, 1))
 
+        if self.average and self.requantize is not None:
+            return self._rescaled_average(bb, args[0], padding)
+
         def build(x: Any) -> Any:
             result = pool(_to_nhwc(x), kernel=self.kernel, strides=self.strides,
                           padding=padding, low=pool_low, high=pool_high)
@@ -1144,6 +1147,74 @@ class _PoolEmitter:
 
         name = "avg_pool_int" if self.average else "max_pool_int"
         return bb.emit_te(build, args[0], primfunc_name_hint=name)
+
+    def _rescaled_average(self, bb: Any, data: Any, padding: tuple[int, int, int, int]) -> Any:
+        """AveragePool between different input and output parameters, rounded once: the sum
+        of the in-bounds taps minus their zero points, requantized with the multiplier of
+        input scale / (output scale x taps) for that window's number of taps (a table over
+        the possible counts). Pooling first and requantizing the rounded mean would round
+        twice (a step off onnxruntime, which rounds the float mean once)."""
+        from microexport.compiler.integer import fixedpoint as fp
+
+        taps = self.kernel[0] * self.kernel[1]
+        pairs = [(0, 0)] + [fp.quantize_multiplier(self.q_in.scale / (self.q_out.scale * n))
+                            for n in range(1, taps + 1)]
+        multipliers = np.array([m for m, _ in pairs], np.int32)
+        shifts = np.array([s for _, s in pairs], np.int32)
+        pool = _RescaledAveragePool(self.kernel, self.strides, padding, self.q_in.zero_point,
+                                    self.q_out, self.low, self.high)
+        return bb.emit_te(pool.build, data, _const(multipliers), _const(shifts),
+                          primfunc_name_hint="avg_pool_int")
+
+
+@dataclass(frozen=True)
+class _RescaledAveragePool:
+    """The TE computation of `_PoolEmitter._rescaled_average`, on NCHW."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: tuple[int, int, int, int]
+    input_zero_point: int
+    q_out: QParams
+    low: int
+    high: int
+
+    def build(self, data: Any, multipliers: Any, shifts: Any) -> Any:
+        from tvm import te, tirx
+
+        from microexport.compiler.integer import te_math as tm
+
+        batch, channels, height, width = (int(d) for d in data.shape)
+        top, left, bottom, right = self.padding
+        (kh, kw), (sh, sw) = self.kernel, self.strides
+        out_h = (height + top + bottom - kh) // sh + 1
+        out_w = (width + left + right - kw) // sw + 1
+        ry = te.reduce_axis((0, kh), name="ry")
+        rx = te.reduce_axis((0, kw), name="rx")
+
+        def tap(n: Any, c: Any, y: Any, x: Any) -> Any:
+            iy, ix = y * sh - top + ry, x * sw - left + rx
+            inside = tirx.all(iy >= 0, iy < height, ix >= 0, ix < width)
+            return tirx.if_then_else(
+                inside, tm.i32(data[n, c, iy, ix]) - tm.i32(self.input_zero_point), tm.i32(0))
+
+        total = te.compute((batch, channels, out_h, out_w),
+                           lambda n, c, y, x: te.sum(tap(n, c, y, x), axis=[ry, rx]),
+                           name="pool_sum")
+
+        def extent(origin: Any, size: int, window: int) -> Any:
+            return tirx.min(tm.i32(window), tm.i32(size) - origin) - tirx.max(tm.i32(0),
+                                                                              0 - origin)
+
+        def value(n: Any, c: Any, y: Any, x: Any) -> Any:
+            count = extent(tm.i32(y * sh - top), height, kh) * extent(
+                tm.i32(x * sw - left), width, kw)
+            scaled = tm.multiply_by_quantized_multiplier(total[n, c, y, x], multipliers[count],
+                                                         shifts[count])
+            return tm.clamp(scaled + tm.i32(self.q_out.zero_point), self.low,
+                            self.high).astype(self.q_out.dtype)
+
+        return te.compute((batch, channels, out_h, out_w), value, name="average_pool")
 
 
 @dataclass(frozen=True)
