@@ -204,9 +204,11 @@ class _Rewriter:
         for init in self.graph.initializer:
             with contextlib.suppress(Exception):
                 self.consts[init.name] = numpy_helper.to_array(init)
+        # The node objects, held for the whole rewrite: nodes are told apart by id().
+        self.nodes = list(self.graph.node)
         self.producer: dict[str, Any] = {}
         self.consumers: dict[str, list[Any]] = {}
-        for node in self.graph.node:
+        for node in self.nodes:
             for name in node.output:
                 self.producer[name] = node
             for name in node.input:
@@ -222,7 +224,7 @@ class _Rewriter:
     # -- driver ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        for node in list(self.graph.node):
+        for node in self.nodes:
             if id(node) in self.removed:
                 continue
             try:
@@ -235,7 +237,7 @@ class _Rewriter:
             return
         self._edges()
         nodes = []
-        for node in self.graph.node:
+        for node in self.nodes:
             nodes.extend(self.replacement.get(id(node), []))
             if id(node) not in self.removed:
                 nodes.append(node)
@@ -754,7 +756,7 @@ class _Rewriter:
     def _edges(self) -> None:
         """QuantizeLinear nodes feeding integer values and DequantizeLinear nodes reading them
         become integer quantize / dequantize kernels."""
-        for node in self.graph.node:
+        for node in self.nodes:
             if id(node) in self.removed or node.domain not in _DEFAULT_DOMAINS:
                 continue
             zero = node.input[2] if len(node.input) > 2 else ""
