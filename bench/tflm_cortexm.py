@@ -85,7 +85,9 @@ THIRD_PARTY = ("flatbuffers", "gemmlowp", "ruy", "kissfft", "cmsis_nn", "cmsis/C
 
 # The kernels the benchmark models need: TFLM kernel sources by stem (with their `_common`).
 KERNEL_STEMS = ("activations", "add", "conv", "depthwise_conv", "fully_connected", "kernel_util",
-                "pooling", "reshape", "softmax")
+                "pooling", "reshape", "softmax", "batch_matmul", "concatenation", "dequantize",
+                "expand_dims", "hard_swish", "leaky_relu", "logistic", "mul", "pad", "quantize",
+                "reduce", "split", "squeeze", "strided_slice", "sub", "tanh", "transpose")
 # TFLite builtin operator → MicroMutableOpResolver method.
 RESOLVER_METHODS = {
     "ADD": "AddAdd",
@@ -97,6 +99,25 @@ RESOLVER_METHODS = {
     "RELU": "AddRelu",
     "RESHAPE": "AddReshape",
     "SOFTMAX": "AddSoftmax",
+    "BATCH_MATMUL": "AddBatchMatMul",
+    "CONCATENATION": "AddConcatenation",
+    "DEQUANTIZE": "AddDequantize",
+    "EXPAND_DIMS": "AddExpandDims",
+    "HARD_SWISH": "AddHardSwish",
+    "LEAKY_RELU": "AddLeakyRelu",
+    "LOGISTIC": "AddLogistic",
+    "MEAN": "AddMean",
+    "MUL": "AddMul",
+    "PAD": "AddPad",
+    "PADV2": "AddPadV2",
+    "QUANTIZE": "AddQuantize",
+    "RELU6": "AddRelu6",
+    "SPLIT": "AddSplit",
+    "SQUEEZE": "AddSqueeze",
+    "STRIDED_SLICE": "AddStridedSlice",
+    "SUB": "AddSub",
+    "TANH": "AddTanh",
+    "TRANSPOSE": "AddTranspose",
 }
 
 
@@ -190,7 +211,8 @@ def build_tflm(root: Path, arch: str, kernels: str, cache: Path, jobs: int) -> T
     out = cache / f"{arch}_{kernels}"
     meta = out / "flags.json"
     framework, kernel_lib = out / "libtflm_framework.a", out / "libtflm_kernels.a"
-    stamp = {"root": str(root), "commit": tflm_commit(root), "layout": 2}
+    stamp = {"root": str(root), "commit": tflm_commit(root), "layout": 3,
+             "kernels": list(KERNEL_STEMS)}
     if meta.exists() and framework.exists() and kernel_lib.exists():
         cached = json.loads(meta.read_text())
         if cached.pop("source", None) == stamp:  # else built from another checkout: rebuild
@@ -338,6 +360,21 @@ MODELS = {
     "float_mlp": float_mlp,
     "float_cnn": float_cnn,
 }
+
+
+def _quantized_model(name: str):  # noqa: ANN202 - a model builder like the ones above
+    """A real quantized model of tests/int8_models.py (needs ai-edge-quantizer)."""
+    def build_model(directory: Path) -> Path:
+        from int8_models import INT8_MODELS
+
+        return {m.name: m for m in INT8_MODELS}[name].build(directory)[0]
+
+    return build_model
+
+
+for _name in ("vww_mobilenet_int8", "dscnn_kws_int8", "residual_int8", "shape_ops_int8",
+              "int16x8_model"):
+    MODELS[_name] = _quantized_model(_name)
 
 
 # --------------------------------------------------------------------------------------------
