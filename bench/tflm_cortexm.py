@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,7 +363,7 @@ MODELS = {
 }
 
 
-def _quantized_model(name: str):  # noqa: ANN202 - a model builder like the ones above
+def _quantized_model(name: str) -> Callable[[Path], Path]:
     """A real quantized model of tests/int8_models.py (needs ai-edge-quantizer)."""
     def build_model(directory: Path) -> Path:
         from int8_models import INT8_MODELS
