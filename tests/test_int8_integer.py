@@ -194,3 +194,24 @@ def test_int16_fully_connected_matches_tflm(bias_dtype: str | None, per_channel:
     archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="fc16").archive
     got = microexport.run(archive, {"x": data}, board="host", build_dir=tmp_path / "build")["y"]
     assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
+
+
+@pytest.mark.parametrize("name", BIT_EXACT)
+def test_ram_below_tflm_arena(name: str, built: Callable, tmp_path: Path) -> None:
+    """Workspace + inputs + outputs (caller-owned I/O, the default) at most TFLite Micro's
+    arena for the same model (its host figure; bench/tflm_cortexm.py measures the Cortex-M4F
+    one, which RESULTS.md compares too). A PAD before a conv is read through the conv's own
+    padding, so no padded copy of the activation is planned."""
+    from microexport.deploy.reference import tflm_arena_bytes
+
+    path, _ = built(name)
+    compiled = microexport.compile(str(path), output=tmp_path / "m.tar", name="m")
+    with tarfile.open(compiled.archive) as tar:
+        metadata = json.load(tar.extractfile("./metadata.json"))
+    memory = metadata["memory"]
+    ours = memory["workspace_bytes"] + memory["io_bytes"]
+    arena = tflm_arena_bytes(path)
+    assert arena is not None and ours <= arena, (ours, arena)
+    if name == "vww_mobilenet_int8":  # its PADs feed stride-2 depthwise convs
+        kernels = [k["symbol"] for k in metadata["functions"]["kernels"]]
+        assert not [k for k in kernels if "pad" in k], kernels

@@ -238,6 +238,11 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     dilation = (options.DilationHFactor(), options.DilationWFactor())
     shape = [int(d) for d in converter.get_tensor_shape(data)]
     padding = _padding(options.Padding(), shape, weights.shape[1:3], strides, dilation)
+    folded = _foldable_pad(converter, data, in_zero)
+    if folded is not None:  # read the PAD's input, the padding taken as part of the window
+        source, (top, left, bottom, right) = folded
+        args[0] = _expr(converter, source)
+        padding = (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right)
     if kind == "conv":
         def build_conv(*tensors: Any) -> Any:
             x, w, b, out = unpack(tensors)
@@ -365,6 +370,44 @@ def _pad(converter: Any, op: Any) -> Any:
                    lambda x: kernels.pad(x, paddings, value))
     _keep_unfused(converter, padded)
     return padded
+
+
+def _foldable_pad(converter: Any, data: Any, zero_point: int
+                  ) -> tuple[Any, tuple[int, int, int, int]] | None:
+    """When `data` (a conv's NHWC input) is the output of a PAD of height and width only, with
+    the zero point as pad value: the PAD's input and its (top, left, bottom, right). A conv
+    over zero-point padding sums (zero point - zero point) * weight = 0 for those taps, which
+    is what the conv's own padding does, so it can read the unpadded input and skip the PAD
+    kernel and its padded tensor (removed as dead code when nothing else reads it)."""
+    producer = _producer(converter, data.tensor_idx)
+    if producer is None or converter.get_op_code_str(producer) not in ("PAD", "PADV2"):
+        return None
+    inputs = converter.get_input_tensors(producer)
+    if converter.has_expr(inputs[1].tensor_idx):
+        return None
+    paddings = [(int(a), int(b)) for a, b in converter.get_tensor_value(inputs[1])]
+    value = _scalar_params(converter, [data])[0][1]
+    if len(inputs) > 2 and inputs[2].tensor_idx != -1:
+        value = int(np.asarray(converter.get_tensor_value(inputs[2])).reshape(-1)[0])
+    source_q = quantization(inputs[0])
+    data_q = quantization(data)
+    if (len(paddings) != 4 or paddings[0] != (0, 0) or paddings[3] != (0, 0)
+            or value != zero_point or source_q is None or data_q is None
+            or fp.f32(source_q.per_tensor_scale) != fp.f32(data_q.per_tensor_scale)
+            or source_q.per_tensor_zero_point != data_q.per_tensor_zero_point):
+        return None
+    (top, bottom), (left, right) = paddings[1], paddings[2]
+    return inputs[0], (top, left, bottom, right)
+
+
+def _producer(converter: Any, tensor_index: int) -> Any:
+    """The operator of the converter's subgraph that writes tensor `tensor_index`, or None."""
+    subgraph = converter.subgraph
+    for index in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(index)
+        if tensor_index in [int(t) for t in op.OutputsAsNumpy()]:
+            return op
+    return None
 
 
 # TVM's OpPatternKind: an opaque kernel is never fused with its neighbours.
