@@ -468,3 +468,37 @@ def test_torch_exported_cnn(tmp_path: Path) -> None:
     (want,) = onnxruntime_outputs(quantized, inputs)
     got = microexport.run(archive, inputs)["logits"]
     assert float(np.abs(got - want).max()) <= output_step(quantized) * 1.0001
+
+
+@pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qdq_u8_per_tensor"])
+def test_softmax(config: str, tmp_path: Path) -> None:
+    """A classifier head: Gemm → Softmax, computed with TFLite's integer softmax (steps of
+    1/256) requantized to the output onnxruntime calibrates (scale 1/255)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    require_module("onnxruntime", "onnx")
+    rng = np.random.default_rng(SEED + 8)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+             helper.make_node("Softmax", ["g"], ["y"], axis=-1)]
+    inits = [_init("w", rng.normal(size=(10, 32)) * 0.4), _init("b", rng.normal(size=10) * 0.2)]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    shapes = {"x": (1, 32)}
+    quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, config)
+    archive = microexport.compile(str(tmp_path / "q.onnx"), output=tmp_path / "m.tar",
+                                  name="q").archive
+    with tarfile.open(archive) as tar:
+        kernels = _kernels(tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode())
+    assert any("softmax_int" in name for name in kernels), list(kernels)
+    floating = {name for name, body in kernels.items() if "float" in body}
+    assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
+    step = output_step(tmp_path / "q.onnx")
+    for inputs in sample_inputs(shapes, 3):
+        (want,) = onnxruntime_outputs(tmp_path / "q.onnx", inputs)
+        got = microexport.run(archive, inputs)["y"]
+        assert float(np.abs(got - want).max()) <= step * 1.0001

@@ -266,6 +266,8 @@ class _Rewriter:
                 self._qdq_data_movement(node)
             elif op in _TABULATED:
                 self._qdq_table(node)
+            elif op == "Softmax":
+                self._qdq_softmax(node)
             elif op == "QLinearConv":
                 self._qlinear_conv(node)
             elif op == "QLinearMatMul":
@@ -730,6 +732,29 @@ class _Rewriter:
         self._replace(node, [node, user], [source], user.output[0],
                       _LookupEmitter(table, int(np.iinfo(q_in.dtype).min)).emit, "table")
 
+    def _qdq_softmax(self, node: Any) -> None:
+        """Softmax over the last axis: TFLite's integer softmax (exponentials of the
+        differences to the row maximum from a table, a fixed-point reciprocal), whose int8
+        result (scale 1/256, zero point -128) is requantized to the output's parameters."""
+        from microexport.compiler.integer import fixedpoint as fp
+
+        source, q_in, _ = self._dequantized(node.input[0])
+        user = self._only_consumer(node.output[0])
+        if user.op_type != "QuantizeLinear" or user.domain not in _DEFAULT_DOMAINS:
+            raise _Unmatched
+        zero = user.input[2] if len(user.input) > 2 else ""
+        q_out = self._scalar_q(user.input[1], zero, _output_dtype(user))
+        shape = self.shapes.get(node.input[0], (None, None))[0]
+        axis = _attr(node, "axis", -1 if _opset(self.model) >= 13 else 1)
+        if shape is None or axis % len(shape) != len(shape) - 1:
+            raise _Unmatched  # opset < 13 flattens from `axis`: only the last axis here
+        table = fp.softmax_tables(q_in.scale, 1.0).exp
+        # TFLite's kernel writes int8 in steps of 1/256 from -128; onnxruntime quantizes the
+        # output with scale 1/255 (or as calibrated): requantized from there.
+        multiplier, shift = fp.quantize_multiplier((1 / 256) / q_out.scale)
+        self._replace(node, [node, user], [source], user.output[0],
+                      _SoftmaxEmitter(table, q_out, multiplier, shift).emit, "softmax")
+
     def _qdq_data_movement(self, node: Any) -> None:
         """DequantizeLinear → Flatten/Reshape/… → QuantizeLinear with equal parameters: the
         operator on the integers (TVM's converter, unchanged)."""
@@ -807,6 +832,10 @@ def _attr(node: Any, name: str, default: Any) -> Any:
             value = helper.get_attribute_value(attr)
             return list(value) if isinstance(value, (list, tuple)) else value
     return default
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
 
 
 def _output_dtype(node: Any) -> str:
@@ -1325,6 +1354,31 @@ class _ConcatEmitter:
             parts.append(arg)
         rank = len(_shape(args[0]))
         return bb.normalize(relax.op.concat(parts, axis=self.axis % rank))
+
+
+@dataclass(frozen=True)
+class _SoftmaxEmitter:
+    """TFLite's int8 softmax over the last axis, requantized to `q_out`."""
+
+    exp_table: np.ndarray
+    q_out: QParams
+    multiplier: int
+    shift: int
+
+    def emit(self, bb: Any, args: list[Any]) -> Any:
+        from microexport.compiler.integer import kernels
+
+        info = np.iinfo(self.q_out.dtype)
+        out = kernels.Output(self.multiplier, self.shift, self.q_out.zero_point, int(info.min),
+                             int(info.max), self.q_out.dtype)
+        same = self.q_out == QParams(1 / 256, -128, "int8")
+
+        def build(x: Any, table: Any) -> Any:
+            result = kernels.softmax(x, table)
+            return result if same else kernels.requantize(result, -128, out)
+
+        return bb.emit_te(build, args[0], _const(self.exp_table),
+                          primfunc_name_hint="softmax_int")
 
 
 def _requantizer(zero_point: int, output: Any) -> Callable[[Any], Any]:
