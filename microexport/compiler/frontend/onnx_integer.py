@@ -9,7 +9,7 @@ import, `rewrite_integer` finds these patterns on the ONNX graph:
     DequantizeLinear(w_q) ─┼─ Conv / MatMul / Gemm [→ Relu / Clip] → QuantizeLinear → y_q
     DequantizeLinear(b)  ──┘
 
-(and Add, Mul, Concat, AveragePool, MaxPool, GlobalAveragePool, standalone Relu/Clip,
+(and Add, Mul, Concat, AveragePool, MaxPool, GlobalAveragePool, Softmax, standalone Relu/Clip,
 elementwise functions of one input as 256-entry tables computed at compile time; QLinearConv,
 QLinearMatMul, com.microsoft's QLinearAdd / QLinearAveragePool / QLinearGlobalAveragePool /
 QGemm),
