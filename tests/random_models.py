@@ -918,6 +918,33 @@ class _TfliteGraph:
         name = str(self.rng.choice(["RELU", "RELU6", "LOGISTIC", "TANH"]))
         return self.op(name, [x], self.shapes[x])
 
+    def split(self, x: int) -> int | None:
+        """SPLIT into equal parts along a dimension: several outputs of one operator."""
+        shape = self.shapes[x]
+        axes = [a for a in range(1, len(shape)) if shape[a] % 2 == 0]
+        if not axes:
+            return None
+        axis = axes[int(self.rng.integers(len(axes)))]
+        parts = 2 if shape[axis] % 3 else int(self.rng.choice([2, 3]))
+        part = tuple(d // parts if i == axis else d for i, d in enumerate(shape))
+        outs = [self.tensor(part) for _ in range(parts)]
+        self.w.operator("SPLIT", [self.tensor((), np.array(axis, dtype=np.int32), "int32"), x],
+                        outs, self.w.options("SplitOptions", numSplits=parts))
+        return outs[int(self.rng.integers(parts))]
+
+    def mean(self, x: int) -> int:
+        """MEAN over the spatial dimensions, keeping them (a global average pool)."""
+        n, _, _, c = self.shapes[x]
+        return self.op("MEAN", [x, self.ints([1, 2])], (n, 1, 1, c),
+                       self.w.options("ReducerOptions", keepDims=True))
+
+    def regroup(self, x: int) -> int:
+        """RESHAPE to another 4-d shape of the same size (a view)."""
+        n, h, w, c = self.shapes[x]
+        target = [n, h * w, 1, c] if self.rng.random() < 0.5 else [n, h, w * c, 1]
+        options = self.w.options("ReshapeOptions", newShape=target)
+        return self.op("RESHAPE", [x, self.ints(target)], tuple(target), options)
+
     def dense(self, x: int) -> int:
         shape = self.shapes[x]
         if len(shape) != 2:
@@ -943,7 +970,8 @@ class _TfliteGraph:
         steps: list[tuple[Callable[[int], int | None], float]] = [
             (lambda t: self.conv(t, False), 3), (lambda t: self.conv(t, True), 1.5),
             (self.pool, 1.5), (self.pad, 1), (self.binary, 2), (self.concat, 1),
-            (self.transpose, 0.7), (self.unary, 1)]
+            (self.transpose, 0.7), (self.unary, 1), (self.split, 0.7), (self.mean, 0.4),
+            (self.regroup, 0.5)]
         weights = np.array([wt for _, wt in steps])
         for _ in range(int(rng.integers(1, max_ops + 1))):
             operands = [t for t, s in self.shapes.items() if len(s) == 4]

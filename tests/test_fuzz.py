@@ -54,6 +54,27 @@ def test_random_graphs_are_deterministic_valid_and_cover_the_operators() -> None
     assert min(depthwise, multi_output, broadcast) >= FUZZ_GRAPHS // 20
 
 
+TFLITE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "PAD",
+              "CONCATENATION", "SPLIT", "RESHAPE", "TRANSPOSE", "MEAN", "ADD", "SUB", "MUL",
+              "FULLY_CONNECTED", "SOFTMAX", "DEQUANTIZE"}
+
+
+def test_random_tflite_graphs_are_deterministic_and_cover_the_operators(tmp_path: Path) -> None:
+    require_module("tflite_micro", "tflite")
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    seeds = list(range(TFLITE_GRAPHS))
+    first, second = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    random_models.write_random_tflite(seeds, first)
+    random_models.write_random_tflite(seeds, second)
+    assert first.read_bytes() == second.read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(first.read_bytes(), 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+    ops = {names[model.operatorCodes[op.opcodeIndex].builtinCode]
+           for op in model.subgraphs[0].operators}
+    assert ops >= TFLITE_OPS, TFLITE_OPS - ops
+
+
 def test_shrink_keeps_the_failure_and_drops_the_rest() -> None:
     """Shrinking against a predicate of the graph alone (no compiler): "has a Pad node"."""
     require_module("onnx", "onnx")
