@@ -61,6 +61,7 @@ def test_reference_tvm_catches_a_wrong_output(build_model: BuildModel, tmp_path:
     assert not probs.passed and probs.max_abs_error == pytest.approx(PERTURBATION, rel=1e-6)
     assert pooled.passed and pooled.max_abs_error == 0
     assert "FAIL: " in report.summary() and "vs tvm" in report.summary()
+    assert "the difference is in microexport's pipeline" in report.summary()
 
 
 def test_cli_reference_tvm_exit_status(build_model: BuildModel, tmp_path: Path,
