@@ -15,8 +15,14 @@ at the suite's tolerances (rtol 1e-3, atol 1e-7). Each test ends in one category
 - `traceback`: any other exception (a bug);
 - `timeout`.
 
+After a full run, the tests that did not pass and have integer inputs (shapes, axes, indices,
+sizes, counts) run again with those inputs frozen to the test's own values (`constants=`, the
+Python form of `--constant`), as a deployment fixing them would: the section reports that count
+separately.
+
 The summary goes to the "ONNX conformance" section of bench/RESULTS.md (`--no-write` prints it
-only); every result is kept as JSON in the cache directory (`results.json`).
+only); every result is kept as JSON in the cache directory (`results.json`,
+`results_frozen.json`).
 """
 
 from __future__ import annotations
@@ -131,8 +137,14 @@ def compare(got: Any, want: Any) -> str | None:
     return None
 
 
-def run_one(test_dir: Path) -> dict[str, Any]:
-    """Compile + host run one node test; its result record (name, status, detail)."""
+def integer_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs of integer (or bool) type: shapes, axes, indices, sizes, counts."""
+    return {name: value for name, value in inputs.items() if value.dtype.kind in "iub"}
+
+
+def run_one(test_dir: Path, frozen: bool = False) -> dict[str, Any]:
+    """Compile + host run one node test (`frozen`: its integer inputs frozen to the test's
+    values); its result record (name, status, detail)."""
     import microexport
     from microexport.errors import Error
 
@@ -145,9 +157,10 @@ def run_one(test_dir: Path) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="onnx-conf-") as tmp:
         try:
-            compiled = microexport.compile(test_dir / "model.onnx", Path(tmp) / "model.tar",
-                                           name="model")
             inputs, expected = test_data(test_dir)
+            constants = integer_inputs(inputs) if frozen else None
+            compiled = microexport.compile(test_dir / "model.onnx", Path(tmp) / "model.tar",
+                                           name="model", constants=constants)
             specs = {spec.name for spec in compiled.model.inputs}
             got = microexport.run(compiled.archive, {k: v for k, v in inputs.items()
                                                      if k in specs},
@@ -189,10 +202,11 @@ def _worker(conn: Connection) -> None:
         task = conn.recv()
         if task is None:
             return
+        path, frozen = task
         try:
-            conn.send(run_one(Path(task)))
+            conn.send(run_one(Path(path), frozen))
         except BaseException as err:  # noqa: BLE001 - report, never die silently
-            conn.send({"name": Path(task).name, "status": TRACEBACK,
+            conn.send({"name": Path(path).name, "status": TRACEBACK,
                        "detail": f"{type(err).__name__} in the harness: {err}"[:400],
                        "seconds": 0})
 
@@ -205,7 +219,8 @@ def _interrupt(signum: int, frame: object) -> None:
 class _Slot:
     """One worker process with its pipe and current task."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, frozen: bool = False) -> None:
+        self.frozen = frozen
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, args=(child,), daemon=True)
         self.process.start()
@@ -215,7 +230,7 @@ class _Slot:
 
     def give(self, task: Path) -> None:
         self.task, self.started = task, time.monotonic()
-        self.conn.send(str(task))
+        self.conn.send((str(task), self.frozen))
 
     def kill(self) -> None:
         self.process.kill()
@@ -223,13 +238,14 @@ class _Slot:
         self.conn.close()
 
 
-def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True
-            ) -> list[dict[str, Any]]:
-    """Run `tests` in `jobs` workers; a test running longer than `timeout` s is a timeout."""
+def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True,
+            frozen: bool = False) -> list[dict[str, Any]]:
+    """Run `tests` in `jobs` workers (`frozen`: integer inputs frozen); a test running longer
+    than `timeout` s is a timeout."""
     ctx = multiprocessing.get_context("spawn")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` ends the workers too
     pending = list(reversed(tests))
-    slots = [_Slot(ctx) for _ in range(max(1, min(jobs, len(tests))))]
+    slots = [_Slot(ctx, frozen) for _ in range(max(1, min(jobs, len(tests))))]
     results: list[dict[str, Any]] = []
 
     def record(res: dict[str, Any]) -> None:
@@ -239,7 +255,7 @@ def run_all(tests: list[Path], jobs: int, timeout: float, progress: bool = True
                   f"{res['detail'][:120]}", flush=True)
 
     try:
-        _drive(slots, pending, timeout, record, lambda: _Slot(ctx))
+        _drive(slots, pending, timeout, record, lambda: _Slot(ctx, frozen))
     finally:  # interrupted or done: no worker outlives the run
         for slot in slots:
             if slot.task is None:
@@ -328,9 +344,10 @@ def _commit() -> str | None:
 
 def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
             baseline: tuple[str, list[dict[str, Any]]] | None = None,
-            commit: str | None = None) -> str:
+            commit: str | None = None, frozen: list[dict[str, Any]] | None = None) -> str:
     """The markdown section for bench/RESULTS.md (`baseline`: a label and earlier results to
-    show the headline of; `commit`: what was measured)."""
+    show the headline of; `commit`: what was measured; `frozen`: the reruns with integer
+    inputs frozen)."""
     import onnx
 
     total = len(results)
@@ -346,6 +363,13 @@ def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
         headline(results),
         "",
     ]
+    if frozen:
+        rescued = {r["name"] for r in frozen if r["status"] == PASS}
+        passed = sum(r["status"] == PASS or r["name"] in rescued for r in results)
+        lines += [f"With integer inputs (shapes, axes, indices, sizes) frozen to the test's own "
+                  f"values by `--constant`, as a deployment would fix them: **{passed} / {total} "
+                  f"pass ({100 * passed / max(total, 1):.1f}%)** ({len(rescued)} more of the "
+                  f"{len(frozen)} failing tests with integer inputs).", ""]
     if baseline is not None:
         lines += [f"{baseline[0]}: {headline(baseline[1])}", ""]
     lines += [
@@ -413,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     node_dir = generate(args.cache)
     tests = test_dirs(node_dir, args.pattern)
     results_json = args.cache / "results.json"
+    frozen_json = args.cache / "results_frozen.json"
     run_json = args.cache / "run.json"  # duration and workers of the last full run
     previous: dict[str, dict[str, Any]] = {}
     if results_json.is_file():
@@ -421,11 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None:
         baseline = (args.baseline_label,
                     json.loads(args.baseline.read_text(encoding="utf-8")))
+    frozen = json.loads(frozen_json.read_text(encoding="utf-8")) if frozen_json.is_file() \
+        else None
     if args.summary_only:
         run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
         text = summary(sorted(previous.values(), key=lambda r: r["name"]),
                        run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline,
-                       run.get("commit"))
+                       run.get("commit"), frozen)
         write_section(text)
         print(text.split("\n\n")[2])
         return 0
@@ -445,8 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     if not partial:
         run_json.write_text(json.dumps({"seconds": round(seconds), "jobs": args.jobs,
                                         "commit": commit}), encoding="utf-8")
+        failing = [t for t in tests if merged[t.name]["status"] != PASS
+                   and integer_inputs(test_data(t)[0])]
+        frozen = run_all(failing, args.jobs, args.timeout, progress=not args.quiet,
+                         frozen=True)
+        frozen_json.write_text(json.dumps(frozen, indent=1), encoding="utf-8")
     text = summary(results if partial else list(merged.values()), seconds, args.jobs, baseline,
-                   commit)
+                   commit, None if partial else frozen)
     if args.no_write or partial:
         print(text)
     else:
