@@ -447,10 +447,9 @@ def test_hand_written_qdq_activations(tmp_path: Path) -> None:
 
 
 def test_torch_exported_cnn(tmp_path: Path) -> None:
-    """A CNN exported by torch.onnx.export (BatchNorm, a reshape target computed from
-    x.shape, a dynamic batch axis), quantized by quantize_static: Conv, MaxPool and Gemm become
-    integer kernels, the quantized BatchNormalization (no integer pattern) stays float;
-    within one step of onnxruntime."""
+    """A CNN exported by torch.onnx.export (Conv, Relu, BatchNorm, MaxPool, a reshape target
+    computed from x.shape, Gemm, a dynamic batch axis), quantized by quantize_static: all
+    integer between the edges, within one step of onnxruntime."""
     require_module("torch", "torch")
     require_module("onnxruntime", "onnx")
     from zoo import EXPORTED_ONNX_SHAPES, exported_onnx_cnn
@@ -462,9 +461,12 @@ def test_torch_exported_cnn(tmp_path: Path) -> None:
                                   input_shapes=EXPORTED_ONNX_SHAPES).archive
     with tarfile.open(archive) as tar:
         library = tar.extractfile("./codegen/host/src/tvmgen_q_lib.c").read().decode()
-    names = " ".join(_kernels(library))
-    for kernel in ("conv2d_int", "max_pool_int", "dense_int"):
+    kernels = _kernels(library)
+    names = " ".join(kernels)
+    for kernel in ("conv2d_int", "batch_norm_int", "max_pool_int", "dense_int"):
         assert kernel in names, names
+    floating = {name for name, body in kernels.items() if "float" in body}
+    assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
     (want,) = onnxruntime_outputs(quantized, inputs)
     got = microexport.run(archive, inputs)["logits"]
     assert float(np.abs(got - want).max()) <= output_step(quantized) * 1.0001

@@ -268,6 +268,8 @@ class _Rewriter:
                 self._qdq_table(node)
             elif op == "Softmax":
                 self._qdq_softmax(node)
+            elif op == "BatchNormalization":
+                self._qdq_batch_norm(node)
             elif op == "QLinearConv":
                 self._qlinear_conv(node)
             elif op == "QLinearMatMul":
@@ -754,6 +756,50 @@ class _Rewriter:
         multiplier, shift = fp.quantize_multiplier((1 / 256) / q_out.scale)
         self._replace(node, [node, user], [source], user.output[0],
                       _SoftmaxEmitter(table, q_out, multiplier, shift).emit, "softmax")
+
+    def _qdq_batch_norm(self, node: Any) -> None:
+        """BatchNormalization (inference, constant statistics) on NCHW: per channel
+        `a * x + b`, with `a = scale / sqrt(var + epsilon)` and `b = bias - mean * a`, as
+        a requantization per channel of `sign(a) * (x - zx) * 256 + round(256 b / (|a| sx))`
+        (the offset kept in 1/256 input steps so that it is rounded once, at the end)."""
+        from microexport.compiler.integer import fixedpoint as fp
+
+        if len(node.input) != 5 or len(node.output) != 1 or _attr(node, "training_mode", 0):
+            raise _Unmatched
+        source, q_in, _ = self._dequantized(node.input[0])
+        gamma, beta, mean, var = (self._const_or_dequantized(name).astype(np.float64)
+                                  for name in node.input[1:5])
+        epsilon = float(np.float32(_attr(node, "epsilon", 1e-5)))
+        a = gamma / np.sqrt(var + epsilon)
+        b = beta - mean * a
+        if a.ndim != 1 or not (a.size == b.size) or not np.all(np.abs(a) > 1e-12):
+            raise _Unmatched
+        q_node, q_out, activation, bounds = self._quantized_output(node.output[0])
+        low, high = self._clamp(q_out, bounds)
+        offsets = np.round(256 * b / (np.abs(a) * q_in.scale))
+        if np.abs(offsets).max(initial=0) >= 2**22:
+            raise _Unmatched
+        pairs = [fp.quantize_multiplier(float(abs(value)) * q_in.scale / (256 * q_out.scale))
+                 for value in a]
+        emit = _BatchNormEmitter(np.sign(a).astype(np.int32), offsets.astype(np.int32),
+                                 np.array([m for m, _ in pairs], np.int32),
+                                 np.array([sh for _, sh in pairs], np.int32),
+                                 q_in.zero_point, q_out, low, high).emit
+        self._replace(node, [node, q_node, *([activation] if activation else [])], [source],
+                      q_node.output[0], emit, "batch_norm")
+
+    def _const_or_dequantized(self, name: str) -> np.ndarray:
+        """A float constant, or the float value of DequantizeLinear of a constant."""
+        if name in self.consts:
+            return self.consts[name]
+        weights = self._dequantized_weights(name)
+        shape = [1] * weights.values.ndim
+        if weights.values.ndim:
+            shape[weights.axis] = -1
+        scale = weights.scale.reshape(shape) if weights.scale.size > 1 else weights.scale[0]
+        zero = weights.zero_point.reshape(shape) if weights.zero_point.size > 1 else \
+            weights.zero_point[0]
+        return (weights.values.astype(np.float64) - zero) * scale
 
     def _qdq_data_movement(self, node: Any) -> None:
         """DequantizeLinear → Flatten/Reshape/… → QuantizeLinear with equal parameters: the
@@ -1379,6 +1425,44 @@ class _SoftmaxEmitter:
 
         return bb.emit_te(build, args[0], _const(self.exp_table),
                           primfunc_name_hint="softmax_int")
+
+
+@dataclass(frozen=True)
+class _BatchNormEmitter:
+    """Per-channel (NCHW axis 1) affine requantization of `_Rewriter._qdq_batch_norm`."""
+
+    signs: np.ndarray
+    offsets: np.ndarray
+    multipliers: np.ndarray
+    shifts: np.ndarray
+    input_zero_point: int
+    q_out: QParams
+    low: int
+    high: int
+
+    def emit(self, bb: Any, args: list[Any]) -> Any:
+        shape = _shape(args[0])
+        if len(shape) < 2 or shape[1] != self.signs.size:
+            raise ModelError(f"a quantized BatchNormalization of {self.signs.size} channels on "
+                             f"an input of shape {shape}")
+        return bb.emit_te(self.build, args[0], _const(self.signs), _const(self.offsets),
+                          _const(self.multipliers), _const(self.shifts),
+                          primfunc_name_hint="batch_norm_int")
+
+    def build(self, x: Any, signs: Any, offsets: Any, multipliers: Any, shifts: Any) -> Any:
+        from tvm import te
+
+        from microexport.compiler.integer import te_math as tm
+
+        def value(*i: Any) -> Any:
+            c = i[1]
+            t = (tm.i32(x[i]) - tm.i32(self.input_zero_point)) * signs[c] * tm.i32(256) \
+                + offsets[c]
+            scaled = tm.multiply_by_quantized_multiplier(t, multipliers[c], shifts[c])
+            return tm.clamp(scaled + tm.i32(self.q_out.zero_point), self.low,
+                            self.high).astype(self.q_out.dtype)
+
+        return te.compute(x.shape, value, name="batch_norm")
 
 
 def _requantizer(zero_point: int, output: Any) -> Callable[[Any], Any]:
