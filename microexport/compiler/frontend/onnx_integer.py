@@ -9,10 +9,10 @@ import, `rewrite_integer` finds these patterns on the ONNX graph:
     DequantizeLinear(w_q) ─┼─ Conv / MatMul / Gemm [→ Relu / Clip] → QuantizeLinear → y_q
     DequantizeLinear(b)  ──┘
 
-(and Add, Mul, Concat, AveragePool, MaxPool, GlobalAveragePool, Softmax, standalone Relu/Clip,
-elementwise functions of one input as 256-entry tables computed at compile time; QLinearConv,
-QLinearMatMul, com.microsoft's QLinearAdd / QLinearAveragePool / QLinearGlobalAveragePool /
-QGemm),
+(and Add, Mul, Concat, AveragePool, MaxPool, GlobalAveragePool, Softmax, BatchNormalization,
+standalone Relu/Clip, elementwise functions of one input as 256-entry tables computed at
+compile time; QLinearConv, QLinearMatMul, com.microsoft's QLinearAdd / QLinearAveragePool /
+QLinearGlobalAveragePool / QGemm),
 and replaces each by one node of the `INTEGER_DOMAIN` whose converter (installed by
 `integer_converters` while TVM's frontend runs) emits the integer TE kernels of
 `compiler.integer.kernels`: int32 accumulation, requantization with fixed-point multipliers and
