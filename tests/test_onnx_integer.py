@@ -347,12 +347,13 @@ def test_elementwise_functions_as_tables(config: str, tmp_path: Path) -> None:
     assert all(re.search(r"(_(de)?quantize\d*|___tvm_main__)$", n) for n in floating), floating
 
 
-def test_qdq_model_in_qemu(built: Callable, tmp_path: Path) -> None:
-    """The int8 per-channel CNN on Cortex-M3 (no FPU but for the edges): same outputs as on
-    the host, within one step of onnxruntime."""
+@pytest.mark.parametrize("config", ["qdq_s8_per_channel", "qoperator_u8"])
+def test_qdq_model_in_qemu(config: str, built: Callable, tmp_path: Path) -> None:
+    """The CNN (int8 QDQ per channel; uint8 QOperator) on Cortex-M3 (no FPU; float only in the
+    edge kernels, in software): same outputs as on the host, within one step of onnxruntime."""
     require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     require_program("qemu-system-arm", "qemu-system-arm")
-    path, archive, shapes = built("cnn", "qdq_s8_per_channel")
+    path, archive, shapes = built("cnn", config)
     (inputs,) = sample_inputs(shapes, 1)
     got = microexport.run(archive, inputs, board="mps2_an385", build_dir=tmp_path / "build")
     host = microexport.run(archive, inputs)
