@@ -78,16 +78,27 @@ def test_graph_describes_the_compiled_model(name: str, zoo_compilation: ZooCompi
         assert tensors[const["name"]]["pool"] == "constants"
 
 
-def test_kernel_params_read_and_written(zoo_compilation: ZooCompilation) -> None:
+def test_kernel_params_read_and_written(zoo_compilation: ZooCompilation,
+                                       build_model: Callable, tmp_path: Path) -> None:
     compilation, _, _ = zoo_compilation("mlp_onnx")
     doc = json.loads(compilation.files["src/tir-codegen.json"])
     functions = {f["name"]: f for f in doc["modules"][0]["functions"]}
     params = kernel_params(functions["tvmgen_mlp_onnx_fused_matmul_add_relu"])
-    # inputs, weights, bias, output, then the kernel's scratch (its accumulator)
-    assert [p.access for p in params] == ["read", "read", "read", "write", "readwrite"]
-    assert params[4].name == "scratch"
+    # inputs, weights, bias, output; the accumulator is a C local (default --kernel-stack-limit)
+    assert [p.access for p in params] == ["read", "read", "read", "write"]
     assert params[1].declared_bytes == 16 * 32 * 4
     assert find_main(doc["modules"][0])["name"] == "tvmgen_mlp_onnx___tvm_main__"
+    # With every kernel buffer in the workspace the accumulator is scratch, read and written.
+    from microexport.api import compile_model, import_model
+
+    _, builder, shapes = next(entry for entry in ZOO if entry[0] == "mlp_onnx")
+    path, _ = build_model(builder)
+    scratch = compile_model(import_model(path, shapes), name="mlp_onnx", kernel_stack_limit=0)
+    doc = json.loads(scratch.files["src/tir-codegen.json"])
+    functions = {f["name"]: f for f in doc["modules"][0]["functions"]}
+    params = kernel_params(functions["tvmgen_mlp_onnx_fused_matmul_add_relu"])
+    assert [p.access for p in params] == ["read", "read", "read", "write", "readwrite"]
+    assert params[4].name == "scratch"
 
 
 def test_graph_cli_runs_without_tvm(zoo_compilation: ZooCompilation, tmp_path: Path) -> None:
@@ -220,8 +231,8 @@ MAIN_VIOLATIONS: list[tuple[str, Callable[[dict], object], str]] = [
     ("unknown dtype", lambda d: _declaring(d, "lv_1")["buffer"]["type"].update(dtype="handle"),
      r"\.body\.seq\[\d+\]\.buffer\.type\.dtype: unknown dtype 'handle'"),
     ("argument missing", lambda d: _first_call(d)["args"].pop(),
-     r"\.body\.seq\[\d+\]\.value: 'tvmgen_mlp_onnx_fused_matmul_add_relu' takes 5 arguments, "
-     r"the main passes 4"),
+     r"\.body\.seq\[\d+\]\.value: 'tvmgen_mlp_onnx_fused_matmul_add_relu' takes 4 arguments, "
+     r"the main passes 3"),
     ("main calls itself", lambda d: _first_call(d)["op"].update(name=_main(d)["name"]),
      r"\.body\.seq\[\d+\]\.value: the AOT main calls itself"),
     ("kernel missing", lambda d: _first_call(d)["op"].update(name="tvmgen_nothing"),
