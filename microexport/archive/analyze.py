@@ -5,9 +5,11 @@ Per kernel: the loop nests with their trip counts, multiply-accumulates (a store
 executed BufferLoad / BufferStore, element size times lanes), scratch bytes (the byte buffer on a
 `scratch` pointer parameter) and local bytes (buffers the kernel allocates itself). Counts multiply
 the trip counts of the enclosing loops; an `if loop_var == c` body counts once per outer
-iteration. Anything not statically known (a loop extent that is not a constant, a While loop, any
-other condition) is counted as if it ran once per enclosing iteration and the kernel is marked
-`approximate`. With an AOT main in the document, the totals count each kernel once per call.
+iteration, an `if loop_var < c` (`<=`, `>`, `>=`, either side) body for the iterations that take
+it (loop unswitching leaves such tests, e.g. in a concatenation). Anything not statically known
+(a loop extent that is not a constant, a While loop, any other condition) is counted as if it ran
+once per enclosing iteration and the kernel is marked `approximate`. With an AOT main in the
+document, the totals count each kernel once per call.
 """
 
 from __future__ import annotations
@@ -216,15 +218,33 @@ class _KernelAnalyzer:
                 self.loads(value, times, path)
 
 
+# `loop_var <op> constant` with the loop variable on either side: the test on an iteration index i.
+_COMPARISONS: dict[str, tuple[Any, Any]] = {
+    "LT": (lambda i, c: i < c, lambda i, c: c < i),
+    "LE": (lambda i, c: i <= c, lambda i, c: c <= i),
+    "GT": (lambda i, c: i > c, lambda i, c: c > i),
+    "GE": (lambda i, c: i >= c, lambda i, c: c >= i),
+}
+
+
 def _once_per_loop(condition: Mapping[str, Any], loops: Mapping[str, int | None]
                    ) -> Fraction | None:
-    """For `loop_var == constant`: the fraction of iterations that take the branch."""
-    if condition["node"] != "EQ":
+    """For `loop_var == constant`, or an ordering comparison of a loop variable with a constant:
+    the fraction of the loop's iterations (0 to trips - 1) that take the branch."""
+    node = condition["node"]
+    if node != "EQ" and node not in _COMPARISONS:
         return None
-    for var, const in ((condition["a"], condition["b"]), (condition["b"], condition["a"])):
-        if var["node"] == "Var" and var["name"] in loops and int_value(const) is not None:
+    for side, (var, const) in enumerate(((condition["a"], condition["b"]),
+                                         (condition["b"], condition["a"]))):
+        value = int_value(const)
+        if var["node"] == "Var" and var["name"] in loops and value is not None:
             trips = loops[var["name"]]
-            return Fraction(1, trips) if trips else None
+            if not trips:
+                return None
+            if node == "EQ":
+                return Fraction(1, trips)
+            test = _COMPARISONS[node][side]
+            return Fraction(sum(1 for i in range(trips) if test(i, value)), trips)
     return None
 
 
