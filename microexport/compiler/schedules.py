@@ -61,7 +61,7 @@ def schedule_for_c(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 # Innermost reduction loops of at most this many iterations are unrolled completely (a 3x3
-# kernel's input channels, a 2x2 pool window); longer ones are split and the inner part of
+# kernel's input channels, a 2x2 average-pool window); longer ones are split and the inner part of
 # `UNROLL_FACTOR` iterations unrolled. Four multiply-adds per loop test take most of the loop
 # overhead away at a few dozen bytes of code per kernel (`microexport size` shows them).
 FULL_UNROLL_MAX = 4
@@ -383,9 +383,12 @@ def _unswitch_loops(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.P
 
 # Loop unswitching: every loop whose body holds an `if_then_else` with a condition the loop does
 # not change (padding's bounds test inlined into a convolution's channel loop) becomes
-# `if (c) { loop with c true } else { loop with c false }`. The values computed are the same;
-# the test runs once per loop instead of once per iteration. The two copies bind the same loop
-# variables; ConvertSSA renames them, without which CommonSubexprElim takes an index expression
-# of both copies for one and hoists it above the `if`, out of its loop variable's scope.
+# `if (c) { loop with c true } else { loop with c false }`; the test runs once per loop instead of
+# once per iteration. In a padded convolution the `else` copy accumulates `0.0f * w`, which TVM's
+# simplifier then drops (x * 0 -> 0, acc + 0 -> acc): padded taps are skipped, as TFLite Micro's
+# reference kernels skip them, which differs from multiplying only for an infinite or NaN weight.
+# The two copies bind the same loop variables; ConvertSSA renames them, without which
+# CommonSubexprElim takes an index expression of both copies for one and hoists it above the
+# `if`, out of its loop variable's scope.
 hoist_invariant_conditions = tvm.transform.Sequential(
     [_unswitch_loops, tirx.transform.ConvertSSA()], name="microexport.HoistInvariantConditions")
