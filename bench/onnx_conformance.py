@@ -139,7 +139,16 @@ def compare(got: Any, want: Any) -> str | None:
 
 def integer_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """The inputs of integer (or bool) type: shapes, axes, indices, sizes, counts."""
-    return {name: value for name, value in inputs.items() if value.dtype.kind in "iub"}
+    return {name: value for name, value in inputs.items()
+            if getattr(value, "dtype", None) is not None and value.dtype.kind in "iub"}
+
+
+def has_integer_inputs(test_dir: Path) -> bool:
+    """Whether the test feeds an integer input (False when its data cannot be read)."""
+    try:
+        return bool(integer_inputs(test_data(test_dir)[0]))
+    except Exception:  # noqa: BLE001 - sequence/optional inputs the reader cannot parse
+        return False
 
 
 def run_one(test_dir: Path, frozen: bool = False) -> dict[str, Any]:
@@ -157,10 +166,10 @@ def run_one(test_dir: Path, frozen: bool = False) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="onnx-conf-") as tmp:
         try:
-            inputs, expected = test_data(test_dir)
-            constants = integer_inputs(inputs) if frozen else None
+            constants = integer_inputs(test_data(test_dir)[0]) if frozen else None
             compiled = microexport.compile(test_dir / "model.onnx", Path(tmp) / "model.tar",
                                            name="model", constants=constants)
+            inputs, expected = test_data(test_dir)
             specs = {spec.name for spec in compiled.model.inputs}
             got = microexport.run(compiled.archive, {k: v for k, v in inputs.items()
                                                      if k in specs},
@@ -412,6 +421,17 @@ def write_section(text: str, path: Path = RESULTS_MD) -> None:
     path.write_text(current, encoding="utf-8")
 
 
+def run_frozen(tests: list[Path], results: dict[str, dict[str, Any]], args: Any,
+               path: Path) -> list[dict[str, Any]]:
+    """Rerun the tests of `results` that did not pass and have integer inputs, with those
+    inputs frozen; the records, also written to `path`."""
+    failing = [t for t in tests if t.name in results and results[t.name]["status"] != PASS
+               and has_integer_inputs(t)]
+    frozen = run_all(failing, args.jobs, args.timeout, progress=not args.quiet, frozen=True)
+    path.write_text(json.dumps(frozen, indent=1), encoding="utf-8")
+    return frozen
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -428,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no line per test")
     parser.add_argument("--summary-only", action="store_true",
                         help="run nothing: write the section from the last results.json")
+    parser.add_argument("--frozen-only", action="store_true",
+                        help="run only the reruns with integer inputs frozen, of the failures "
+                             "of the last results.json, and write the section")
     parser.add_argument("--baseline", type=Path, metavar="JSON",
                         help="an earlier results.json whose headline the section shows too")
     parser.add_argument("--baseline-label", default="Before",
@@ -448,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
                     json.loads(args.baseline.read_text(encoding="utf-8")))
     frozen = json.loads(frozen_json.read_text(encoding="utf-8")) if frozen_json.is_file() \
         else None
+    if args.frozen_only:  # only the frozen reruns of the last full run's failures
+        run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
+        frozen = run_frozen(tests, previous, args, frozen_json)
+        write_section(summary(sorted(previous.values(), key=lambda r: r["name"]),
+                              run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline,
+                              run.get("commit"), frozen))
+        return 0
     if args.summary_only:
         run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
         text = summary(sorted(previous.values(), key=lambda r: r["name"]),
@@ -472,11 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if not partial:
         run_json.write_text(json.dumps({"seconds": round(seconds), "jobs": args.jobs,
                                         "commit": commit}), encoding="utf-8")
-        failing = [t for t in tests if merged[t.name]["status"] != PASS
-                   and integer_inputs(test_data(t)[0])]
-        frozen = run_all(failing, args.jobs, args.timeout, progress=not args.quiet,
-                         frozen=True)
-        frozen_json.write_text(json.dumps(frozen, indent=1), encoding="utf-8")
+        frozen = run_frozen(tests, merged, args, frozen_json)
     text = summary(results if partial else list(merged.values()), seconds, args.jobs, baseline,
                    commit, None if partial else frozen)
     if args.no_write or partial:

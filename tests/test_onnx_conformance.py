@@ -47,6 +47,7 @@ PASSING = (
     "test_scatternd", "test_shape", "test_sigmoid", "test_softmax_axis_1",
     "test_split_equal_parts_1d_opset18", "test_transpose_default",
     "test_where_example", "test_cast_FLOAT16_to_FLOAT", "test_cast_FLOAT_to_FLOAT16",
+    "test_mod_float_edge_cases_fmod_0_float16",
 )  # fmt: skip
 
 # Refused as they come (an axes or shape input the frontend needs constant), passing with the

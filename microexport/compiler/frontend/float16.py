@@ -108,6 +108,12 @@ def widen_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, HalfEdges]:
         node.output[:] = [renamed.get(name, name) for name in node.output]
     for value in [*graph.input, *graph.output]:
         if value.name in renamed:
+            # the float32 tensor the graph computes on keeps the type information (rewrites
+            # that depend on the element type read it), the edge becomes the uint16 bits
+            inner = graph.value_info.add()
+            inner.CopyFrom(value)
+            inner.name = renamed[value.name]
+            inner.type.tensor_type.elem_type = TensorProto.FLOAT
             value.type.tensor_type.elem_type = TensorProto.UINT16
     decode = [helper.make_node(DECODE_OP, [name], [renamed[name]], domain=HALF_DOMAIN,
                                name=f"{name}__decode") for name in inputs]
@@ -135,6 +141,11 @@ def _round_half_casts(graph: onnx.GraphProto) -> int:
         target = node.output[0]
         node.output[0] = f"{target}__unrounded"
         to.i = TensorProto.FLOAT
+        known = {value.name for value in graph.value_info}
+        for name in (node.output[0], target):
+            if name not in known:  # the element type, for rewrites that depend on it
+                graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                                      None))
         nodes += [node,
                   helper.make_node(ENCODE_OP, [node.output[0]], [f"{target}__bits"],
                                    domain=HALF_DOMAIN, name=f"{target}__encode"),
