@@ -68,6 +68,7 @@ REFUSED = {
     "test_constantofshape_float_ones": "TVM cannot compile",
     "test_spacetodepth_crd_mode_example": "mode=CRD",
     "test_compress_0": "computed at run time",
+    "test_resize_downsample_sizes_linear_antialias": "antialias=1",
 }
 
 

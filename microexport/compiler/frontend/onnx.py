@@ -398,8 +398,8 @@ def _check_frontend_gaps(model: onnx.ModelProto) -> None:
     """UnsupportedOperator for what TVM's frontend would silently compute wrong: a Dropout
     whose `training_mode` input is not a constant false (it ignores it and `ratio`), a
     BatchNormalization with `training_mode=1` (our inference lowering uses the running
-    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used, an attribute
-    value of `_IGNORED_ATTRIBUTES`."""
+    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used, a Resize with
+    `antialias=1` (TVM ignores it), an attribute value of `_IGNORED_ATTRIBUTES`."""
     from onnx import numpy_helper
 
     constants = {init.name: init for init in model.graph.initializer}
@@ -412,6 +412,10 @@ def _check_frontend_gaps(model: onnx.ModelProto) -> None:
                 a.name == "training_mode" and a.i for a in node.attribute):
             raise UnsupportedOperator("BatchNormalization", "training_mode=1 (batch "
                                       "statistics): export the model for inference")
+        if node.op_type == "Resize" and any(a.name == "antialias" and a.i
+                                            for a in node.attribute):
+            raise UnsupportedOperator("Resize", "antialias=1 (TVM's frontend ignores it and "
+                                      "resamples without the filter): use antialias=0")
         if node.op_type in _IGNORED_ATTRIBUTES:
             name, default = _IGNORED_ATTRIBUTES[node.op_type]
             for attr in node.attribute:
