@@ -5,7 +5,9 @@
 Graph `i` of a run is `tests/random_models.random_graph(seed + i)`: the same arguments check the
 same graphs on every machine. Graphs are compiled `--batch` at a time as one model (a failing
 batch is bisected), every output compared with onnxruntime (float32: rtol 1e-4, atol 1e-5).
-A failing graph is shrunk to a small reproducer written as JSON to `--out`
+Batches rotate through the compile-option layouts of `random_models.LAYOUTS` (static or
+external workspace, I/O in the workspace, alignments, kernel stack limit, two pools). A failing
+graph is shrunk to a small reproducer written as JSON to `--out`
 (`<status>-<graph>.json`, loadable with `random_models.Graph.from_json`; copy it to
 tests/fuzz_reproducers/ to make it a regression test), and a mismatch is attributed with TVM's
 own LLVM build of the same import (`import`: TVM's build agrees with our C; `pipeline`: it
@@ -54,9 +56,9 @@ COLUMNS = ("format", "graphs", "seeds", "pass", "unsupported", "mismatch (import
 TABLE_HEAD = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
 
 
-def _check(args: tuple[int, int, int, str]) -> list[dict[str, Any]]:
+def _check(args: tuple[int, int, int, str, str]) -> list[dict[str, Any]]:
     """Outcomes of graphs `first` … `first + count - 1` (run in a worker process)."""
-    first, count, shrink_budget, fmt = args
+    first, count, shrink_budget, fmt, layout = args
     if fmt == "tflite":
         checked = random_models.check_tflite_seeds(list(range(first, first + count)))
         return [{"graph": f"tflite{seed}", "nodes": None, "status": status, "detail": detail,
@@ -65,7 +67,8 @@ def _check(args: tuple[int, int, int, str]) -> list[dict[str, Any]]:
     graphs = [random_models.random_graph(seed) for seed in range(first, first + count)]
     original = {g.name: g for g in graphs}
     results = []
-    for outcome in random_models.check_batch(graphs, shrink_budget=shrink_budget):
+    for outcome in random_models.check_batch(graphs, shrink_budget=shrink_budget,
+                                             layout=layout):
         name = outcome.graph.name
         results.append({
             "graph": name,
@@ -81,8 +84,10 @@ def _check(args: tuple[int, int, int, str]) -> list[dict[str, Any]]:
 def run(count: int, seed: int, batch: int, jobs: int, shrink_budget: int, fmt: str = "onnx",
         verbose: bool = True) -> list[dict[str, Any]]:
     """Check `count` graphs from `seed` on; outcomes in seed order."""
-    chunks = [(first, min(batch, seed + count - first), shrink_budget, fmt)
-              for first in range(seed, seed + count, batch)]
+    layouts = random_models.LAYOUTS
+    chunks = [(first, min(batch, seed + count - first), shrink_budget, fmt,
+               layouts[index % len(layouts)])
+              for index, first in enumerate(range(seed, seed + count, batch))]
     results: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for chunk in pool.map(_check, chunks):

@@ -63,6 +63,7 @@ class Graph:
     nodes: tuple[Node, ...]
     outputs: tuple[str, ...]
     shapes: dict[str, Shape]
+    layout: str = "default"  # how it is compiled: a key of LAYOUTS
 
     def to_model(self) -> Any:
         """The graph as an ONNX ModelProto (opset 13), checked with full shape inference."""
@@ -78,6 +79,7 @@ class Graph:
                        "attrs": {k: v for k, v in n.attrs}} for n in self.nodes],
             "outputs": list(self.outputs),
             "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "layout": self.layout,
         }, indent=1, sort_keys=True) + "\n"
 
     @staticmethod
@@ -93,12 +95,14 @@ class Graph:
                         for n in doc["nodes"]),
             outputs=tuple(doc["outputs"]),
             shapes={k: tuple(v) for k, v in doc["shapes"].items()},
+            layout=doc.get("layout", "default"),
         )
 
     def summary(self) -> str:
         """`name: N nodes (Op, Op, …), M outputs` in one line."""
         ops = ", ".join(n.op for n in self.nodes)
-        return f"{self.name}: {len(self.nodes)} nodes ({ops}), {len(self.outputs)} outputs"
+        return (f"{self.name}: {len(self.nodes)} nodes ({ops}), {len(self.outputs)} outputs, "
+                f"layout {self.layout}")
 
 
 def _array_json(array: np.ndarray) -> dict[str, Any]:
@@ -680,14 +684,35 @@ def _write(graphs: list[Graph], directory: Path) -> Path:
     return path
 
 
+def _layouts() -> dict[str, dict[str, Any]]:
+    from microexport.model import PoolSpec
+
+    return {
+        "default": {},
+        "io-in-workspace": {"io_in_workspace": True},
+        "external-align4": {"workspace": "external", "alignment": 4},
+        "stack64-align8": {"kernel_stack_limit": 64, "alignment": 8},
+        "external-io-align32": {"workspace": "external", "io_in_workspace": True,
+                                "alignment": 32},
+        "two-pools": {"pools": (PoolSpec("fast", 512), PoolSpec("slow"))},
+    }
+
+
+# Compile options the graphs are checked under (`Graph.layout`): the memory planner, the
+# workspace modes and the kernel-stack rule see every graph shape too.
+LAYOUTS = ("default", "io-in-workspace", "external-align4", "stack64-align8",
+           "external-io-align32", "two-pools")
+
+
 def run_graphs(graphs: list[Graph], seed: int = 0) -> dict[str, tuple[str, str]]:
-    """Compile the graphs as one model, run it on the host and compare each output with
-    onnxruntime: output name → (status, detail) with status `pass` or `mismatch`. Raises what
-    the pipeline raised."""
+    """Compile the graphs as one model (with the first graph's layout), run it on the host and
+    compare each output with onnxruntime: output name → (status, detail) with status `pass` or
+    `mismatch`. Raises what the pipeline raised."""
     import microexport
 
+    options = _layouts()[graphs[0].layout]
     with tempfile.TemporaryDirectory(prefix="microexport-fuzz-") as tmp:
-        report = microexport.test(_write(graphs, Path(tmp)), seed=seed)
+        report = microexport.test(_write(graphs, Path(tmp)), seed=seed, **options)
     return {o.name: ("pass" if o.passed else "mismatch", f"max abs error {o.max_abs_error:.3g}")
             for o in report.outputs}
 
@@ -700,7 +725,8 @@ def _attribute(graph: Graph, seed: int) -> str:
     with tempfile.TemporaryDirectory(prefix="microexport-fuzz-") as tmp:
         path = _write([graph], Path(tmp))
         try:
-            report = microexport.test(path, seed=seed, reference="tvm")
+            report = microexport.test(path, seed=seed, reference="tvm",
+                                      **_layouts()[graph.layout])
         except Exception as err:  # noqa: BLE001 - report what happened, one line
             return f"unknown (tvm: {str(err).splitlines()[0][:120]})"
     return "import" if report.passed else "pipeline"
@@ -731,12 +757,12 @@ def check_one(graph: Graph, seed: int = 0) -> Outcome:
     return Outcome(graph, "pass")
 
 
-def check_batch(graphs: list[Graph], seed: int = 0, shrink_budget: int = 40
-                ) -> list[Outcome]:
-    """Check the graphs in one compilation; if that fails, each half on its own (down to
-    single graphs). Every bug is attributed and shrunk (`Outcome.graph` is then the shrunk
-    graph)."""
-    outcomes = _bisect(graphs, seed)
+def check_batch(graphs: list[Graph], seed: int = 0, shrink_budget: int = 40,
+                layout: str = "default") -> list[Outcome]:
+    """Check the graphs in one compilation under `layout` (of `LAYOUTS`); if that fails, each
+    half on its own (down to single graphs). Every bug is attributed and shrunk
+    (`Outcome.graph` is then the shrunk graph, with its layout)."""
+    outcomes = _bisect([replace(g, layout=layout) for g in graphs], seed)
     return [_minimised(o, seed, shrink_budget) if o.bug else o for o in outcomes]
 
 
