@@ -15,10 +15,10 @@ at the suite's tolerances (rtol 1e-3, atol 1e-7). Each test ends in one category
 - `traceback`: any other exception (a bug);
 - `timeout`.
 
-After a full run, the tests that did not pass and have integer inputs (shapes, axes, indices,
-sizes, counts) run again with those inputs frozen to the test's own values (`constants=`, the
-Python form of `--constant`), as a deployment fixing them would: the section reports that count
-separately.
+After a full run, the tests that did not pass and have parameter inputs (integer inputs:
+shapes, axes, indices, sizes, counts; and Resize scales, Pad values) run again with those inputs
+frozen to the test's own values (`constants=`, the Python form of `--constant`), as a
+deployment fixing them would: the section reports that count separately.
 
 The summary goes to the "ONNX conformance" section of bench/RESULTS.md (`--no-write` prints it
 only); every result is kept as JSON in the cache directory (`results.json`,
@@ -137,18 +137,26 @@ def compare(got: Any, want: Any) -> str | None:
     return None
 
 
-def integer_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The inputs of integer (or bool) type: shapes, axes, indices, sizes, counts."""
-    return {name: value for name, value in inputs.items()
-            if getattr(value, "dtype", None) is not None and value.dtype.kind in "iub"}
+# Float operator inputs that are parameters, not data (operator → input positions).
+FLOAT_PARAMETERS = {"Resize": (1, 2), "Upsample": (1,), "Pad": (2,)}
 
 
-def has_integer_inputs(test_dir: Path) -> bool:
-    """Whether the test feeds an integer input (False when its data cannot be read)."""
+def parameter_inputs(test_dir: Path) -> dict[str, Any]:
+    """The test's inputs a deployment would fix: those of integer (or bool) type (shapes,
+    axes, indices, sizes, counts) and the float parameters of `FLOAT_PARAMETERS` (scales,
+    pad values), with the test's values; empty when its data cannot be read."""
+    import onnx
+
     try:
-        return bool(integer_inputs(test_data(test_dir)[0]))
+        inputs = test_data(test_dir)[0]
     except Exception:  # noqa: BLE001 - sequence/optional inputs the reader cannot parse
-        return False
+        return {}
+    model = onnx.load(str(test_dir / "model.onnx"), load_external_data=False)
+    parameters = {node.input[i] for node in model.graph.node
+                  for i in FLOAT_PARAMETERS.get(node.op_type, ()) if i < len(node.input)}
+    return {name: value for name, value in inputs.items()
+            if getattr(value, "dtype", None) is not None
+            and (value.dtype.kind in "iub" or name in parameters)}
 
 
 def run_one(test_dir: Path, frozen: bool = False) -> dict[str, Any]:
@@ -166,7 +174,7 @@ def run_one(test_dir: Path, frozen: bool = False) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="onnx-conf-") as tmp:
         try:
-            constants = integer_inputs(test_data(test_dir)[0]) if frozen else None
+            constants = parameter_inputs(test_dir) if frozen else None
             compiled = microexport.compile(test_dir / "model.onnx", Path(tmp) / "model.tar",
                                            name="model", constants=constants)
             inputs, expected = test_data(test_dir)
@@ -375,10 +383,11 @@ def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
     if frozen:
         rescued = {r["name"] for r in frozen if r["status"] == PASS}
         passed = sum(r["status"] == PASS or r["name"] in rescued for r in results)
-        lines += [f"With integer inputs (shapes, axes, indices, sizes) frozen to the test's own "
-                  f"values by `--constant`, as a deployment would fix them: **{passed} / {total} "
-                  f"pass ({100 * passed / max(total, 1):.1f}%)** ({len(rescued)} more of the "
-                  f"{len(frozen)} failing tests with integer inputs).", ""]
+        lines += [f"With parameter inputs (integer shapes, axes, indices, sizes; Resize scales, "
+                  f"Pad values) frozen to the test's own values by `--constant`, as a "
+                  f"deployment would fix them: **{passed} / {total} pass "
+                  f"({100 * passed / max(total, 1):.1f}%)** ({len(rescued)} more of the "
+                  f"{len(frozen)} failing tests with such inputs).", ""]
     if baseline is not None:
         lines += [f"{baseline[0]}: {headline(baseline[1])}", ""]
     lines += [
@@ -426,7 +435,7 @@ def run_frozen(tests: list[Path], results: dict[str, dict[str, Any]], args: Any,
     """Rerun the tests of `results` that did not pass and have integer inputs, with those
     inputs frozen; the records, also written to `path`."""
     failing = [t for t in tests if t.name in results and results[t.name]["status"] != PASS
-               and has_integer_inputs(t)]
+               and parameter_inputs(t)]
     frozen = run_all(failing, args.jobs, args.timeout, progress=not args.quiet, frozen=True)
     path.write_text(json.dumps(frozen, indent=1), encoding="utf-8")
     return frozen

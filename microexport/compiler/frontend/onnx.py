@@ -80,6 +80,7 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     model = fold_shape_computations(model, inputs)
     _check_operators(model)
     _check_frontend_gaps(model)
+    _check_resize_scales(model)
     _rewrite_one_sided_isinf(model.graph)
     _guard_bit_shifts(model)
     _rewrite_float_floor_mod(model)
@@ -436,6 +437,45 @@ def _check_frontend_gaps(model: onnx.ModelProto) -> None:
             raise UnsupportedOperator(
                 "Dropout", "in training mode (random masks; its training_mode input "
                 f"'{node.input[2]}' is not a constant false): export the model for inference")
+
+
+def _check_resize_scales(model: onnx.ModelProto) -> None:
+    """UnsupportedOperator for a linear or cubic Resize given constant `scales` whose product
+    with an input dimension is not whole: ONNX maps output to input coordinates with the scale,
+    TVM with the ratio of the sizes (floor(size * scale) / size), so it would sample elsewhere
+    and compute a wrong result."""
+    import onnx
+    from onnx import numpy_helper
+
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"
+               and n.domain in _DEFAULT_DOMAINS and len(n.input) > 2 and n.input[2]]
+    modes = {n.name or id(n): next((a.s.decode() for a in n.attribute if a.name == "mode"),
+                                   "nearest") for n in resizes}
+    resizes = [n for n in resizes if modes[n.name or id(n)] != "nearest"]
+    if not resizes:
+        return
+    constants = {init.name: init for init in model.graph.initializer}
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - inference is best effort here
+        graph = model.graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                       for d in v.type.tensor_type.shape.dim]
+              for v in [*graph.input, *graph.value_info, *graph.output]}
+    for node in resizes:
+        scales = constants.get(node.input[2])
+        shape = shapes.get(node.input[0])
+        if scales is None or not shape:
+            continue
+        values = numpy_helper.to_array(scales).astype("float64").reshape(-1)
+        if len(values) != len(shape):
+            continue
+        for size, scale in zip(shape, values, strict=True):
+            if size is not None and float(size * scale) != float(int(size * scale)):
+                raise UnsupportedOperator(
+                    "Resize", f"{modes[node.name or id(node)]} with scale {scale:g} of a "
+                    f"dimension of {size} (not a whole output size, where TVM's frontend "
+                    "samples by the size ratio instead of the scale): give `sizes` instead")
 
 
 def _rewrite_one_sided_isinf(graph: onnx.GraphProto) -> None:
