@@ -56,15 +56,16 @@ COLUMNS = ("format", "graphs", "seeds", "pass", "unsupported", "mismatch (import
 TABLE_HEAD = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
 
 
-def _check(args: tuple[int, int, int, str, str]) -> list[dict[str, Any]]:
+def _check(args: tuple[int, int, int, str, str, int]) -> list[dict[str, Any]]:
     """Outcomes of graphs `first` … `first + count - 1` (run in a worker process)."""
-    first, count, shrink_budget, fmt, layout = args
+    first, count, shrink_budget, fmt, layout, max_nodes = args
     if fmt == "tflite":
         checked = random_models.check_tflite_seeds(list(range(first, first + count)))
         return [{"graph": f"tflite{seed}", "nodes": None, "status": status, "detail": detail,
                  "attribution": "", "reproducer": None}
                 for seed, (status, detail) in checked.items()]
-    graphs = [random_models.random_graph(seed) for seed in range(first, first + count)]
+    graphs = [random_models.random_graph(seed, max_nodes)
+              for seed in range(first, first + count)]
     original = {g.name: g for g in graphs}
     results = []
     for outcome in random_models.check_batch(graphs, shrink_budget=shrink_budget,
@@ -82,11 +83,11 @@ def _check(args: tuple[int, int, int, str, str]) -> list[dict[str, Any]]:
 
 
 def run(count: int, seed: int, batch: int, jobs: int, shrink_budget: int, fmt: str = "onnx",
-        verbose: bool = True) -> list[dict[str, Any]]:
+        max_nodes: int = 8, verbose: bool = True) -> list[dict[str, Any]]:
     """Check `count` graphs from `seed` on; outcomes in seed order."""
     layouts = random_models.LAYOUTS
     chunks = [(first, min(batch, seed + count - first), shrink_budget, fmt,
-               layouts[index % len(layouts)])
+               layouts[index % len(layouts)], max_nodes)
               for index, first in enumerate(range(seed, seed + count, batch))]
     results: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -147,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for summary.json and reproducers (build/fuzz)")
     parser.add_argument("--format", choices=["onnx", "tflite"], default="onnx",
                         help="which random graphs (onnx)")
+    parser.add_argument("--max-nodes", type=int, default=8,
+                        help="operators per ONNX graph, at most about (8, as in the tests)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the result row instead of appending it to bench/RESULTS.md")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     started = time.monotonic()
-    results = run(args.count, args.seed, args.batch, args.jobs, args.shrink_budget, args.format)
+    results = run(args.count, args.seed, args.batch, args.jobs, args.shrink_budget, args.format,
+                  args.max_nodes)
     seconds = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     for r in results:
