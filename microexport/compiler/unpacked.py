@@ -227,24 +227,31 @@ def _drop_unused_binds(body: tirx.Stmt) -> tirx.Stmt:
     """`body` without the `Bind`s (common subexpressions) whose variable nothing uses any more,
     until none is left (one may have been the only user of another)."""
     while True:
-        counts = _var_counts(body)
-        unused = set()
-
-        def find(stmt: tirx.Stmt) -> tirx.Stmt | None:
-            if isinstance(stmt, tirx.Bind) and counts.get(stmt.var.__chandle__(), 0) <= 1:
-                unused.add(stmt.var.__chandle__())
-            return None
-
-        rewrite_stmt(body, find)
+        unused = _unused_binds(body)
         if not unused:
             return body
+        body = rewrite_stmt(body, lambda stmt, dead=unused: _without_bind(stmt, dead))
 
-        def drop(stmt: tirx.Stmt) -> tirx.Stmt | None:
-            if isinstance(stmt, tirx.Bind) and stmt.var.__chandle__() in unused:
-                return tirx.Evaluate(tirx.IntImm("int32", 0))
-            return None
 
-        body = rewrite_stmt(body, drop)
+def _unused_binds(body: tirx.Stmt) -> set[int]:
+    """The variables (by handle) of `Bind`s in `body` that nothing else uses."""
+    counts = _var_counts(body)
+    unused: set[int] = set()
+
+    def find(stmt: tirx.Stmt) -> tirx.Stmt | None:
+        if isinstance(stmt, tirx.Bind) and counts.get(stmt.var.__chandle__(), 0) <= 1:
+            unused.add(stmt.var.__chandle__())
+        return None
+
+    rewrite_stmt(body, find)
+    return unused
+
+
+def _without_bind(stmt: tirx.Stmt, dead: set[int]) -> tirx.Stmt | None:
+    """A no-op in place of a `Bind` of a variable in `dead`; None (unchanged) otherwise."""
+    if isinstance(stmt, tirx.Bind) and stmt.var.__chandle__() in dead:
+        return tirx.Evaluate(tirx.IntImm("int32", 0))
+    return None
 
 
 def unpack_function(
