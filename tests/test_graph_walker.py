@@ -98,7 +98,8 @@ def test_walker_passes_scratch_areas(tmp_path: Path) -> None:
     from microexport.archive.analyze import analyze
     from microexport.archive.mlf import write_archive
 
-    compilation = compile_model(import_model(softmax_module()), name="sm")
+    # every kernel buffer in the workspace, so that the kernel takes a scratch argument
+    compilation = compile_model(import_model(softmax_module()), name="sm", kernel_stack_limit=0)
     graph = load_graph(compilation.files["src/graph.json"])
     (node,) = graph["nodes"]
     scratch = [a for a in node["args"] if a["kind"] == "scratch"]

@@ -78,9 +78,24 @@ def graph_texts(zoo_compilation: ZooCompilation) -> list[str]:
     return [zoo_compilation(name)[0].files["src/graph.json"].decode() for name in MODELS]
 
 
+@pytest.fixture(scope="module")
+def mlp_text(build_model: Callable) -> str:
+    """graph.json of the zoo MLP with every kernel buffer in the workspace
+    (`kernel_stack_limit=0`): its kernels take a scratch argument, which several cases edit."""
+    from zoo import ZOO
+
+    from microexport.api import compile_model, import_model
+
+    _, builder, shapes = next(entry for entry in ZOO if entry[0] == "mlp_onnx")
+    path, _ = build_model(builder)
+    compilation = compile_model(import_model(path, shapes), name="mlp_onnx",
+                                kernel_stack_limit=0)
+    return compilation.files["src/graph.json"].decode()
+
+
 @pytest.fixture
-def mlp(graph_texts: list[str]) -> dict[str, Any]:
-    return json.loads(graph_texts[0])
+def mlp(mlp_text: str) -> dict[str, Any]:
+    return json.loads(mlp_text)
 
 
 # -- C-comment injection ---------------------------------------------------------------------
