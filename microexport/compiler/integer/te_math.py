@@ -54,12 +54,14 @@ def saturating_rounding_doubling_high_mul(a: Expr, b: Expr, b_is_min_possible: b
     sign-dependent nudge followed by a division truncating toward zero is exactly this floor:
     for a negative product, trunc((p + 1 - 2**30) / 2**31) = floor((p + 2**30) / 2**31)).
     `b_is_min_possible=False` when `b` is known not to be INT32_MIN, which drops the one
-    saturating case. `a` appears once, so the expression stays small when inlined."""
-    high = i32((i64(a) * i64(b) + i64(1 << 30)) >> i64(31))
-    if not b_is_min_possible:
-        return high
-    overflow = tirx.all(a == b, a == i32(INT32_MIN))
-    return select(overflow, i32(INT32_MAX), high)
+    saturating case (INT32_MIN * INT32_MIN, the only product whose high half exceeds INT32_MAX:
+    clamped in int64 before the narrowing; a select on the operands is what TVM's simplifier
+    drops, folding the int32 cast of 2**31 as if it saturated). `a` appears once, so the
+    expression stays small when inlined."""
+    wide = (i64(a) * i64(b) + i64(1 << 30)) >> i64(31)
+    if b_is_min_possible:
+        wide = tirx.min(wide, i64(INT32_MAX))
+    return i32(wide)
 
 
 def rounding_divide_by_pot(x: Expr, exponent: int | Expr) -> Expr:
