@@ -1046,14 +1046,6 @@ def _multipliers(input_scale: float, weight_scales: np.ndarray, output_scale: fl
                                    / float(np.float32(output_scale))) for s in weight_scales]
 
 
-def _requantize_args(multipliers: list[tuple[int, int]]) -> tuple[Any, Any, list[np.ndarray]]:
-    """Per-tensor ints when every channel agrees, else int32 arrays (extra kernel inputs)."""
-    if len(set(multipliers)) == 1:
-        return multipliers[0][0], multipliers[0][1], []
-    return None, None, [np.array([m for m, _ in multipliers], np.int32),
-                        np.array([s for _, s in multipliers], np.int32)]
-
-
 # --------------------------------------------------------------------------------------------
 # emitters: TE kernels on the Relax block builder
 # --------------------------------------------------------------------------------------------
@@ -1098,6 +1090,7 @@ class _ConvEmitter:
     in_channels: int
 
     def emit(self, bb: Any, args: list[Any]) -> Any:
+        from microexport.compiler.integer import fixedpoint as fp
         from microexport.compiler.integer import kernels
 
         shape = _shape(args[0])
@@ -1105,7 +1098,7 @@ class _ConvEmitter:
             raise ModelError(f"a quantized Conv on an input of shape {shape} whose weights "
                              f"want {self.in_channels} NCHW channels")
         padding = _padding(self.pads, shape[2:], self.kernel, self.strides, self.dilation)
-        multiplier, shift, arrays = _requantize_args(self.multipliers)
+        multiplier, shift, arrays = fp.per_channel_or_scalar(self.multipliers)
         extra = [_const(self.weights)]
         if self.bias is not None:
             extra.append(_const(self.bias))
@@ -1149,9 +1142,10 @@ class _DenseEmitter:
     def emit(self, bb: Any, args: list[Any]) -> Any:
         from tvm import relax
 
+        from microexport.compiler.integer import fixedpoint as fp
         from microexport.compiler.integer import kernels
 
-        multiplier, shift, arrays = _requantize_args(self.multipliers)
+        multiplier, shift, arrays = fp.per_channel_or_scalar(self.multipliers)
         units, depth = (int(d) for d in self.weights.shape)
         data = args[0]
         shape = _shape(data)
@@ -1473,9 +1467,11 @@ def _requantizer(zero_point: int, output: Any) -> Callable[[Any], Any]:
 
 def _quantize_emitter(q: QParams) -> Emit:
     def emit(bb: Any, args: list[Any]) -> Any:
-        return _unfused(bb, bb.emit_te(
-            lambda x: quantize_half_even(x, q.scale, q.zero_point, q.dtype), args[0],
-            primfunc_name_hint="quantize"))
+        from microexport.compiler.integer import kernels
+
+        return _unfused(bb, bb.emit_te(  # ONNX's QuantizeLinear rounds half to even
+            lambda x: kernels.quantize(x, q.scale, q.zero_point, q.dtype, ties_to_even=True),
+            args[0], primfunc_name_hint="quantize"))
 
     return emit
 
@@ -1490,28 +1486,3 @@ def _dequantize_emitter(q: QParams) -> Emit:
 
     return emit
 
-
-def quantize_half_even(data: Any, scale: float, zero_point: int, dtype: str) -> Any:
-    """ONNX's QuantizeLinear, float32 → integer: `x / scale` in float32 rounded half to even
-    (exactly, without libm), plus the zero point, saturated."""
-    from tvm import te, tirx
-
-    from microexport.compiler.integer import te_math as tm
-
-    info = np.iinfo(dtype)
-
-    def value(*i: Any) -> Any:
-        scaled = data[i] / tirx.const(scale, "float32")
-        bounded = tirx.max(tirx.min(scaled, tirx.const(1e9, "float32")),
-                           tirx.const(-1e9, "float32"))
-        whole = tm.i32(bounded)  # truncates toward zero
-        fraction = bounded - whole.astype("float32")  # exact
-        odd = tirx.bitwise_and(whole, tm.i32(1)) != tm.i32(0)
-        half = tirx.const(0.5, "float32")
-        up = tirx.any(fraction > half, tirx.all(fraction == half, odd))
-        down = tirx.any(fraction < -half, tirx.all(fraction == -half, odd))
-        rounded = whole + tm.select(up, tm.i32(1), tm.select(down, tm.i32(-1), tm.i32(0)))
-        return tm.clamp(rounded + tm.i32(zero_point), int(info.min),
-                        int(info.max)).astype(dtype)
-
-    return te.compute(data.shape, value, name="quantize")

@@ -138,14 +138,6 @@ def _require(q: Quantization | None, what: str) -> Quantization:
     return q
 
 
-def _requantize_arrays(multipliers: list[int], shifts: list[int]) -> tuple[Any, Any, list[Any]]:
-    """Per-tensor ints when all channels agree, else int32 constant arrays (appended as extra
-    kernel arguments)."""
-    if len(set(multipliers)) == 1 and len(set(shifts)) == 1:
-        return multipliers[0], shifts[0], []
-    return None, None, [_const(np.array(multipliers, np.int32)), _const(np.array(shifts, np.int32))]
-
-
 def _output(low_high: fp.Clamp, zero_point: int, dtype: str, multiplier: Any, shift: Any
             ) -> kernels.Output:
     return kernels.Output(multiplier, shift, zero_point, low_high.low, low_high.high, dtype)
@@ -199,7 +191,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
                                         / float(q_out.per_tensor_scale)) for s in scales]
     if wide:
         pairs = [fp.reduced_multiplier(m, s) for m, s in pairs]
-    multiplier, shift, arrays = _requantize_arrays([m for m, _ in pairs], [s for _, s in pairs])
+    multiplier, shift, arrays = fp.per_channel_or_scalar(pairs)
+    arrays = [_const(array) for array in arrays]
     clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()),
                                 q_out.per_tensor_scale, q_out.per_tensor_zero_point, dtype)
     in_zero = q_in.per_tensor_zero_point

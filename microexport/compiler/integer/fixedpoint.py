@@ -77,6 +77,17 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return fixed, shift
 
 
+def per_channel_or_scalar(pairs: list[tuple[int, int]]) -> tuple[int | None, int | None,
+                                                                  list[np.ndarray]]:
+    """(multiplier, shift) per output channel as compile-time ints when every channel agrees
+    (no arrays), else None, None and the int32 multiplier and shift arrays (extra kernel
+    inputs)."""
+    if len(set(pairs)) == 1:
+        return pairs[0][0], pairs[0][1], []
+    return None, None, [np.array([m for m, _ in pairs], np.int32),
+                        np.array([s for _, s in pairs], np.int32)]
+
+
 def quantize_value(value: float, scale: float, zero_point: int) -> int:
     """`zero_point + round(value / scale)` with the division in float32 (TFLite's `Quantize`)."""
     return zero_point + round_half_away(float(f32(value) / f32(scale)))

@@ -61,16 +61,6 @@ def decode(bits: Tensor, powers: Tensor) -> Tensor:
     return te.compute(bits.shape, value, name="float16_decode")
 
 
-def _round_to_nearest_even(x: Any) -> Any:
-    """A non-negative float32 below 2**31 rounded to an int32, ties to even."""
-    whole = x.astype("int32")  # truncation
-    fraction = x - whole.astype("float32")  # exact
-    half = tirx.const(0.5, "float32")
-    up = tirx.any(fraction > half,
-                  tirx.all(fraction == half, tirx.bitwise_and(whole, _i(1)) == _i(1)))
-    return whole + tm.select(up, _i(1), _i(0))
-
-
 def encode(data: Tensor, powers: Tensor) -> Tensor:
     """float32 → uint16 float16 bits, rounded to nearest even."""
     def value(*i: Any) -> Any:
@@ -91,11 +81,11 @@ def encode(data: Tensor, powers: Tensor) -> Tensor:
         for k in range(-13, 16):
             exponent = exponent + tm.select(a >= _power(powers, _i(k)), _i(1), _i(0))
         significand = a * _power(powers, _i(0) - exponent)  # in [1, 2): exact
-        fraction = _round_to_nearest_even((significand - tirx.const(1.0, "float32"))
-                                          * _power(powers, _i(10)))
+        fraction = tm.round_to_int((significand - tirx.const(1.0, "float32"))
+                                   * _power(powers, _i(10)), ties_to_even=True)
         normal = tirx.min(((exponent + _i(15)) << _i(10)) + fraction, _i(0x7C00))
-        subnormal = _round_to_nearest_even(  # may round up to 1024: the smallest normal
-            tirx.min(a, _power(powers, _i(-14))) * _power(powers, _i(24)))
+        subnormal = tm.round_to_int(  # may round up to 1024: the smallest normal
+            tirx.min(a, _power(powers, _i(-14))) * _power(powers, _i(24)), ties_to_even=True)
         magnitude = tm.select(nan, _i(0x7E00),
                               tm.select(a >= _power(powers, _i(16)), _i(0x7C00),
                                         tm.select(a < _power(powers, _i(-14)), subnormal,

@@ -347,20 +347,17 @@ def requantize(data: Tensor, input_zero_point: int, output: Output) -> Tensor:
         name="requantize")
 
 
-def quantize(data: Tensor, scale: float, zero_point: int, dtype: str) -> Tensor:
-    """float32 → integer: round(x / scale) half away from zero (in float32, no libm) plus the
-    zero point, saturated."""
+def quantize(data: Tensor, scale: float, zero_point: int, dtype: str,
+             ties_to_even: bool = False) -> Tensor:
+    """float32 → integer: round(x / scale) in float32 (no libm), ties away from zero as TFLite
+    does or to even as ONNX's QuantizeLinear does, plus the zero point, saturated."""
     info_low, info_high = int(tirx.min_value(dtype).value), int(tirx.max_value(dtype).value)
 
     def value(*i: Any) -> Any:
         scaled = data[i] / tirx.const(scale, "float32")
         bounded = tirx.max(tirx.min(scaled, tirx.const(1e9, "float32")),
                            tirx.const(-1e9, "float32"))
-        whole = tm.i32(bounded)  # truncates toward zero
-        fraction = bounded - whole.astype("float32")  # exact
-        rounded = whole + tm.select(fraction >= tirx.const(0.5, "float32"), tm.i32(1),
-                                    tm.select(fraction <= tirx.const(-0.5, "float32"),
-                                              tm.i32(-1), tm.i32(0)))
+        rounded = tm.round_to_int(bounded, ties_to_even)
         return tm.clamp(rounded + tm.i32(zero_point), info_low, info_high).astype(dtype)
 
     return te.compute(data.shape, value, name="quantize")

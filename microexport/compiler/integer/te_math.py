@@ -145,3 +145,19 @@ def int16_lookup(table: Any, value: Expr) -> Expr:
     base = i32(table[index])
     slope = i32(table[index + i32(1)]) - base
     return i32((base + ((slope * offset + i32(64)) >> i32(7))).astype("int16"))
+
+
+def round_to_int(x: Expr, ties_to_even: bool) -> Expr:
+    """A float32 expression with |x| < 2**31 rounded to int32 without libm: truncation, then
+    the exact fractional part decides; ties away from zero (C's `round`, TFLite) or to even
+    (ONNX, IEEE)."""
+    whole = i32(x)  # truncates toward zero
+    fraction = x - whole.astype("float32")  # exact
+    half = tirx.const(0.5, "float32")
+    if ties_to_even:
+        odd = tirx.bitwise_and(whole, i32(1)) != i32(0)
+        up = tirx.any(fraction > half, tirx.all(fraction == half, odd))
+        down = tirx.any(fraction < 0 - half, tirx.all(fraction == 0 - half, odd))
+    else:
+        up, down = fraction >= half, fraction <= 0 - half
+    return whole + select(up, i32(1), select(down, i32(-1), i32(0)))
