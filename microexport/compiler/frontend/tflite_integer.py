@@ -356,13 +356,18 @@ def _pad(converter: Any, op: Any) -> Any:
     if converter.has_expr(inputs[1].tensor_idx):
         raise QuantizationError("PAD with paddings computed at run time")
     paddings = [(int(a), int(b)) for a, b in converter.get_tensor_value(inputs[1])]
-    value = zo
-    if len(inputs) > 2 and inputs[2].tensor_idx != -1:
-        value = int(np.asarray(converter.get_tensor_value(inputs[2])).reshape(-1)[0])
+    value = _pad_value(converter, inputs, zo)
     padded = _emit(converter, "pad_int", [_expr(converter, inputs[0])],
                    lambda x: kernels.pad(x, paddings, value))
     _keep_unfused(converter, padded)
     return padded
+
+
+def _pad_value(converter: Any, inputs: Sequence[Any], zero_point: int) -> int:
+    """The value a PAD (the zero point) or PADV2 (its constant input) fills in."""
+    if len(inputs) > 2 and inputs[2].tensor_idx != -1:
+        return int(np.asarray(converter.get_tensor_value(inputs[2])).reshape(-1)[0])
+    return zero_point
 
 
 def _foldable_pad(converter: Any, data: Any, zero_point: int
@@ -379,9 +384,7 @@ def _foldable_pad(converter: Any, data: Any, zero_point: int
     if converter.has_expr(inputs[1].tensor_idx):
         return None
     paddings = [(int(a), int(b)) for a, b in converter.get_tensor_value(inputs[1])]
-    value = _scalar_params(converter, [data])[0][1]
-    if len(inputs) > 2 and inputs[2].tensor_idx != -1:
-        value = int(np.asarray(converter.get_tensor_value(inputs[2])).reshape(-1)[0])
+    value = _pad_value(converter, inputs, _scalar_params(converter, [data])[0][1])
     source_q = quantization(inputs[0])
     data_q = quantization(data)
     if (len(paddings) != 4 or paddings[0] != (0, 0) or paddings[3] != (0, 0)
