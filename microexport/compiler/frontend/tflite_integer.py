@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from microexport.compiler.integer import fixedpoint as fp
-from microexport.compiler.integer import kernels
+from microexport.compiler.integer import im2col, kernels
 
 _INTEGER_TYPES = ("int8", "int16")
 # TFLite's ActivationFunctionType codes.
@@ -221,7 +221,12 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
             return kernels.fully_connected(x, w, b, out, input_zero_point=in_zero,
                                            weight_zero_point=w_zero)
 
-        result = _emit(converter, f"dense_{activations}", args, build_dense)
+        if activations == "int8" and w_zero == 0:
+            result = _packed_kernel(converter, "dense_int8", args, weights, has_bias, arrays,
+                                    multiplier, shift, q_out.per_tensor_zero_point, clamp,
+                                    "dense", in_zero)
+        else:
+            result = _emit(converter, f"dense_{activations}", args, build_dense)
         out_shape = [int(d) for d in converter.get_tensor_shape(output)]
         if [int(np.prod(shape)) // depth, int(weights.shape[0])] != out_shape:
             result = converter.bb.normalize(relax.op.reshape(result, out_shape))
@@ -236,6 +241,13 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         source, (top, left, bottom, right) = folded
         args[0] = _expr(converter, source)
         padding = (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right)
+    if kind == "conv" and activations == "int8" and int(weights.shape[3]) == shape[3]:
+        return _packed_kernel(
+            converter, "conv2d_int8", args, weights, has_bias, arrays, multiplier, shift,
+            q_out.per_tensor_zero_point, clamp, "conv", in_zero,
+            out_shape=[int(d) for d in converter.get_tensor_shape(output)],
+            geometry={"kernel": tuple(int(d) for d in weights.shape[1:3]), "strides": strides,
+                      "dilation": dilation, "padding": padding})
     if kind == "conv":
         def build_conv(*tensors: Any) -> Any:
             x, w, b, out = unpack(tensors)
@@ -253,6 +265,40 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
                                         depth_multiplier=multiplier_depth)
 
     return _emit(converter, f"depthwise_conv2d_{activations}", args, build_depthwise)
+
+
+def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarray,
+                   has_bias: bool, arrays: Sequence[Any], multiplier: Any, shift: Any,
+                   zero_point: int, clamp: fp.Clamp, kind: str, input_zero_point: int,
+                   out_shape: Sequence[int] | None = None,
+                   geometry: dict[str, Any] | None = None) -> Any:
+    """An int8 CONV_2D (one group) or FULLY_CONNECTED as packed weights and dot-product
+    micro-kernels (`im2col`): the weights argument becomes the packed array."""
+    from tvm import relax
+
+    rows = int(weights.shape[0])
+    packed = im2col.pack_rows(weights.reshape(rows, -1), 2 if kind == "conv" else 4)
+    call_args = [args[0], _const(packed.data), *args[2:]]
+
+    def output_of(m: Any, s: Any) -> kernels.Output:
+        return kernels.Output(m if arrays else multiplier, s if arrays else shift, zero_point,
+                              clamp.low, clamp.high, "int8")
+
+    data_shape = [int(d) for d in call_args[0].ty.shape]
+    if kind == "conv":
+        assert geometry is not None and out_shape is not None
+        func = im2col.conv2d(name, data_shape, packed, geometry["kernel"], out_shape, output_of,
+                             has_bias=has_bias, per_channel=bool(arrays),
+                             strides=geometry["strides"], dilation=geometry["dilation"],
+                             padding=geometry["padding"], input_zero_point=input_zero_point)
+    else:
+        out_shape = [data_shape[0], rows]
+        func = im2col.fully_connected(name, data_shape, packed, out_shape, output_of,
+                                      has_bias=has_bias, per_channel=bool(arrays),
+                                      input_zero_point=input_zero_point)
+    kernel = converter.bb.add_func(func, name)
+    return converter.bb.emit(relax.call_tir(kernel, call_args,
+                                            relax.TensorType(out_shape, "int8")))
 
 
 def _conv2d(converter: Any, op: Any) -> Any:

@@ -1,0 +1,268 @@
+"""int8 convolution and fully connected layers as dot-product micro-kernels over packed weights.
+
+The TE kernels of `kernels` express one multiply-accumulate per element; the C compiler turns
+that into a load, a sign extension and a multiply-add per MAC. On a Cortex-M with the DSP
+extension one SMLAD does two 16-bit multiply-accumulates, and keeping two weight rows and two
+input columns in registers reads each operand once per four MACs (TFLite Micro's CMSIS-NN kernels
+do the same). This module builds those kernels as TIR directly:
+
+- the weights are packed at compile time (`pack_rows`): depth padded to a multiple of four, rows
+  interleaved in blocks per group of four depths, each group stored as (k0, k2, k1, k3) so that
+  SXTB16 unpacks natural int16 pairs;
+- per one or two output pixels (conv) or per batch row (fully connected), the kernel copies the
+  input window into an int16 column buffer with the input zero point subtracted and zeros in the
+  padding (im2col), in the interleaving the micro-kernel reads;
+- per block of weight rows, `me_dot_s8s16_RxC` (templates/codegen/int8_dot.h.j2, plain C or
+  ACLE intrinsics by the core's features) accumulates the R x C dot products into a small local
+  array initialised with the bias; the requantization epilogue is TIR (`kernels.Output`).
+
+Every micro-kernel call is a `call_extern` in the TIR (and so in its JSON), and the arithmetic is
+the reference kernels' int32 sum, so results are bit-exact with TFLite Micro on every core.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from microexport.compiler.integer import te_math as tm
+from microexport.compiler.integer.kernels import Output
+
+# The order in which each group of four depths is stored (see the template).
+_GROUP_ORDER = (0, 2, 1, 3)
+DOT_KERNEL = "me_dot_s8s16_{rows}x{cols}"
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """`rows` consecutive weight rows from `first`, interleaved at `offset` in the packed array."""
+
+    first: int
+    rows: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class PackedWeights:
+    """int8 weight rows packed for the micro-kernels; `depth` is padded to `padded_depth`."""
+
+    data: np.ndarray
+    depth: int
+    padded_depth: int
+    blocks: tuple[RowBlock, ...]
+
+
+def pack_rows(weights: np.ndarray, widest: int) -> PackedWeights:
+    """Pack int8 `weights` [rows, depth]: blocks of `widest` rows, the remainder in blocks of
+    halving size (4, 2, 1); rows of a block interleaved per group of four depths."""
+    rows, depth = weights.shape
+    padded_depth = -(-depth // 4) * 4
+    padded = np.zeros((rows, padded_depth), np.int8)
+    padded[:, :depth] = weights
+    groups = padded.reshape(rows, padded_depth // 4, 4)[:, :, list(_GROUP_ORDER)]
+    blocks: list[RowBlock] = []
+    parts: list[np.ndarray] = []
+    first, offset, size = 0, 0, widest
+    while first < rows:
+        while size > rows - first:
+            size //= 2
+        block = groups[first:first + size]  # [size, groups, 4] -> [groups, size, 4]
+        parts.append(block.transpose(1, 0, 2).reshape(-1))
+        blocks.append(RowBlock(first, size, offset))
+        first += size
+        offset += size * padded_depth
+    return PackedWeights(np.concatenate(parts), depth, padded_depth, tuple(blocks))
+
+
+def dot_kernels_used(source: str) -> list[tuple[int, int]]:
+    """The (rows, cols) shapes of the micro-kernels that C `source` calls, sorted."""
+    found = re.findall(r"\bme_dot_s8s16_(\d+)x(\d+)\(", source)
+    return sorted({(int(r), int(c)) for r, c in found})
+
+
+def _i32(value: int) -> tirx.PrimExpr:
+    return tirx.const(value, "int32")
+
+
+class _Builder:
+    """Shared pieces of the two kernels: the buffers, the dot calls and the epilogue."""
+
+    def __init__(self, name: str, packed: PackedWeights, has_bias: bool,
+                 output_of: Callable[[Any, Any], Output], per_channel: bool) -> None:
+        self.name, self.packed, self.has_bias = name, packed, has_bias
+        self.output_of, self.per_channel = output_of, per_channel
+
+    def parameters(self, data_shape: Sequence[int], out_shape: Sequence[int],
+                   out_dtype: str) -> None:
+        """Declare the arguments in the order of the Relax call: data, weights, [bias],
+        [multipliers, shifts], output."""
+        channels = int(out_shape[-1])
+        self.data = T.arg("data", T.Buffer(tuple(data_shape), "int8"))
+        self.weights = T.arg("weights", T.Buffer((int(self.packed.data.size),), "int8"))
+        self.bias = T.arg("bias", T.Buffer((channels,), "int32")) if self.has_bias else None
+        multiplier = shift = None
+        if self.per_channel:
+            multiplier = T.arg("multiplier", T.Buffer((channels,), "int32"))
+            shift = T.arg("shift", T.Buffer((channels,), "int32"))
+        self.output = T.arg("output", T.Buffer(tuple(out_shape), out_dtype))
+        self.requantize = self.output_of(multiplier, shift)
+
+    def dot(self, block: RowBlock, block_index: Any, columns: int, column_buffer: Any,
+            acc: Any) -> Any:
+        """acc[r * columns + c] = bias + the dot products of `block`'s rows (shifted by
+        `block_index` whole blocks) with the `columns` columns; returns the block's first
+        output channel."""
+        first = block.first + block_index * block.rows
+        for r in range(block.rows):
+            start = self.bias[first + r] if self.bias is not None else _i32(0)
+            for c in range(columns):
+                T.buffer_store(acc, start, [r * columns + c])
+        offset = block.offset + block_index * block.rows * self.packed.padded_depth
+        T.evaluate(tirx.call_extern(
+            "void", DOT_KERNEL.format(rows=block.rows, cols=columns),
+            tirx.address_of(self.weights[offset]), tirx.address_of(column_buffer[0]),
+            _i32(self.packed.padded_depth), tirx.address_of(acc[0])))
+        return first
+
+    def store(self, acc: Any, index: int, channel: Any, out_index: Sequence[Any]) -> None:
+        T.buffer_store(self.output, self.requantize(acc[index], channel), list(out_index))
+
+    def row_loops(self, columns: int, column_buffer: Any, acc: Any,
+                  out_index: Callable[[int, Any], Sequence[Any]]) -> None:
+        """Every weight row block against the columns; `out_index(c, channel)` is where the
+        result of column c and output channel `channel` goes."""
+        widest = self.packed.blocks[0]
+        repeats = sum(1 for b in self.packed.blocks if b.rows == widest.rows)
+        rest = self.packed.blocks[repeats:]
+
+        def one(block: RowBlock, block_index: Any) -> None:
+            first = self.dot(block, block_index, columns, column_buffer, acc)
+            for r in range(block.rows):
+                for c in range(columns):
+                    self.store(acc, r * columns + c, first + r, out_index(c, first + r))
+
+        if repeats == 1:
+            one(widest, _i32(0))
+        else:
+            with T.serial(0, repeats) as b:
+                IRBuilder.name("block", b)
+                one(widest, b)
+        for block in rest:
+            one(block, _i32(0))
+
+
+def _column_index(k: Any, column: int, columns: int) -> Any:
+    """Where depth `k` of column `column` goes in a buffer of `columns` interleaved columns."""
+    return (tirx.floordiv(k, 4) * columns + column) * 4 + tirx.floormod(k, 4)
+
+
+def conv2d(name: str, data_shape: Sequence[int], packed: PackedWeights, kernel: Sequence[int],
+           out_shape: Sequence[int], output_of: Callable[[Any, Any], Output], *,
+           has_bias: bool, per_channel: bool, strides: Sequence[int],
+           dilation: Sequence[int], padding: Sequence[int], input_zero_point: int
+           ) -> tirx.PrimFunc:
+    """CONV_2D (NHWC int8 input, one group) as pairs of output pixels against pairs of output
+    channels. `output_of(multiplier, shift)` gives the requantization (the per-channel
+    arguments are None when per-tensor)."""
+    batch, height, width, channels = (int(d) for d in data_shape)
+    _, out_h, out_w, _ = (int(d) for d in out_shape)
+    kernel_h, kernel_w = kernel
+    top, left = padding[0], padding[1]
+    pixels = out_h * out_w
+    depth, padded_depth = packed.depth, packed.padded_depth
+    builder = _Builder(name, packed, has_bias, output_of, per_channel)
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name(name)
+        builder.parameters(data_shape, out_shape, output_of(None, None).dtype)
+        column_buffer = T.alloc_buffer((2 * padded_depth,), "int16")
+        acc = T.alloc_buffer((4,), "int32")
+        IRBuilder.name("columns", column_buffer)
+        IRBuilder.name("acc", acc)
+
+        def fill(n: Any, pixel_of: Callable[[int], Any], columns: int) -> None:
+            for c in range(columns):
+                pixel = pixel_of(c)
+                y, x = tirx.floordiv(pixel, out_w), tirx.floormod(pixel, out_w)
+                with T.serial(0, kernel_h) as ry, T.serial(0, kernel_w) as rx:
+                    IRBuilder.name("ry", ry)
+                    IRBuilder.name("rx", rx)
+                    iy = y * strides[0] + ry * dilation[0] - top
+                    ix = x * strides[1] + rx * dilation[1] - left
+                    inside = tirx.all(iy >= 0, iy < height, ix >= 0, ix < width)
+                    with T.serial(0, channels) as rc:
+                        IRBuilder.name("rc", rc)
+                        k = (ry * kernel_w + rx) * channels + rc
+                        value = tirx.if_then_else(
+                            inside,
+                            (tm.i32(builder.data[n, iy, ix, rc]) - _i32(input_zero_point)
+                             ).astype("int16"),
+                            tirx.const(0, "int16"))
+                        T.buffer_store(column_buffer, value, [_column_index(k, c, columns)])
+                for k in range(depth, padded_depth):
+                    T.buffer_store(column_buffer, tirx.const(0, "int16"),
+                                   [_column_index(_i32(k), c, columns)])
+
+        def out_index(n: Any, pixel: Any) -> Callable[[int, Any], Sequence[Any]]:
+            def where(c: int, channel: Any) -> Sequence[Any]:
+                p = pixel(c)
+                return [n, tirx.floordiv(p, out_w), tirx.floormod(p, out_w), channel]
+            return where
+
+        with T.serial(0, batch) as n:
+            IRBuilder.name("n", n)
+            if pixels >= 2:
+                with T.serial(0, pixels // 2) as pair:
+                    IRBuilder.name("pair", pair)
+
+                    def pixel(c: int, pair: Any = pair) -> Any:
+                        return pair * 2 + c
+
+                    fill(n, pixel, 2)
+                    builder.row_loops(2, column_buffer, acc, out_index(n, pixel))
+            if pixels % 2:
+                def last(c: int) -> Any:
+                    return _i32(pixels - 1 + c)
+
+                fill(n, last, 1)
+                builder.row_loops(1, column_buffer, acc, out_index(n, last))
+    return ib.get().with_attr("op_pattern", _OPAQUE)
+
+
+def fully_connected(name: str, data_shape: Sequence[int], packed: PackedWeights,
+                    out_shape: Sequence[int], output_of: Callable[[Any, Any], Output], *,
+                    has_bias: bool, per_channel: bool, input_zero_point: int
+                    ) -> tirx.PrimFunc:
+    """FULLY_CONNECTED: each batch row, converted once to an int16 column, against blocks of
+    four weight rows (then two, then one)."""
+    batches, depth = (int(d) for d in data_shape)
+    padded_depth = packed.padded_depth
+    builder = _Builder(name, packed, has_bias, output_of, per_channel)
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name(name)
+        builder.parameters(data_shape, out_shape, output_of(None, None).dtype)
+        column_buffer = T.alloc_buffer((padded_depth,), "int16")
+        acc = T.alloc_buffer((4,), "int32")
+        IRBuilder.name("column", column_buffer)
+        IRBuilder.name("acc", acc)
+        with T.serial(0, batches) as b:
+            IRBuilder.name("b", b)
+            with T.serial(0, depth) as k:
+                IRBuilder.name("k", k)
+                T.buffer_store(column_buffer, (tm.i32(builder.data[b, k])
+                                               - _i32(input_zero_point)).astype("int16"), [k])
+            for k in range(depth, padded_depth):
+                T.buffer_store(column_buffer, tirx.const(0, "int16"), [k])
+            builder.row_loops(1, column_buffer, acc,
+                              lambda c, channel, b=b: [b, channel])
+    return ib.get().with_attr("op_pattern", _OPAQUE)
+
+
+# TVM's OpPatternKind: an opaque kernel is never fused with its neighbours.
+_OPAQUE = 8
