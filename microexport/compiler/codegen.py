@@ -16,7 +16,7 @@ import tvm
 import tvm_ffi
 from tvm import ir, tirx
 
-from microexport.compiler.integer.im2col import dot_kernels_used
+from microexport.compiler.integer.im2col import dot_kernels_used, uses_microkernels
 from microexport.compiler.unpacked import UNUSED_MARKER
 from microexport.model import header_filename, lib_filename
 from microexport.templating import glue_environment, render
@@ -32,7 +32,7 @@ _DROPPED_LINES = (
     re.compile(r"^#include <(math|stdbool|stdint)\.h>$"),
     re.compile(r"^void\* __tvm_ffi__library_ctx = NULL;$"),
     # TVM declares every `call_extern` callee; the micro-kernels are defined by the template.
-    re.compile(r"^(TVM_DLL )?void me_dot_s8s16_\d+x\d+\(.*\);$"),
+    re.compile(r"^(TVM_DLL )?void me_(dot_s8s16_\d+x\d+|dw_s8_4ch)\(.*\);$"),
 )
 _EXTERN_C_GUARD = re.compile(r'^#ifdef __cplusplus\nextern "C"\n#endif\n', re.MULTILINE)
 # `TVM_DLL float expf(float);` style re-declarations of libm functions.
@@ -191,7 +191,8 @@ def make_tvm_free(
         if symbol in body:
             raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
     variables = {"model_name": model_name, "header_name": header_filename(model_name),
-                 "body": body, "dot_kernels": dot_kernels_used(body)}
+                 "body": body, "dot_kernels": dot_kernels_used(body),
+                 "uses_microkernels": uses_microkernels(body)}
     source = render(glue_environment(templates), LIB_TEMPLATE, variables)
     return GeneratedC(filename=filename, source=source)
 

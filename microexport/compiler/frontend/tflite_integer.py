@@ -257,6 +257,13 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         return _emit(converter, f"conv2d_{activations}", args, build_conv)
 
     multiplier_depth = int(weights.shape[3]) // shape[3]
+    if activations == "int8" and multiplier_depth == 1 and shape[3] % 4 == 0:
+        return _packed_kernel(
+            converter, "depthwise_conv2d_int8", args, weights, has_bias, arrays, multiplier,
+            shift, q_out.per_tensor_zero_point, clamp, "depthwise", in_zero,
+            out_shape=[int(d) for d in converter.get_tensor_shape(output)],
+            geometry={"kernel": tuple(int(d) for d in weights.shape[1:3]), "strides": strides,
+                      "dilation": dilation, "padding": padding})
 
     def build_depthwise(*tensors: Any) -> Any:
         x, w, b, out = unpack(tensors)
@@ -272,26 +279,36 @@ def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarr
                    zero_point: int, clamp: fp.Clamp, kind: str, input_zero_point: int,
                    out_shape: Sequence[int] | None = None,
                    geometry: dict[str, Any] | None = None) -> Any:
-    """An int8 CONV_2D (one group) or FULLY_CONNECTED as packed weights and dot-product
-    micro-kernels (`im2col`): the weights argument becomes the packed array."""
+    """An int8 CONV_2D (one group), DEPTHWISE_CONV_2D (depth multiplier 1) or FULLY_CONNECTED
+    as micro-kernel calls (`im2col`); conv and fully connected weights are packed."""
     from tvm import relax
 
     rows = int(weights.shape[0])
-    packed = im2col.pack_rows(weights.reshape(rows, -1), 2 if kind == "conv" else 4)
-    call_args = [args[0], _const(packed.data), *args[2:]]
+    packed = None if kind == "depthwise" else im2col.pack_rows(
+        weights.reshape(rows, -1), 2 if kind == "conv" else 4)
+    call_args = [args[0], args[1] if packed is None else _const(packed.data), *args[2:]]
 
     def output_of(m: Any, s: Any) -> kernels.Output:
         return kernels.Output(m if arrays else multiplier, s if arrays else shift, zero_point,
                               clamp.low, clamp.high, "int8")
 
     data_shape = [int(d) for d in call_args[0].ty.shape]
-    if kind == "conv":
+    if kind == "depthwise":
         assert geometry is not None and out_shape is not None
+        func = im2col.depthwise_conv2d(
+            name, data_shape, geometry["kernel"], out_shape, output_of, has_bias=has_bias,
+            per_channel=bool(arrays), strides=geometry["strides"],
+            dilation=geometry["dilation"], padding=geometry["padding"],
+            input_zero_point=input_zero_point)
+    elif kind == "conv":
+        assert geometry is not None and out_shape is not None
+        assert packed is not None
         func = im2col.conv2d(name, data_shape, packed, geometry["kernel"], out_shape, output_of,
                              has_bias=has_bias, per_channel=bool(arrays),
                              strides=geometry["strides"], dilation=geometry["dilation"],
                              padding=geometry["padding"], input_zero_point=input_zero_point)
     else:
+        assert packed is not None
         out_shape = [data_shape[0], rows]
         func = im2col.fully_connected(name, data_shape, packed, out_shape, output_of,
                                       has_bias=has_bias, per_channel=bool(arrays),

@@ -87,6 +87,11 @@ def dot_kernels_used(source: str) -> list[tuple[int, int]]:
     return sorted({(int(r), int(c)) for r, c in found})
 
 
+def uses_microkernels(source: str) -> bool:
+    """Whether C `source` calls any micro-kernel of templates/codegen/int8_dot.h.j2."""
+    return re.search(r"\b(me_dot_s8s16_\d+x\d+|me_dw_s8_4ch)\(", source) is not None
+
+
 def _i32(value: int) -> tirx.PrimExpr:
     return tirx.const(value, "int32")
 
@@ -94,18 +99,20 @@ def _i32(value: int) -> tirx.PrimExpr:
 class _Builder:
     """Shared pieces of the two kernels: the buffers, the dot calls and the epilogue."""
 
-    def __init__(self, name: str, packed: PackedWeights, has_bias: bool,
+    def __init__(self, name: str, packed: PackedWeights | None, has_bias: bool,
                  output_of: Callable[[Any, Any], Output], per_channel: bool) -> None:
         self.name, self.packed, self.has_bias = name, packed, has_bias
         self.output_of, self.per_channel = output_of, per_channel
 
     def parameters(self, data_shape: Sequence[int], out_shape: Sequence[int],
-                   out_dtype: str) -> None:
-        """Declare the arguments in the order of the Relax call: data, weights, [bias],
-        [multipliers, shifts], output."""
+                   out_dtype: str, weights_shape: Sequence[int] | None = None) -> None:
+        """Declare the arguments in the order of the Relax call: data, weights (packed unless
+        `weights_shape` is given), [bias], [multipliers, shifts], output."""
         channels = int(out_shape[-1])
         self.data = T.arg("data", T.Buffer(tuple(data_shape), "int8"))
-        self.weights = T.arg("weights", T.Buffer((int(self.packed.data.size),), "int8"))
+        shape = tuple(weights_shape) if weights_shape is not None else (
+            int(self.packed.data.size),)
+        self.weights = T.arg("weights", T.Buffer(shape, "int8"))
         self.bias = T.arg("bias", T.Buffer((channels,), "int32")) if self.has_bias else None
         multiplier = shift = None
         if self.per_channel:
@@ -261,6 +268,65 @@ def fully_connected(name: str, data_shape: Sequence[int], packed: PackedWeights,
                 T.buffer_store(column_buffer, tirx.const(0, "int16"), [k])
             builder.row_loops(1, column_buffer, acc,
                               lambda c, channel, b=b: [b, channel])
+    return ib.get().with_attr("op_pattern", _OPAQUE)
+
+
+def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int],
+                     out_shape: Sequence[int], output_of: Callable[[Any, Any], Output], *,
+                     has_bias: bool, per_channel: bool, strides: Sequence[int],
+                     dilation: Sequence[int], padding: Sequence[int], input_zero_point: int
+                     ) -> tirx.PrimFunc:
+    """DEPTHWISE_CONV_2D with a depth multiplier of 1 and channels a multiple of four: per output
+    pixel and group of four channels, `me_dw_s8_4ch` for every tap of the window inside the
+    input (the window's rows and columns clipped once per pixel, as TFLite Micro does, instead
+    of a bounds test per tap). Weights [1, H, W, C] are used as they are."""
+    batch, height, width, channels = (int(d) for d in data_shape)
+    _, out_h, out_w, _ = (int(d) for d in out_shape)
+    kernel_h, kernel_w = kernel
+    top, left = padding[0], padding[1]
+    builder = _Builder(name, None, has_bias, output_of, per_channel)
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name(name)
+        builder.parameters(data_shape, out_shape, output_of(None, None).dtype,
+                           weights_shape=(1, kernel_h, kernel_w, channels))
+        acc = T.alloc_buffer((4,), "int32")
+        IRBuilder.name("acc", acc)
+
+        def first_tap(origin: Any, dilation: int) -> Any:
+            # the first r with origin + r * dilation >= 0
+            return tirx.max(tirx.floordiv(_i32(dilation - 1) - origin, dilation), 0)
+
+        def end_tap(origin: Any, size: int, extent: int, dilation: int) -> Any:
+            # one past the last r with origin + r * dilation < size
+            return tirx.min(tirx.floordiv(_i32(size + dilation - 1) - origin, dilation),
+                            extent)
+
+        with T.serial(0, batch) as n, T.serial(0, out_h) as y, T.serial(0, out_w) as x:
+            for var, label in ((n, "n"), (y, "y"), (x, "x")):
+                IRBuilder.name(label, var)
+            origin_y = y * strides[0] - top
+            origin_x = x * strides[1] - left
+            with T.serial(0, channels // 4) as group:
+                IRBuilder.name("group", group)
+                channel = group * 4
+                for j in range(4):
+                    start = builder.bias[channel + j] if builder.bias is not None \
+                            else _i32(0)
+                    T.buffer_store(acc, start, [j])
+                with T.serial(first_tap(origin_y, dilation[0]),
+                              end_tap(origin_y, height, kernel_h, dilation[0])) as ry, \
+                            T.serial(first_tap(origin_x, dilation[1]),
+                                 end_tap(origin_x, width, kernel_w, dilation[1])) as rx:
+                    IRBuilder.name("ry", ry)
+                    IRBuilder.name("rx", rx)
+                    T.evaluate(tirx.call_extern(
+                        "void", "me_dw_s8_4ch",
+                        tirx.address_of(builder.data[n, origin_y + ry * dilation[0],
+                                                     origin_x + rx * dilation[1], channel]),
+                        tirx.address_of(builder.weights[0, ry, rx, channel]),
+                        _i32(-input_zero_point), tirx.address_of(acc[0])))
+                for j in range(4):
+                    builder.store(acc, j, channel + j, [n, y, x, channel + j])
     return ib.get().with_attr("op_pattern", _OPAQUE)
 
 

@@ -72,9 +72,14 @@ def rounding_divide_by_pot(x: Expr, exponent: int | Expr) -> Expr:
             return x
         nudge = select(x < i32(0), i64((1 << (exponent - 1)) - 1), i64(1 << (exponent - 1)))
         return i32((i64(x) + nudge) >> i64(exponent))
-    half = (i64(1) << i64(exponent)) >> i64(1)
-    negative = select(x < i32(0), i64(tirx.min(exponent, i32(1))), i64(0))
-    return i32((i64(x) + half - negative) >> i64(exponent))
+    # A run-time exponent (per-channel shifts): gemmlowp's own form, all in 32 bits (an int64
+    # shift by a variable amount costs a Cortex-M several instructions or a library call).
+    # The mask is unsigned so that an exponent of 31 does not overflow.
+    mask = (tirx.const(1, "uint32") << exponent.astype("uint32")) - tirx.const(1, "uint32")
+    remainder = tirx.bitwise_and(x.astype("uint32"), mask)
+    threshold = (mask >> tirx.const(1, "uint32")) + select(
+        x < i32(0), tirx.const(1, "uint32"), tirx.const(0, "uint32"))
+    return (x >> exponent) + select(remainder > threshold, i32(1), i32(0))
 
 
 def multiply_by_quantized_multiplier(x: Expr, multiplier: int | Expr, shift: int | Expr
