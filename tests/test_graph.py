@@ -208,6 +208,17 @@ def _nest_first_call(doc: dict) -> None:
                    "then_case": body[index], "else_case": None}
 
 
+def _loop_first_call(doc: dict) -> None:
+    body = _main(doc)["body"]["seq"]
+    index = body.index(_declaring(doc, "status_0"))
+    loop_var = {"node": "Var", "name": "i", "type": {"node": "PrimType", "dtype": "int32"}}
+    body[index] = {"node": "For", "loop_var": loop_var,
+                   "min": {"node": "IntImm", "dtype": "int32", "value": 0},
+                   "extent": {"node": "IntImm", "dtype": "int32", "value": 1},
+                   "kind": "serial", "body": body[index], "thread_binding": None,
+                   "annotations": {}, "step": None}
+
+
 def _set_constant(doc: dict, name: str, value: object) -> None:
     _main(doc)["attrs"]["microexport.constants"]["items"][name] = value
 
@@ -238,7 +249,10 @@ MAIN_VIOLATIONS: list[tuple[str, Callable[[dict], object], str]] = [
     ("kernel missing", lambda d: _first_call(d)["op"].update(name="tvmgen_nothing"),
      r"\.body\.seq\[\d+\]\.value: the main calls 'tvmgen_nothing', which the module lacks"),
     ("call nested", _nest_first_call,
-     r"\.body\.seq\[\d+\]: kernel call nested in a IfThenElse: not an AOT main"),
+     r"\.body\.seq\[\d+\]\.condition: an If around kernel calls must test element 0 of a "
+     r"tensor declared before"),
+    ("call in a loop", _loop_first_call,
+     r"\.body\.seq\[\d+\]: kernel call nested in a For: not an AOT main"),
     ("constant not a tensor",
      lambda d: _set_constant(d, "constant_0", {"node": "Map", "items": {}}),
      r"\.attrs\['microexport\.constants'\]\.items\.constant_0: expected a Tensor"),

@@ -239,6 +239,8 @@ class _MainWalker:
         self.tensors: list[_Buffer] = []
         self.kernels: dict[str, list[KernelParam]] = {}  # kernel called → its parameters
         self.calls: list[_Call] = []
+        self.branches: list[dict[str, Any]] = []  # the run-time `If`s, as in the document
+        self.within: list[tuple[int, str]] = []  # the branches the current statement is in
         for stmt_path, stmt in statements(main["body"], f"{path}.body"):
             self.statement(stmt, stmt_path)
         for tensor in self.tensors:
@@ -258,8 +260,37 @@ class _MainWalker:
             self.call(stmt["value"], status, f"{path}.value")
         elif kind == "Bind" and self.decls[stmt["var"]["name"]]["type"]["node"] == "PointerType":
             self.pointers[stmt["var"]["name"]] = self.pointer(stmt["value"], f"{path}.value")
+        elif kind == "IfThenElse" and any(callee(node) is not None for _, node in walk(stmt)):
+            self.branch(stmt, path)
         elif any(callee(node) is not None for _, node in walk(stmt)):
             raise TirJsonError(f"{path}: kernel call nested in a {kind}: not an AOT main")
+
+    def branch(self, stmt: Mapping[str, Any], path: str) -> None:
+        """A run-time `If`: `if (C[0]) {...} else {...}` or `if (C[0] != 0) ...`, C a tensor
+        declared before; the kernel calls of each side are read like the main's own."""
+        cond = stmt["condition"]
+        load = cond
+        if cond["node"] == "NE" and int_value(cond["b"]) == 0:
+            load = cond["a"]
+        tensor = (self.tensor_vars.get(load["buffer"]["name"])
+                  if load["node"] == "BufferLoad" else None)
+        if tensor is None or any(int_value(i) != 0 for i in load["indices"]):
+            raise TirJsonError(f"{path}.condition: an If around kernel calls must test element "
+                               "0 of a tensor declared before (C[0] or C[0] != 0)")
+        index = len(self.branches)
+        parent = ({"branch": self.within[-1][0], "side": self.within[-1][1]}
+                  if self.within else None)
+        self.branches.append({"condition": tensor.name, "then": [], "else": [],
+                              "parent": parent})
+        for side, key in (("then", "then_case"), ("else", "else_case")):
+            self.within.append((index, side))
+            for stmt_path, inner in statements(stmt[key], f"{path}.{key}"):
+                if inner["node"] == "DeclBuffer" or (
+                        inner["node"] == "Bind" and callee(inner["value"]) is None):
+                    raise TirJsonError(f"{stmt_path}: a declaration inside a branch (the main "
+                                       "declares every tensor before its first If)")
+                self.statement(inner, stmt_path)
+            self.within.pop()
 
     def declare(self, stmt: Mapping[str, Any], path: str) -> None:
         var = self.decls[stmt["buffer"]["name"]]
@@ -328,6 +359,8 @@ class _MainWalker:
         if len(params) != len(args):
             raise TirJsonError(f"{path}: '{kernel}' takes {len(params)} arguments, the main "
                                f"passes {len(args)}")
+        for branch, side in self.within:
+            self.branches[branch][side].append(len(self.calls))
         self.calls.append(_Call(len(self.calls), kernel, status, [
             self.argument(arg, param, f"{path}.args[{index}]")
             for index, (arg, param) in enumerate(zip(args, params, strict=True))]))
@@ -579,6 +612,7 @@ def _document(walker: _MainWalker) -> dict[str, Any]:
         "kernels": [_kernel_entry(name, params, walker.functions[name][1]["ret_type"])
                     for name, params in walker.kernels.items()],
         "nodes": [_node_entry(call) for call in walker.calls],
+        **({"branches": walker.branches} if walker.branches else {}),
     }
 
 
@@ -666,6 +700,33 @@ def check_graph(graph: Mapping[str, Any]) -> None:
         kernels[kernel["name"]] = kernel
     for index, node in enumerate(nodes):
         _check_node(node, index, tensors, kernels, params)
+    _check_branches(graph.get("branches", []), tensors, len(nodes))
+
+
+def _check_branches(branches: list[Mapping[str, Any]], tensors: Mapping[str, Any],
+                    node_count: int) -> None:
+    """Each run-time `If` tests a tensor; its `then` and `else` nodes are disjoint, ascending,
+    the `then` ones first, contiguous, both non-empty; a nested one lies in the side of an
+    earlier branch its `parent` names."""
+    for index, branch in enumerate(branches):
+        path = f"$.branches[{index}]"
+        if branch["condition"] not in tensors:
+            raise TirJsonError(f"{path}.condition: {_quote(branch['condition'])} is not a tensor "
+                               "of the graph")
+        nodes = branch["then"] + branch["else"]
+        if (not branch["then"] or not branch["else"]
+                or nodes != list(range(nodes[0], nodes[0] + len(nodes)))
+                or nodes[-1] >= node_count):
+            raise TirJsonError(f"{path}: its then and else nodes must be non-empty, consecutive "
+                               f"and ascending, then before else, below {node_count}")
+        parent = branch["parent"]
+        if parent is not None:
+            if parent["branch"] >= index:
+                raise TirJsonError(f"{path}.parent.branch: {parent['branch']} is not an earlier "
+                                   "branch")
+            if not set(nodes) <= set(branches[parent["branch"]][parent["side"]]):
+                raise TirJsonError(f"{path}.parent: its nodes are not all in the "
+                                   f"{parent['side']} side of branch {parent['branch']}")
 
 
 def _check_names(names: list[str], path: str, tensors: Mapping[str, Any]) -> None:
@@ -767,6 +828,9 @@ def walker_variables(graph: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     or name of the walker's own; every dtype printed has a C type; numbers are the schema's
     integers. Anything else is a TirJsonError naming the JSON path."""
     graph = load_graph(graph)
+    if graph.get("branches"):
+        raise TirJsonError("$.branches: the graph-walker runtime runs straight-line graphs; this "
+                           "model has run-time Ifs: call the AOT main (tvmgen_<model>_run) instead")
     model = c_identifier(graph["model"])
     tensor_index = {t["name"]: index for index, t in enumerate(graph["tensors"])}
     constant_names = {c["name"] for c in graph["constants"]}

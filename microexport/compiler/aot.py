@@ -66,6 +66,9 @@ def build_aot_module(
     buffers: dict[str, tirx.Buffer] = {}
     body: list[tirx.Stmt] = []
     io_specs = zip(schedule.inputs + schedule.outputs, inputs + outputs, strict=True)
+    # A 0-d condition of a run-time `If` is declared as one element: the main reads it with a
+    # BufferLoad, which the C codegen accepts only on flat buffers.
+    conditions = {schedule.root(b.condition) for b in schedule.branches}
     io_names = {schedule.root(tensor): spec.c_name for tensor, spec in io_specs}
     # A pool of size zero is left out of the signature: C compilers warn about unused parameters.
     pool_sizes = {CONSTANTS_PARAM: plan.constants_bytes, **plan.pool_bytes}
@@ -76,7 +79,10 @@ def build_aot_module(
             var = tirx.Var(spec.c_name, ir.PointerType(ir.PrimType(dtype)))
             params.append(var)
             root = schedule.root(tensor)
-            buffers[root] = _declare(schedule.tensors[root], var, body, spec.c_name)
+            info = schedule.tensors[root]
+            if root in conditions and not info.shape:
+                info = TensorInfo(info.name, (1,), info.dtype, info.kind)
+            buffers[root] = _declare(info, var, body, spec.c_name)
     params += [ptr for ptr, _ in pools.values()]
     body[:0] = [tirx.DeclBuffer(pool, data=ptr) for ptr, pool in pools.values()]
 
@@ -88,6 +94,8 @@ def build_aot_module(
         root = schedule.root(name)
         if root not in buffers:
             info = schedule.tensors[root]
+            if root in conditions and not info.shape:
+                info = TensorInfo(info.name, (1,), info.dtype, info.kind)
             if info.kind == "constant":
                 value = pool_pointer(pools[CONSTANTS_PARAM][1], plan.constant_offsets[root],
                                      info.dtype)
@@ -99,16 +107,61 @@ def build_aot_module(
             buffers[root] = _declare(info, var, body, io_names.get(root))
         return buffers[root].data
 
-    for step, call in enumerate(schedule.calls):
+    def call_statements(step: int, out: list[tirx.Stmt]) -> None:
+        call = schedule.calls[step]
         args = [data(name) for name in call.inputs + call.outputs]
         if pass_scratch and step in plan.scratch_names:
             args.append(pool_pointer_of(plan.scratch_names[step], "uint8"))
         status = tirx.Var(f"status_{step}", ir.PrimType("int32"))
         kernel_call = ir.Call(kernel_vars[call.kernel], args, ret_ty=ir.PrimType("int32"))
-        body.append(tirx.Bind(status, kernel_call))
-        body.append(
+        out.append(tirx.Bind(status, kernel_call))
+        out.append(
             tirx.IfThenElse(tirx.NE(status, tirx.IntImm("int32", 0)), tirx.Return(status), None)
         )
+
+    def emit(start: int, stop: int, out: list[tirx.Stmt]) -> None:
+        """The calls [start, stop) into `out`; a run-time `If` as an IfThenElse on its
+        condition's first element. Every tensor is declared at the top of the main (a C
+        declaration inside a branch would not be seen after it), before the first statement
+        that needs it."""
+        step = start
+        while step < stop:
+            # The outermost `If` starting here within [start, stop) (never one of whose
+            # branches [start, stop) is: both branches are non-empty).
+            branch = max((b for b in schedule.branches
+                          if b.span[0] == step and b.span[1] <= stop),
+                         key=lambda b: b.span[1], default=None)
+            if branch is None:
+                call_statements(step, out)
+                step += 1
+                continue
+            if out is body:
+                for inner in range(*branch.span):
+                    for name in schedule.calls[inner].inputs + schedule.calls[inner].outputs:
+                        data(name)
+                for nested in schedule.branches:
+                    if branch.span[0] <= nested.span[0] < branch.span[1]:
+                        data(nested.condition)
+            then: list[tirx.Stmt] = []
+            orelse: list[tirx.Stmt] = []
+            emit(*branch.then, then)
+            emit(*branch.orelse, orelse)
+            out.append(tirx.IfThenElse(condition(branch.condition), tirx.SeqStmt(then),
+                                       tirx.SeqStmt(orelse)))
+            step = branch.span[1]
+
+    def condition(name: str) -> tirx.PrimExpr:
+        """`name[0] != 0` for the scalar condition tensor `name` (read through a one-element
+        buffer on its pointer: the condition is a 0-d tensor)."""
+        info = schedule.tensors[schedule.root(name)]
+        data(name)
+        buffer = buffers[schedule.root(name)]
+        value = tirx.BufferLoad(buffer, [tirx.IntImm("int32", 0)] * len(buffer.shape))
+        if info.dtype == "bool":
+            return value
+        return tirx.NE(value, tirx.IntImm(info.dtype, 0))
+
+    emit(0, len(schedule.calls), body)
     body.append(tirx.Return(tirx.IntImm("int32", 0)))
     body[:0] = mark_unused(params, tirx.SeqStmt(body))  # inputs the model ignores
 

@@ -18,6 +18,7 @@ from tvm import ir, relax, s_tir, tirx
 
 from microexport.compiler.frontend import ImportedModel
 from microexport.compiler.frontend.common import relax_failure
+from microexport.compiler.frontend.control_flow import structure_branches
 from microexport.compiler.quantization import (
     TensorQuantization,
     fusion_origins,
@@ -60,10 +61,31 @@ class KernelCall:
 
 
 @dataclass(frozen=True)
+class Branch:
+    """A run-time `If` of the schedule: calls `then[0]` to `then[1] - 1` run when the scalar
+    tensor `condition` is non-zero, calls `orelse[0]` to `orelse[1] - 1` otherwise (half-open
+    ranges of call indices, `then[1] == orelse[0]`, neither empty). The values the `If` gives are
+    tensors both branches write (their last producers write into them directly, or a copy does).
+    A branch nested in another lies inside one range of it."""
+
+    condition: str
+    then: tuple[int, int]
+    orelse: tuple[int, int]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The call indices of both branches (half-open)."""
+        return self.then[0], self.orelse[1]
+
+
+@dataclass(frozen=True)
 class Schedule:
     """The model as an ordered list of kernel calls over named tensors.
 
-    `views` maps a reshaped tensor to the tensor whose memory it shares (reshapes are views).
+    `views` maps a reshaped tensor to the tensor whose memory it shares (reshapes are views,
+    and so is a tensor a branch of an `If` computes as the `If`'s value). `branches` lists the
+    run-time `If`s (inner ones first); the calls are in one order, each branch's calls a
+    contiguous range, so a plan valid for that order is valid for every path through it.
     """
 
     tensors: dict[str, TensorInfo]
@@ -76,6 +98,41 @@ class Schedule:
     extra_kernels: dict[str, tirx.PrimFunc] = dataclasses.field(default_factory=dict)
     # tensor → its quantization in the source model (quantized TFLite models; views included)
     quantization: dict[str, TensorQuantization] = dataclasses.field(default_factory=dict)
+    branches: tuple[Branch, ...] = ()
+
+    def reads(self, step: int) -> tuple[str, ...]:
+        """The tensors call `step` reads: its inputs, and the condition of every `If` whose then
+        branch starts there (read before the call, counted at it)."""
+        conditions = tuple(b.condition for b in self.branches if b.then[0] == step)
+        return self.calls[step].inputs + conditions
+
+    def paths(self, limit: int) -> list[list[int | Branch]] | None:
+        """Every path through the schedule: the call indices run, in order, with each `If` it
+        passes as the `Branch` at the point where the condition is read. None if there are more
+        than `limit`."""
+        def walk(start: int, stop: int) -> list[list[int | Branch]] | None:
+            results: list[list[int | Branch]] = [[]]
+            step = start
+            while step < stop:
+                # The outermost `If` starting here within [start, stop) (an `If` never lies
+                # within one of its own branches: both are non-empty).
+                outer = max((b for b in self.branches if b.span[0] == step and b.span[1] <= stop),
+                            key=lambda b: b.span[1], default=None)
+                if outer is None:
+                    results = [path + [step] for path in results]
+                    step += 1
+                    continue
+                sides = [walk(*outer.then), walk(*outer.orelse)]
+                if sides[0] is None or sides[1] is None:
+                    return None
+                results = [path + [outer] + side for path in results
+                           for side in sides[0] + sides[1]]
+                if len(results) > limit:
+                    return None
+                step = outer.span[1]
+            return results
+
+        return walk(0, len(self.calls))
 
     def root(self, name: str) -> str:
         """The tensor that owns the memory of `name` (follows reshape views)."""
@@ -169,7 +226,7 @@ def lower(
     instruments = [recorder] if recorder is not None else []
     with tvm_target, tvm.transform.PassContext(instruments=instruments):
         try:
-            scheduled = relax_pipeline()(model.mod)
+            scheduled = relax_pipeline()(structure_branches(model.mod))
         except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot lower
             raise relax_failure(err, "lower") from err
     origins = fusion_origins(fused["before"], fused["after"]) if "after" in fused else {}
@@ -237,18 +294,14 @@ class _ScheduleBuilder:
         self.const_names: list[tuple[ir.Constant, str]] = []
         self.used_names: set[str] = set()
         self.extra_kernels: dict[str, tirx.PrimFunc] = {}
+        self.branches: list[Branch] = []
 
     def copy(self, source: str, name: str) -> str:
         """A new tensor `name` (unique) computed as a copy of tensor `source`."""
         info = self.tensors[source]
-        count = int(np.prod(info.shape, dtype=np.int64))
-        kernel = f"copy_{info.dtype}_{count}"
-        if kernel not in self.extra_kernels:
-            self.used_names.add(kernel)
-            self.extra_kernels[kernel] = copy_kernel(count, info.dtype)
         target = self.unique(name)
         self.tensors[target] = TensorInfo(target, info.shape, info.dtype, "intermediate")
-        self.calls.append(KernelCall(kernel, (source,), (target,)))
+        self.copy_into(source, target)
         if source in self.quantization:
             self.quantization[target] = self.quantization[source]
         return target
@@ -309,8 +362,96 @@ class _ScheduleBuilder:
             self.names[var] = self.names[value]
         elif isinstance(value, ir.Constant):
             self.names[var] = self.constant(value)
+        elif isinstance(value, relax.If):
+            self.branch(var, value)
         else:
             raise ModelError(f"unsupported binding in the Relax main: {value}")
+
+    def sequence(self, seq: relax.SeqExpr) -> list[str]:
+        """Walk the bindings of `seq`; the tensors of its result (a tuple flattened)."""
+        for block in seq.blocks:
+            for binding in block.bindings:
+                self.bind(binding.var, binding.value)
+        result = seq.body
+        fields = result.fields if isinstance(result, ir.Tuple) else [result]
+        results: list[str] = []
+        for field in fields:
+            value = self.names.get(field) if isinstance(field, ir.Var) else self.arg(field)
+            if value is None:
+                raise ModelError(f"unsupported result in the Relax main: {field}")
+            results.extend(value if isinstance(value, tuple) else [value])
+        return results
+
+    def branch(self, var: ir.Var, node: relax.If) -> None:
+        """A run-time `If`: the calls of each branch in a range of their own, the `If`'s values
+        tensors both branches write (see `Branch`)."""
+        condition = self.arg(node.cond)
+        info = self.tensors[condition]
+        if int(np.prod(info.shape, dtype=np.int64)) != 1 or not (
+                info.dtype == "bool" or info.dtype.startswith(("int", "uint"))):
+            raise ModelError(f"the condition of an If is a {info.dtype} tensor of shape "
+                             f"{list(info.shape)}: it must be one bool or integer element")
+        fields = var.ty.fields if isinstance(var.ty, ir.TupleType) else [var.ty]
+        merged = []
+        for index, field in enumerate(fields):
+            shape = getattr(field, "shape", None)
+            if shape is None or any(not isinstance(v, tirx.IntImm) for v in shape):
+                raise ModelError(
+                    f"the branches of an If (condition '{condition}') give values of different "
+                    f"or unknown shapes ({field}): a compiled If needs both branches to give the "
+                    "same static shape and dtype, or freeze its condition with --constant")
+            name = self.unique(var.name if len(fields) == 1 else f"{var.name}_{index}")
+            self.add_tensor(name, field, "intermediate")
+            merged.append(name)
+        ranges = []
+        for side in (node.true_branch, node.false_branch):
+            start = len(self.calls)
+            results = self.sequence(side)
+            claimed: set[str] = set()
+            for result, target in zip(results, merged, strict=True):
+                self._write_into(result, target, start, claimed)
+            if len(self.calls) == start:
+                raise ModelError(f"an If (condition '{condition}') gives no values: nothing "
+                                 "to compile")
+            ranges.append((start, len(self.calls)))
+        self.branches.append(Branch(condition, ranges[0], ranges[1]))
+        self.names[var] = tuple(merged) if isinstance(var.ty, ir.TupleType) else merged[0]
+
+    def _write_into(self, result: str, target: str, start: int, claimed: set[str]) -> None:
+        """Make the branch whose calls start at `start` leave tensor `result` in `target`: the
+        call that computes it writes into `target` directly (`result` becomes a view of it)
+        when it is an intermediate only this branch writes; else a copy kernel does."""
+        root = self.root(result)
+        got, want = self.tensors[result], self.tensors[target]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ModelError(
+                f"the branches of an If give {got.dtype}{list(got.shape)} and "
+                f"{want.dtype}{list(want.shape)} for one value: a compiled If needs both "
+                "branches to give the same static shape and dtype, or freeze its condition "
+                "with --constant")
+        writers = [step for step, call in enumerate(self.calls)
+                   if any(self.root(name) == root for name in call.outputs)]
+        if (self.tensors[root].kind == "intermediate" and root not in claimed
+                and writers and min(writers) >= start):
+            self.views[root] = target
+            claimed.add(root)
+            return
+        self.copy_into(result, target)
+
+    def root(self, name: str) -> str:
+        while name in self.views:
+            name = self.views[name]
+        return name
+
+    def copy_into(self, source: str, target: str) -> None:
+        """A call of a copy kernel from tensor `source` into tensor `target`."""
+        info = self.tensors[source]
+        count = int(np.prod(info.shape, dtype=np.int64))
+        kernel = f"copy_{info.dtype}_{count}"
+        if kernel not in self.extra_kernels:
+            self.used_names.add(kernel)
+            self.extra_kernels[kernel] = copy_kernel(count, info.dtype)
+        self.calls.append(KernelCall(kernel, (source,), (target,)))
 
     def call_tir(self, var: ir.Var, call: ir.Call) -> None:
         kernel = call.args[0].name_hint
@@ -359,16 +500,7 @@ def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel,
         builder.names[param] = name
         builder.quantize(name, param)
         input_names.append(name)
-    body = main.body
-    for block in body.blocks:
-        for binding in block.bindings:
-            builder.bind(binding.var, binding.value)
-    result = body.body
-    fields = result.fields if isinstance(result, ir.Tuple) else [result]
-    results: list[str] = []
-    for field in fields:
-        value = builder.names.get(field) if isinstance(field, ir.Var) else builder.arg(field)
-        results.extend(value if isinstance(value, tuple) else [value])
+    results = builder.sequence(main.body)
     outputs = _bind_outputs(builder, results, model.outputs)
     return Schedule(
         tensors=builder.tensors,
@@ -379,6 +511,7 @@ def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel,
         constants=builder.constants,
         extra_kernels=builder.extra_kernels,
         quantization=_with_views(builder.quantization, builder.views, builder.tensors),
+        branches=tuple(builder.branches),
     )
 
 

@@ -91,7 +91,7 @@ def live_intervals(
             root = schedule.root(name)
             first.setdefault(root, step)
             last[root] = max(last.get(root, step), step)
-        for name in call.inputs:
+        for name in schedule.reads(step):
             root = schedule.root(name)
             last[root] = max(last.get(root, step), step)
     intervals = [
@@ -264,7 +264,7 @@ def io_intervals(schedule: Schedule) -> list[Interval]:
     last_read: dict[str, int] = {}
     written: dict[str, int] = {}
     for step, call in enumerate(schedule.calls):
-        for name in call.inputs:
+        for name in schedule.reads(step):
             last_read[schedule.root(name)] = step
         for name in call.outputs:
             written.setdefault(schedule.root(name), step)
@@ -347,7 +347,7 @@ def _required_lives(
     steps = len(schedule.calls)
     used: dict[str, list[int]] = {}
     for step, call in enumerate(schedule.calls):
-        for name in call.inputs + call.outputs:
+        for name in schedule.reads(step) + call.outputs:
             used.setdefault(schedule.root(name), []).append(step)
     kinds = {"intermediate"} | ({"input", "output"} if plan.io_in_workspace else set())
     required: dict[str, tuple[int, int, int]] = {}
@@ -416,30 +416,81 @@ def check_plan(plan: MemoryPlan, schedule: Schedule, scratch: dict[str, ScratchL
                  f"'{root}' ({schedule.tensors[root].nbytes} B)")
         if schedule.tensors[root].kind == "constant" and root not in plan.constant_offsets:
             fail(f"constant view '{view}' has a root '{root}' missing from the constant pool")
-    _check_no_overlap(plan, spans, fail)
+    _check_no_overlap(plan.lives, spans, fail)
+    _check_paths(plan, schedule, scratch, spans, fail)
     _check_constants(plan, schedule, fail)
 
 
 def _check_no_overlap(
-    plan: MemoryPlan, spans: dict[str, tuple[str, int, int]], fail: Callable[[str], None]
+    lives: dict[str, tuple[int, int]], spans: dict[str, tuple[str, int, int]],
+    fail: Callable[[str], None], where: str = "",
 ) -> None:
-    """No two buffers whose planned lives share a step may share a byte of the same pool.
+    """No two buffers of `spans` whose `lives` share a step may share a byte of the same pool.
 
     Two lives that overlap both hold at the later of their first steps, so a sweep over the
     buffers in order of first step compares each one only with the buffers still live then."""
-    order = sorted(spans, key=lambda name: (plan.lives[name][0], name))
+    order = sorted((name for name in spans if name in lives), key=lambda n: (lives[n][0], n))
     active: list[str] = []
     for name in order:
-        first = plan.lives[name][0]
+        first = lives[name][0]
         pool, start, end = spans[name]
-        active = [other for other in active if plan.lives[other][1] >= first]
+        active = [other for other in active if lives[other][1] >= first]
         for other in active:
             other_pool, other_start, other_end = spans[other]
             if other_pool == pool and start < other_end and other_start < end:
                 fail(f"buffers '{other}' [{other_start}, {other_end}) and '{name}' "
                      f"[{start}, {end}) of pool '{pool}' overlap and are both live at step "
-                     f"{first}")
+                     f"{first}{where}")
         active.append(name)
+
+
+MAX_CHECKED_PATHS = 4096  # paths through the run-time `If`s checked one by one
+
+
+def _check_paths(
+    plan: MemoryPlan, schedule: Schedule, scratch: dict[str, ScratchLayout],
+    spans: dict[str, tuple[str, int, int]], fail: Callable[[str], None],
+) -> None:
+    """With run-time `If`s: on every path through them (the calls one run executes, and each
+    condition read before its branch), no two buffers live at the same point share a byte.
+
+    Lives are recomputed along each path from its calls alone, independently of the call order
+    the planner used; so a buffer of one branch may share memory with one of the other branch,
+    and a buffer read after an `If` must survive whichever branch ran. More paths than
+    `MAX_CHECKED_PATHS` are not enumerated: the order-based check above covers them (every path
+    runs its calls in schedule order, so a buffer's life on a path lies within its life there)."""
+    if not schedule.branches:
+        return
+    paths = schedule.paths(MAX_CHECKED_PATHS)
+    if paths is None:
+        return
+    kinds = {"intermediate"} | ({"input", "output"} if plan.io_in_workspace else set())
+    for path in paths:
+        lives: dict[str, tuple[int, int]] = {}
+
+        def touch(name: str, point: int, lives: dict[str, tuple[int, int]] = lives) -> None:
+            if name in spans:
+                first, last = lives.get(name, (point, point))
+                lives[name] = (min(first, point), max(last, point))
+
+        for point, item in enumerate(path):
+            if isinstance(item, int):
+                call = schedule.calls[item]
+                for name in call.inputs + call.outputs:
+                    touch(schedule.root(name), point)
+                if item in plan.scratch_names:
+                    touch(plan.scratch_names[item], point)
+            else:
+                touch(schedule.root(item.condition), point)
+        end = len(path) - 1
+        for name in list(spans):
+            kind = schedule.tensors[name].kind if name in schedule.tensors else "scratch"
+            if kind in kinds and kind in ("input", "output"):
+                first, last = lives.get(name, (0, end) if kind == "input" else (end, end))
+                lives[name] = (0, last) if kind == "input" else (first, end)
+        taken = ", ".join(f"call {item}" if isinstance(item, int)
+                          else f"If on '{item.condition}'" for item in path)
+        _check_no_overlap(lives, spans, fail, f" of the path [{taken}]")
 
 
 def _check_constants(plan: MemoryPlan, schedule: Schedule, fail: Callable[[str], None]) -> None:

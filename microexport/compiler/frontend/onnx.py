@@ -79,6 +79,9 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     model, integer = rewrite_integer(model, {i.name: i.shape for i in inputs})
     if any(node.op_type == "If" for node in model.graph.node):  # inline those that fold first
         model = fold_shape_computations(model, inputs)
+    from microexport.compiler.frontend.control_flow import check_onnx_branches
+
+    check_onnx_branches(model.graph, str(path))  # the `If`s left run at run time
     expanded: set[str] = set()
     model = expand_functions(model, _unconverted_ops(model) | _placeholder_ops(model), expanded)
     model = fold_shape_computations(model, inputs)
