@@ -74,11 +74,10 @@ def input_condition_model(directory: Path) -> Path:
 
 
 def two_paths_model(directory: Path) -> Path:
-    """`If` on `ReduceSum(x) > 0` (computed from the input): the then branch a MatMul, Add and
-    Tanh over two intermediates, the else branch a Conv, Sigmoid, Mul and Reshape back; the else
-    branch also returns an outer value (Identity of the input: a copy) as the If's second
-    output. Both outputs are
-    model outputs, one through an Add after the If."""
+    """`If` on `ReduceSum(x) > 0` (computed from the input): the then branch two MatMuls with
+    Tanh and Add (an intermediate between them) and an Abs, the else branch a Conv, Sigmoid,
+    ReduceMean, Mul and Reshape back, and the input itself (Identity: a copy) as the If's second
+    output. Both outputs are model outputs, the first through an Add after the If."""
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(5)
@@ -86,7 +85,9 @@ def two_paths_model(directory: Path) -> Path:
     k = rng.uniform(-1, 1, (4, 1, 3, 3)).astype(np.float32)
     then_branch = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["t_mm"]),
-         helper.make_node("Add", ["t_mm", "x"], ["t_add"]),
+         helper.make_node("Tanh", ["t_mm"], ["t_tanh"]),
+         helper.make_node("MatMul", ["t_tanh", "w"], ["t_mm2"]),
+         helper.make_node("Add", ["t_mm2", "x"], ["t_add"]),
          helper.make_node("Tanh", ["t_add"], ["t_out"]),
          helper.make_node("Abs", ["x"], ["t_side"])],
         "then", [], [_value("t_out", TensorProto.FLOAT, [1, 16]),

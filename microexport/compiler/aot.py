@@ -4,7 +4,9 @@
 every kernel in schedule order with typed pointers into the inputs, outputs, the constant pool and
 the workspace pool(s) at the byte offsets of the memory plan, and returns the first non-zero kernel
 status. A pool of size zero is left out of the signature; with inputs and outputs planned inside
-the workspace, they are not parameters either.
+the workspace, they are not parameters either. A run-time `If` of the schedule is
+`if (cond[0]) { then calls } else { else calls }` (a 0-d condition declared as one element);
+every tensor is declared at the top level of the main, before the first statement that needs it.
 Kernels and main end up in one IRModule of private functions, so the C codegen emits plain C calls.
 """
 

@@ -281,9 +281,10 @@ def infinite_reduction_identities(func: tirx.PrimFunc) -> tirx.PrimFunc:
 class _ScheduleBuilder:
     """Walks the fused Relax `main` and records tensors, kernel calls and views."""
 
-    def __init__(self, model: ImportedModel, origins: dict[ir.Var, ir.Var] | None = None
-                 ) -> None:
+    def __init__(self, model: ImportedModel, origins: dict[ir.Var, ir.Var] | None = None,
+                 module: tvm.IRModule | None = None) -> None:
         self.model = model
+        self.module = module if module is not None else model.mod
         self.origins = origins or {}
         self.quantization: dict[str, TensorQuantization] = {}
         self.tensors: dict[str, TensorInfo] = {}
@@ -364,6 +365,15 @@ class _ScheduleBuilder:
             self.names[var] = self.constant(value)
         elif isinstance(value, relax.If):
             self.branch(var, value)
+        elif (isinstance(value, ir.Call) and isinstance(value.op, ir.GlobalVar)
+              and isinstance(self.module[value.op], relax.Function)):
+            # A branch of an `If` that control_flow.structure_branches outlined (so that its
+            # kernels fuse): its body stands in place of the call.
+            func = self.module[value.op]
+            for param, arg in zip(func.params, value.args, strict=True):
+                self.names[param] = self.names[arg] if isinstance(arg, ir.Var) else self.arg(arg)
+            results = self.sequence(func.body)
+            self.names[var] = tuple(results) if isinstance(var.ty, ir.TupleType) else results[0]
         else:
             raise ModelError(f"unsupported binding in the Relax main: {value}")
 
@@ -492,7 +502,7 @@ def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel,
     `origins` maps variables FuseOps introduced to the ones they replace (for the quantization
     of fused kernels' results)."""
     main = scheduled["main"]
-    builder = _ScheduleBuilder(model, origins)
+    builder = _ScheduleBuilder(model, origins, scheduled)
     input_names = []
     for param, spec in zip(main.params, model.inputs, strict=True):
         name = builder.unique(spec.c_name)

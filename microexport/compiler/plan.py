@@ -11,6 +11,13 @@ out back to back in a read-only constant pool.
 Every plan is verified before it is used (`check_plan`): lives recomputed from the schedule, no
 two buffers live at the same step share a byte, every view's root lives across all the view's
 uses, everything fits and is aligned. A violation is a bug in microexport (`InvalidPlan`).
+
+Run-time `If`s: the schedule lists the calls of both branches, each branch a contiguous range,
+and the condition counts as read at the first call of the then branch. Planning over that one
+order is valid for every path (a path runs a subsequence of the calls in the same order, so a
+buffer's life on it lies within its life in schedule order), and it lets a buffer that lives only
+in one branch share bytes with one of the other branch. `check_plan` also recomputes the lives
+along every path (up to `MAX_CHECKED_PATHS`) and checks them for overlaps.
 """
 
 from __future__ import annotations

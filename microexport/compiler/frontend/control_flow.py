@@ -115,12 +115,51 @@ def structure_branches(mod: tvm.IRModule) -> tvm.IRModule:
     main = mod["main"]
     if not isinstance(main, relax.Function) or not has_if(main):
         return mod
-    body = _sink(main.body)
-    func = relax.Function(main.params, body, main.ret_ty, main.is_pure, main.attrs, main.span)
-    out = tvm.IRModule({gv: f for gv, f in mod.functions.items()}, attrs=mod.attrs)
-    out["main"] = func
-    out = relax.transform.Normalize()(out)
+    builder = relax.BlockBuilder(mod)
+    body = _outline(_sink(main.body), builder)
+    builder.update_func(builder.get().get_global_var("main"), relax.Function(
+        main.params, body, main.ret_ty, main.is_pure, main.attrs, main.span))
+    out = relax.transform.Normalize()(builder.get())
     return relax.transform.ConvertToDataflow(min_size=1)(out)
+
+
+BRANCH_PREFIX = "microexport_branch_"  # Relax functions holding one branch of an `If`
+
+
+def _outline(seq: relax.SeqExpr, builder: relax.BlockBuilder
+             ) -> relax.SeqExpr:
+    """`seq` with each branch of its `If`s (outer ones in place, nested ones recursively) moved
+    into a Relax function of its own (`microexport_branch_<n>`, parameters: the outer values it
+    uses) and called there. FuseOps fuses only the dataflow blocks at the top of a function, so
+    this is what lets the kernels of a branch fuse like those of `main`; `lower` walks the call
+    as if the function's body stood in its place."""
+    bindings = _bindings(seq)
+    if bindings is None:
+        return seq
+    out: list[relax.Binding] = []
+    for binding in bindings:
+        value = binding.value
+        if isinstance(binding, relax.VarBinding) and isinstance(value, relax.If):
+            ty = binding.var.ty
+            value = relax.If(value.cond, _outline_branch(value.true_branch, ty, builder),
+                             _outline_branch(value.false_branch, ty, builder))
+            binding = relax.VarBinding(binding.var, value)
+        out.append(binding)
+    return relax.SeqExpr([relax.BindingBlock(out)], seq.body)
+
+
+def _outline_branch(branch: relax.SeqExpr, ty: ir.Type,
+                    builder: relax.BlockBuilder) -> relax.SeqExpr:
+    from tvm.relax.utils import copy_with_new_vars
+
+    body = _outline(branch, builder)
+    params = _free_vars(body)
+    func = copy_with_new_vars(relax.Function(params, body, ty))
+    count = sum(gv.name_hint.startswith(BRANCH_PREFIX) for gv in builder.get().functions)
+    gv = builder.add_func(func, f"{BRANCH_PREFIX}{count}")
+    result = relax.Var(f"{gv.name_hint}_result", ty)
+    call = relax.Call(gv, params)
+    return relax.SeqExpr([relax.BindingBlock([relax.VarBinding(result, call)])], result)
 
 
 def check_onnx_branches(graph: Any, where: str) -> None:
