@@ -16,7 +16,11 @@ import tvm
 import tvm_ffi
 from tvm import ir, tirx
 
-from microexport.compiler.integer.im2col import dot_kernels_used, uses_microkernels
+from microexport.compiler.integer.im2col import (
+    MICROKERNEL_CALL,
+    dot_kernels_used,
+    uses_microkernels,
+)
 from microexport.compiler.unpacked import UNUSED_MARKER
 from microexport.model import header_filename, lib_filename
 from microexport.templating import glue_environment, render
@@ -32,7 +36,7 @@ _DROPPED_LINES = (
     re.compile(r"^#include <(math|stdbool|stdint)\.h>$"),
     re.compile(r"^void\* __tvm_ffi__library_ctx = NULL;$"),
     # TVM declares every `call_extern` callee; the micro-kernels are defined by the template.
-    re.compile(r"^(TVM_DLL )?void me_(dot_s8s16_\d+x\d+|dw_s8_4ch)\(.*\);$"),
+    re.compile(r"^(TVM_DLL )?void " + MICROKERNEL_CALL + r".*\);$"),
 )
 _EXTERN_C_GUARD = re.compile(r'^#ifdef __cplusplus\nextern "C"\n#endif\n', re.MULTILINE)
 # `TVM_DLL float expf(float);` style re-declarations of libm functions.

@@ -35,9 +35,11 @@ from tvm.script.ir_builder import tirx as T
 from microexport.compiler.integer import te_math as tm
 from microexport.compiler.integer.kernels import Output
 
-# The order in which each group of four depths is stored (see the template).
-_GROUP_ORDER = (0, 2, 1, 3)
 DOT_KERNEL = "me_dot_s8s16_{rows}x{cols}"
+TO_COLUMN = "me_s8_to_s16_col"
+DEPTHWISE_TAP = "me_dw_s8_4ch"
+# A call of any micro-kernel of templates/codegen/int8_dot.h.j2, in C.
+MICROKERNEL_CALL = r"\b(me_dot_s8s16_\d+x\d+|me_s8_to_s16_col|me_dw_s8_4ch)\("
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,13 @@ class PackedWeights:
 
 def pack_rows(weights: np.ndarray, widest: int) -> PackedWeights:
     """Pack int8 `weights` [rows, depth]: blocks of `widest` rows, the remainder in blocks of
-    halving size (4, 2, 1); rows of a block interleaved per group of four depths."""
+    halving size (4, 2, 1); rows of a block interleaved per group of four depths (each group in
+    natural order: the columns carry the (k0, k2, k1, k3) order SXTB16 needs)."""
     rows, depth = weights.shape
     padded_depth = -(-depth // 4) * 4
     padded = np.zeros((rows, padded_depth), np.int8)
     padded[:, :depth] = weights
-    groups = padded.reshape(rows, padded_depth // 4, 4)[:, :, list(_GROUP_ORDER)]
+    groups = padded.reshape(rows, padded_depth // 4, 4)
     blocks: list[RowBlock] = []
     parts: list[np.ndarray] = []
     first, offset, size = 0, 0, widest
@@ -89,11 +92,21 @@ def dot_kernels_used(source: str) -> list[tuple[int, int]]:
 
 def uses_microkernels(source: str) -> bool:
     """Whether C `source` calls any micro-kernel of templates/codegen/int8_dot.h.j2."""
-    return re.search(r"\b(me_dot_s8s16_\d+x\d+|me_dw_s8_4ch)\(", source) is not None
+    return re.search(MICROKERNEL_CALL, source) is not None
 
 
 def _i32(value: int) -> tirx.PrimExpr:
     return tirx.const(value, "int32")
+
+
+def _pointer(buffer: Any, offset: Any, extent: int, access: str) -> tirx.PrimExpr:
+    """A pointer to `extent` elements of `buffer` from `offset` for a micro-kernel, read ("r")
+    or read and written ("rw"). The declared region keeps TVM's buffer compaction from shrinking
+    a buffer that only micro-kernels touch, and shows in the TIR what each call reads and
+    writes."""
+    mask = {"r": 1, "w": 2, "rw": 3}[access]
+    return tirx.tvm_access_ptr(tirx.type_annotation(buffer.dtype), buffer.data, offset,
+                               extent, mask)
 
 
 class _Builder:
@@ -134,8 +147,9 @@ class _Builder:
         offset = block.offset + block_index * block.rows * self.packed.padded_depth
         T.evaluate(tirx.call_extern(
             "void", DOT_KERNEL.format(rows=block.rows, cols=columns),
-            tirx.address_of(self.weights[offset]), tirx.address_of(column_buffer[0]),
-            _i32(self.packed.padded_depth), tirx.address_of(acc[0])))
+            _pointer(self.weights, offset, block.rows * self.packed.padded_depth, "r"),
+            _pointer(column_buffer, _i32(0), columns * self.packed.padded_depth, "r"),
+            _i32(self.packed.padded_depth), _pointer(acc, _i32(0), block.rows * columns, "rw")))
         return first
 
     def store(self, acc: Any, index: int, channel: Any, out_index: Sequence[Any]) -> None:
@@ -166,8 +180,28 @@ class _Builder:
 
 
 def _column_index(k: Any, column: int, columns: int) -> Any:
-    """Where depth `k` of column `column` goes in a buffer of `columns` interleaved columns."""
-    return (tirx.floordiv(k, 4) * columns + column) * 4 + tirx.floormod(k, 4)
+    """Where depth `k` of column `column` goes in a buffer of `columns` interleaved columns:
+    its group of four, then (k0, k2, k1, k3) within the group."""
+    within = tirx.floormod(k, 4)
+    position = tirx.bitwise_and(within, 1) * 2 + tirx.shift_right(within, 1)
+    return (tirx.floordiv(k, 4) * columns + column) * 4 + position
+
+
+def _element(buffer: Any, indices: Sequence[Any]) -> Any:
+    """The flat offset of `buffer[indices]`."""
+    (offset,) = buffer.offset_of(list(indices))
+    return offset
+
+
+def _to_column(source: Any, indices: Sequence[Any], column_buffer: Any, start: Any, count: int,
+               columns: int, input_zero_point: int) -> None:
+    """`count` (a multiple of 4) int8 values of `source` from `indices` minus the zero point
+    into the column buffer from element `start` (a group's first slot)."""
+    stride = 4 * columns
+    T.evaluate(tirx.call_extern(
+        "void", TO_COLUMN, _pointer(source, _element(source, indices), count, "r"),
+        _pointer(column_buffer, start, (count // 4 - 1) * stride + 4, "w"),
+        _i32(count), _i32(stride), _i32(-input_zero_point)))
 
 
 def conv2d(name: str, data_shape: Sequence[int], packed: PackedWeights, kernel: Sequence[int],
@@ -203,15 +237,27 @@ def conv2d(name: str, data_shape: Sequence[int], packed: PackedWeights, kernel: 
                     iy = y * strides[0] + ry * dilation[0] - top
                     ix = x * strides[1] + rx * dilation[1] - left
                     inside = tirx.all(iy >= 0, iy < height, ix >= 0, ix < width)
-                    with T.serial(0, channels) as rc:
-                        IRBuilder.name("rc", rc)
-                        k = (ry * kernel_w + rx) * channels + rc
-                        value = tirx.if_then_else(
-                            inside,
-                            (tm.i32(builder.data[n, iy, ix, rc]) - _i32(input_zero_point)
-                             ).astype("int16"),
-                            tirx.const(0, "int16"))
-                        T.buffer_store(column_buffer, value, [_column_index(k, c, columns)])
+                    if channels % 4 == 0:  # a tap's channels are whole groups: one call
+                        tap = ((ry * kernel_w + rx) * (channels // 4) * columns + c) * 4
+                        with T.If(inside):
+                            with T.Then():
+                                _to_column(builder.data, [n, iy, ix, 0], column_buffer, tap,
+                                           channels, columns, input_zero_point)
+                            with T.Else(), T.serial(0, channels // 4) as g, \
+                                    T.serial(0, 4) as j:
+                                T.buffer_store(column_buffer, tirx.const(0, "int16"),
+                                               [tap + g * 4 * columns + j])
+                    else:
+                        with T.serial(0, channels) as rc:
+                            IRBuilder.name("rc", rc)
+                            k = (ry * kernel_w + rx) * channels + rc
+                            value = tirx.if_then_else(
+                                inside,
+                                (tm.i32(builder.data[n, iy, ix, rc])
+                                 - _i32(input_zero_point)).astype("int16"),
+                                tirx.const(0, "int16"))
+                            T.buffer_store(column_buffer, value,
+                                           [_column_index(k, c, columns)])
                 for k in range(depth, padded_depth):
                     T.buffer_store(column_buffer, tirx.const(0, "int16"),
                                    [_column_index(_i32(k), c, columns)])
@@ -260,12 +306,16 @@ def fully_connected(name: str, data_shape: Sequence[int], packed: PackedWeights,
         IRBuilder.name("acc", acc)
         with T.serial(0, batches) as b:
             IRBuilder.name("b", b)
-            with T.serial(0, depth) as k:
-                IRBuilder.name("k", k)
-                T.buffer_store(column_buffer, (tm.i32(builder.data[b, k])
-                                               - _i32(input_zero_point)).astype("int16"), [k])
-            for k in range(depth, padded_depth):
-                T.buffer_store(column_buffer, tirx.const(0, "int16"), [k])
+            if depth % 4 == 0:
+                _to_column(builder.data, [b, 0], column_buffer, _i32(0), depth, 1,
+                           input_zero_point)
+            else:
+                with T.serial(0, depth) as k:
+                    IRBuilder.name("k", k)
+                    T.buffer_store(column_buffer, (tm.i32(builder.data[b, k]) - _i32(
+                        input_zero_point)).astype("int16"), [_column_index(k, 0, 1)])
+                for k in range(depth, padded_depth):
+                    T.buffer_store(column_buffer, tirx.const(0, "int16"), [k])
             builder.row_loops(1, column_buffer, acc,
                               lambda c, channel, b=b: [b, channel])
     return ib.get().with_attr("op_pattern", _OPAQUE)
@@ -320,11 +370,13 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
                     IRBuilder.name("ry", ry)
                     IRBuilder.name("rx", rx)
                     T.evaluate(tirx.call_extern(
-                        "void", "me_dw_s8_4ch",
-                        tirx.address_of(builder.data[n, origin_y + ry * dilation[0],
-                                                     origin_x + rx * dilation[1], channel]),
-                        tirx.address_of(builder.weights[0, ry, rx, channel]),
-                        _i32(-input_zero_point), tirx.address_of(acc[0])))
+                        "void", DEPTHWISE_TAP,
+                        _pointer(builder.data, _element(builder.data, [
+                            n, origin_y + ry * dilation[0], origin_x + rx * dilation[1],
+                            channel]), 4, "r"),
+                        _pointer(builder.weights, _element(builder.weights,
+                                                           [0, ry, rx, channel]), 4, "r"),
+                        _i32(-input_zero_point), _pointer(acc, _i32(0), 4, "rw")))
                 for j in range(4):
                     builder.store(acc, j, channel + j, [n, y, x, channel + j])
     return ib.get().with_attr("op_pattern", _OPAQUE)
