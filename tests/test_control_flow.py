@@ -399,3 +399,47 @@ def test_branches_of_different_shapes_are_one_line_errors(tmp_path: Path) -> Non
         microexport.compile(path, tmp_path / "mismatch.tar")
     text = str(info.value)
     assert "\n" not in text and "If" in text and "--constant" in text
+
+
+IF_NODE_TESTS = {  # the ONNX backend node tests of If: name → None (passes) or the refusal
+    "test_if": None,
+    "test_if_seq": "gives output 0 as a sequence",
+    "test_if_opt": "gives output 0 as an optional",
+}
+
+
+@pytest.mark.parametrize("name", list(IF_NODE_TESTS))
+def test_onnx_if_node_tests(name: str, tmp_path: Path) -> None:
+    """The `If` node tests of the installed onnx package, run as bench/onnx_conformance.py
+    runs them (condition an input, so compiled as a run-time If): the tensor one passes, the
+    sequence and optional ones are one-line refusals."""
+    import sys
+    import warnings
+
+    from onnx import TensorProto, numpy_helper
+    from onnx.backend.test.case import node as node_cases
+
+    require_program("gcc", "gcc")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import onnx_conformance as conformance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (case,) = [c for c in node_cases.collect_testcases() if c.name == name]
+    data = tmp_path / name / "test_data_set_0"
+    data.mkdir(parents=True)
+    (tmp_path / name / "model.onnx").write_bytes(case.model.SerializeToString())
+    inputs, outputs = case.data_sets[0]
+    for kind, arrays, values in (("input", inputs, case.model.graph.input),
+                                 ("output", outputs, case.model.graph.output)):
+        for i, (array, value) in enumerate(zip(arrays, values, strict=False)):
+            tensor = (array if isinstance(array, TensorProto)
+                      else numpy_helper.from_array(np.asarray(array), value.name))
+            (data / f"{kind}_{i}.pb").write_bytes(tensor.SerializeToString())
+    result = conformance.run_one(tmp_path / name)
+    refusal = IF_NODE_TESTS[name]
+    if refusal is None:
+        assert result["status"] == "pass", result
+    else:
+        assert result["status"] == "error: ModelError", result
+        assert refusal in result["detail"] and "\n" not in result["detail"]

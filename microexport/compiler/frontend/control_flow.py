@@ -184,13 +184,22 @@ def check_onnx_branches(graph: Any, where: str) -> None:
             continue
         pairs = zip(branches["then_branch"].output, branches["else_branch"].output,
                     strict=False)
+        name = node.name or node.output[0]
         for index, (then, other) in enumerate(pairs):
+            kinds = {then.type.WhichOneof("value"), other.type.WhichOneof("value")}
+            if kinds - {"tensor_type", None}:
+                kind = sorted(kinds - {"tensor_type", None})[0].removesuffix("_type")
+                raise ModelError(
+                    f"the If '{name}' of {where} gives output {index} as "
+                    f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}: a compiled "
+                    "If gives tensors only; freeze its condition with --constant to compile "
+                    "one branch")
             (then_type, then_shape), (else_type, else_shape) = declared(then), declared(other)
             known = (then_shape is not None and else_shape is not None
                      and None not in then_shape + else_shape)
             if then_type != else_type or (known and then_shape != else_shape):
                 raise ModelError(
-                    f"the If '{node.name or node.output[0]}' of {where} gives output {index} "
+                    f"the If '{name}' of {where} gives output {index} "
                     f"as {list(then_shape or [])} (type {then_type}) in its then branch and "
                     f"{list(else_shape or [])} (type {else_type}) in its else branch: a "
                     "compiled If needs both branches to give the same static shape and type; "
