@@ -331,6 +331,15 @@ def test_plan_shares_memory_between_branches_and_is_checked_per_path(
               if span(a)[0] < span(b)[1] and span(b)[0] < span(a)[1]]
     assert shared, "no buffer of one branch shares memory with one of the other"
     check_plan(plan, schedule, scratch)  # type: ignore[arg-type]
+    # The liveness lower bound is the larger path's, at most the one over the call order.
+    from microexport.compiler.plan import io_intervals, live_intervals, lower_bound
+
+    in_order = lower_bound(live_intervals(schedule, scratch)[0]  # type: ignore[arg-type]
+                           + io_intervals(schedule),  # type: ignore[arg-type]
+                           len(schedule.calls))  # type: ignore[attr-defined]
+    assert 0 < plan.lower_bound_bytes <= in_order
+    if io_in_workspace:
+        assert plan.lower_bound_bytes <= plan.workspace_bytes
 
 
 def test_per_path_check_finds_overlaps_on_a_path(tmp_path: Path) -> None:

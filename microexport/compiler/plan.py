@@ -293,6 +293,24 @@ def lower_bound(intervals: list[Interval], steps: int) -> int:
     )
 
 
+def _lower_bound(schedule: Schedule, buffers: list[Interval], scratch_names: dict[int, str]
+                 ) -> int:
+    """`lower_bound` of the buffers; with run-time `If`s the largest over the paths through
+    them (lives recomputed along each path, inputs and outputs live throughout as in
+    `io_intervals`), or over the schedule order when there are more than
+    `MAX_CHECKED_PATHS` paths."""
+    paths = schedule.paths(MAX_CHECKED_PATHS) if schedule.branches else None
+    if paths is None:
+        return lower_bound(buffers, len(schedule.calls))
+    sizes = {b.name: b.nbytes for b in buffers}
+    best = 0
+    for path in paths:
+        lives = path_lives(path, schedule, scratch_names, set(sizes), True)
+        best = max(best, lower_bound([Interval(name, sizes[name], first, last)
+                                      for name, (first, last) in lives.items()], len(path)))
+    return best
+
+
 def plan_memory(
     schedule: Schedule,
     scratch: dict[str, ScratchLayout],
@@ -335,7 +353,7 @@ def plan_memory(
         constant_offsets=constant_offsets,
         constants_bytes=cursor,
         scratch_names=scratch_names,
-        lower_bound_bytes=lower_bound(intervals + io, len(schedule.calls)),
+        lower_bound_bytes=_lower_bound(schedule, intervals + io, scratch_names),
         alignment=alignment,
         strategy=strategy,
         io_in_workspace=io_in_workspace,
@@ -454,6 +472,41 @@ def _check_no_overlap(
 MAX_CHECKED_PATHS = 4096  # paths through the run-time `If`s checked one by one
 
 
+def path_lives(
+    path: list, schedule: Schedule, scratch_names: dict[int, str], names: set[str],
+    io_in_workspace: bool,
+) -> dict[str, tuple[int, int]]:
+    """Buffer (of `names`) → the first and last point of `path` (a `Schedule.paths` entry:
+    call indices and the `Branch`es whose condition is read there) at which it must hold its
+    bytes: from its first to its last use on the path; with `io_in_workspace` a model input
+    from the start and an output to the end."""
+    lives: dict[str, tuple[int, int]] = {}
+
+    def touch(name: str, point: int) -> None:
+        if name in names:
+            first, last = lives.get(name, (point, point))
+            lives[name] = (min(first, point), max(last, point))
+
+    for point, item in enumerate(path):
+        if isinstance(item, int):
+            call = schedule.calls[item]
+            for name in call.inputs + call.outputs:
+                touch(schedule.root(name), point)
+            if item in scratch_names:
+                touch(scratch_names[item], point)
+        else:
+            touch(schedule.root(item.condition), point)
+    if io_in_workspace:
+        end = len(path) - 1
+        for name in names:
+            kind = schedule.tensors[name].kind if name in schedule.tensors else "scratch"
+            if kind == "input":
+                lives[name] = (0, lives.get(name, (0, 0))[1])
+            elif kind == "output":
+                lives[name] = (lives.get(name, (end, end))[0], end)
+    return lives
+
+
 def _check_paths(
     plan: MemoryPlan, schedule: Schedule, scratch: dict[str, ScratchLayout],
     spans: dict[str, tuple[str, int, int]], fail: Callable[[str], None],
@@ -471,30 +524,8 @@ def _check_paths(
     paths = schedule.paths(MAX_CHECKED_PATHS)
     if paths is None:
         return
-    kinds = {"intermediate"} | ({"input", "output"} if plan.io_in_workspace else set())
     for path in paths:
-        lives: dict[str, tuple[int, int]] = {}
-
-        def touch(name: str, point: int, lives: dict[str, tuple[int, int]] = lives) -> None:
-            if name in spans:
-                first, last = lives.get(name, (point, point))
-                lives[name] = (min(first, point), max(last, point))
-
-        for point, item in enumerate(path):
-            if isinstance(item, int):
-                call = schedule.calls[item]
-                for name in call.inputs + call.outputs:
-                    touch(schedule.root(name), point)
-                if item in plan.scratch_names:
-                    touch(plan.scratch_names[item], point)
-            else:
-                touch(schedule.root(item.condition), point)
-        end = len(path) - 1
-        for name in list(spans):
-            kind = schedule.tensors[name].kind if name in schedule.tensors else "scratch"
-            if kind in kinds and kind in ("input", "output"):
-                first, last = lives.get(name, (0, end) if kind == "input" else (end, end))
-                lives[name] = (0, last) if kind == "input" else (first, end)
+        lives = path_lives(path, schedule, plan.scratch_names, set(spans), plan.io_in_workspace)
         taken = ", ".join(f"call {item}" if isinstance(item, int)
                           else f"If on '{item.condition}'" for item in path)
         _check_no_overlap(lives, spans, fail, f" of the path [{taken}]")
