@@ -256,6 +256,67 @@ def test_vad_in_qemu_on_both_paths(condition: bool, compiled: object) -> None:
     _check_outputs(got, _onnxruntime(path, inputs))
 
 
+def nested_model(directory: Path) -> Path:
+    """An `If` on `sr >= 16000` whose else branch computes a second condition (`sr >= 8000`)
+    and holds an `If` on it; both levels use outer values (`x`, a weight of the main graph), the
+    inner branches have intermediates of their own."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(23)
+    w = rng.uniform(-1, 1, (16, 16)).astype(np.float32)
+
+    def branch(name: str, nodes: list, out: str) -> object:
+        return helper.make_graph(nodes, name, [], [_value(out, TensorProto.FLOAT, [1, 16])])
+
+    inner = helper.make_node(
+        "If", ["at_least_8k"], ["inner"],
+        then_branch=branch("mid", [helper.make_node("MatMul", ["x", "w"], ["m1"]),
+                                   helper.make_node("Tanh", ["m1"], ["m2"]),
+                                   helper.make_node("MatMul", ["m2", "w"], ["v"])], "v"),
+        else_branch=branch("low", [helper.make_node("Sigmoid", ["x"], ["l1"]),
+                                   helper.make_node("MatMul", ["l1", "w"], ["l2"]),
+                                   helper.make_node("Neg", ["l2"], ["v2"])], "v2"))
+    outer = helper.make_node(
+        "If", ["at_least_16k"], ["chosen"],
+        then_branch=branch("high", [helper.make_node("Tanh", ["x"], ["t"])], "t"),
+        else_branch=branch("lower", [
+            helper.make_node("GreaterOrEqual", ["sr", "r8k"], ["at_least_8k"]), inner,
+            helper.make_node("Abs", ["inner"], ["e"])], "e"))
+    nodes = [helper.make_node("GreaterOrEqual", ["sr", "r16k"], ["at_least_16k"]), outer,
+             helper.make_node("Sub", ["chosen", "x"], ["y"])]
+    inits = (_array("r16k", np.array(16000, np.int64)), _array("r8k", np.array(8000, np.int64)),
+             _array("w", w))
+    return _save(directory / "nested.onnx", nodes,
+                 [_value("x", TensorProto.FLOAT, [1, 16]), _value("sr", TensorProto.INT64, [])],
+                 [_value("y", TensorProto.FLOAT, [1, 16])], inits)
+
+
+@pytest.mark.parametrize("io_in_workspace", [False, True], ids=["io-outside", "io-inside"])
+def test_nested_ifs_on_every_path(io_in_workspace: bool, tmp_path: Path) -> None:
+    """Nested Ifs: an if inside the else of the outer one in the main; all three paths match
+    onnxruntime, also with inputs and outputs planned in the workspace and two pools (the first
+    small)."""
+    require_module("onnxruntime", "onnx")
+    require_program("gcc", "gcc")
+    from microexport.model import PoolSpec
+
+    path = nested_model(tmp_path)
+    pools = (PoolSpec("fast", 128), PoolSpec("slow")) if io_in_workspace else ()
+    result = microexport.compile(path, tmp_path / "nested.tar", name="nested",
+                                 io_in_workspace=io_in_workspace, pools=pools)
+    graph = load_graph(_archive_text(result.archive, "graph.json"))
+    outer, inner = graph["branches"]
+    assert outer["parent"] is None and inner["parent"] == {"branch": 0, "side": "else"}
+    lib = _archive_text(result.archive, "tvmgen_nested_lib.c")
+    main = lib[lib.index("int32_t tvmgen_nested___tvm_main__("):]
+    main = main[:main.index("\n}\n")]
+    assert main.count("} else {") == 2
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 16)).astype(np.float32)
+    for rate in (16000, 8000, 4000):
+        inputs = {"x": x, "sr": np.array(rate, np.int64)}
+        _check_outputs(microexport.run(result.archive, inputs), _onnxruntime(path, inputs))
+
+
 def _archive_text(archive: Path, suffix: str) -> str:
     with tarfile.open(archive) as tar:
         (member,) = [m for m in tar.getnames() if m.endswith(suffix)]
