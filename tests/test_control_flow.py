@@ -513,3 +513,15 @@ def test_onnx_if_node_tests(name: str, tmp_path: Path) -> None:
     else:
         assert result["status"] == "error: ModelError", result
         assert refusal in result["detail"] and "\n" not in result["detail"]
+
+
+@pytest.mark.parametrize("condition", [True, False], ids=["then", "else"])
+def test_vad_matches_tvm_s_own_build(condition: bool, compiled: object) -> None:
+    """Differential: our C against TVM's LLVM build (Relax VM) of the same imported module with
+    its relax.If, on both paths (a 0-d input reaches the VM as 0-d)."""
+    from microexport.api import import_model as load
+    from microexport.deploy.reference import run_tvm
+
+    path, archive = compiled("vad")  # type: ignore[operator]
+    inputs = _inputs("vad", condition)
+    _check_outputs(microexport.run(archive, inputs), run_tvm(load(path), inputs))

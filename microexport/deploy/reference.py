@@ -116,7 +116,8 @@ def _ordered(inputs: Inputs, expected: list[tuple[str, tuple[Any, ...], str]]) -
             d is not None and d != s for d, s in zip(fixed, array.shape, strict=True)
         ):
             raise InputError(f"input '{name}' has shape {array.shape}, the model expects {shape}")
-        arrays.append(np.ascontiguousarray(array))
+        # ascontiguousarray makes a 0-d array 1-d (the Relax VM then refuses a scalar input)
+        arrays.append(np.ascontiguousarray(array).reshape(array.shape))
     return arrays
 
 
