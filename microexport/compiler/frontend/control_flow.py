@@ -12,8 +12,12 @@ an `If` anywhere the frontend builds `main` without a dataflow block, so nothing
 `structure_branches` fixes both on the Relax module: every binding whose value is used only
 inside one branch of an `If` moves into that branch (recursively, so an inner `If` the frontend
 emitted at the top moves into the branch that uses it, with the computation of its condition),
-then runs of ordinary bindings become dataflow blocks again (`ConvertToDataflow`). After that,
-`lower.extract_schedule` reads the `If` as two ranges of kernel calls selected by the condition.
+then each branch is outlined into a Relax function of its own (FuseOps fuses only the dataflow
+blocks at the top of a function) and runs of ordinary bindings become dataflow blocks again
+(`ConvertToDataflow`). After the Relax passes, `lower.extract_schedule` reads the `If` as two
+ranges of kernel calls selected by the condition, walking each outlined branch in place of its
+call. `check_onnx_branches` refuses, in one line, ONNX `If`s a static plan cannot hold (branch
+values of different shapes or types, sequences, optionals).
 """
 
 from __future__ import annotations
@@ -126,8 +130,7 @@ def structure_branches(mod: tvm.IRModule) -> tvm.IRModule:
 BRANCH_PREFIX = "microexport_branch_"  # Relax functions holding one branch of an `If`
 
 
-def _outline(seq: relax.SeqExpr, builder: relax.BlockBuilder
-             ) -> relax.SeqExpr:
+def _outline(seq: relax.SeqExpr, builder: relax.BlockBuilder) -> relax.SeqExpr:
     """`seq` with each branch of its `If`s (outer ones in place, nested ones recursively) moved
     into a Relax function of its own (`microexport_branch_<n>`, parameters: the outer values it
     uses) and called there. FuseOps fuses only the dataflow blocks at the top of a function, so
@@ -150,6 +153,7 @@ def _outline(seq: relax.SeqExpr, builder: relax.BlockBuilder
 
 def _outline_branch(branch: relax.SeqExpr, ty: ir.Type,
                     builder: relax.BlockBuilder) -> relax.SeqExpr:
+    """A branch (of value type `ty`) as a call of a new function holding its bindings."""
     from tvm.relax.utils import copy_with_new_vars
 
     body = _outline(branch, builder)
