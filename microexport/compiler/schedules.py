@@ -9,8 +9,13 @@ intermediate buffer. For a microcontroller that costs RAM, so each kernel is res
    after each output element's reduction, and the reduction's initialisation is split out, so the
    accumulator shrinks from a whole output tensor to one element (a C local under the default
    `--kernel-stack-limit`, which the C compiler keeps in a register);
-4. the innermost reduction loop is unrolled, fully when short, else by `UNROLL_FACTOR`, so that a
-   multiply-accumulate costs its two loads and one (fused) multiply-add, not a loop test too.
+   Before that, a sum whose one operand does not depend on the innermost output dimension (a
+   dense layer's or an NHWC convolution's input) is register-blocked: `SPATIAL_BLOCK` adjacent
+   outputs are accumulated together, so that operand is loaded once per `SPATIAL_BLOCK`
+   multiply-adds (`_block_output_channels`);
+4. the innermost reduction loop (sum, max or min) is unrolled, fully when short, else by
+   `UNROLL_FACTOR`, so that a multiply-accumulate costs its two loads and one (fused)
+   multiply-add, not a loop test too.
 
 After TIR lowering, `hoist_invariant_conditions` moves a condition that does not change inside a
 loop (the bounds test of padding inlined into a convolution) out of it: the loop is duplicated
@@ -54,7 +59,10 @@ def schedule_for_c(func: tirx.PrimFunc) -> tirx.PrimFunc:
         if _reverse_inline_growth(sch, block) <= INLINE_BUDGET:
             sch = _attempt(sch, lambda trial, b=block: trial.reverse_compute_inline(b))
     for block in sch.get_child_blocks(root):
-        sch = _fuse_epilogue_into_reduction(sch, block)
+        blocked = _block_output_channels(sch, block)
+        sch = _fuse_epilogue_into_reduction(sch if blocked is None else blocked, block)
+        if blocked is not None:
+            sch = _unroll_blocked_loops(sch, block)
     for block in _reduction_blocks(sch, root):
         sch = _unroll_innermost_reduction(sch, block)
     return sch.mod["main"]
@@ -83,38 +91,154 @@ def _reduction_blocks(sch: s_tir.Schedule, root: s_tir.schedule.SBlockRV
 
 def _unroll_innermost_reduction(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
                                 ) -> s_tir.Schedule:
-    """Unroll the innermost loop of a reduction block if it is a reduction loop of constant
-    extent: completely up to `FULL_UNROLL_MAX` iterations, else by the largest factor of its
-    extent up to `UNROLL_FACTOR` (no remainder loop)."""
+    """Unroll the innermost loop of a sum, max or min reduction block if it is a reduction loop
+    of constant extent: completely up to `FULL_UNROLL_MAX` iterations, else by the largest
+    factor of its extent up to `UNROLL_FACTOR` (no remainder loop)."""
     iter_types = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
     if not loops or not iter_types or iter_types[-1] == _SPATIAL:
         return sch
-    # Sums only. TVM's C codegen binds `max(acc, x)` operands to temporaries (`float v_ =
-    # acc[i];`) and reuses a temporary for the same load text later in the scope, even after a
-    # store to `acc`: unrolled `acc = max(acc, x0); acc = max(acc, x1);` would read a stale acc.
+    # Sums, maxima and minima. TVM's C codegen binds `max(acc, x)` operands to temporaries
+    # (`float v_ = acc[i];`) and reuses a temporary for the same load text later in the scope,
+    # even after a store to `acc`, so unrolled `acc = max(acc, x0); acc = max(acc, x1);` read a
+    # stale acc; codegen's `min_max_as_select` now prints a min or max that reads a stored
+    # buffer as an inline select, which unrolls safely (tests/test_schedules.py checks it).
     body = sch.get(block).body
-    if not (isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add)
+    if not (isinstance(body, tirx.BufferStore)
+            and isinstance(body.value, (tirx.Add, tirx.Max, tirx.Min))
             and _count_nodes(body.value, tvm.ir.expr.TensorLoad,
                              lambda load: load.source.same_as(body.buffer)) == 1):
         return sch
-    loop = sch.get(loops[-1])
-    if not isinstance(loop.extent, tirx.IntImm) or not _loop_binds_only_last(sch, block):
+    if not _loop_binds_only_last(sch, block):
+        return sch
+    return _unroll_reduction_loop(sch, loops[-1])
+
+
+def _unroll_reduction_loop(sch: s_tir.Schedule, loop_rv: s_tir.schedule.LoopRV
+                           ) -> s_tir.Schedule:
+    """Unroll a loop of constant extent completely up to `FULL_UNROLL_MAX` iterations, else
+    split it by the largest factor of its extent up to `UNROLL_FACTOR` and unroll the inner
+    part (no remainder loop); any other loop stays."""
+    loop = sch.get(loop_rv)
+    if not isinstance(loop.extent, tirx.IntImm):
         return sch
     extent = int(loop.extent)
     if extent <= 1:
         return sch
     if extent <= FULL_UNROLL_MAX:
-        return _attempt(sch, lambda trial: trial.unroll(loops[-1]))
+        return _attempt(sch, lambda trial: trial.unroll(loop_rv))
     factor = next((f for f in range(UNROLL_FACTOR, 1, -1) if extent % f == 0), 1)
     if factor == 1:
         return sch
 
     def split_and_unroll(trial: s_tir.Schedule) -> None:
-        _, inner = trial.split(loops[-1], [None, factor])
+        _, inner = trial.split(loop_rv, [None, factor])
         trial.unroll(inner)
 
     return _attempt(sch, split_and_unroll)
+
+
+# Register blocking: a reduction that reads one operand independently of its innermost output
+# dimension (the input of a dense layer or of an NHWC convolution, the same for every output
+# channel) computes `SPATIAL_BLOCK` adjacent outputs at once: the output-channel loop is split
+# and its inner part moved inside the reduction loops (and unrolled), so each input element is
+# loaded once for `SPATIAL_BLOCK` multiply-adds into as many accumulators (C locals the compiler
+# keeps in registers), and weights stored output-channel-innermost (TVM folds a TFLite dense
+# layer's weights transposed: [in, out]) are read contiguously instead of one cache line per
+# multiply-add on a host. Each output is still summed in the same order: results are unchanged.
+SPATIAL_BLOCK = 4
+# An epilogue (bias, activation, requantization) after a blocked reduction is unrolled only up to
+# this many expression nodes; a longer one (integer requantization) keeps its loop.
+EPILOGUE_UNROLL_BUDGET = 64
+
+
+def _block_output_channels(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+                           ) -> s_tir.Schedule | None:
+    """`sch` with the innermost spatial loop of the sum reduction `block` split by
+    `SPATIAL_BLOCK` and the inner part moved innermost (register blocking, see above); None
+    where it does not apply: not a sum, no operand independent of that loop, an extent not a
+    multiple of `SPATIAL_BLOCK`, or that loop in a condition (padding's bounds test, which
+    unswitching would no longer hoist)."""
+    spatial = _leading_spatial_loops(sch, block)
+    loops = sch.get_loops(block)
+    stmt = sch.get(block)
+    if spatial == 0 or len(loops) <= spatial or len(stmt.iter_vars) != len(loops):
+        return None
+    body = stmt.body
+    if not (isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add)
+            and _count_nodes(body.value, tvm.ir.expr.TensorLoad,
+                             lambda load: load.source.same_as(body.buffer)) == 1):
+        return None
+    realize = _block_realize(sch.mod["main"], stmt)
+    if realize is None or not _is_true(realize.predicate):
+        return None
+    # Loops and iteration variables must correspond one to one (loop k binds variable k only).
+    for index, (loop_rv, value) in enumerate(zip(loops, realize.iter_values, strict=True)):
+        loop = sch.get(loop_rv)
+        if not isinstance(loop.extent, tirx.IntImm) or not (
+                isinstance(value, tirx.Var) and value.same_as(loop.loop_var)):
+            return None
+        if index < spatial and int(stmt.iter_vars[index].iter_type) != _SPATIAL:
+            return None
+    extent = int(sch.get(loops[spatial - 1]).extent)
+    if extent < SPATIAL_BLOCK or extent % SPATIAL_BLOCK:
+        return None
+    channel = stmt.iter_vars[spatial - 1].var
+    reduction = [iv.var for iv in stmt.iter_vars[spatial:]]
+
+    def uses(node: object, var: tirx.Var) -> bool:
+        return bool(_count_nodes(node, tirx.Var, lambda v: v.same_as(var)))
+
+    shared = [load for load in _loads(body.value) if not load.source.same_as(body.buffer)
+              and not any(uses(index, channel) for index in load.indices)
+              and any(uses(index, r) for index in load.indices for r in reduction)]
+    conditions: list[tirx.PrimExpr] = []
+
+    def visit_call(call: ir.Call) -> ir.Call:
+        if call.op.same_as(_IF_THEN_ELSE):
+            conditions.append(call.args[0])
+        return call
+
+    tvm_ffi.structural_map(body.value, (ir.Call, visit_call), order="pre")
+    if not shared or any(uses(cond, channel) for cond in conditions):
+        return None
+
+    def split_and_reorder(trial: s_tir.Schedule) -> None:
+        _, inner = trial.split(loops[spatial - 1], [None, SPATIAL_BLOCK])
+        trial.reorder(*loops[spatial:], inner)
+
+    trial = _attempt(sch, split_and_reorder)
+    return None if trial is sch else trial
+
+
+def _loads(expr: tirx.PrimExpr) -> list[tvm.ir.expr.TensorLoad]:
+    """Every buffer load in `expr`."""
+    found: list[tvm.ir.expr.TensorLoad] = []
+    _count_nodes(expr, tvm.ir.expr.TensorLoad, lambda load: found.append(load) is None)
+    return found
+
+
+def _unroll_blocked_loops(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
+                          ) -> s_tir.Schedule:
+    """Unroll the `SPATIAL_BLOCK` loops register blocking left: the blocked reduction's
+    innermost loop, and the loop of every block beside it under the outer channel loop (the
+    accumulators' initialisation, an epilogue within `EPILOGUE_UNROLL_BUDGET`), so that every
+    accumulator index is a constant and the C compiler keeps them in registers; then the
+    reduction loop around the blocked channels, as `_unroll_reduction_loop` unrolls one."""
+    spatial = _leading_spatial_loops(sch, block)
+    outer = sch.get_loops(block)[spatial - 1]
+    for member in sch.get_child_blocks(outer):
+        loops = sch.get_loops(member)
+        innermost = sch.get(loops[-1])
+        if innermost.same_as(sch.get(outer)) or not isinstance(innermost.extent, tirx.IntImm) \
+                or int(innermost.extent) != SPATIAL_BLOCK:
+            continue
+        if not sch.get(member).same_as(sch.get(block)) and _count_nodes(
+                sch.get(member).body, tvm.ir.expr.Expr) > EPILOGUE_UNROLL_BUDGET:
+            continue
+        sch = _attempt(sch, lambda trial, loop=loops[-1]: trial.unroll(loop))
+    # The reduction loop around the unrolled channels, by the rule of the innermost one.
+    return _unroll_reduction_loop(sch, sch.get_loops(block)[-2])
 
 
 def _loop_binds_only_last(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
