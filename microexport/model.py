@@ -19,6 +19,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any, Final
 
+import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype; apache-tvm depends on it)
 import numpy as np
 
 from microexport.errors import Error
@@ -135,8 +136,9 @@ C_KEYWORDS: frozenset[str] = frozenset({
 
 
 # Types C has no portable type for that model inputs and outputs may still have: stored as their
-# bits (float16: IEEE 754 binary16 in a uint16_t; kernels compute on them in float32).
-STORAGE_C_TYPES: dict[str, str] = {"float16": "uint16_t"}
+# bits (float16: IEEE 754 binary16 in a uint16_t; bfloat16: the upper 16 bits of a float32 in a
+# uint16_t; kernels compute on them in float32). numpy knows bfloat16 through ml_dtypes.
+STORAGE_C_TYPES: dict[str, str] = {"float16": "uint16_t", "bfloat16": "uint16_t"}
 
 
 def c_type(dtype: str) -> str:

@@ -14,7 +14,7 @@ What we tried, as a new user would (each row is tested below, except the one mar
 |                    | named model.onnx, .tar given as model, missing file    |                 |
 | compile            | ONNX element type 999, initializer with short raw data,| one line        |
 |                    | names that are not UTF-8, 2**40-element input,         |                 |
-|                    | bfloat16 input, float8/bfloat16 inside the model, a    |                 |
+|                    | float8 input, float8 (e4m3fn, e5m2) inside the model, a|                 |
 |                    | dangling tensor reference                              |                 |
 | compile, test      | ONNX names with space, '/', '+', '[', ':', non-ASCII   | compile and run |
 |                    | letters (input, output, node, initializer names)       | correctly       |
@@ -348,11 +348,11 @@ def _onnx_case(kind: str, path: Path) -> Path:
     if kind == "huge-input":
         return _onnx_model(path, [_relu()], [_value("x", (1, 2**40))],
                            [_value("y", (1, 2**40))])
-    if kind == "bfloat16-input":
-        return _onnx_model(path, [_relu()], [_value("x", elem_type=TensorProto.BFLOAT16)],
-                           [_value("y", elem_type=TensorProto.BFLOAT16)])
-    if kind in ("float8-inside", "bfloat16-inside"):
-        inner = TensorProto.FLOAT8E4M3FN if kind == "float8-inside" else TensorProto.BFLOAT16
+    if kind == "float8-input":
+        return _onnx_model(path, [_relu()], [_value("x", elem_type=TensorProto.FLOAT8E5M2)],
+                           [_value("y", elem_type=TensorProto.FLOAT8E5M2)])
+    if kind in ("float8-inside", "float8e5m2-inside"):
+        inner = TensorProto.FLOAT8E4M3FN if kind == "float8-inside" else TensorProto.FLOAT8E5M2
         nodes = [helper.make_node("Cast", ["x"], ["h"], to=inner),
                  helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT)]
         return _onnx_model(path, nodes, [_value("x")], [_value("y")])
@@ -379,9 +379,9 @@ ONNX_CASES = [
     ("unknown-element-type", "element type 999"),
     ("short-initializer", "initializer 'w'"),
     ("huge-input", "1099511627776 elements"),
-    ("bfloat16-input", "bfloat16"),
+    ("float8-input", "float8_e5m2"),
     ("float8-inside", "float8"),
-    ("bfloat16-inside", "computes in bfloat16"),
+    ("float8e5m2-inside", "computes in float8_e5m2"),
     ("dangling-reference", "'nope'"),
     ("names-clash", "'a_b'"),
     ("non-ascii-names-clash", "sanitising"),

@@ -115,7 +115,7 @@ BAD_EDITS: dict[str, tuple[Edit, str]] = {
     "shape is a string": (_set("inputs.0.shape", "2x3"), r"\$\.inputs\[0\]\.shape"),
     "dims negative": (_set("inputs.0.shape", [-1, 3]), r"shape\[0\]"),
     "size_bytes wrong": (_set("inputs.0.size_bytes", 25), "size_bytes 25 does not match"),
-    "dtype unknown": (_set("outputs.0.dtype", "bfloat16"), r"\$\.outputs\[0\]\.dtype"),
+    "dtype unknown": (_set("outputs.0.dtype", "float8_e4m3fn"), r"\$\.outputs\[0\]\.dtype"),
     "workspace as string": (_set("memory.workspace_bytes", "32"), "workspace_bytes"),
     "pools do not add up": (_set("memory.workspace_bytes", 64), "total of the workspace pools"),
     "missing inputs": (_delete("inputs"), "'inputs' is a required property"),

@@ -1,4 +1,4 @@
-"""IEEE 754 binary16 (float16) storage as TE kernels.
+"""IEEE 754 binary16 (float16) and bfloat16 storage as TE kernels.
 
 float16 model inputs and outputs are stored as their 16 bits in `uint16_t` (C has no portable
 half type, and the Cortex-M compilers' `__fp16`/`_Float16` differ): `decode` widens the bits to
@@ -10,6 +10,15 @@ Neither reinterprets float bits in C (TVM writes that as a pointer cast, which b
 aliasing): they scale by exact powers of two read from `POWERS`, a small float32 constant
 table (the C code generator prints float literals with 7 digits, not exactly), and round with
 integer comparisons. No libm.
+
+bfloat16 (`bfloat16_decode`, `bfloat16_encode`) is the upper half of a float32: sign, 8 exponent
+bits, 7 mantissa bits, stored in `uint16_t`. Decoding is exact (every bfloat16 is a float32;
+bfloat16 subnormals are float32 subnormals, flushed to zero by an FPU that flushes them);
+encoding rounds to nearest even with overflow to infinity, as `ml_dtypes`/onnxruntime do, NaN
+stays NaN (0x7FC0), and a negative zero becomes +0 as for float16. The exponent range needs more
+powers of two than one small table holds, so the kernels multiply two entries of
+`BFLOAT16_POWERS` (2**k for 0 <= k < 16 times 2**(16 j - 126)), exact as long as every product is a
+float32 normal.
 """
 
 from __future__ import annotations
@@ -93,3 +102,112 @@ def encode(data: Tensor, powers: Tensor) -> Tensor:
         return (magnitude + tm.select(negative, _i(0x8000), _i(0))).astype("uint16")
 
     return te.compute(data.shape, value, name="float16_encode")
+
+
+# BFLOAT16_POWERS layout: [_LOW + k] = 2**k, [_HIGH + j] = 2**(16 j - 126),
+# [_INV_HIGH + j] = 2**(126 - 16 j), [_INV_LOW + k] = 2**-k (k, j in 0..15), then +inf twice.
+_LOW, _HIGH, _INV_HIGH, _INV_LOW, _BF_INFINITY = 0, 16, 32, 48, 64
+BFLOAT16_POWERS = np.array(
+    [2.0 ** k for k in range(16)] + [2.0 ** (16 * j - 126) for j in range(16)]
+    + [2.0 ** (126 - 16 * j) for j in range(16)] + [2.0 ** -k for k in range(16)]
+    + [np.inf, np.inf], np.float32)
+"""The constant table both bfloat16 kernels take (66 float32, all normal or infinite)."""
+
+
+def _table(powers: Tensor, base: int, index: Any) -> Any:
+    return powers[_i(base) + index]
+
+
+def bfloat16_decode(bits: Tensor, powers: Tensor) -> Tensor:
+    """uint16 bfloat16 bits → float32 (exact)."""
+    def value(*i: Any) -> Any:
+        h = tm.i32(bits[i])
+        exponent = tirx.bitwise_and(h >> _i(7), _i(0xFF))
+        mantissa = tirx.bitwise_and(h, _i(0x7F))
+        # (mantissa [+ 128 if normal]) * 2**-7 * 2**(e' - 126), e' = max(exponent, 1) - 1
+        # split as 2**(e' & 15) * 2**(16 (e' >> 4) - 126): both factors in the table, every
+        # partial product exact (subnormals: mantissa * 2**-133)
+        shifted = tirx.max(exponent, _i(1)) - _i(1)
+        significand = mantissa + tm.select(exponent == _i(0), _i(0), _i(128))
+        magnitude_finite = significand.astype("float32") * powers[_INV_LOW + 7] \
+            * _table(powers, _LOW, tirx.bitwise_and(shifted, _i(15))) \
+            * _table(powers, _HIGH, shifted >> _i(4))
+        infinity = powers[_BF_INFINITY]
+        special = tm.select(mantissa == _i(0), infinity,
+                            infinity - powers[_BF_INFINITY + 1])  # inf or NaN
+        magnitude = tm.select(exponent == _i(255), special, magnitude_finite)
+        negative = tirx.bitwise_and(h, _i(0x8000)) != _i(0)
+        return tm.select(negative, tirx.const(-1.0, "float32") * magnitude, magnitude)
+
+    return te.compute(bits.shape, value, name="bfloat16_decode")
+
+
+def bfloat16_encode(data: Tensor, powers: Tensor) -> Tensor:
+    """float32 → uint16 bfloat16 bits, rounded to nearest even.
+
+    In stages (each a tensor: the exponent search reads the magnitude 16 times per step, and
+    one nested expression would be copied into every comparison): the magnitude, the high
+    exponent digit, the biased exponent and the 24-bit significand, then the bits."""
+    zero = tirx.const(0.0, "float32")
+    infinity = powers[_BF_INFINITY]
+
+    def is_nan(f: Any) -> Any:
+        # NaN fails both comparisons (selects: see `encode`)
+        ordered = tm.select(f >= zero - infinity, tm.select(f <= infinity, _i(1), _i(0)), _i(0))
+        return ordered == _i(0)
+
+    def magnitude(*i: Any) -> Any:
+        # |f| for finite f; NaN and infinities as 0 (every later float → int conversion stays
+        # in range; the last stage tells them apart)
+        f = data[i]
+        raw = tm.select(f < zero, zero - f, f)
+        return tm.select(is_nan(f), zero, tm.select(raw >= infinity, zero, raw))
+
+    a = te.compute(data.shape, magnitude, name="bfloat16_magnitude")
+
+    def count(condition: Any) -> Any:
+        return tm.select(condition, _i(1), _i(0))
+
+    def high_digit(*i: Any) -> Any:  # a normal a is in [2**(16 high - 126), 2**(16 high - 110))
+        total = _i(0)
+        for j in range(1, 16):
+            total = total + count(a[i] >= powers[_HIGH + j])
+        return total
+
+    high = te.compute(data.shape, high_digit, name="bfloat16_high")
+
+    def biased_exponent(*i: Any) -> Any:  # floor(log2(a)) + 127 = 16 high + low + 1
+        scaled = a[i] * _table(powers, _INV_HIGH, high[i])  # in [1, 2**16) for a normal
+        low = _i(0)
+        for k in range(1, 16):
+            low = low + count(scaled >= powers[_LOW + k])
+        return high[i] * _i(16) + low + _i(1)
+
+    biased = te.compute(data.shape, biased_exponent, name="bfloat16_exponent")
+
+    def significand(*i: Any) -> Any:  # a * 2**(23 - floor(log2(a))): 24 bits, exact
+        low = biased[i] - high[i] * _i(16) - _i(1)
+        return tm.i32(a[i] * _table(powers, _INV_HIGH, high[i])
+                      * _table(powers, _INV_LOW, low) * powers[_LOW + 15]
+                      * powers[_LOW + 8])  # 2**15 * 2**8
+
+    bits24 = te.compute(data.shape, significand, name="bfloat16_significand")
+
+    def value(*i: Any) -> Any:
+        f, m = data[i], bits24[i]
+        # round the 24-bit significand to 8 bits, ties to even; a carry into the exponent is
+        # the next binade (or infinity, 0x7F80)
+        kept, dropped = m >> _i(16), tirx.bitwise_and(m, _i(0xFFFF))
+        up = count(tirx.any(dropped > _i(0x8000), tirx.all(
+            dropped == _i(0x8000), tirx.bitwise_and(kept, _i(1)) == _i(1))))
+        normal = (biased[i] << _i(7)) + kept - _i(128) + up
+        subnormal = tm.round_to_int(  # a * 2**133; may round up to 128: the smallest normal
+            tirx.min(a[i], powers[_HIGH]) * powers[_INV_HIGH] * powers[_LOW + 7],
+            ties_to_even=True)
+        raw = tm.select(f < zero, zero - f, f)
+        bits = tm.select(is_nan(f), _i(0x7FC0),
+                         tm.select(raw >= infinity, _i(0x7F80),
+                                   tm.select(a[i] < powers[_HIGH], subnormal, normal)))
+        return (bits + tm.select(f < zero, _i(0x8000), _i(0))).astype("uint16")
+
+    return te.compute(data.shape, value, name="bfloat16_encode")
