@@ -256,3 +256,28 @@ def test_zephyr_boards_are_true_to_zephyr(name: str) -> None:
     has_fpu = {"mps2/an385": False, "mps2/an521/cpu0": False, "qemu_cortex_m3": False,
                "qemu_x86": False}.get(board.zephyr_board or "", True)
     assert (board.fpu is not None) == has_fpu and (board.float_abi == "hard") == has_fpu, name
+
+
+@pytest.mark.parametrize("name", [n for n in list_boards() if load_board(n).cpu])
+def test_dsp_declaration_matches_the_compiler(name: str, tmp_path: Path) -> None:
+    """A board declares `dsp: true` exactly when its compiler, with the board's flags, defines
+    __ARM_FEATURE_SIMD32 (what selects the SMLAD micro-kernels in the generated C)."""
+    import subprocess
+
+    from support import require_program
+
+    board = load_board(name)
+    require_program(board.compiler, board.compiler_package or board.compiler)
+    probe = tmp_path / "probe.c"
+    probe.write_text("int simd32 = __ARM_FEATURE_SIMD32;\n")
+    done = subprocess.run([board.compiler, *board.cpu_flags, *board.cflags, "-c", str(probe),
+                           "-o", str(tmp_path / "probe.o")], capture_output=True, text=True)
+    assert (done.returncode == 0) == board.dsp, (name, done.stderr[-300:])
+
+
+def test_dsp_is_a_boolean() -> None:
+    assert parse_board(CORTEX_M + "dsp: true\n", "b.yaml").dsp
+    assert not parse_board(CORTEX_M, "b.yaml").dsp
+    with pytest.raises(Error) as info:
+        parse_board(CORTEX_M + "dsp: maybe\n", "b.yaml")
+    assert "dsp: expected true or false" in info.value.one_line()

@@ -58,6 +58,10 @@ class Board:
     description: str = ""
     cpu: str | None = None  # e.g. "cortex-m3"; None for the host
     fpu: str | None = None  # e.g. "fpv4-sp-d16"
+    # The core has the DSP extension (SIMD32: SMLAD, SXTB16, ...; Cortex-M4, M7, M33, M55): the
+    # int8 micro-kernels use it. Checked against the compiler for the board's flags
+    # (tests/test_boards.py), which is what selects the code (`__ARM_FEATURE_SIMD32`).
+    dsp: bool = False
     float_abi: str | None = None  # "soft" | "softfp" | "hard"
     compiler_package: str | None = None  # Debian package providing the compiler
     cflags: tuple[str, ...] = ()
@@ -215,6 +219,9 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
     if optional["float_abi"] not in (None, "soft", "softfp", "hard"):
         raise Error(f"{origin}.float_abi: expected soft, softfp or hard, "
                     f"got {optional['float_abi']!r}")
+    dsp = data.get("dsp", False)
+    if not isinstance(dsp, bool):
+        raise Error(f"{origin}.dsp: expected true or false, got {dsp!r}")
     clock = data.get("clock_hz")
     if clock is not None and (isinstance(clock, bool) or not isinstance(clock, int) or clock <= 0):
         raise Error(f"{origin}.clock_hz: expected a positive integer (Hz), got {clock!r}")
@@ -232,6 +239,7 @@ def board_from_dict(data: dict[str, Any], origin: str) -> Board:
         description=optional["description"] or "",
         cpu=optional["cpu"],
         fpu=optional["fpu"],
+        dsp=dsp,
         float_abi=optional["float_abi"],
         compiler_package=optional["compiler_package"],
         cflags=_strings(data.get("cflags"), f"{origin}.cflags"),
