@@ -58,11 +58,12 @@ def test_zoo_int8_cnn_bit_exact_on_host(tmp_path: Path) -> None:
     assert all(o.max_abs_error == 0 for o in report.outputs), report.summary()
 
 
-@pytest.mark.parametrize("board", ["mps2_an385", "mps2_an386"])
+@pytest.mark.parametrize("board", ["mps2_an385", "mps2_an386", "mps2_an500", "mps3_an547"])
 @pytest.mark.parametrize("name", BIT_EXACT)
 def test_int8_model_bit_exact_in_qemu(name: str, board: str, built: Callable, tmp_path: Path
                                       ) -> None:
-    """Cortex-M3 (no DSP, no FPU) and Cortex-M4F, C built with -Werror: same bits as TFLM."""
+    """Cortex-M3 (no DSP, no FPU: plain C micro-kernels), Cortex-M4F, M7 and M55 (SMLAD), C
+    built with -Werror: same bits as TFLM."""
     require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
     require_program("qemu-system-arm", "qemu-system-arm")
     path, inputs = built(name)
