@@ -192,6 +192,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     if wide:
         pairs = [fp.reduced_multiplier(m, s) for m, s in pairs]
     multiplier, shift, arrays = fp.per_channel_or_scalar(pairs)
+    shifts = arrays[1] if arrays else None
     arrays = [_const(array) for array in arrays]
     clamp = fp.activation_clamp(_activation(options.FusedActivationFunction()),
                                 q_out.per_tensor_scale, q_out.per_tensor_zero_point, dtype)
@@ -223,7 +224,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
 
         if activations == "int8" and w_zero == 0:
             result = _packed_kernel(converter, "dense_int8", args, weights, has_bias, arrays,
-                                    multiplier, shift, q_out.per_tensor_zero_point, clamp,
+                                    shifts, multiplier, shift, q_out.per_tensor_zero_point, clamp,
                                     "dense", in_zero)
         else:
             result = _emit(converter, f"dense_{activations}", args, build_dense)
@@ -243,7 +244,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         padding = (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right)
     if kind == "conv" and activations == "int8" and int(weights.shape[3]) == shape[3]:
         return _packed_kernel(
-            converter, "conv2d_int8", args, weights, has_bias, arrays, multiplier, shift,
+            converter, "conv2d_int8", args, weights, has_bias, arrays, shifts, multiplier, shift,
             q_out.per_tensor_zero_point, clamp, "conv", in_zero,
             out_shape=[int(d) for d in converter.get_tensor_shape(output)],
             geometry={"kernel": tuple(int(d) for d in weights.shape[1:3]), "strides": strides,
@@ -259,8 +260,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     multiplier_depth = int(weights.shape[3]) // shape[3]
     if activations == "int8" and multiplier_depth == 1 and shape[3] % 4 == 0:
         return _packed_kernel(
-            converter, "depthwise_conv2d_int8", args, weights, has_bias, arrays, multiplier,
-            shift, q_out.per_tensor_zero_point, clamp, "depthwise", in_zero,
+            converter, "depthwise_conv2d_int8", args, weights, has_bias, arrays, shifts,
+            multiplier, shift, q_out.per_tensor_zero_point, clamp, "depthwise", in_zero,
             out_shape=[int(d) for d in converter.get_tensor_shape(output)],
             geometry={"kernel": tuple(int(d) for d in weights.shape[1:3]), "strides": strides,
                       "dilation": dilation, "padding": padding})
@@ -275,7 +276,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
 
 
 def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarray,
-                   has_bias: bool, arrays: Sequence[Any], multiplier: Any, shift: Any,
+                   has_bias: bool, arrays: Sequence[Any], shifts: np.ndarray | None,
+                   multiplier: Any, shift: Any,
                    zero_point: int, clamp: fp.Clamp, kind: str, input_zero_point: int,
                    out_shape: Sequence[int] | None = None,
                    geometry: dict[str, Any] | None = None) -> Any:
@@ -287,10 +289,15 @@ def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarr
     packed = None if kind == "depthwise" else im2col.pack_rows(
         weights.reshape(rows, -1), 2 if kind == "conv" else 4)
     call_args = [args[0], args[1] if packed is None else _const(packed.data), *args[2:]]
+    # Per-channel shifts that are all right shifts (multipliers below one, as converters make
+    # them) are passed negated, so the requantization has no left-shift arithmetic.
+    right_shift = shifts is not None and bool((shifts <= 0).all())
+    if right_shift:
+        call_args[-1] = _const(-shifts)
 
     def output_of(m: Any, s: Any) -> kernels.Output:
         return kernels.Output(m if arrays else multiplier, s if arrays else shift, zero_point,
-                              clamp.low, clamp.high, "int8")
+                              clamp.low, clamp.high, "int8", right_shift=right_shift)
 
     data_shape = [int(d) for d in call_args[0].ty.shape]
     if kind == "depthwise":

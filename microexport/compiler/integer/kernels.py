@@ -38,12 +38,18 @@ class Output:
     high: int
     dtype: str
     wide: bool = False
+    # The per-channel `shift` array holds right shifts (TFLite's shift negated, every one known
+    # to be a right shift at compile time): no left-shift arithmetic at run time.
+    right_shift: bool = False
 
     def __call__(self, acc: tm.Expr, channel: tm.Expr) -> tm.Expr:
         multiplier = self.multiplier if isinstance(self.multiplier, int) else \
             self.multiplier[channel]
         shift = self.shift if isinstance(self.shift, int) else self.shift[channel]
-        if self.wide:
+        if self.right_shift and not isinstance(shift, int):
+            scaled = tm.rounding_divide_by_pot(
+                tm.saturating_rounding_doubling_high_mul(acc, multiplier, False), shift)
+        elif self.wide:
             scaled = tm.multiply_by_quantized_multiplier_wide(acc, multiplier, shift)
         else:
             scaled = tm.multiply_by_quantized_multiplier(acc, multiplier, shift)
