@@ -16,7 +16,7 @@ import tvm
 import tvm_ffi
 from tvm import ir, relax, s_tir, tirx
 
-from microexport.compiler.frontend import ImportedModel
+from microexport.compiler.frontend import ImportedModel, reduction_identity
 from microexport.compiler.frontend.common import relax_failure
 from microexport.compiler.frontend.control_flow import structure_branches
 from microexport.compiler.quantization import (
@@ -167,6 +167,7 @@ def check_target(target: str) -> tvm.target.Target:
 
 def relax_pipeline() -> tvm.transform.Pass:
     """Relax passes from an imported model to fused `call_tir` kernels (stage `scheduled`)."""
+    reduction_identity.install()  # max/min of constants fold as the kernels compute them
     return tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from microexport.compiler.frontend import reduction_identity
 from microexport.errors import DynamicShape, Error, InputError, ModelError, UnsupportedOperator
 from microexport.model import C_TYPES, TensorSpec
 
@@ -95,6 +96,7 @@ def finish_import(
         mod = _replace_main(mod, main.without_attr("params"))
     where = str(source) if source is not None else "the Relax module"
     mod, input_names = _bind_empty_inputs(mod, list(input_names), where)
+    reduction_identity.install()  # a folded max over -inf values is -inf, as in the kernels
     try:
         mod = relax.transform.FoldConstant()(mod)
     except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot fold
@@ -180,6 +182,7 @@ def bind_constants(imported: ImportedModel, constants: Constants | None) -> Impo
                                where)
         bound[param] = tvm.runtime.tensor(array)
     mod = relax.transform.BindParams("main", bound)(imported.mod)
+    reduction_identity.install()
     try:
         mod = relax.transform.FoldConstant()(mod)
     except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot fold
