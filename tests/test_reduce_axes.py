@@ -113,3 +113,38 @@ def test_ambiguous_shapes_with_an_unknown_output_shape_stay_one_line(tmp_path: P
     with pytest.raises(microexport.errors.Error) as err:
         microexport.compile(str(tmp_path / "m.onnx"), output=tmp_path / "m.tar", name="r")
     assert "\n" not in str(err.value)
+
+
+def test_runtime_reshape_target_and_resize_sizes_follow_the_declared_shapes(tmp_path: Path
+                                                                            ) -> None:
+    """Reshape whose shape is a run-time input (spelled with -1 in different places) and Resize whose sizes
+    (for two axes) are one: the declared output shapes fix both, the run-time values agree."""
+    require_module("onnx", "onnx")
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+         helper.make_node("Resize", ["x", "", "", "sizes"], ["s"], mode="nearest",
+                          axes=[3, 2])],
+        "shapes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [3]),
+         helper.make_tensor_value_info("sizes", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 6, 2]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 2, 7, 9])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="s").archive
+    x = np.random.default_rng(6).normal(size=(1, 2, 3, 4)).astype(np.float32)
+    for shape in ([2, -1, 2], [-1, 6, 2]):
+        feeds = {"x": x, "shape": np.array(shape, np.int64), "sizes": np.array([9, 7])}
+        got = microexport.run(archive, feeds, board="host", build_dir=tmp_path / "b")
+        from onnx.reference import ReferenceEvaluator
+
+        want = ReferenceEvaluator(str(path)).run(None, feeds)
+        np.testing.assert_array_equal(got["r"], want[0])
+        np.testing.assert_array_equal(got["s"], want[1])

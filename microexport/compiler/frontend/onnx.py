@@ -39,6 +39,7 @@ from microexport.compiler.frontend.common import (
 from microexport.compiler.frontend.recurrent import ONNX_RECURRENT_OPS, onnx_converters
 from microexport.compiler.frontend.reduce_axes import (
     resolve_runtime_reduce_axes,
+    resolve_runtime_target_shapes,
     widen_bool_min_max,
 )
 from microexport.errors import Error, InputError, ModelError, UnsupportedOperator
@@ -85,7 +86,8 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     expanded: set[str] = set()
     model = expand_functions(model, _unconverted_ops(model) | _placeholder_ops(model), expanded)
     model = fold_shape_computations(model, inputs)
-    resolved = widen_bool_min_max(resolve_runtime_reduce_axes(model, _inferred_shapes))
+    resolved = widen_bool_min_max(resolve_runtime_target_shapes(
+        resolve_runtime_reduce_axes(model, _inferred_shapes), _inferred_shapes))
     if resolved is not model:  # a Reduce of constants (zero-size inputs) now folds too
         model = fold_shape_computations(resolved, inputs)
     _check_operators(model)

@@ -22,6 +22,10 @@ the node is left to TVM's frontend, which refuses it in one line.
 
 `ReduceMax`/`ReduceMin` of bool (TVM's reduction has no identity for bool) become the same
 reduction of the values as uint8 (`widen_bool_min_max`).
+
+The same holds for `Reshape` whose target shape, and `Resize` (default
+`keep_aspect_ratio_policy`, no run-time `roi`) whose `sizes`, are run-time inputs: the result
+depends only on the output shape, which the model declares (`resolve_runtime_target_shapes`).
 """
 
 from __future__ import annotations
@@ -89,6 +93,67 @@ def _with_shapes_walked_back(graph: onnx.GraphProto, shapes: dict[str, tuple[int
                 and node.input and node.input[0] not in known:
             known[node.input[0]] = known[node.output[0]]
     return known
+
+
+def resolve_runtime_target_shapes(
+        model: onnx.ModelProto,
+        infer_shapes: Callable[[onnx.ModelProto], dict[str, tuple[int, ...]]]) -> onnx.ModelProto:
+    """`model` with the run-time shape input of each `Reshape`, and the run-time `sizes` of
+    each `Resize` that samples by the size ratio (stretch policy, no run-time roi), replaced by
+    the output shape the model declares (the only value its shapes admit; the data moved does
+    not depend on how that shape was spelled). Unchanged when there is no such node."""
+    import numpy as np
+    import onnx
+
+    graph = model.graph
+    constant = {t.name for t in graph.initializer}
+
+    def runtime(node: onnx.NodeProto, index: int) -> bool:
+        return len(node.input) > index and bool(node.input[index]) \
+            and node.input[index] not in constant
+
+    def candidate(node: onnx.NodeProto) -> bool:
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "Reshape":
+            return runtime(node, 1)
+        if node.op_type == "Resize":
+            policy = next((a.s for a in node.attribute if a.name == "keep_aspect_ratio_policy"),
+                          b"stretch")
+            return runtime(node, 3) and policy == b"stretch" and not runtime(node, 1)
+        return False
+
+    if not any(candidate(n) for n in graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    shapes = _with_shapes_walked_back(out.graph, infer_shapes(out))
+    for node in out.graph.node:
+        if not candidate(node):
+            continue
+        in_shape, out_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if in_shape is None or out_shape is None:
+            continue
+        if node.op_type == "Reshape":
+            if int(np.prod(in_shape)) != int(np.prod(out_shape)):
+                continue
+            node.input[1] = _const(out.graph, f"{node.output[0]}__shape", list(out_shape))
+            continue
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"),
+                    list(range(len(in_shape))))
+        sizes_shape = shapes.get(node.input[3])
+        if len(out_shape) != len(in_shape) or sizes_shape != (len(axes),):
+            continue
+        rank = len(in_shape)
+        if any(in_shape[i] != out_shape[i] for i in range(rank)
+               if i not in {a % rank for a in axes}):
+            continue
+        # sizes for every axis (TVM's frontend reads no `axes`): the others keep their size
+        node.input[3] = _const(out.graph, f"{node.output[0]}__sizes", list(out_shape))
+        kept = [a for a in node.attribute if a.name != "axes"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return out
 
 
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
