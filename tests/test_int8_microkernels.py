@@ -22,6 +22,7 @@ from int8_models import _SAME, _VALID, FloatNet, _features, _finish, tflm_refere
 from support import require_module, require_program
 
 import microexport
+from microexport.archive.analyze import analyze
 from microexport.compiler.integer.im2col import pack_rows
 
 
@@ -104,3 +105,23 @@ def test_bit_exact_in_qemu_on_every_core(board: str, model: tuple[Path, dict], t
     want = tflm_reference(path, inputs)
     for name, expected in want.items():
         assert np.array_equal(got[name], expected), (board, name, got[name], expected)
+
+
+def test_analyze_counts_the_macs_inside_micro_kernels(tmp_path: Path) -> None:
+    """`microexport analyze` sees the MACs of a fully connected layer done by me_dot_s8s16_4x1
+    calls (depth 64, a multiple of four: no padding), not zero."""
+    require_module("ai_edge_quantizer", "tflite")
+    net = FloatNet(5)
+    inp = net.input("x", (1, 64))
+    out = net.fc(inp, 8, name="y")
+
+    def data(seed: int, count: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(count)]
+
+    path, _ = _finish(net, tmp_path, "fc_only", ([inp], [out]), data)
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="fc").archive
+    with tarfile.open(archive) as tar:
+        (member,) = [n for n in tar.getnames() if n.endswith("tir-codegen.json")]
+        report = analyze(tar.extractfile(member).read())
+    assert report["totals"]["macs"] == 64 * 8

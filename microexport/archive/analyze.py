@@ -9,11 +9,14 @@ iteration, an `if loop_var < c` (`<=`, `>`, `>=`, either side) body for the iter
 it (loop unswitching leaves such tests, e.g. in a concatenation). Anything not statically known
 (a loop extent that is not a constant, a While loop, any other condition) is counted as if it ran
 once per enclosing iteration and the kernel is marked `approximate`. With an AOT main in the
-document, the totals count each kernel once per call.
+document, the totals count each kernel once per call. A call of an int8 dot-product micro-kernel
+(`me_dot_s8s16_RxC(w, col, depth, acc)`, `me_dw_s8_4ch`) counts its R x C x depth (4) MACs and
+its operand bytes, padding of the depth to a multiple of four included.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -183,6 +186,26 @@ class _KernelAnalyzer:
 
     def stmt_Evaluate(self, stmt: Mapping[str, Any], scope: _Scope, path: str) -> None:
         self.expressions([stmt["value"]], scope.times, path)
+        self.microkernel(stmt["value"], scope.times)
+
+    def microkernel(self, call: Any, times: Fraction) -> None:
+        """The MACs and operand bytes of a call of an int8 micro-kernel
+        (templates/codegen/int8_dot.h.j2), which the loops around it do not show."""
+        if not is_call(call, "tirx.call_extern") or not call.get("args"):
+            return
+        name = call["args"][0].get("value", "")
+        dot = _DOT_KERNEL.fullmatch(name)
+        if dot is not None:  # (w, col, depth, acc): rows x cols dot products of `depth`
+            rows, cols = int(dot.group(1)), int(dot.group(2))
+            depth = int_value(call["args"][3])
+            if depth is None:
+                self.stats.approximate = True
+                return
+            self.counts["macs"] += rows * cols * depth * times
+            self.counts["read"] += (rows + 2 * cols) * depth * times
+        elif name == "me_dw_s8_4ch":  # one tap over four channels: four int8 pairs
+            self.counts["macs"] += 4 * times
+            self.counts["read"] += 8 * times
 
     stmt_Return = stmt_Evaluate
 
@@ -217,6 +240,9 @@ class _KernelAnalyzer:
             if key != "type" and isinstance(value, dict | list):
                 self.loads(value, times, path)
 
+
+# The int8 dot-product micro-kernels: me_dot_s8s16_<rows>x<cols>.
+_DOT_KERNEL = re.compile(r"me_dot_s8s16_(\d+)x(\d+)")
 
 # `loop_var <op> constant` with the loop variable on either side: the test on an iteration index i.
 _COMPARISONS: dict[str, tuple[Any, Any]] = {
