@@ -6,8 +6,9 @@ SMLAD path on the Cortex-M4F, M7 and M55, plain C on the M3).
 The edge model reaches every remainder of the kernels: an odd number of output pixels (one
 column), odd numbers of output channels (a one-row block), input channels not a multiple of four
 (the element-wise column fill), padding with whole groups (the zero-filled tap), strides, a depth
-multiplier of 2 (left to the TE kernel), fully connected layers with 4 + 2 + 1 row blocks and a
-depth not a multiple of four. Its float model is quantized by ai-edge-quantizer like the others.
+multiplier of 2 (left to the TE kernel), fully connected layers with 4 + 2 + 1 row blocks, on
+the int8 input directly (depth a multiple of four, zero point folded into the bias) and through
+an int16 column (depth 7 and 5). Its float model is quantized by ai-edge-quantizer like the others.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def test_tir_and_c_show_every_micro_kernel_call(model: tuple[Path, dict], tmp_pa
         source = tar.extractfile(lib).read().decode()
     json.loads(tir)
     for call in ("me_dot_s8s16_2x2", "me_dot_s8s16_2x1", "me_dot_s8s16_1x2",
-                 "me_dot_s8s16_1x1", "me_dot_s8s16_4x1", "me_s8_to_s16_col", "me_dw_s8_4ch"):
+                 "me_dot_s8s16_1x1", "me_dot_s8s16_4x1", "me_dot_s8s8_4x1", "me_dot_s8s8_2x1",
+                 "me_dot_s8s8_1x1", "me_s8_to_s16_col", "me_dw_s8_4ch"):
         assert call in tir, call
         assert f"{call}(" in source, call
     assert "__smlad" in source and "#include <arm_acle.h>" in source
@@ -108,8 +110,8 @@ def test_bit_exact_in_qemu_on_every_core(board: str, model: tuple[Path, dict], t
 
 
 def test_analyze_counts_the_macs_inside_micro_kernels(tmp_path: Path) -> None:
-    """`microexport analyze` sees the MACs of a fully connected layer done by me_dot_s8s16_4x1
-    calls (depth 64, a multiple of four: no padding), not zero."""
+    """`microexport analyze` sees the MACs of a fully connected layer done by me_dot_s8s8_4x1
+    calls (depth 64, a multiple of four: the input read directly, no padding), not zero."""
     require_module("ai_edge_quantizer", "tflite")
     net = FloatNet(5)
     inp = net.input("x", (1, 64))

@@ -10,8 +10,9 @@ it (loop unswitching leaves such tests, e.g. in a concatenation). Anything not s
 (a loop extent that is not a constant, a While loop, any other condition) is counted as if it ran
 once per enclosing iteration and the kernel is marked `approximate`. With an AOT main in the
 document, the totals count each kernel once per call. A call of an int8 dot-product micro-kernel
-(`me_dot_s8s16_RxC(w, col, depth, acc)`, `me_dw_s8_4ch`) counts its R x C x depth (4) MACs and
-its operand bytes, padding of the depth to a multiple of four included.
+(`me_dot_s8s16_RxC(w, col, depth, acc)`, `me_dot_s8s8_Rx1`, `me_dw_s8_4ch`) counts its
+R x C x depth (4) MACs and its operand bytes, padding of the depth to a multiple of four
+included.
 """
 
 from __future__ import annotations
@@ -196,13 +197,14 @@ class _KernelAnalyzer:
         name = call["args"][0].get("value", "")
         dot = _DOT_KERNEL.fullmatch(name)
         if dot is not None:  # (w, col, depth, acc): rows x cols dot products of `depth`
-            rows, cols = int(dot.group(1)), int(dot.group(2))
+            rows, cols = int(dot.group(2)), int(dot.group(3))
+            column_bytes = 2 if dot.group(1) == "16" else 1
             depth = int_value(call["args"][3])
             if depth is None:
                 self.stats.approximate = True
                 return
             self.counts["macs"] += rows * cols * depth * times
-            self.counts["read"] += (rows + 2 * cols) * depth * times
+            self.counts["read"] += (rows + column_bytes * cols) * depth * times
         elif name == "me_dw_s8_4ch":  # one tap over four channels: four int8 pairs
             self.counts["macs"] += 4 * times
             self.counts["read"] += 8 * times
@@ -242,7 +244,7 @@ class _KernelAnalyzer:
 
 
 # The int8 dot-product micro-kernels: me_dot_s8s16_<rows>x<cols>.
-_DOT_KERNEL = re.compile(r"me_dot_s8s16_(\d+)x(\d+)")
+_DOT_KERNEL = re.compile(r"me_dot_s8s(16|8)_(\d+)x(\d+)")
 
 # `loop_var <op> constant` with the loop variable on either side: the test on an iteration index i.
 _COMPARISONS: dict[str, tuple[Any, Any]] = {

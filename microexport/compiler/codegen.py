@@ -196,6 +196,7 @@ def make_tvm_free(
             raise RuntimeError(f"generated C still references TVM ('{symbol}'): a bug")
     variables = {"model_name": model_name, "header_name": header_filename(model_name),
                  "body": body, "dot_kernels": dot_kernels_used(body),
+                 "direct_dot_kernels": dot_kernels_used(body, "s8s8"),
                  "uses_microkernels": uses_microkernels(body)}
     source = render(glue_environment(templates), LIB_TEMPLATE, variables)
     return GeneratedC(filename=filename, source=source)

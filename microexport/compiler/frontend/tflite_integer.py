@@ -223,9 +223,9 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
                                            weight_zero_point=w_zero)
 
         if activations == "int8" and w_zero == 0:
-            result = _packed_kernel(converter, "dense_int8", args, weights, has_bias, arrays,
-                                    shifts, multiplier, shift, q_out.per_tensor_zero_point, clamp,
-                                    "dense", in_zero)
+            result = _packed_kernel(converter, "dense_int8", args, weights, has_bias,
+                                    bias_values, arrays, shifts, multiplier, shift,
+                                    q_out.per_tensor_zero_point, clamp, "dense", in_zero)
         else:
             result = _emit(converter, f"dense_{activations}", args, build_dense)
         out_shape = [int(d) for d in converter.get_tensor_shape(output)]
@@ -244,8 +244,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         padding = (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right)
     if kind == "conv" and activations == "int8" and int(weights.shape[3]) == shape[3]:
         return _packed_kernel(
-            converter, "conv2d_int8", args, weights, has_bias, arrays, shifts, multiplier, shift,
-            q_out.per_tensor_zero_point, clamp, "conv", in_zero,
+            converter, "conv2d_int8", args, weights, has_bias, bias_values, arrays, shifts,
+            multiplier, shift, q_out.per_tensor_zero_point, clamp, "conv", in_zero,
             out_shape=[int(d) for d in converter.get_tensor_shape(output)],
             geometry={"kernel": tuple(int(d) for d in weights.shape[1:3]), "strides": strides,
                       "dilation": dilation, "padding": padding})
@@ -260,8 +260,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
     multiplier_depth = int(weights.shape[3]) // shape[3]
     if activations == "int8" and multiplier_depth == 1 and shape[3] % 4 == 0:
         return _packed_kernel(
-            converter, "depthwise_conv2d_int8", args, weights, has_bias, arrays, shifts,
-            multiplier, shift, q_out.per_tensor_zero_point, clamp, "depthwise", in_zero,
+            converter, "depthwise_conv2d_int8", args, weights, has_bias, bias_values, arrays,
+            shifts, multiplier, shift, q_out.per_tensor_zero_point, clamp, "depthwise", in_zero,
             out_shape=[int(d) for d in converter.get_tensor_shape(output)],
             geometry={"kernel": tuple(int(d) for d in weights.shape[1:3]), "strides": strides,
                       "dilation": dilation, "padding": padding})
@@ -276,7 +276,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
 
 
 def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarray,
-                   has_bias: bool, arrays: Sequence[Any], shifts: np.ndarray | None,
+                   has_bias: bool, bias_values: np.ndarray | None, arrays: Sequence[Any],
+                   shifts: np.ndarray | None,
                    multiplier: Any, shift: Any,
                    zero_point: int, clamp: fp.Clamp, kind: str, input_zero_point: int,
                    out_shape: Sequence[int] | None = None,
@@ -291,6 +292,14 @@ def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarr
     call_args = [args[0], args[1] if packed is None else _const(packed.data), *args[2:]]
     # Per-channel shifts that are all right shifts (multipliers below one, as converters make
     # them) are passed negated, so the requantization has no left-shift arithmetic.
+    if kind == "dense" and im2col.fc_reads_input_directly(int(weights.shape[1])):
+        # the input is read as it is: its zero point moves into the bias at compile time
+        folded = _const(im2col.fold_zero_point(weights, bias_values, input_zero_point))
+        if has_bias:
+            call_args[2] = folded
+        else:
+            call_args.insert(2, folded)
+            has_bias = True
     right_shift = shifts is not None and bool((shifts <= 0).all())
     if right_shift:
         call_args[-1] = _const(-shifts)

@@ -36,10 +36,11 @@ from microexport.compiler.integer import te_math as tm
 from microexport.compiler.integer.kernels import Output
 
 DOT_KERNEL = "me_dot_s8s16_{rows}x{cols}"
+DIRECT_DOT_KERNEL = "me_dot_s8s8_{rows}x1"
 TO_COLUMN = "me_s8_to_s16_col"
 DEPTHWISE_TAP = "me_dw_s8_4ch"
 # A call of any micro-kernel of templates/codegen/int8_dot.h.j2, in C.
-MICROKERNEL_CALL = r"\b(me_dot_s8s16_\d+x\d+|me_s8_to_s16_col|me_dw_s8_4ch)\("
+MICROKERNEL_CALL = r"\b(me_dot_s8s16_\d+x\d+|me_dot_s8s8_\d+x1|me_s8_to_s16_col|me_dw_s8_4ch)\("
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,27 @@ def pack_rows(weights: np.ndarray, widest: int) -> PackedWeights:
     return PackedWeights(np.concatenate(parts), depth, padded_depth, tuple(blocks))
 
 
-def dot_kernels_used(source: str) -> list[tuple[int, int]]:
-    """The (rows, cols) shapes of the micro-kernels that C `source` calls, sorted."""
-    found = re.findall(r"\bme_dot_s8s16_(\d+)x(\d+)\(", source)
+def dot_kernels_used(source: str, kind: str = "s8s16") -> list[tuple[int, int]]:
+    """The (rows, cols) shapes of the `me_dot_<kind>_RxC` micro-kernels that C `source`
+    calls, sorted."""
+    found = re.findall(rf"\bme_dot_{kind}_(\d+)x(\d+)\(", source)
     return sorted({(int(r), int(c)) for r, c in found})
+
+
+def fc_reads_input_directly(depth: int) -> bool:
+    """Whether FULLY_CONNECTED reads its int8 input as it is (`me_dot_s8s8_Rx1`, the input
+    zero point folded into the bias by `fold_zero_point`) instead of converting it to an int16
+    column: when whole words of four cover the depth, so nothing is read past the input."""
+    return depth % 4 == 0
+
+
+def fold_zero_point(weights: np.ndarray, bias: np.ndarray | None, zero_point: int
+                    ) -> np.ndarray:
+    """bias - zero_point * (sum of each weight row), in int32: sum((x - zp) * w) + bias equals
+    sum(x * w) + this, modulo 2**32 as TFLite Micro's int32 accumulator computes it."""
+    sums = weights.reshape(weights.shape[0], -1).astype(np.int64).sum(axis=1)
+    total = (bias.astype(np.int64) if bias is not None else 0) - zero_point * sums
+    return ((total + 2**31) % 2**32 - 2**31).astype(np.int32)
 
 
 def uses_microkernels(source: str) -> bool:
@@ -135,7 +153,7 @@ class _Builder:
         self.requantize = self.output_of(multiplier, shift)
 
     def dot(self, block: RowBlock, block_index: Any, columns: int, column_buffer: Any,
-            acc: Any) -> Any:
+            acc: Any, direct: Any = None) -> Any:
         """acc[r * columns + c] = bias + the dot products of `block`'s rows (shifted by
         `block_index` whole blocks) with the `columns` columns; returns the block's first
         output channel."""
@@ -145,10 +163,13 @@ class _Builder:
             for c in range(columns):
                 T.buffer_store(acc, start, [r * columns + c])
         offset = block.offset + block_index * block.rows * self.packed.padded_depth
+        # `direct`: a pointer to the int8 input itself (me_dot_s8s8), else the int16 columns
+        kernel = DIRECT_DOT_KERNEL if direct is not None else DOT_KERNEL
         T.evaluate(tirx.call_extern(
-            "void", DOT_KERNEL.format(rows=block.rows, cols=columns),
+            "void", kernel.format(rows=block.rows, cols=columns),
             _pointer(self.weights, offset, block.rows * self.packed.padded_depth, "r"),
-            _pointer(column_buffer, _i32(0), columns * self.packed.padded_depth, "r"),
+            direct if direct is not None else _pointer(
+                column_buffer, _i32(0), columns * self.packed.padded_depth, "r"),
             _i32(self.packed.padded_depth), _pointer(acc, _i32(0), block.rows * columns, "rw")))
         return first
 
@@ -156,7 +177,7 @@ class _Builder:
         T.buffer_store(self.output, self.requantize(acc[index], channel), list(out_index))
 
     def row_loops(self, columns: int, column_buffer: Any, acc: Any,
-                  out_index: Callable[[int, Any], Sequence[Any]]) -> None:
+                  out_index: Callable[[int, Any], Sequence[Any]], direct: Any = None) -> None:
         """Every weight row block against the columns; `out_index(c, channel)` is where the
         result of column c and output channel `channel` goes."""
         widest = self.packed.blocks[0]
@@ -164,7 +185,7 @@ class _Builder:
         rest = self.packed.blocks[repeats:]
 
         def one(block: RowBlock, block_index: Any) -> None:
-            first = self.dot(block, block_index, columns, column_buffer, acc)
+            first = self.dot(block, block_index, columns, column_buffer, acc, direct)
             for r in range(block.rows):
                 for c in range(columns):
                     self.store(acc, r * columns + c, first + r, out_index(c, first + r))
@@ -292,23 +313,27 @@ def fully_connected(name: str, data_shape: Sequence[int], packed: PackedWeights,
                     out_shape: Sequence[int], output_of: Callable[[Any, Any], Output], *,
                     has_bias: bool, per_channel: bool, input_zero_point: int
                     ) -> tirx.PrimFunc:
-    """FULLY_CONNECTED: each batch row, converted once to an int16 column, against blocks of
-    four weight rows (then two, then one)."""
+    """FULLY_CONNECTED against blocks of four weight rows (then two, then one). When
+    `fc_reads_input_directly`, each batch row is read as it is (int8; the bias argument must
+    then be `fold_zero_point`'s and `input_zero_point` is not used): no column buffer, no RAM
+    beyond the input and output. Otherwise each row is converted once to an int16 column."""
     batches, depth = (int(d) for d in data_shape)
     padded_depth = packed.padded_depth
+    direct = fc_reads_input_directly(depth)
     builder = _Builder(name, packed, has_bias, output_of, per_channel)
     with IRBuilder() as ib, T.prim_func():
         T.func_name(name)
         builder.parameters(data_shape, out_shape, output_of(None, None).dtype)
-        column_buffer = T.alloc_buffer((padded_depth,), "int16")
+        column_buffer = None if direct else T.alloc_buffer((padded_depth,), "int16")
         acc = T.alloc_buffer((4,), "int32")
-        IRBuilder.name("column", column_buffer)
+        if column_buffer is not None:
+            IRBuilder.name("column", column_buffer)
         IRBuilder.name("acc", acc)
         with T.serial(0, batches) as b:
             IRBuilder.name("b", b)
-            if depth % 4 == 0:
-                _to_column(builder.data, [b, 0], column_buffer, _i32(0), depth, 1,
-                           input_zero_point)
+            if direct:
+                row = _pointer(builder.data, _element(builder.data, [b, 0]), depth, "r")
+                builder.row_loops(1, None, acc, lambda c, channel, b=b: [b, channel], row)
             else:
                 with T.serial(0, depth) as k:
                     IRBuilder.name("k", k)
@@ -316,8 +341,8 @@ def fully_connected(name: str, data_shape: Sequence[int], packed: PackedWeights,
                         input_zero_point)).astype("int16"), [_column_index(k, 0, 1)])
                 for k in range(depth, padded_depth):
                     T.buffer_store(column_buffer, tirx.const(0, "int16"), [k])
-            builder.row_loops(1, column_buffer, acc,
-                              lambda c, channel, b=b: [b, channel])
+                builder.row_loops(1, column_buffer, acc,
+                                  lambda c, channel, b=b: [b, channel])
     return ib.get().with_attr("op_pattern", _OPAQUE)
 
 
