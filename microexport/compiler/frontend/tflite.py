@@ -356,6 +356,7 @@ def _converter_class() -> type:
             self.quantization: dict[Any, TensorQuantization] = {}
             self._results: set[Any] = set()  # Vars that are results of converted operators
             self.convert_map["FULLY_CONNECTED"] = self._fully_connected
+            self.convert_map["EXPAND_DIMS"] = self._expand_dims
             self.convert_map["UNIDIRECTIONAL_SEQUENCE_LSTM"] = self._sequence_lstm(
                 self.convert_map.get("UNIDIRECTIONAL_SEQUENCE_LSTM"))
             for name, integer in INTEGER_OPERATORS.items():
@@ -364,6 +365,12 @@ def _converter_class() -> type:
             self.convert_map = {
                 name: self._named(name, convert) for name, convert in self.convert_map.items()
             }
+
+        def _expand_dims(self, op: Any) -> Any:
+            """EXPAND_DIMS as a reshape to the output's shape (TVM 0.27's converter calls
+            relax.op.expand_dims with one argument too many and fails on every model)."""
+            shape = [int(d) for d in self.get_tensor_shape(self.get_output_tensors(op)[0])]
+            return relax.op.reshape(self.get_tensor_expr(self.get_input_tensors(op)[0]), shape)
 
         def _named(self, name: str, convert: Any) -> Any:
             """`convert`, raising _OperatorFailed(name) if it (or normalizing its result)
