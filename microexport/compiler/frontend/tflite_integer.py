@@ -11,7 +11,9 @@ with float activations go to TVM's converter unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,7 +224,7 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
             return kernels.fully_connected(x, w, b, out, input_zero_point=in_zero,
                                            weight_zero_point=w_zero)
 
-        if activations == "int8" and w_zero == 0:
+        if activations == "int8" and w_zero == 0 and _MICRO_KERNELS.get():
             result = _packed_kernel(converter, "dense_int8", args, weights, has_bias,
                                     bias_values, arrays, shifts, multiplier, shift,
                                     q_out.per_tensor_zero_point, clamp, "dense", in_zero)
@@ -242,7 +244,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         source, (top, left, bottom, right) = folded
         args[0] = _expr(converter, source)
         padding = (padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right)
-    if kind == "conv" and activations == "int8" and int(weights.shape[3]) == shape[3]:
+    if kind == "conv" and activations == "int8" and int(weights.shape[3]) == shape[3] \
+            and _MICRO_KERNELS.get():
         return _packed_kernel(
             converter, "conv2d_int8", args, weights, has_bias, bias_values, arrays, shifts,
             multiplier, shift, q_out.per_tensor_zero_point, clamp, "conv", in_zero,
@@ -258,7 +261,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
         return _emit(converter, f"conv2d_{activations}", args, build_conv)
 
     multiplier_depth = int(weights.shape[3]) // shape[3]
-    if activations == "int8" and multiplier_depth == 1 and shape[3] % 4 == 0:
+    if activations == "int8" and multiplier_depth == 1 and shape[3] % 4 == 0 \
+            and _MICRO_KERNELS.get():
         return _packed_kernel(
             converter, "depthwise_conv2d_int8", args, weights, has_bias, bias_values, arrays,
             shifts, multiplier, shift, q_out.per_tensor_zero_point, clamp, "depthwise", in_zero,
@@ -273,6 +277,22 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
                                         depth_multiplier=multiplier_depth)
 
     return _emit(converter, f"depthwise_conv2d_{activations}", args, build_depthwise)
+
+
+# Whether int8 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED import as micro-kernel calls
+# (`im2col`, for our C) or as the TE kernels of `kernels`, the same integers computed the plain
+# way, for TVM's own LLVM build (`--reference tvm`), which cannot call the C micro-kernels.
+_MICRO_KERNELS: ContextVar[bool] = ContextVar("microexport_micro_kernels", default=True)
+
+
+@contextmanager
+def te_kernels_only() -> Iterator[None]:
+    """Within this context, quantized TFLite models import without micro-kernel calls."""
+    token = _MICRO_KERNELS.set(False)
+    try:
+        yield
+    finally:
+        _MICRO_KERNELS.reset(token)
 
 
 def _packed_kernel(converter: Any, name: str, args: list[Any], weights: np.ndarray,
