@@ -258,7 +258,8 @@ def test(
 
     `reference` picks what the outputs are compared with: None (default) the format's runtime
     (onnxruntime, TFLite Micro with LiteRT as fallback, torch), one of those by name, or
-    `"tvm"`: TVM's own LLVM build of the same imported Relax module our pipeline starts from,
+    `"tvm"`: TVM's own LLVM build of the same imported Relax module our pipeline starts from
+    (int8 TFLite layers as TE kernels instead of micro-kernel calls),
     on the host (a failure against `tvm` is in our pipeline, a failure against the format's
     runtime only is in the import). `compile_options` are those of `compile_model`
     (`tir_stages`, `pools`, ...) plus `input_shapes` and `constants` (inputs frozen to values;
