@@ -115,10 +115,11 @@ def test_ambiguous_shapes_with_an_unknown_output_shape_stay_one_line(tmp_path: P
     assert "\n" not in str(err.value)
 
 
-def test_runtime_reshape_target_and_resize_sizes_follow_the_declared_shapes(tmp_path: Path
-                                                                            ) -> None:
-    """Reshape whose shape is a run-time input (spelled with -1 in different places) and Resize whose sizes
-    (for two axes) are one: the declared output shapes fix both, the run-time values agree."""
+def test_runtime_reshape_target_and_resize_sizes_follow_declared_shapes(
+        tmp_path: Path) -> None:
+    """Reshape whose shape is a run-time input (spelled with -1 in different places) and
+    Resize whose sizes (for two axes) are one: the declared output shapes fix both, the
+    run-time values agree."""
     require_module("onnx", "onnx")
     import onnx
     from onnx import TensorProto, helper
