@@ -127,3 +127,24 @@ def test_analyze_counts_the_macs_inside_micro_kernels(tmp_path: Path) -> None:
         (member,) = [n for n in tar.getnames() if n.endswith("tir-codegen.json")]
         report = analyze(tar.extractfile(member).read())
     assert report["totals"]["macs"] == 64 * 8
+
+
+def test_size_counts_micro_kernels_as_model_code(model: tuple[Path, dict], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`microexport size` lists the static micro-kernels (GCC may rename them `.constprop.N`)
+    among the model's functions, so the model's code bytes include them."""
+    from microexport.cli import main
+
+    require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+    path, _ = model
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="edges").archive
+    project = tmp_path / "proj"
+    assert main(["project", "create", str(archive), "--board", "mps2_an386",
+                 "-o", str(project)]) == 0
+    assert main(["build", str(project)]) == 0
+    capsys.readouterr()
+    assert main(["size", str(project), "--json"]) == 0
+    functions = json.loads(capsys.readouterr().out)["functions"]
+    micro = {name: size for name, size in functions.items() if name.startswith("me_")}
+    assert any(name.startswith("me_dot_s8s16_2x2") for name in micro), sorted(functions)
+    assert all(size > 0 for size in micro.values())

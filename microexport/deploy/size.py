@@ -10,7 +10,8 @@ pyelftools:
 * RAM into **workspace** (the workspace pools, in the run wrapper or the harness), **io** (the
   harness's input and output buffers), **stack** (`.stack` or Zephyr's thread stacks), **heap**
   (`.heap`) and **other**;
-* `functions` gives the code bytes of each model function (kernels, AOT main, run wrapper),
+* `functions` gives the code bytes of each model function (kernels, AOT main, run wrapper,
+  the int8 micro-kernels `me_*`),
   `kernels` those of the operator kernels alone, by kernel symbol (an unrolled loop's cost
   shows there); a kernel whose symbol the image lacks counts 0.
 
@@ -23,6 +24,7 @@ The report is what `microexport size` prints and what `build` writes to `<projec
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,8 @@ def size_report(elf_path: Path, board: Board, model: CompiledModel) -> SizeRepor
                 for symbol in table.iter_symbols():
                     kind, size = symbol["st_info"]["type"], symbol["st_size"]
                     role = classes.get(symbol.name)
+                    if role is None and _MICROKERNEL_FUNCTION.match(symbol.name):
+                        role = "code"  # a static micro-kernel of the model's C, or GCC's clone
                     if kind == "STT_FUNC" and role == "code":
                         functions[symbol.name] = size
                     elif kind == "STT_OBJECT":
@@ -254,6 +258,11 @@ def size_report(elf_path: Path, board: Board, model: CompiledModel) -> SizeRepor
     kernels = {symbol: functions.get(symbol, 0) for symbol in symbols}
     return SizeReport(str(elf_path), board.name, model.name, flash, ram, tuple(sections),
                       functions, plan, kernels)
+
+
+# The int8 micro-kernels the model's C defines as static functions
+# (templates/codegen/int8_dot.h.j2), with GCC's `.constprop.N` / `.isra.N` clone suffixes.
+_MICROKERNEL_FUNCTION = re.compile(r"^me_[a-z0-9_]+(\.(constprop|isra|part)\.\d+)*$")
 
 
 def check_fits(report: SizeReport, board: Board) -> None:
