@@ -1,23 +1,28 @@
-"""int8 convolution and fully connected layers as dot-product micro-kernels over packed weights.
+"""int8 convolution, depthwise convolution and fully connected layers as micro-kernel calls.
 
 The TE kernels of `kernels` express one multiply-accumulate per element; the C compiler turns
 that into a load, a sign extension and a multiply-add per MAC. On a Cortex-M with the DSP
 extension one SMLAD does two 16-bit multiply-accumulates, and keeping two weight rows and two
 input columns in registers reads each operand once per four MACs (TFLite Micro's CMSIS-NN kernels
-do the same). This module builds those kernels as TIR directly:
+do the same). This module builds those kernels as TIR directly, with TVM's IR builder:
 
 - the weights are packed at compile time (`pack_rows`): depth padded to a multiple of four, rows
-  interleaved in blocks per group of four depths, each group stored as (k0, k2, k1, k3) so that
-  SXTB16 unpacks natural int16 pairs;
-- per one or two output pixels (conv) or per batch row (fully connected), the kernel copies the
-  input window into an int16 column buffer with the input zero point subtracted and zeros in the
-  padding (im2col), in the interleaving the micro-kernel reads;
+  interleaved in blocks per group of four depths;
+- conv: per two output pixels (one for an odd last), the kernel copies the input windows into an
+  int16 column buffer with the input zero point subtracted and zeros in the padding (im2col),
+  each group of four depths as (k0, k2, k1, k3), the order SXTB16 unpacks a weight word in;
 - per block of weight rows, `me_dot_s8s16_RxC` (templates/codegen/int8_dot.h.j2, plain C or
   ACLE intrinsics by the core's features) accumulates the R x C dot products into a small local
-  array initialised with the bias; the requantization epilogue is TIR (`kernels.Output`).
+  array initialised with the bias; the requantization epilogue is TIR (`kernels.Output`);
+- fully connected: the int8 input row read directly (`me_dot_s8s8_Rx1`, the zero point folded
+  into the bias by `fold_zero_point`) when the depth is a multiple of four, else an int16 column;
+- depthwise: `me_dw_s8_4ch`, one tap over four channels, for the taps of the window inside the
+  input.
 
 Every micro-kernel call is a `call_extern` in the TIR (and so in its JSON), and the arithmetic is
 the reference kernels' int32 sum, so results are bit-exact with TFLite Micro on every core.
+The importer (`frontend/tflite_integer.py`) chooses these kernels; `te_kernels_only` there
+imports the TE kernels instead (TVM's own LLVM build cannot call the C micro-kernels).
 """
 
 from __future__ import annotations
