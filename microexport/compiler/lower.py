@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tvm import ir, relax, s_tir, tirx
 
 from microexport.compiler.frontend import ImportedModel, reduction_identity
 from microexport.compiler.frontend.common import relax_failure
 from microexport.compiler.frontend.control_flow import structure_branches
+from microexport.compiler.frontend.reduction_identity import infinite_reduction_identities
 from microexport.compiler.quantization import (
     TensorQuantization,
     fusion_origins,
@@ -249,34 +249,6 @@ def lower(
         kernels=kernels,
         scratch=scratch,
     )
-
-
-def _infinite_identity(block: s_tir.SBlock) -> s_tir.SBlock:
-    """`block` with the initial value of a float max (min) reduction -inf (+inf) instead of
-    TVM's lowest (highest) finite value, so that a max over -inf values is -inf as in ONNX,
-    numpy and onnxruntime (a fully masked attention row tests it)."""
-    init, body = block.init, block.body
-    if not (isinstance(init, tirx.BufferStore) and isinstance(init.value, tirx.FloatImm)
-            and isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Max | tirx.Min)):
-        return block
-    dtype = str(init.value.ty.dtype)
-    if dtype not in ("float32", "float64"):
-        return block
-    value, finfo = float(init.value.value), np.finfo(dtype)
-    if isinstance(body.value, tirx.Max) and value == float(finfo.min):
-        identity = -np.inf
-    elif isinstance(body.value, tirx.Min) and value == float(finfo.max):
-        identity = np.inf
-    else:
-        return block
-    new_init = tirx.BufferStore(init.buffer, tirx.FloatImm(dtype, identity), init.indices)
-    return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, body,
-                        new_init, block.alloc_buffers, block.match_buffers, block.annotations)
-
-
-def infinite_reduction_identities(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """`func` with every float max/min reduction starting from -inf/+inf (`_infinite_identity`)."""
-    return tvm_ffi.structural_map(func, (s_tir.SBlock, _infinite_identity))
 
 
 class _ScheduleBuilder:
