@@ -35,6 +35,10 @@ MAIN_RETURN_TYPE: Final = "int32_t"
 # one-element accumulator, a few partial sums) are C locals the compiler keeps in registers,
 # not workspace memory stored to and reloaded on every multiply-accumulate.
 DEFAULT_KERNEL_STACK_LIMIT: Final = 64
+# The int8 micro-kernels load packed weights and im2col columns two words at a time (LDRD),
+# which faults on Cortex-M at an address that is not a multiple of a word: the memory plan
+# aligns pools, constants and buffers to at least a word, whatever the requested alignment.
+WORD_BYTES: Final = 4
 
 _C_IDENT = re.compile(r"[^0-9A-Za-z_]")
 # Matched with `fullmatch` (a `$` would accept a trailing newline); ASCII classes only.

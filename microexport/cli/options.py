@@ -191,7 +191,7 @@ WORKSPACE = Option(
 ALIGNMENT = Option(
     ("--workspace-alignment",),
     f"byte alignment of pools and of every buffer inside them (power of two, at most "
-    f"{MAX_ALIGNMENT})",
+    f"{MAX_ALIGNMENT}; raised to 4 and to the largest element size)",
     {"type": parse_alignment, "default": 16, "metavar": "BYTES"},
 )
 TEMPLATES = Option(

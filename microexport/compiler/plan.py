@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from microexport.compiler.lower import Schedule
 from microexport.compiler.unpacked import ScratchLayout
 from microexport.errors import Error
-from microexport.model import PoolSpec, dtype_bytes
+from microexport.model import WORD_BYTES, PoolSpec, dtype_bytes
 
 DEFAULT_ALIGNMENT = 16
 
@@ -76,7 +76,8 @@ class MemoryPlan:
     constants_bytes: int
     scratch_names: dict[int, str]  # call index → name of that call's scratch buffer
     lower_bound_bytes: int  # liveness lower bound of workspace + inputs + outputs
-    alignment: int  # the alignment used: the requested one, raised to the largest element size
+    alignment: int  # the alignment used: the requested one, raised to a word and to the
+    # largest element size
     strategy: str  # the placement strategy that gave the smallest pool
     io_in_workspace: bool = False
     lives: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -325,10 +326,11 @@ def plan_memory(
     """
     if alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"alignment must be a power of two, got {alignment}")
-    # Every buffer must at least be aligned for its elements (Cortex-M4/M7 fault otherwise).
+    # Every buffer must at least be aligned for its elements (Cortex-M4/M7 fault otherwise), and
+    # to a word: the int8 micro-kernels read packed weights and scratch columns with LDRD.
     element_sizes = [dtype_bytes(t.dtype) for t in schedule.tensors.values()]
     element_sizes += [dtype_bytes(b.dtype) for layout in scratch.values() for b in layout.buffers]
-    alignment = max(alignment, *element_sizes)
+    alignment = max(alignment, WORD_BYTES, *element_sizes)
     names = [pool.name for pool in pools]
     if not pools or len(set(names)) != len(names):
         raise ValueError(f"workspace pools need distinct names, got {names}")

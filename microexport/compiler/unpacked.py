@@ -27,6 +27,7 @@ from microexport.errors import DynamicShape
 from microexport.model import (
     C_KEYWORDS,
     DEFAULT_KERNEL_STACK_LIMIT,
+    WORD_BYTES,
     c_identifier,
     dtype_bytes,
 )
@@ -261,8 +262,14 @@ def unpack_function(
     `stack_limit` bytes stay C locals, internal buffers nothing reads are dropped."""
     func = drop_write_only_buffers(func)
 
+    escaping = _passed_to_extern_calls(func.body)
+
     def stays_on_stack(buffer: tirx.Buffer) -> bool:
-        # A zero-byte buffer goes to scratch too: C has no zero-length local arrays.
+        # A zero-byte buffer goes to scratch too: C has no zero-length local arrays. A buffer
+        # narrower than a word whose address goes to a C function (an int8 micro-kernel reading
+        # it with LDRD) too: as a C local it is only aligned to its element size.
+        if buffer.__chandle__() in escaping and dtype_bytes(str(buffer.dtype)) < WORD_BYTES:
+            return False
         return 0 < _static_nbytes(buffer) <= stack_limit
 
     params: list[tirx.Var] = []
@@ -405,6 +412,24 @@ def _var_names(func: tirx.PrimFunc) -> set[str]:
 
     tvm_ffi.structural_map(func, (ir.Var, visit), order="pre")
     return names
+
+
+def _passed_to_extern_calls(node: object) -> set[int]:
+    """The buffers (by handle: in TVM 0.27 a buffer is the variable `tvm_access_ptr` names) whose
+    address `node` takes (`tvm_access_ptr`, or `address_of` an element) to hand to a function."""
+    handles: set[int] = set()
+    address_of = ir.Op.get("tirx.address_of")
+    access_ptr = ir.Op.get("tirx.tvm_access_ptr")
+
+    def visit(call: ir.Call) -> ir.Call:
+        if call.op.same_as(address_of) and isinstance(call.args[0], tirx.BufferLoad):
+            handles.add(call.args[0].buffer.__chandle__())
+        elif call.op.same_as(access_ptr):
+            handles.add(call.args[1].__chandle__())
+        return call
+
+    tvm_ffi.structural_map(node, (ir.Call, visit), order="pre")
+    return handles
 
 
 def _var_counts(node: object) -> dict[int, int]:
