@@ -82,7 +82,8 @@ def test_tir_and_c_show_every_micro_kernel_call(model: tuple[Path, dict], tmp_pa
     json.loads(tir)
     for call in ("me_dot_s8s16_2x2", "me_dot_s8s16_2x1", "me_dot_s8s16_1x2",
                  "me_dot_s8s16_1x1", "me_dot_s8s16_4x1", "me_dot_s8s8_4x1", "me_dot_s8s8_2x1",
-                 "me_dot_s8s8_1x1", "me_s8_to_s16_col", "me_dw_s8_4ch"):
+                 "me_dot_s8s8_1x1", "me_s8_to_s16_col", "me_dw_s8_4ch_window",
+                 "me_dw_s8_4ch_3x3"):
         assert call in tir, call
         assert f"{call}(" in source, call
     assert "__smlad" in source and "#include <arm_acle.h>" in source

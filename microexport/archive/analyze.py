@@ -10,9 +10,10 @@ it (loop unswitching leaves such tests, e.g. in a concatenation). Anything not s
 (a loop extent that is not a constant, a While loop, any other condition) is counted as if it ran
 once per enclosing iteration and the kernel is marked `approximate`. With an AOT main in the
 document, the totals count each kernel once per call. A call of an int8 dot-product micro-kernel
-(`me_dot_s8s16_RxC(w, col, depth, acc)`, `me_dot_s8s8_Rx1`, `me_dw_s8_4ch`) counts its
-R x C x depth (4) MACs and its operand bytes, padding of the depth to a multiple of four
-included.
+(`me_dot_s8s16_RxC(w, col, depth, acc)`, `me_dot_s8s8_Rx1`) counts its R x C x depth MACs
+and its operand bytes, padding of the depth to a multiple of four included; a depthwise one
+(`me_dw_s8_4ch_RxC`, `me_dw_s8_4ch_window`) four MACs per tap of its window (a window
+clipped at run time counts one tap, approximate).
 """
 
 from __future__ import annotations
@@ -205,9 +206,17 @@ class _KernelAnalyzer:
                 return
             self.counts["macs"] += rows * cols * depth * times
             self.counts["read"] += (rows + column_bytes * cols) * depth * times
-        elif name == "me_dw_s8_4ch":  # one tap over four channels: four int8 pairs
-            self.counts["macs"] += 4 * times
-            self.counts["read"] += 8 * times
+        elif (window := _DEPTHWISE_WINDOW.fullmatch(name)) is not None:  # 4 channels, R x C
+            rows, cols = int(window.group(1)), int(window.group(2))
+            self.counts["macs"] += 4 * rows * cols * times
+            self.counts["read"] += 8 * rows * cols * times
+        elif name == "me_dw_s8_4ch_window":  # four channels over rows x cols taps
+            rows, cols = int_value(call["args"][7]), int_value(call["args"][8])
+            if rows is None or cols is None:  # clipped at run time: counted as one tap
+                self.stats.approximate = True
+                rows = cols = 1
+            self.counts["macs"] += 4 * rows * cols * times
+            self.counts["read"] += 8 * rows * cols * times
 
     stmt_Return = stmt_Evaluate
 
@@ -245,6 +254,7 @@ class _KernelAnalyzer:
 
 # The int8 dot-product micro-kernels: me_dot_s8s16_<rows>x<cols>.
 _DOT_KERNEL = re.compile(r"me_dot_s8s(16|8)_(\d+)x(\d+)")
+_DEPTHWISE_WINDOW = re.compile(r"me_dw_s8_4ch_(\d+)x(\d+)")
 
 # `loop_var <op> constant` with the loop variable on either side: the test on an iteration index i.
 _COMPARISONS: dict[str, tuple[Any, Any]] = {

@@ -18,6 +18,7 @@ from tvm import ir, tirx
 
 from microexport.compiler.integer.im2col import (
     MICROKERNEL_CALL,
+    depthwise_windows_used,
     dot_kernels_used,
     uses_microkernels,
 )
@@ -197,6 +198,7 @@ def make_tvm_free(
     variables = {"model_name": model_name, "header_name": header_filename(model_name),
                  "body": body, "dot_kernels": dot_kernels_used(body),
                  "direct_dot_kernels": dot_kernels_used(body, "s8s8"),
+                 "depthwise_windows": depthwise_windows_used(body),
                  "uses_microkernels": uses_microkernels(body)}
     source = render(glue_environment(templates), LIB_TEMPLATE, variables)
     return GeneratedC(filename=filename, source=source)

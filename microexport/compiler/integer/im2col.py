@@ -16,8 +16,8 @@ do the same). This module builds those kernels as TIR directly, with TVM's IR bu
   array initialised with the bias; the requantization epilogue is TIR (`kernels.Output`);
 - fully connected: the int8 input row read directly (`me_dot_s8s8_Rx1`, the zero point folded
   into the bias by `fold_zero_point`) when the depth is a multiple of four, else an int16 column;
-- depthwise: `me_dw_s8_4ch`, one tap over four channels, for the taps of the window inside the
-  input.
+- depthwise: `me_dw_s8_4ch_window`, four channels of one output pixel over the taps of its
+  window inside the input (clipped once per pixel), the sums in registers.
 
 Every micro-kernel call is a `call_extern` in the TIR (and so in its JSON), and the arithmetic is
 the reference kernels' int32 sum, so results are bit-exact with TFLite Micro on every core.
@@ -43,9 +43,13 @@ from microexport.compiler.integer.kernels import Output
 DOT_KERNEL = "me_dot_s8s16_{rows}x{cols}"
 DIRECT_DOT_KERNEL = "me_dot_s8s8_{rows}x1"
 TO_COLUMN = "me_s8_to_s16_col"
-DEPTHWISE_TAP = "me_dw_s8_4ch"
+DEPTHWISE_WINDOW = "me_dw_s8_4ch_window"
+# Depthwise windows of at most this many taps get an unrolled micro-kernel for the pixels away
+# from the border (3x3: nine taps, about 40 instructions of code each on the Cortex-M4).
+MAX_UNROLLED_TAPS = 9
 # A call of any micro-kernel of templates/codegen/int8_dot.h.j2, in C.
-MICROKERNEL_CALL = r"\b(me_dot_s8s16_\d+x\d+|me_dot_s8s8_\d+x1|me_s8_to_s16_col|me_dw_s8_4ch)\("
+MICROKERNEL_CALL = (r"\b(me_dot_s8s16_\d+x\d+|me_dot_s8s8_\d+x1|me_s8_to_s16_col"
+                    r"|me_dw_s8_4ch_(?:window|\d+x\d+))\(")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,12 @@ def fold_zero_point(weights: np.ndarray, bias: np.ndarray | None, zero_point: in
     sums = weights.reshape(weights.shape[0], -1).astype(np.int64).sum(axis=1)
     total = (bias.astype(np.int64) if bias is not None else 0) - zero_point * sums
     return ((total + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+def depthwise_windows_used(source: str) -> list[tuple[int, int]]:
+    """The (rows, cols) of the unrolled `me_dw_s8_4ch_RxC` micro-kernels C `source` calls."""
+    found = re.findall(r"\bme_dw_s8_4ch_(\d+)x(\d+)\(", source)
+    return sorted({(int(r), int(c)) for r, c in found})
 
 
 def uses_microkernels(source: str) -> bool:
@@ -357,9 +367,9 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
                      dilation: Sequence[int], padding: Sequence[int], input_zero_point: int
                      ) -> tirx.PrimFunc:
     """DEPTHWISE_CONV_2D with a depth multiplier of 1 and channels a multiple of four: per output
-    pixel and group of four channels, `me_dw_s8_4ch` for every tap of the window inside the
-    input (the window's rows and columns clipped once per pixel, as TFLite Micro does, instead
-    of a bounds test per tap). Weights [1, H, W, C] are used as they are."""
+    pixel and group of four channels, one `me_dw_s8_4ch_window` call over the taps of the window
+    inside the input (its rows and columns clipped once per pixel, as TFLite Micro does,
+    instead of a bounds test per tap). Weights [1, H, W, C] are used as they are."""
     batch, height, width, channels = (int(d) for d in data_shape)
     _, out_h, out_w, _ = (int(d) for d in out_shape)
     kernel_h, kernel_w = kernel
@@ -386,29 +396,49 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
                 IRBuilder.name(label, var)
             origin_y = y * strides[0] - top
             origin_x = x * strides[1] - left
-            with T.serial(0, channels // 4) as group:
-                IRBuilder.name("group", group)
-                channel = group * 4
-                for j in range(4):
-                    start = builder.bias[channel + j] if builder.bias is not None \
-                            else _i32(0)
-                    T.buffer_store(acc, start, [j])
-                with T.serial(first_tap(origin_y, dilation[0]),
-                              end_tap(origin_y, height, kernel_h, dilation[0])) as ry, \
-                            T.serial(first_tap(origin_x, dilation[1]),
-                                 end_tap(origin_x, width, kernel_w, dilation[1])) as rx:
-                    IRBuilder.name("ry", ry)
-                    IRBuilder.name("rx", rx)
+
+            def groups(first_y: Any, first_x: Any, rows: Any, cols: Any,
+                       whole: bool) -> None:
+                with T.serial(0, channels // 4) as group:
+                    IRBuilder.name("group", group)
+                    channel = group * 4
+                    for j in range(4):
+                        start = builder.bias[channel + j] if builder.bias is not None \
+                                else _i32(0)
+                        T.buffer_store(acc, start, [j])
+                    window = [rows, cols] if not whole else []
                     T.evaluate(tirx.call_extern(
-                        "void", DEPTHWISE_TAP,
+                        "void", f"me_dw_s8_4ch_{kernel_h}x{kernel_w}" if whole
+                        else DEPTHWISE_WINDOW,
                         _pointer(builder.data, _element(builder.data, [
-                            n, origin_y + ry * dilation[0], origin_x + rx * dilation[1],
-                            channel]), 4, "r"),
-                        _pointer(builder.weights, _element(builder.weights,
-                                                           [0, ry, rx, channel]), 4, "r"),
+                            n, origin_y + first_y * dilation[0],
+                            origin_x + first_x * dilation[1], channel]), 4, "r"),
+                        _i32(channels * dilation[1]), _i32(width * channels * dilation[0]),
+                        _pointer(builder.weights, _element(
+                            builder.weights, [0, first_y, first_x, channel]), 4, "r"),
+                        _i32(channels), _i32(kernel_w * channels), *window,
                         _i32(-input_zero_point), _pointer(acc, _i32(0), 4, "rw")))
-                for j in range(4):
-                    builder.store(acc, j, channel + j, [n, y, x, channel + j])
+                    for j in range(4):
+                        builder.store(acc, j, channel + j, [n, y, x, channel + j])
+
+            first_y = first_tap(origin_y, dilation[0])
+            first_x = first_tap(origin_x, dilation[1])
+            rows = end_tap(origin_y, height, kernel_h, dilation[0]) - first_y
+            cols = end_tap(origin_x, width, kernel_w, dilation[1]) - first_x
+            if kernel_h * kernel_w > MAX_UNROLLED_TAPS:
+                groups(first_y, first_x, rows, cols, whole=False)
+            else:
+                # A pixel whose whole window lies inside the input: the unrolled micro-kernel,
+                # every tap a load at a fixed offset. At the borders the window is clipped
+                # once per pixel.
+                inside = tirx.all(origin_y >= 0,
+                                  origin_y + (kernel_h - 1) * dilation[0] < height,
+                                  origin_x >= 0, origin_x + (kernel_w - 1) * dilation[1] < width)
+                with T.If(inside):
+                    with T.Then():
+                        groups(_i32(0), _i32(0), rows, cols, whole=True)
+                    with T.Else():
+                        groups(first_y, first_x, rows, cols, whole=False)
     return ib.get().with_attr("op_pattern", _OPAQUE)
 
 
