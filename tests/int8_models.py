@@ -232,8 +232,11 @@ class FloatNet:
         padding: int = _SAME,
         act: str = "RELU",
         multiplier: int = 1,
+        dilation: int = 1,
     ) -> T:
-        """DEPTHWISE_CONV_2D (1HW(C*multiplier) weights, bias) with a fused activation."""
+        """DEPTHWISE_CONV_2D (1HW(C*multiplier) weights, bias) with a fused activation; a
+        dilation other than 1 only with SAME padding."""
+        assert dilation == 1 or padding == _SAME
         n, h, wd, c = x.shape
         name = self._name("dwconv")
         out = c * multiplier
@@ -252,6 +255,8 @@ class FloatNet:
             strideW=stride,
             strideH=stride,
             depthMultiplier=multiplier,
+            dilationWFactor=dilation,
+            dilationHFactor=dilation,
             fusedActivationFunction=_ACT[act],
         )
         self.w.operator("DEPTHWISE_CONV_2D", [x.index, weights, bias], [y.index], options)

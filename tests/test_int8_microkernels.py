@@ -5,7 +5,8 @@ SMLAD path on the Cortex-M4F, M7 and M55, plain C on the M3).
 
 The edge model reaches every remainder of the kernels: an odd number of output pixels (one
 column), odd numbers of output channels (a one-row block), input channels not a multiple of four
-(the element-wise column fill), padding with whole groups (the zero-filled tap), strides, a depth
+(the element-wise column fill), padding with whole groups (the zero-filled tap), strides,
+depthwise windows unrolled (3x3) or not (5x5), dilated and clipped at the border, a depth
 multiplier of 2 (left to the TE kernel), fully connected layers with 4 + 2 + 1 row blocks, on
 the int8 input directly (depth a multiple of four, zero point folded into the bias) and through
 an int16 column (depth 7 and 5). Its float model is quantized by ai-edge-quantizer like the others.
@@ -34,6 +35,8 @@ def edge_model(directory: Path) -> tuple[Path, dict]:
     x = net.conv(x, 7, (3, 3))  # 8 channels: whole groups, zero-filled padded taps; 7 rows
     x = net.conv(x, 12, (1, 1), act="NONE")
     x = net.depthwise(x, stride=2)  # 12 channels, stride 2, SAME padding
+    x = net.depthwise(x, (5, 5), act="NONE")  # 25 taps: the clipped window everywhere
+    x = net.depthwise(x, dilation=2)  # dilated: unrolled inside, clipped at the border
     x = net.depthwise(x, (3, 3), padding=_VALID, multiplier=2, act="NONE")  # TE kernel
     x = net.conv(x, 8, (2, 2), stride=2, padding=_SAME)
     shape = x.shape
