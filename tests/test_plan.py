@@ -191,34 +191,24 @@ def test_io_in_workspace_places_inputs_and_outputs() -> None:
     assert plan.lower_bound_bytes <= plan.workspace_bytes <= everything
 
 
-def test_alignment_is_raised_to_a_word() -> None:
-    """int8 micro-kernels read weights and columns with LDRD, which needs word alignment."""
+@pytest.mark.parametrize(("io_dtype", "c1_dtype", "alignment"), [
+    # int8 micro-kernels read weights and columns with LDRD, which needs word alignment
+    ("int8", "int8", 4),
+    ("float32", "float64", 8),  # the largest element size
+])
+def test_alignment_is_raised_to_a_word_and_the_largest_element(
+        io_dtype: str, c1_dtype: str, alignment: int) -> None:
     tensors = {
-        "x": TensorInfo("x", (3,), "int8", "input"),
+        "x": TensorInfo("x", (3,), io_dtype, "input"),
         "c0": TensorInfo("c0", (5,), "int8", "constant"),
-        "c1": TensorInfo("c1", (3,), "int8", "constant"),
-        "y": TensorInfo("y", (3,), "int8", "output"),
+        "c1": TensorInfo("c1", (3,), c1_dtype, "constant"),
+        "y": TensorInfo("y", (3,), io_dtype, "output"),
     }
-    consts = {"c0": np.zeros(5, np.int8), "c1": np.zeros(3, np.int8)}
+    consts = {"c0": np.zeros(5, np.int8), "c1": np.zeros(3, c1_dtype)}
     schedule = Schedule(tensors, (KernelCall("k", ("x", "c0", "c1"), ("y",)),), ("x",), ("y",),
                         {}, consts)
     plan = plan_memory(schedule, {}, alignment=1)
-    assert plan.alignment == 4
-    assert plan.constant_offsets == {"c0": 0, "c1": 8}
-
-
-def test_alignment_is_raised_to_the_largest_element_size() -> None:
-    tensors = {
-        "x": TensorInfo("x", (3,), "float32", "input"),
-        "c0": TensorInfo("c0", (5,), "int8", "constant"),
-        "c1": TensorInfo("c1", (3,), "float64", "constant"),
-        "y": TensorInfo("y", (3,), "float32", "output"),
-    }
-    consts = {"c0": np.zeros(5, np.int8), "c1": np.zeros(3, np.float64)}
-    schedule = Schedule(tensors, (KernelCall("k", ("x", "c0", "c1"), ("y",)),), ("x",), ("y",),
-                        {}, consts)
-    plan = plan_memory(schedule, {}, alignment=1)
-    assert plan.alignment == 8
+    assert plan.alignment == alignment
     assert plan.constant_offsets == {"c0": 0, "c1": 8}
 
 
