@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import ir, relax, s_tir, tirx
 
-from microexport.compiler.frontend import ImportedModel, reduction_identity
+from microexport.compiler.frontend import ImportedModel, cumsum, reduction_identity
 from microexport.compiler.frontend.common import relax_failure
 from microexport.compiler.frontend.control_flow import structure_branches
 from microexport.compiler.frontend.reduction_identity import infinite_reduction_identities
@@ -168,6 +168,7 @@ def check_target(target: str) -> tvm.target.Target:
 def relax_pipeline() -> tvm.transform.Pass:
     """Relax passes from an imported model to fused `call_tir` kernels (stage `scheduled`)."""
     reduction_identity.install()  # max/min of constants fold as the kernels compute them
+    cumsum.install()  # relax.cumsum has no legalization in TVM 0.27
     return tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),

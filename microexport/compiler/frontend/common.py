@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.compiler.frontend import reduction_identity
+from microexport.compiler.frontend import cumsum, reduction_identity
 from microexport.errors import DynamicShape, Error, InputError, ModelError, UnsupportedOperator
 from microexport.model import C_TYPES, TensorSpec
 
@@ -97,6 +97,7 @@ def finish_import(
     where = str(source) if source is not None else "the Relax module"
     mod, input_names = _bind_empty_inputs(mod, list(input_names), where)
     reduction_identity.install()  # a folded max over -inf values is -inf, as in the kernels
+    cumsum.install()  # a cumsum of constants folds with our kernel (TVM has no legalization)
     try:
         mod = relax.transform.FoldConstant()(mod)
     except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot fold
@@ -183,6 +184,7 @@ def bind_constants(imported: ImportedModel, constants: Constants | None) -> Impo
         bound[param] = tvm.runtime.tensor(array)
     mod = relax.transform.BindParams("main", bound)(imported.mod)
     reduction_identity.install()
+    cumsum.install()
     try:
         mod = relax.transform.FoldConstant()(mod)
     except Exception as err:  # noqa: BLE001 - TVM fails in every way on what it cannot fold

@@ -1,0 +1,113 @@
+"""ONNX operators of the documented MCU operator set that TVM 0.27 does not lower for C on its
+own: CumSum (our running-sum kernel, `compiler/frontend/cumsum.py`), ... Compiled and run on the
+host, compared with onnxruntime or the ONNX reference evaluator (or numpy for a Relax module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_module
+
+import microexport
+from microexport.errors import ModelError
+
+
+def _save(graph: object, path: Path, opset: int = 18) -> Path:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray], tmp_path: Path,
+         constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="ops",
+                                  constants=constants).archive
+    return microexport.run(archive, feeds, board="host", build_dir=tmp_path / "build")
+
+
+# (axis, exclusive, reverse) of the CumSum nodes of one model, every combination on a 3-D input.
+CUMSUM_CASES = [(0, 0, 0), (1, 0, 0), (2, 0, 0), (-1, 1, 0), (1, 0, 1), (1, 1, 1), (0, 1, 1)]
+
+
+def test_cumsum_every_axis_exclusive_reverse(tmp_path: Path) -> None:
+    """One model with a CumSum per (axis, exclusive, reverse), float32 and int32: against
+    onnxruntime."""
+    require_module("onnx", "onnx")
+    ort = require_module("onnxruntime", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, outputs, inits = [], [], []
+    for index, (axis, exclusive, reverse) in enumerate(CUMSUM_CASES):
+        inits.append(numpy_helper.from_array(np.array(axis, np.int64), f"axis_{index}"))
+        for source, elem in (("x", TensorProto.FLOAT), ("n", TensorProto.INT32)):
+            out = f"{source}_sum_{index}"
+            nodes.append(helper.make_node("CumSum", [source, f"axis_{index}"], [out],
+                                          exclusive=exclusive, reverse=reverse))
+            outputs.append(helper.make_tensor_value_info(out, elem, [2, 3, 4]))
+    graph = helper.make_graph(
+        nodes, "cumsums",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+         helper.make_tensor_value_info("n", TensorProto.INT32, [2, 3, 4])],
+        outputs, inits)
+    path = _save(graph, tmp_path / "cumsum.onnx")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32),
+             "n": rng.integers(-50, 50, (2, 3, 4)).astype(np.int32)}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds),
+                    strict=True))
+    got = _run(path, feeds, tmp_path)
+    for name, value in want.items():
+        if value.dtype == np.int32:
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+        else:
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_cumsum_axis_from_an_input(tmp_path: Path) -> None:
+    """An axis given as a model input is a one-line error naming it; frozen with `constants=`
+    it compiles and matches the ONNX reference evaluator."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph(
+        [helper.make_node("CumSum", ["x", "axis"], ["y"], reverse=1)], "cumsum_axis",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5]),
+         helper.make_tensor_value_info("axis", TensorProto.INT32, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])])
+    path = _save(graph, tmp_path / "cumsum_axis.onnx")
+    with pytest.raises(ModelError, match=r"--constant axis=") as err:
+        microexport.compile(str(path), output=tmp_path / "e.tar")
+    assert "\n" not in str(err.value)
+    x = np.arange(15, dtype=np.float32).reshape(3, 5) / 7
+    axis = np.array(1, np.int32)
+    want = ReferenceEvaluator(str(path)).run(None, {"x": x, "axis": axis})[0]
+    got = _run(path, {"x": x}, tmp_path, constants={"axis": axis})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((2, 3), 1), ((2, 3), None), ((2, 1), 1)])
+def test_relax_cumsum_is_legalized(shape: tuple[int, ...], axis: int | None,
+                                   tmp_path: Path) -> None:
+    """`relax.cumsum` (what the torch frontend emits; TVM 0.27 has no legalization for it) in a
+    Relax module, along an axis, flattened and along an axis of length 1, with an int32 result:
+    against numpy."""
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with builder.function("main", [x]):
+        result = builder.emit(relax.op.cumsum(x, axis, dtype="int32"))
+        builder.emit_func_output(result)
+    values = np.array([100, 100, -7, 3, 120, 5], np.int8)[:np.prod(shape)].reshape(shape)
+    archive = microexport.compile(builder.get(), output=tmp_path / "m.tar", name="r").archive
+    got = microexport.run(archive, {"x": values}, board="host", build_dir=tmp_path / "b")
+    np.testing.assert_array_equal(got["output_0"], np.cumsum(values, axis, dtype=np.int32))
