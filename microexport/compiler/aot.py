@@ -168,7 +168,8 @@ def build_aot_module(
     body[:0] = mark_unused(params, tirx.SeqStmt(body))  # inputs the model ignores
 
     main_symbol = prefix + "__tvm_main__"
-    target = next(iter(funcs.values())).attrs["target"]
+    # No kernel at all: a model whose outputs are all empty (nothing to compute).
+    target = next(iter(funcs.values())).attrs["target"] if funcs else tvm.target.Target("c")
     main = tirx.PrimFunc(params, tirx.SeqStmt(body), ret_type=ir.PrimType("int32"))
     constants = {
         name: tvm.runtime.tensor(np.ascontiguousarray(schedule.constants[name]))

@@ -27,7 +27,9 @@ from microexport.compiler.quantization import (
 from microexport.compiler.schedules import hoist_invariant_conditions, schedule_for_c
 from microexport.compiler.unpacked import (
     DEFAULT_STACK_LIMIT,
+    UNUSED_MARKER,
     ScratchLayout,
+    _used_vars,
     bind_buffer_offsets,
     make_unpacked,
 )
@@ -244,6 +246,7 @@ def lower(
     }
     block_kernels = tvm.IRModule(prim_funcs)
     kernels, scratch = make_unpacked(tir_pipeline()(block_kernels), kernel_stack_limit)
+    schedule, kernels = drop_empty_arguments(schedule, kernels)
     return LoweredModel(
         schedule=schedule,
         block_kernels=block_kernels,
@@ -431,6 +434,8 @@ class _ScheduleBuilder:
         """A call of a copy kernel from tensor `source` into tensor `target`."""
         info = self.tensors[source]
         count = int(np.prod(info.shape, dtype=np.int64))
+        if count == 0:  # an empty tensor: nothing to copy
+            return
         kernel = f"copy_{info.dtype}_{count}"
         if kernel not in self.extra_kernels:
             self.used_names.add(kernel)
@@ -456,6 +461,8 @@ class _ScheduleBuilder:
             outs = [name]
             self.names[var] = name
             self.quantize(name, var)
+        if all(0 in self.tensors[out].shape for out in outs):
+            return  # only empty tensors to compute: nothing to call (their kernel is not built)
         self.calls.append(KernelCall(kernel, inputs, tuple(outs)))
 
     def view(self, var: ir.Var, source: ir.Expr) -> None:
@@ -499,6 +506,55 @@ def extract_schedule(scheduled: tvm.IRModule, model: ImportedModel,
     )
 
 
+def drop_empty_arguments(schedule: Schedule, kernels: tvm.IRModule
+                         ) -> tuple[Schedule, tvm.IRModule]:
+    """The schedule and unpacked kernels without the kernel parameters of empty input tensors
+    that the kernels never read (a concatenation with an empty operand): such a tensor has no
+    bytes to point to, in the workspace or the constant pool. A kernel whose body still uses
+    one keeps it."""
+    def empty(name: str) -> bool:
+        return 0 in schedule.tensors[schedule.root(name)].shape
+
+    wanted: dict[str, set[int]] = {}
+    for call in schedule.calls:
+        found = {i for i, name in enumerate(call.inputs) if empty(name)}
+        wanted[call.kernel] = wanted.get(call.kernel, found) & found
+    if not any(wanted.values()):
+        return schedule, kernels
+    funcs = {}
+    dropped: dict[str, set[int]] = {}
+    for gv, func in kernels.functions.items():
+        indices = wanted.get(gv.name_hint)
+        removed = {func.params[i].__chandle__() for i in indices or ()}
+        stmts = list(func.body.seq) if isinstance(func.body, tirx.SeqStmt) else [func.body]
+        kept = [stmt for stmt in stmts if not _declares_or_marks(stmt, removed)]
+        if not removed or len(kept) == len(stmts) or removed & _used_vars(tirx.SeqStmt(kept)):
+            funcs[gv] = func
+            continue
+        params = [p for i, p in enumerate(func.params) if i not in indices]
+        funcs[gv] = tirx.PrimFunc(params, tirx.SeqStmt(kept), func.ret_type, func.attrs)
+        dropped[gv.name_hint] = set(indices or ())
+    calls = tuple(
+        KernelCall(call.kernel, tuple(name for i, name in enumerate(call.inputs)
+                                      if i not in dropped.get(call.kernel, ())), call.outputs)
+        for call in schedule.calls)
+    return dataclasses.replace(schedule, calls=calls), tvm.IRModule(funcs)
+
+
+def _declares_or_marks(stmt: tirx.Stmt, params: set[int]) -> bool:
+    """Whether `stmt` is a buffer declared on one of `params` (by handle) or the
+    `microexport_unused` marker of one."""
+    if isinstance(stmt, tirx.DeclBuffer):
+        return isinstance(stmt.data, tirx.Var) and stmt.data.__chandle__() in params
+    if isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, ir.Call):
+        call = stmt.value
+        return (isinstance(call.op, ir.Op) and call.op.name == "tirx.call_extern"
+                and str(call.args[0].value) == UNUSED_MARKER
+                and any(isinstance(a, tirx.Var) and a.__chandle__() in params
+                        for a in call.args[1:]))
+    return False
+
+
 def _with_views(quantization: dict[str, TensorQuantization], views: dict[str, str],
                 tensors: dict[str, TensorInfo]) -> dict[str, TensorQuantization]:
     """`quantization` plus, for a tensor without its own, that of a view of it or of the
@@ -538,7 +594,7 @@ def _bind_outputs(
             root = builder.views[root]
         if builder.tensors[root].kind != "intermediate" or root in roots:
             # A model input, a constant or (a view of) another output: the output gets its own
-            # memory, filled by a copy kernel.
+            # memory, filled by a copy kernel (none for an empty one).
             name = root = builder.copy(name, spec.c_name)
         roots.add(root)
         for tensor in (name, root):

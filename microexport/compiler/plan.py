@@ -282,7 +282,9 @@ def io_intervals(schedule: Schedule) -> list[Interval]:
     ]
     for name in schedule.outputs:
         root = schedule.root(name)
-        intervals.append(Interval(root, schedule.tensors[root].nbytes, written[root], steps - 1))
+        first = written.get(root, 0)  # an empty output no kernel writes: none needs writing
+        intervals.append(Interval(root, schedule.tensors[root].nbytes, first,
+                                  max(steps - 1, first)))
     return intervals
 
 

@@ -258,10 +258,6 @@ def _tensor_spec(name: str, ty: object, what: str) -> TensorSpec:
                 f"{what} has dynamic dimension {axis} ('{dim}'): give the inputs static shapes"
             )
     shape = tuple(int(d) for d in dims)
-    if 0 in shape and what.startswith("output"):
-        raise ModelError(f"{what} has shape {shape}, no elements: microexport cannot return an "
-                         "empty tensor (C has no zero-length arrays); remove it from the model's "
-                         "outputs")
     if any(d < 0 for d in shape) or math.prod(shape) > MAX_TENSOR_ELEMENTS:
         raise ModelError(f"{what} has shape {shape} ({math.prod(shape)} elements): at most "
                          f"{MAX_TENSOR_ELEMENTS} elements fit the int32 indices of the generated C")
