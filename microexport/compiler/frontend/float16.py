@@ -2,8 +2,14 @@
 
 C has no portable half type, so a model's float16 tensors are widened before TVM imports it:
 float16 initializers, constants and value types become float32 (float32 holds every float16
-value exactly, so weights lose nothing; arithmetic the model does in float16 is done in float32,
-as or more accurately), and a Cast to float16 still rounds its result to float16 precision.
+value exactly, so weights lose nothing). Each operator then computes in float32, and each of its
+float16 results is rounded to float16 (to nearest, ties to even; `_round_float16_results`)
+before the next operator reads it: the values are exactly the float16 values of the ONNX
+reference implementation, which computes each operator in numpy float16 (a MatMul or a
+reduction accumulates in float32 and rounds its result once, like here). Softmax and LogSoftmax
+are replaced by the operators ONNX defines them as, each rounded. A Cast to float16 rounds too.
+The rounding is a float32 → float32 kernel that fuses into the kernel computing its input, so
+tensors stay float32 in memory.
 A float16 model input or output keeps its float16 interface: it becomes a `uint16` tensor of
 the same shape holding the IEEE 754 binary16 bits (`uint16_t` in the C API), decoded to float32
 by the first kernel and encoded (round to nearest even; a negative zero becomes +0) by the last
@@ -11,7 +17,8 @@ by the first kernel and encoded (round to nearest even; a negative zero becomes 
 
 bfloat16 is handled the same way (float32 holds every bfloat16 exactly): its inputs and outputs
 are `uint16` tensors holding the bfloat16 bits (the upper 16 bits of the float32 of the same
-value), a Cast to bfloat16 rounds to nearest even as onnxruntime and `ml_dtypes` do.
+value), a Cast to bfloat16 rounds to nearest even as onnxruntime and `ml_dtypes` do; the other
+bfloat16 operators' results are not rounded (they keep float32 precision).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ DECODE_OP = "Float16Decode"
 ENCODE_OP = "Float16Encode"
 BF16_DECODE_OP = "BFloat16Decode"
 BF16_ENCODE_OP = "BFloat16Encode"
+ROUND_OP = "Float16Round"
+_BROADCAST = 1  # TVM's OpPatternKind kBroadcast (kElemWise, 0, is recomputed: opaque here)
 _HALF_TYPES = (10, 16)  # TensorProto.FLOAT16, TensorProto.BFLOAT16 (onnx is imported lazily)
 
 
@@ -47,9 +56,10 @@ class HalfEdges:
     outputs: frozenset[str]
     rounding_casts: int = 0  # Cast(to=FLOAT16/BFLOAT16) nodes inside, now rounded float32
     bfloat16: frozenset[str] = frozenset()
+    rounded_results: int = 0  # float16 operator results rounded to float16 (`ROUND_OP`)
 
     def __bool__(self) -> bool:
-        return bool(self.inputs or self.outputs or self.rounding_casts)
+        return bool(self.inputs or self.outputs or self.rounding_casts or self.rounded_results)
 
 
 def _widen_tensor(tensor: onnx.TensorProto) -> None:
@@ -120,6 +130,8 @@ def widen_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, HalfEdges]:
     bfloat = frozenset(v.name for v in [*graph.input, *graph.output]
                        if v.name in [*inputs, *outputs]
                        and v.type.tensor_type.elem_type == TensorProto.BFLOAT16)
+    _expand_float16_softmax(out)
+    rounded = _round_float16_results(out)
     rounding = _round_half_casts(graph)
     _widen_graph(graph)
     renamed = {name: f"{name}__float32" for name in [*inputs, *outputs]}
@@ -147,12 +159,144 @@ def widen_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, HalfEdges]:
     graph.node.extend(nodes)
     if not any(o.domain == HALF_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(HALF_DOMAIN, 1))
-    return out, HalfEdges(frozenset(inputs), frozenset(outputs), rounding, bfloat)
+    return out, HalfEdges(frozenset(inputs), frozenset(outputs), rounding, bfloat, rounded)
+
+
+# Operators whose float16 result is one of their float16 input values (or a small integer, or a
+# float16 attribute): exact in float16, nothing to round. Cast to float16 rounds by itself
+# (`_round_half_casts`).
+_EXACT_OPS = frozenset({
+    "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Gather",
+    "GatherElements", "GatherND", "Concat", "Split", "Expand", "Tile", "Pad", "DepthToSpace",
+    "SpaceToDepth", "Relu", "Abs", "Neg", "Max", "Min", "Where", "MaxPool", "ReduceMax",
+    "ReduceMin", "Clip", "Sign", "Constant", "ConstantOfShape", "Cast", "CastLike", "Dropout",
+    "ScatterND", "ScatterElements", "Scatter", "Trilu", "Compress", "ReverseSequence", "Ceil",
+    "Floor", "Round", "TopK", "OneHot", "EyeLike", "Shape", "Size",
+})
+
+
+def _round_float16_results(model: onnx.ModelProto) -> int:
+    """Round every float16 result of the main graph's operators to float16, as the model's
+    float16 arithmetic would (the ONNX reference implementation's numpy float16 operators
+    compute, then round their result once; a MatMul or reduction accumulates in float32 and
+    rounds at its output; onnxruntime's CPU provider computes some float16 operators in float32
+    and does not round between them): the
+    result `t` of such a node becomes `t__unrounded`, and a `ROUND_OP` node (a float32 →
+    float32 rounding that fuses into the producing kernel) computes `t` from it. Skipped:
+    operators whose result is exact (`_EXACT_OPS`), and a model output nothing else reads
+    (the encoder of the output rounds it). Returns how many results are rounded.
+
+    The element types come from ONNX shape inference; a result whose type it cannot tell is
+    not rounded. Nodes inside subgraphs (If branches, Loop bodies) are not rounded one by one;
+    the If or Loop output is."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    halves = _float16_values(model)
+    read = {name for node in graph.node for name in node.input}
+    read |= _subgraph_reads(graph)
+    outputs = {value.name for value in graph.output}
+    known = {value.name for value in graph.value_info}
+    nodes, count = [], 0
+    for node in graph.node:
+        nodes.append(node)
+        if node.domain not in ("", "ai.onnx") or node.op_type in _EXACT_OPS:
+            continue
+        for position, name in enumerate(node.output):
+            if not name or name not in halves or (name in outputs and name not in read):
+                continue
+            unrounded = f"{name}__unrounded"
+            node.output[position] = unrounded
+            # the element type, for rewrites that depend on it
+            graph.value_info.append(helper.make_tensor_value_info(unrounded,
+                                                                  TensorProto.FLOAT16, None))
+            if name not in known and name not in outputs:
+                graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT16,
+                                                                      None))
+            nodes.append(helper.make_node(ROUND_OP, [unrounded], [name], domain=HALF_DOMAIN,
+                                          name=f"{name}__round"))
+            count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
+def _float16_values(model: onnx.ModelProto) -> set[str]:
+    """The names of the main graph's float16 values, by ONNX shape inference (empty where it
+    fails)."""
+    from onnx import TensorProto, shape_inference
+
+    graph = model.graph
+    # inference is a hint here: where it fails, only the declared types are known
+    with contextlib.suppress(Exception):
+        graph = shape_inference.infer_shapes(model, strict_mode=False).graph
+    return {v.name for v in [*graph.input, *graph.value_info, *graph.output]
+            if v.type.WhichOneof("value") == "tensor_type"
+            and v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+
+
+def _expand_float16_softmax(model: onnx.ModelProto) -> None:
+    """Replace each float16 Softmax and LogSoftmax (opset 13 and later) of the main graph by
+    the operators ONNX defines it as (ReduceMax, Sub, Exp, ReduceSum, Div; then Log), so that
+    each of their results is rounded to float16 as the ONNX reference implementation rounds
+    them (onnxruntime computes its float16 Softmax in its own way, not bit for bit either)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    graph = model.graph
+    if opset < 13 or not any(n.op_type in ("Softmax", "LogSoftmax") for n in graph.node):
+        return
+    halves = _float16_values(model)
+    nodes = []
+    for node in graph.node:
+        if node.op_type not in ("Softmax", "LogSoftmax") or node.domain not in ("", "ai.onnx") \
+                or node.output[0] not in halves:
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        x, y = node.input[0], node.output[0]
+        stem = f"{y}__softmax"
+        graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64),
+                                                         f"{stem}_axes"))
+        if opset >= 18:
+            peak = helper.make_node("ReduceMax", [x, f"{stem}_axes"], [f"{stem}_max"],
+                                    keepdims=1)
+        else:
+            peak = helper.make_node("ReduceMax", [x], [f"{stem}_max"], keepdims=1, axes=[axis])
+        quotient = f"{stem}_div" if node.op_type == "LogSoftmax" else y
+        nodes += [peak,
+                  helper.make_node("Sub", [x, f"{stem}_max"], [f"{stem}_sub"]),
+                  helper.make_node("Exp", [f"{stem}_sub"], [f"{stem}_exp"]),
+                  helper.make_node("ReduceSum", [f"{stem}_exp", f"{stem}_axes"],
+                                   [f"{stem}_sum"], keepdims=1),
+                  helper.make_node("Div", [f"{stem}_exp", f"{stem}_sum"], [quotient])]
+        if node.op_type == "LogSoftmax":
+            nodes.append(helper.make_node("Log", [quotient], [y]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """The names the subgraphs of `graph`'s nodes read (outer values among them)."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.type == AttributeProto.GRAPH else \
+                list(attribute.graphs) if attribute.type == AttributeProto.GRAPHS else []
+            for subgraph in subgraphs:
+                names |= {name for inner in subgraph.node for name in inner.input}
+                names |= {value.name for value in subgraph.output}
+                names |= _subgraph_reads(subgraph)
+    return names
 
 
 def _round_half_casts(graph: onnx.GraphProto) -> int:
-    """Make each Cast(to=FLOAT16 or BFLOAT16) of `graph` a cast to float32 followed by an
-    encode/decode pair, so that its result is rounded as the model asks; returns how many."""
+    """Make each Cast(to=FLOAT16 or BFLOAT16) of `graph` a cast to float32 followed by a
+    rounding (float16: `ROUND_OP`; bfloat16: an encode/decode pair), so that its result is
+    rounded as the model asks; returns how many."""
     from onnx import TensorProto, helper
 
     nodes, count = [], 0
@@ -170,11 +314,15 @@ def _round_half_casts(graph: onnx.GraphProto) -> int:
             if name not in known:  # the element type, for rewrites that depend on it
                 graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
                                                                       None))
-        nodes += [node,
-                  helper.make_node(encode_op, [node.output[0]], [f"{target}__bits"],
-                                   domain=HALF_DOMAIN, name=f"{target}__encode"),
-                  helper.make_node(decode_op, [f"{target}__bits"], [target],
-                                   domain=HALF_DOMAIN, name=f"{target}__decode")]
+        if decode_op == DECODE_OP:
+            nodes += [node, helper.make_node(ROUND_OP, [node.output[0]], [target],
+                                             domain=HALF_DOMAIN, name=f"{target}__round")]
+        else:
+            nodes += [node,
+                      helper.make_node(encode_op, [node.output[0]], [f"{target}__bits"],
+                                       domain=HALF_DOMAIN, name=f"{target}__encode"),
+                      helper.make_node(decode_op, [f"{target}__bits"], [target],
+                                       domain=HALF_DOMAIN, name=f"{target}__decode")]
         count += 1
     del graph.node[:]
     graph.node.extend(nodes)
@@ -213,7 +361,7 @@ def half_converters(edges: HalfEdges) -> Iterator[None]:
         return
     original = onnx_frontend._get_convert_map
 
-    from tvm import relax
+    from tvm import ir, relax
 
     def powers() -> Any:
         return relax.const(half.POWERS, "float32")
@@ -245,8 +393,22 @@ def half_converters(edges: HalfEdges) -> Iterator[None]:
             return bb.emit_te(half.bfloat16_encode, inputs[0], bfloat16_powers(),
                               primfunc_name_hint="bfloat16_encode")
 
+    class Round(onnx_frontend.OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb: Any, inputs: Any, attr: dict, params: Any) -> Any:
+            if isinstance(inputs[0], ir.Constant):  # the frontend folded the operator
+                value = inputs[0].data.numpy()
+                return relax.const(value.astype("float16").astype(value.dtype))
+            result = bb.emit_te(half.round_to_float16, inputs[0], powers(),
+                                primfunc_name_hint="round_to_float16")
+            # elementwise (TVM reads the table lookup as opaque): FuseOps may fuse it into
+            # the kernel that computes its input
+            kernel = bb.lookup_binding(result).args[0]
+            bb.update_func(kernel, bb.get()[kernel].with_attr("op_pattern", _BROADCAST))
+            return result
+
     def extended() -> dict[str, Any]:
-        return {**original(), DECODE_OP: Decode, ENCODE_OP: Encode,
+        return {**original(), DECODE_OP: Decode, ENCODE_OP: Encode, ROUND_OP: Round,
                 BF16_DECODE_OP: BFloat16Decode, BF16_ENCODE_OP: BFloat16Encode}
 
     onnx_frontend._get_convert_map = extended

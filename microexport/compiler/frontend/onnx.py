@@ -37,6 +37,7 @@ from microexport.compiler.frontend.common import (
     resolve_shape,
     unknown_constant_error,
 )
+from microexport.compiler.frontend.float16 import HALF_DOMAIN, ROUND_OP
 from microexport.compiler.frontend.recurrent import ONNX_RECURRENT_OPS, onnx_converters
 from microexport.compiler.frontend.reduce_axes import (
     resolve_runtime_reduce_axes,
@@ -861,6 +862,10 @@ def _fold_node(
     """The output values of `node` if it can be computed now, else None."""
     import numpy as np
 
+    if node.domain == HALF_DOMAIN and node.op_type == ROUND_OP:  # a float16 result's rounding
+        value = consts.get(node.input[0])
+        return None if value is None else [np.asarray(value).astype(np.float16).astype(
+            np.float32)]
     if node.domain not in _DEFAULT_DOMAINS or node.op_type in _NOT_FOLDABLE:
         return None
     if any(attr.g.node or attr.graphs for attr in node.attribute):

@@ -34,10 +34,12 @@ Tensor = Any  # te.Tensor
 
 _LOWEST = -24  # POWERS[i] = 2**(i + _LOWEST) for i < _INFINITY
 _INFINITY = 49  # POWERS[_INFINITY] = POWERS[_INFINITY + 1] = +inf
-POWERS = np.array([2.0 ** (i + _LOWEST) for i in range(_INFINITY)] + [np.inf, np.inf],
+_MAGIC = 51  # POWERS[_MAGIC] = 2**23 = POWERS[23 - _LOWEST]
+POWERS = np.array([2.0 ** (i + _LOWEST) for i in range(_INFINITY)] + [np.inf, np.inf, 2.0 ** 23],
                   np.float32)
-"""The constant table both kernels take: 2**-24 … 2**24, then +infinity twice (a NaN is the
-difference of the two: TVM's simplifier would fold `x - x` or `x != x`)."""
+"""The constant table the float16 kernels take: 2**-24 … 2**24, then +infinity twice (a NaN is
+the difference of the two: TVM's simplifier would fold `x - x` or `x != x`), then 2**23 again
+(`(y + 2**23) - 2**23` with two different loads, which the simplifier cannot fold to `y`)."""
 
 
 def _i(value: int) -> Any:
@@ -102,6 +104,42 @@ def encode(data: Tensor, powers: Tensor) -> Tensor:
         return (magnitude + tm.select(negative, _i(0x8000), _i(0))).astype("uint16")
 
     return te.compute(data.shape, value, name="float16_encode")
+
+
+def round_to_float16(data: Tensor, powers: Tensor) -> Tensor:
+    """float32 → float32 rounded to the nearest float16 value: ties to even, overflow to
+    ±infinity, float16 subnormals kept, ±infinity and NaN stay (a NaN may lose its payload);
+    a zero result is +0 for a non-negative input, -0 for a negative one (so a negative zero
+    input becomes +0, as in `encode`). The value `encode` then `decode` give, without the bits.
+    A float16 model's operators compute in float32; this rounds each result as a float16
+    operator would (numpy, onnxruntime: compute, then round the result to float16).
+
+    |x| = y * 2**(e - 10) with e = max(floor(log2 |x|), -14) (a comparison with each power of
+    two, as in `encode`), so that y < 2048; scaling by a power of two is exact, and y is rounded
+    to an integer, ties to even, by the float32 addition and subtraction of 2**23 (the sum's
+    unit in the last place is 1; this needs float32 arithmetic in float32, not in a wider
+    format: x87 without SSE would not do). No conversion to integers, no bit access; the input
+    is read as few times as possible: the kernel is as small as it can be without a let (TE's
+    inlining would duplicate one)."""
+    def value(*i: Any) -> Any:
+        f = data[i]
+        zero = tirx.const(0.0, "float32")
+        a = tirx.max(f, zero - f)  # |f|; NaN stays NaN: every comparison below is false
+        exponent = _i(-14)
+        for k in range(-13, 16):
+            exponent = exponent + tm.select(a >= _power(powers, _i(k)), _i(1), _i(0))
+        # (y + 2**23) - 2**23, the two from different table entries (TVM's simplifier folds
+        # `(y + c) - c` to `y`; C compilers keep float arithmetic as written); a fused
+        # multiply-add of the exact scaling into the addition rounds the same
+        steps = (a * _power(powers, _i(10) - exponent) + _power(powers, _i(23))) \
+            - powers[_MAGIC]
+        # 65520 and above round to 65536: infinity (|f| = infinity: y is infinite already)
+        overflow = tm.select(a >= tirx.const(65520.0, "float32"), powers[_INFINITY],
+                             tirx.const(1.0, "float32"))
+        sign = tm.select(f < zero, tirx.const(-1.0, "float32"), tirx.const(1.0, "float32"))
+        return sign * (steps * _power(powers, exponent - _i(10)) * overflow)
+
+    return te.compute(data.shape, value, name="round_to_float16")
 
 
 # BFLOAT16_POWERS layout: [_LOW + k] = 2**k, [_HIGH + j] = 2**(16 j - 126),
