@@ -156,3 +156,53 @@ def test_empty_outputs_and_an_empty_operand(layout: dict[str, object], tmp_path:
         wrapper = tar.extractfile("./codegen/host/src/tvmgen_empties.c").read().decode()
     if "io_in_workspace" not in layout:  # NULL refused for y only
         assert "outputs->y == NULL" in wrapper and "outputs->none == NULL" not in wrapper
+
+
+@pytest.mark.parametrize("scales_given", ["initializers", "inputs"])
+def test_blocked_quantize_dequantize(scales_given: str, tmp_path: Path) -> None:
+    """QuantizeLinear / DequantizeLinear with `block_size` (opset 21) along an axis whose length
+    the block does not divide, with ties (x / scale = k + 0.5, to even) and saturation, the
+    scales and zero points as initializers or as model inputs: against the ONNX reference
+    evaluator."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(1)
+    scale = np.array([[0.5, 2.0, 1.0], [0.25, 1.0, 4.0]], np.float32)  # 5 columns, blocks of 2
+    zero = np.array([[3, -2, 0], [1, 0, -128]], np.int8)
+    dq_scale = np.array([[0.1, 0.3], [2.0, 0.5]], np.float32)  # axis 0: 5 rows, blocks of 3
+    dq_zero = np.array([[10, 0], [255, 128]], np.uint8)
+    params = {"scale": scale, "zero": zero, "dq_scale": dq_scale, "dq_zero": dq_zero}
+    elem = {np.float32: TensorProto.FLOAT, np.int8: TensorProto.INT8,
+            np.uint8: TensorProto.UINT8}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], axis=1,
+                              block_size=2),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["back"], axis=1,
+                              block_size=2),
+             helper.make_node("DequantizeLinear", ["u", "dq_scale", "dq_zero"], ["du"], axis=0,
+                              block_size=3)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5]),
+              helper.make_tensor_value_info("u", TensorProto.UINT8, [5, 2])]
+    inits = []
+    for name, value in params.items():
+        if scales_given == "inputs":
+            inputs.append(helper.make_tensor_value_info(name, elem[value.dtype.type],
+                                                        list(value.shape)))
+        else:
+            inits.append(numpy_helper.from_array(value, name))
+    graph = helper.make_graph(
+        nodes, "blocked", inputs,
+        [helper.make_tensor_value_info("q", TensorProto.INT8, [2, 5]),
+         helper.make_tensor_value_info("back", TensorProto.FLOAT, [2, 5]),
+         helper.make_tensor_value_info("du", TensorProto.FLOAT, [5, 2])], inits)
+    path = _save(graph, tmp_path / "blocked.onnx", opset=21)
+    x = np.array([[1.25, -0.75, 5.0, 3.0, 1000.0], [0.125, 0.375, 2.5, -3.5, -900.0]],
+                 np.float32)
+    feeds = {"x": x, "u": rng.integers(0, 256, (5, 2)).astype(np.uint8)}
+    if scales_given == "inputs":
+        feeds.update(params)
+    want = ReferenceEvaluator(str(path)).run(None, feeds)
+    got = _run(path, feeds, tmp_path)
+    for name, value in zip(("q", "back", "du"), want, strict=True):
+        np.testing.assert_array_equal(got[name], value, err_msg=name)

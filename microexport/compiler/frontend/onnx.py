@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.compiler.frontend import cumsum
+from microexport.compiler.frontend import blocked_quantization, cumsum
 from microexport.compiler.frontend.common import (
     Constants,
     ImportedModel,
@@ -667,14 +667,17 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
 @contextlib.contextmanager
 def _our_converters() -> Iterator[None]:
     """TVM's ONNX frontend with our converters (`recurrent.onnx_converters`,
-    `cumsum.onnx_converters`) in its converter map, which it rebuilds with `_get_convert_map()`
-    on every lookup: the module's function is replaced for the duration of one import."""
+    `cumsum.onnx_converters`, `blocked_quantization.onnx_converters`) in its converter map,
+    which it rebuilds with `_get_convert_map()` on every lookup: the module's function is
+    replaced for the duration of one import."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     stock = onnx_frontend._get_convert_map
 
     def extended() -> dict[str, Any]:
-        return {**stock(), **onnx_converters(), **cumsum.onnx_converters()}
+        converters = stock()
+        return {**converters, **onnx_converters(), **cumsum.onnx_converters(),
+                **blocked_quantization.onnx_converters(converters)}
 
     onnx_frontend._get_convert_map = extended
     try:
