@@ -1,5 +1,5 @@
 """float16 in ONNX models: inputs and outputs as IEEE binary16 bits in `uint16_t`, float16 inside
-computed in float32.
+computed in float32 and each operator's result rounded to float16 (test_float16_rounding.py).
 
 The conversion kernels are checked on every one of the 65,536 float16 bit patterns (decode) and
 on float32 values around every float16 rounding boundary (encode) against numpy's conversions;
@@ -73,7 +73,7 @@ def test_every_float16_bit_pattern_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("board", ["host", "mps2_an385"])
 def test_float16_model_matches_onnxruntime(board: str, tmp_path: Path) -> None:
     """float16 input, float16 weights and arithmetic, float16 output: decoded, computed in
-    float32 and rounded to float16 once at the end; within float16's rounding of
+    float32 with each operator's result rounded to float16; within float16's rounding of
     onnxruntime's float16 arithmetic. Also float32 values around every rounding boundary
     through Cast(to=FLOAT16): the encoder rounds to nearest even exactly like numpy."""
     require_module("onnx", "onnx")
