@@ -503,6 +503,21 @@ class TflmRun:
         return int(statistics.median(later))
 
 
+class HarnessFailed(RuntimeError):
+    """TFLM's harness stopped with an error (e.g. a kernel refusing the model at prepare)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _tflm_error(stderr: str) -> str:
+    """The line of TFLM's log that names the failing node, else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    named = [line for line in lines if line.startswith("Node ")]
+    return (named or lines or ["no output"])[0]
+
+
 def run_harness(elf: Path, board: Board) -> TflmRun:
     """Run the harness in QEMU with `-icount shift=0` and parse its output."""
     command = ["qemu-system-arm", "-M", board.qemu_machine, "-nographic", "-monitor", "none",
@@ -510,7 +525,8 @@ def run_harness(elf: Path, board: Board) -> TflmRun:
                "-icount", "shift=0,align=off,sleep=off", "-kernel", str(elf)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=QEMU_TIMEOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"{elf}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        raise HarnessFailed(f"{elf}: exit {done.returncode}: {done.stderr.strip()[-500:]}",
+                            _tflm_error(done.stderr))
     overhead = int(re.search(r"tflm-overhead (\d+)", done.stdout).group(1))
     ticks = [int(t) for t in re.findall(r"tflm-invoke \d+ (\d+)", done.stdout)]
     arena = int(re.search(r"tflm-arena (\d+)", done.stdout).group(1))
@@ -651,7 +667,13 @@ def main() -> None:
                     lib = build_tflm(root, tflm_arch(board), kernels, args.build_dir, args.jobs)
                     elf = build_harness(lib, board, path, input_bytes,
                                         work / f"tflm_{board.name}_{kernels}", args.invokes)
-                    run = run_harness(elf, board)
+                    try:
+                        run = run_harness(elf, board)
+                    except HarnessFailed as failure:  # reported, the other runs go on
+                        rows.append([board.name, kernels, f"TFLM fails: {failure.reason}"]
+                                    + ["-"] * (len(HEADER) - 3))
+                        summary[-1].append("fails")
+                        continue
                     code = Code(code_bytes(elf, lib.kernels), code_bytes(elf, lib.framework),
                                 image_code_bytes(elf))
                     rows.append(_row(board.name, kernels, macs, run, code, ours)
