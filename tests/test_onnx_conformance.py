@@ -54,14 +54,15 @@ PASSING = (
     "test_reduce_l2_do_not_keepdims_example_expanded", "test_reduce_max_bool_inputs",
     "test_reshape_reordered_all_dims", "test_resize_upsample_sizes_nearest_axes_3_2",
     "test_causal_conv_with_state_kernel_size_one_expanded",
+    "test_resize_downsample_sizes_linear_antialias",
 )  # fmt: skip
 
 # Refused as they come (an axes or shape input the frontend needs constant), passing with the
 # test's integer inputs frozen, as the benchmark's second count does.
-PASSING_FROZEN = ("test_edge_pad", "test_slice", "test_resize_upsample_scales_linear")
+PASSING_FROZEN = ("test_edge_pad", "test_slice", "test_resize_upsample_scales_linear",
+                  "test_resize_downsample_scales_linear", "test_resize_downsample_scales_cubic")
 # Refused in one line once frozen, where TVM's frontend would compute a wrong result.
-REFUSED_FROZEN = {"test_resize_downsample_scales_linear": "size ratio",
-                  "test_resize_downsample_scales_cubic": "size ratio"}
+REFUSED_FROZEN = {"test_compress_0": "computed at run time"}
 
 # Node tests refused in one line: what C has no type for, what TVM's frontend computes wrong,
 # what TVM cannot lower, empty outputs, operators TVM's frontend lacks.
@@ -74,7 +75,6 @@ REFUSED = {
     "test_constantofshape_float_ones": "TVM cannot compile",
     "test_spacetodepth_crd_mode_example": "mode=CRD",
     "test_compress_0": "computed at run time",
-    "test_resize_downsample_sizes_linear_antialias": "antialias=1",
 }
 
 

@@ -206,3 +206,80 @@ def test_blocked_quantize_dequantize(scales_given: str, tmp_path: Path) -> None:
     got = _run(path, feeds, tmp_path)
     for name, value in zip(("q", "back", "du"), want, strict=True):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+# Resize nodes (attributes, scales or sizes) TVM's frontend computes wrong or refuses: a scale
+# whose product with a dimension is not whole, antialias, axes, keep_aspect_ratio_policy,
+# tf_crop_and_resize with an extrapolation value.
+RESIZES = {
+    "cubic_scales": ({"mode": "cubic"}, [1, 1, 0.8, 0.7], None, None),
+    "cubic_exclude": ({"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1},
+                      [1, 1, 1.7, 0.6], None, None),
+    "linear_symmetric": ({"mode": "linear",
+                          "coordinate_transformation_mode": "half_pixel_symmetric"},
+                         [1, 1, 2.3, 0.6], None, None),
+    "linear_antialias": ({"mode": "linear", "antialias": 1}, None, [1, 2, 3, 2], None),
+    "cubic_antialias": ({"mode": "cubic", "antialias": 1}, [1, 1, 0.5, 0.7], None, None),
+    "nearest_axes": ({"mode": "nearest", "axes": [3, 2], "nearest_mode": "ceil",
+                      "coordinate_transformation_mode": "asymmetric"}, [1.5, 0.6], None, None),
+    "nearest_not_larger": ({"mode": "nearest", "axes": [2, 3],
+                            "keep_aspect_ratio_policy": "not_larger"}, None, [7, 8], None),
+    "crop_and_resize": ({"mode": "linear", "extrapolation_value": 10.0,
+                         "coordinate_transformation_mode": "tf_crop_and_resize"},
+                        None, [1, 2, 4, 4], [0, 0, -0.2, 0.4, 1, 1, 0.6, 1.3]),
+}
+
+
+def test_resize_by_the_onnx_coordinate_transform(tmp_path: Path) -> None:
+    """One model with a Resize of each kind of `RESIZES`, every scale, size and roi an
+    initializer: against onnxruntime."""
+    require_module("onnx", "onnx")
+    ort = require_module("onnxruntime", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    for name, (attrs, scales, sizes, roi) in RESIZES.items():
+        names = ["x", "", "", ""]
+        for index, (kind, value, dtype) in enumerate(
+                (("roi", roi, np.float32), ("scales", scales, np.float32),
+                 ("sizes", sizes, np.int64)), start=1):
+            if value is not None:
+                names[index] = f"{name}_{kind}"
+                inits.append(numpy_helper.from_array(np.array(value, dtype), names[index]))
+        nodes.append(helper.make_node("Resize", names[:4 if sizes is not None else 3],
+                                      [name], **attrs))
+    x = np.random.default_rng(2).standard_normal((1, 2, 5, 6)).astype(np.float32)
+    want: dict[str, np.ndarray] = {}
+    for _ in range(2):  # the output shapes from onnxruntime's first run, then the model
+        outputs = [helper.make_tensor_value_info(
+            name, TensorProto.FLOAT, list(want[name].shape) if want else ["a", "b", "c", "d"])
+            for name in RESIZES]
+        graph = helper.make_graph(
+            nodes, "resizes",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 6])], outputs,
+            inits)
+        path = _save(graph, tmp_path / "resize.onnx", opset=19)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x}),
+                        strict=True))
+    got = _run(path, {"x": x}, tmp_path)
+    for name, value in want.items():
+        assert got[name].shape == value.shape, name
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_resize_left_to_tvm_is_refused_where_it_would_be_wrong(tmp_path: Path) -> None:
+    """A uint8 Resize (TVM's converter) with a linear scale whose product with a dimension is
+    not whole: a one-line error, not a result sampled at the wrong places."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")], "resize8",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 3, 3])],
+        [numpy_helper.from_array(np.array([1, 1, 0.8, 0.8], np.float32), "scales")])
+    path = _save(graph, tmp_path / "resize8.onnx")
+    with pytest.raises(ModelError, match="size ratio") as err:
+        microexport.compile(str(path), output=tmp_path / "e.tar")
+    assert "\n" not in str(err.value)

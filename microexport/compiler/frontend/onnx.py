@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.compiler.frontend import blocked_quantization, cumsum
+from microexport.compiler.frontend import blocked_quantization, cumsum, resize
 from microexport.compiler.frontend.common import (
     Constants,
     ImportedModel,
@@ -94,7 +94,6 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
         model = fold_shape_computations(resolved, inputs)
     _check_operators(model)
     _check_frontend_gaps(model)
-    _check_resize_scales(model)
     _rewrite_one_sided_isinf(model.graph)
     _guard_bit_shifts(model)
     _rewrite_float_floor_mod(model)
@@ -413,8 +412,8 @@ def _check_frontend_gaps(model: onnx.ModelProto) -> None:
     """UnsupportedOperator for what TVM's frontend would silently compute wrong: a Dropout
     whose `training_mode` input is not a constant false (it ignores it and `ratio`), a
     BatchNormalization with `training_mode=1` (our inference lowering uses the running
-    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used, a Resize with
-    `antialias=1` (TVM ignores it), an attribute value of `_IGNORED_ATTRIBUTES`."""
+    statistics), a LayerNormalization whose Mean / InvStdDev outputs are used, an attribute
+    value of `_IGNORED_ATTRIBUTES`. (Resize: `resize.onnx_converters`.)"""
     from onnx import numpy_helper
 
     constants = {init.name: init for init in model.graph.initializer}
@@ -427,10 +426,6 @@ def _check_frontend_gaps(model: onnx.ModelProto) -> None:
                 a.name == "training_mode" and a.i for a in node.attribute):
             raise UnsupportedOperator("BatchNormalization", "training_mode=1 (batch "
                                       "statistics): export the model for inference")
-        if node.op_type == "Resize" and any(a.name == "antialias" and a.i
-                                            for a in node.attribute):
-            raise UnsupportedOperator("Resize", "antialias=1 (TVM's frontend ignores it and "
-                                      "resamples without the filter): use antialias=0")
         if node.op_type in _IGNORED_ATTRIBUTES:
             name, default = _IGNORED_ATTRIBUTES[node.op_type]
             for attr in node.attribute:
@@ -451,45 +446,6 @@ def _check_frontend_gaps(model: onnx.ModelProto) -> None:
             raise UnsupportedOperator(
                 "Dropout", "in training mode (random masks; its training_mode input "
                 f"'{node.input[2]}' is not a constant false): export the model for inference")
-
-
-def _check_resize_scales(model: onnx.ModelProto) -> None:
-    """UnsupportedOperator for a linear or cubic Resize given constant `scales` whose product
-    with an input dimension is not whole: ONNX maps output to input coordinates with the scale,
-    TVM with the ratio of the sizes (floor(size * scale) / size), so it would sample elsewhere
-    and compute a wrong result."""
-    import onnx
-    from onnx import numpy_helper
-
-    resizes = [n for n in model.graph.node if n.op_type == "Resize"
-               and n.domain in _DEFAULT_DOMAINS and len(n.input) > 2 and n.input[2]]
-    modes = {n.name or id(n): next((a.s.decode() for a in n.attribute if a.name == "mode"),
-                                   "nearest") for n in resizes}
-    resizes = [n for n in resizes if modes[n.name or id(n)] != "nearest"]
-    if not resizes:
-        return
-    constants = {init.name: init for init in model.graph.initializer}
-    try:
-        graph = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - inference is best effort here
-        graph = model.graph
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
-                       for d in v.type.tensor_type.shape.dim]
-              for v in [*graph.input, *graph.value_info, *graph.output]}
-    for node in resizes:
-        scales = constants.get(node.input[2])
-        shape = shapes.get(node.input[0])
-        if scales is None or not shape:
-            continue
-        values = numpy_helper.to_array(scales).astype("float64").reshape(-1)
-        if len(values) != len(shape):
-            continue
-        for size, scale in zip(shape, values, strict=True):
-            if size is not None and float(size * scale) != float(int(size * scale)):
-                raise UnsupportedOperator(
-                    "Resize", f"{modes[node.name or id(node)]} with scale {scale:g} of a "
-                    f"dimension of {size} (not a whole output size, where TVM's frontend "
-                    "samples by the size ratio instead of the scale): give `sizes` instead")
 
 
 def _rewrite_one_sided_isinf(graph: onnx.GraphProto) -> None:
@@ -667,7 +623,7 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
 @contextlib.contextmanager
 def _our_converters() -> Iterator[None]:
     """TVM's ONNX frontend with our converters (`recurrent.onnx_converters`,
-    `cumsum.onnx_converters`, `blocked_quantization.onnx_converters`) in its converter map,
+    `cumsum`, `blocked_quantization` and `resize.onnx_converters`) in its converter map,
     which it rebuilds with `_get_convert_map()` on every lookup: the module's function is
     replaced for the duration of one import."""
     from tvm.relax.frontend.onnx import onnx_frontend
@@ -677,7 +633,8 @@ def _our_converters() -> Iterator[None]:
     def extended() -> dict[str, Any]:
         converters = stock()
         return {**converters, **onnx_converters(), **cumsum.onnx_converters(),
-                **blocked_quantization.onnx_converters(converters)}
+                **blocked_quantization.onnx_converters(converters),
+                **resize.onnx_converters(converters)}
 
     onnx_frontend._get_convert_map = extended
     try:
