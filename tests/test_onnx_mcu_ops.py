@@ -113,7 +113,11 @@ def test_relax_cumsum_is_legalized(shape: tuple[int, ...], axis: int | None,
     np.testing.assert_array_equal(got["output_0"], np.cumsum(values, axis, dtype=np.int32))
 
 
-@pytest.mark.parametrize("layout", [{}, {"io_in_workspace": True}, {"workspace": "external"}])
+LAYOUTS = [{}, {"io_in_workspace": True}, {"workspace": "external"},
+           {"io_in_workspace": True, "workspace": "external"}]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_empty_outputs_and_an_empty_operand(layout: dict[str, object], tmp_path: Path) -> None:
     """Outputs with a zero-size dimension (a Split part of size 0, a Slice starting past the
     end, a Concat output's empty sibling) next to ordinary ones, and a Concat with an empty
@@ -156,6 +160,25 @@ def test_empty_outputs_and_an_empty_operand(layout: dict[str, object], tmp_path:
         wrapper = tar.extractfile("./codegen/host/src/tvmgen_empties.c").read().decode()
     if "io_in_workspace" not in layout:  # NULL refused for y only
         assert "outputs->y == NULL" in wrapper and "outputs->none == NULL" not in wrapper
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_model_with_only_empty_outputs(layout: dict[str, object], tmp_path: Path) -> None:
+    """An empty input (bound to an empty constant) whose Identity is the only output: no kernel
+    at all, an AOT main that only returns, an empty array of the output's shape from the host
+    run, under every memory layout."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "nothing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 0])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 0])])
+    path = _save(graph, tmp_path / "nothing.onnx")
+    result = microexport.compile(str(path), output=tmp_path / "m.tar", name="nothing", **layout)
+    assert result.model.inputs == ()
+    got = microexport.run(result.archive, {}, board="host", build_dir=tmp_path / "b")
+    assert got["y"].shape == (2, 0) and got["y"].dtype == np.float32
 
 
 @pytest.mark.parametrize("scales_given", ["initializers", "inputs"])

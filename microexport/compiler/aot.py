@@ -165,12 +165,14 @@ def build_aot_module(
 
     emit(0, len(schedule.calls), body)
     body.append(tirx.Return(tirx.IntImm("int32", 0)))
-    body[:0] = mark_unused(params, tirx.SeqStmt(body))  # inputs the model ignores
+    # A lone statement is not a SeqStmt (TVM refuses one of length 1): a model whose outputs
+    # are all empty, with its inputs and outputs in the workspace, has only its `return 0`.
+    body[:0] = mark_unused(params, _sequence(body))  # inputs the model ignores
 
     main_symbol = prefix + "__tvm_main__"
     # No kernel at all: a model whose outputs are all empty (nothing to compute).
     target = next(iter(funcs.values())).attrs["target"] if funcs else tvm.target.Target("c")
-    main = tirx.PrimFunc(params, tirx.SeqStmt(body), ret_type=ir.PrimType("int32"))
+    main = tirx.PrimFunc(params, _sequence(body), ret_type=ir.PrimType("int32"))
     constants = {
         name: tvm.runtime.tensor(np.ascontiguousarray(schedule.constants[name]))
         for name in plan.constant_offsets
@@ -184,6 +186,11 @@ def build_aot_module(
     funcs[ir.GlobalVar(main_symbol)] = main
     symbols = {name: gv.name_hint for name, gv in kernel_vars.items()}
     return AotModule(tvm.IRModule(funcs), main_symbol, symbols)
+
+
+def _sequence(stmts: list[tirx.Stmt]) -> tirx.Stmt:
+    """`stmts` as one statement: the statement itself if it is alone, else a SeqStmt."""
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
 
 MAX_SYMBOL_LENGTH = 200  # metadata.schema.json: a function symbol has at most 200 characters
