@@ -291,18 +291,50 @@ def test_resize_by_the_onnx_coordinate_transform(tmp_path: Path) -> None:
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize(("dtype", "mode"), [(np.uint8, "linear"), (np.int8, "cubic"),
+                                             (np.int16, "nearest")])
+def test_resize_of_integers(dtype: type, mode: str, tmp_path: Path) -> None:
+    """An integer Resize (non-whole scales, an extrapolation value past the type's range) is
+    computed in float32 and rounded to nearest even, saturated: against the ONNX reference
+    evaluator."""
+    require_module("onnx", "onnx")
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode),
+         helper.make_node("Resize", ["x", "roi", "", "sizes"], ["z"], mode=mode,
+                          coordinate_transformation_mode="tf_crop_and_resize",
+                          extrapolation_value=1000.0)], "resize_int",
+        [helper.make_tensor_value_info("x", elem, [1, 1, 5, 6])],
+        [helper.make_tensor_value_info("y", elem, [1, 1, 8, 4]),
+         helper.make_tensor_value_info("z", elem, [1, 1, 4, 4])],
+        [numpy_helper.from_array(np.array([1, 1, 1.7, 0.7], np.float32), "scales"),
+         numpy_helper.from_array(np.array([1, 1, 4, 4], np.int64), "sizes"),
+         numpy_helper.from_array(np.array([0, 0, -0.3, 0.2, 1, 1, 0.9, 1.4], np.float32),
+                                 "roi")])
+    path = _save(graph, tmp_path / "resize_int.onnx")
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(3).integers(info.min, info.max, (1, 1, 5, 6)).astype(dtype)
+    want = ReferenceEvaluator(str(path)).run(None, {"x": x})
+    got = _run(path, {"x": x}, tmp_path)
+    for name, value in zip(("y", "z"), want, strict=True):
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
 def test_resize_left_to_tvm_is_refused_where_it_would_be_wrong(tmp_path: Path) -> None:
-    """A uint8 Resize (TVM's converter) with a linear scale whose product with a dimension is
+    """An int32 Resize (TVM's converter) with a linear scale whose product with a dimension is
     not whole: a one-line error, not a result sampled at the wrong places."""
     require_module("onnx", "onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")], "resize8",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 3, 3])],
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")], "resize32",
+        [helper.make_tensor_value_info("x", TensorProto.INT32, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1, 3, 3])],
         [numpy_helper.from_array(np.array([1, 1, 0.8, 0.8], np.float32), "scales")])
-    path = _save(graph, tmp_path / "resize8.onnx")
+    path = _save(graph, tmp_path / "resize32.onnx")
     with pytest.raises(ModelError, match="size ratio") as err:
         microexport.compile(str(path), output=tmp_path / "e.tar")
     assert "\n" not in str(err.value)

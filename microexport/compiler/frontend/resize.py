@@ -14,8 +14,10 @@ resized axes: `y[o] = sum over taps of x[i_1(o_1, t_1), ...] * w_1(o_1, t_1) * .
 weight zero are dropped, so a nearest resize is a plain gather. The tables are small constants
 (output length × taps per axis).
 
-A Resize whose scales, sizes or roi are computed at run time, or of another input type than
-float32, goes to TVM's converter.
+Inputs of float32 and 8/16-bit integer types (integers: the weighted sum in float32, rounded to
+nearest even and saturated, as ONNX's reference casts back). A Resize whose roi is computed at
+run time, or of another input type, goes to TVM's converter; run-time scales or sizes are a
+one-line error naming the input to freeze.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from typing import Any
 from microexport.errors import ModelError
 
 _MODES = ("nearest", "linear", "cubic")
+# Input types the kernel computes: float32, and integers whose weighted sums float32 holds
+# exactly enough (rounded to nearest even and saturated, as ONNX's reference casts back).
+_TYPES = ("float32", "int8", "uint8", "int16", "uint16")
 _TRANSFORMS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
                "asymmetric", "tf_crop_and_resize")
 
 
 def onnx_converters(stock: dict[str, Any]) -> dict[str, type]:
-    """A converter for `Resize` that computes it by `_axis_taps` when it can (opset 11+, float32
-    input, constant roi / scales / sizes) and hands every other node to TVM's (`stock`)."""
+    """A converter for `Resize` that computes it by `_axis_taps` when it can (opset 11+, an
+    input type of `_TYPES`, constant roi / scales / sizes) and hands every other node to TVM's
+    (`stock`)."""
     if "Resize" not in stock:
         return {}
     original = stock["Resize"]
@@ -63,9 +69,9 @@ def _refuse_what_tvm_gets_wrong(inputs: list[Any], attr: dict[str, Any]) -> None
     from microexport.errors import UnsupportedOperator
 
     if attr.get("antialias", 0):
-        raise UnsupportedOperator("Resize", "antialias=1 on a non-float32 input or with "
-                                  "scales, sizes or roi computed at run time: make them "
-                                  "constants (--constant) and the input float32")
+        raise UnsupportedOperator("Resize", "antialias=1 on an input of a type other than "
+                                  "float32 and 8/16-bit integers, or with a roi computed at run "
+                                  "time: make it a constant (--constant)")
     mode = _text(attr, "mode", "nearest")
     scales = _values(inputs[2]) if len(inputs) > 2 else None
     if mode == "nearest" or scales is None or scales is False:
@@ -105,7 +111,7 @@ def _plan(inputs: list[Any], attr: dict[str, Any]) -> tuple[Any, ...] | None:
     import numpy as np
 
     x = inputs[0]
-    if str(x.ty.dtype) != "float32" or getattr(x.ty, "shape", None) is None:
+    if str(x.ty.dtype) not in _TYPES or getattr(x.ty, "shape", None) is None:
         return None
     shape = [int(d) for d in x.ty.shape.values]
     rank = len(shape)
@@ -280,6 +286,18 @@ def _axis_taps(mode: str, n_in: int, n_out: int, scale: float, window: tuple[flo
     return rows, outside
 
 
+def _to_integer(value: Any, dtype: str) -> Any:
+    """A float32 expression rounded to nearest even and saturated to integer `dtype` (ONNX's
+    reference casts a resized integer tensor back so)."""
+    from tvm import tirx
+
+    from microexport.compiler.integer import te_math as tm
+
+    low, high = int(tirx.min_value(dtype).value), int(tirx.max_value(dtype).value)
+    bounded = tirx.max(tirx.min(value, tirx.const(1e9, "float32")), tirx.const(-1e9, "float32"))
+    return tm.clamp(tm.round_to_int(bounded, True), low, high).astype(dtype)
+
+
 def _emit(bb: Any, x: Any, out_shape: tuple[int, ...],
           taps: dict[int, tuple[list[list[tuple[int, float]]], list[bool]]],
           extrapolation: float) -> Any:
@@ -305,8 +323,10 @@ def _emit(bb: Any, x: Any, out_shape: tuple[int, ...],
     extrapolated = any(mask.any() for mask in masks.values())
     single = all(width == 1 and np.all(weight == 1.0) for _, weight, width in tables)
 
+    dtype = str(x.ty.dtype)
+
     def kernel(data: Any, *consts: Any) -> Any:
-        indices, weights = consts[0::2], consts[1::2]
+        indices, weights = consts[0:2 * len(axes):2], consts[1:2 * len(axes):2]
         reduce = [te.reduce_axis((0, width), name=f"t{axis}")
                   for axis, (_, _, width) in zip(axes, tables, strict=True)]
 
@@ -326,18 +346,24 @@ def _emit(bb: Any, x: Any, out_shape: tuple[int, ...],
         else:
             def value(*o: Any) -> Any:
                 index, weight = source(o, reduce)
-                return te.sum(data[tuple(index)] * weight, axis=reduce)
+                return te.sum(data[tuple(index)].astype("float32") * weight, axis=reduce)
         result = te.compute(out_shape, value, name="resize")
-        if not extrapolated:
+        if not extrapolated and (single or dtype == "float32"):
             return result
         flags = consts[2 * len(axes):]
+        fill = tirx.const(extrapolation, "float32")
 
-        def masked(*o: Any) -> Any:
-            inside = tirx.all(*[flags[n][o[axis]] == tirx.const(0, "int8")
-                                for n, axis in enumerate(axes)])
-            return tirx.Select(inside, result[o], tirx.const(extrapolation, "float32"))
+        summed = str(result.dtype) == "float32"  # else a gather of the input type
 
-        return te.compute(out_shape, masked, name="resize_extrapolated")
+        def final(*o: Any) -> Any:
+            got = result[o]
+            if extrapolated:
+                inside = tirx.all(*[flags[n][o[axis]] == tirx.const(0, "int8")
+                                    for n, axis in enumerate(axes)])
+                got = tirx.Select(inside, got, fill if summed else _to_integer(fill, dtype))
+            return _to_integer(got, dtype) if summed and dtype != "float32" else got
+
+        return te.compute(out_shape, final, name="resize_cast")
 
     args = [x]
     for index, weight, _ in tables:
