@@ -18,6 +18,11 @@ the table of bench/RESULTS.md (`--no-write`: print it only).
 DEPTHWISE_CONV_2D, pools, PAD, CONCATENATION, TRANSPOSE, ADD/SUB/MUL with fused activations,
 FULLY_CONNECTED, SOFTMAX, float16 weights through DEQUANTIZE) against TFLite Micro (LiteRT where
 TFLite Micro cannot run one); a failing one is reported by seed, not shrunk.
+
+`--format tflite-int8` checks `random_int8_models` models (one per seed: chains of int8 CONV_2D,
+DEPTHWISE_CONV_2D, pools, PAD, residual ADD and a FULLY_CONNECTED head, quantized by
+ai-edge-quantizer) bit for bit against TFLite Micro; a failing one is shrunk to its fewest layers
+and its JSON (`random_int8_models.layers_from_json`) is the reproducer.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import random_int8_models  # noqa: E402
 import random_models  # noqa: E402
 
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
@@ -59,6 +65,8 @@ TABLE_HEAD = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
 def _check(args: tuple[int, int, int, str, str, int]) -> list[dict[str, Any]]:
     """Outcomes of graphs `first` … `first + count - 1` (run in a worker process)."""
     first, count, shrink_budget, fmt, layout, max_nodes = args
+    if fmt == "tflite-int8":
+        return [_check_int8(seed, shrink_budget) for seed in range(first, first + count)]
     if fmt == "tflite":
         checked = random_models.check_tflite_seeds(list(range(first, first + count)))
         return [{"graph": f"tflite{seed}", "nodes": None, "status": status, "detail": detail,
@@ -80,6 +88,21 @@ def _check(args: tuple[int, int, int, str, str, int]) -> list[dict[str, Any]]:
             "reproducer": outcome.graph.to_json() if outcome.bug else None,
         })
     return results
+
+
+def _check_int8(seed: int, shrink_budget: int) -> dict[str, Any]:
+    """The outcome of the int8 model of `seed`, shrunk when it fails."""
+    shape, layers = random_int8_models.random_layers(seed)
+    status, detail = random_int8_models.check_layers(shape, layers, seed)
+    reproducer = None
+    if status in ("mismatch", "crash"):
+        def fails(candidate: list[random_int8_models.Layer]) -> bool:
+            return random_int8_models.check_layers(shape, candidate, seed)[0] == status
+
+        small = random_int8_models.shrink(shape, layers, fails, shrink_budget)
+        reproducer = random_int8_models.layers_to_json(shape, small, seed)
+    return {"graph": f"int8-{seed}", "nodes": len(layers), "status": status, "detail": detail,
+            "attribution": "", "reproducer": reproducer}
 
 
 def run(count: int, seed: int, batch: int, jobs: int, shrink_budget: int, fmt: str = "onnx",
@@ -146,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compilations spent shrinking each failing graph (40)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "fuzz",
                         help="directory for summary.json and reproducers (build/fuzz)")
-    parser.add_argument("--format", choices=["onnx", "tflite"], default="onnx",
+    parser.add_argument("--format", choices=["onnx", "tflite", "tflite-int8"], default="onnx",
                         help="which random graphs (onnx)")
     parser.add_argument("--max-nodes", type=int, default=8,
                         help="operators per ONNX graph, at most about (8, as in the tests)")

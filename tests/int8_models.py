@@ -188,8 +188,9 @@ class FloatNet:
         return (self.rng.standard_normal(n) * 0.1).astype(np.float32)
 
     @staticmethod
-    def _spatial(size: int, kernel: int, stride: int, padding: int) -> int:
-        return -(-size // stride) if padding == _SAME else (size - kernel) // stride + 1
+    def _spatial(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+        effective = (kernel - 1) * dilation + 1
+        return -(-size // stride) if padding == _SAME else (size - effective) // stride + 1
 
     def conv(
         self,
@@ -199,6 +200,7 @@ class FloatNet:
         stride: int = 1,
         padding: int = _SAME,
         act: str = "RELU",
+        dilation: int = 1,
     ) -> T:
         """CONV_2D (OHWI weights, bias) with a fused activation."""
         n, h, wd, c = x.shape
@@ -209,8 +211,8 @@ class FloatNet:
         bias = self.w.const(name + "/b", self._bias(out))
         shape = (
             n,
-            self._spatial(h, kernel[0], stride, padding),
-            self._spatial(wd, kernel[1], stride, padding),
+            self._spatial(h, kernel[0], stride, padding, dilation),
+            self._spatial(wd, kernel[1], stride, padding, dilation),
             out,
         )
         y = self._out(name, shape)
@@ -219,6 +221,8 @@ class FloatNet:
             padding=padding,
             strideW=stride,
             strideH=stride,
+            dilationWFactor=dilation,
+            dilationHFactor=dilation,
             fusedActivationFunction=_ACT[act],
         )
         self.w.operator("CONV_2D", [x.index, weights, bias], [y.index], options)
@@ -234,9 +238,7 @@ class FloatNet:
         multiplier: int = 1,
         dilation: int = 1,
     ) -> T:
-        """DEPTHWISE_CONV_2D (1HW(C*multiplier) weights, bias) with a fused activation; a
-        dilation other than 1 only with SAME padding."""
-        assert dilation == 1 or padding == _SAME
+        """DEPTHWISE_CONV_2D (1HW(C*multiplier) weights, bias) with a fused activation."""
         n, h, wd, c = x.shape
         name = self._name("dwconv")
         out = c * multiplier
@@ -244,8 +246,8 @@ class FloatNet:
         bias = self.w.const(name + "/b", self._bias(out))
         shape = (
             n,
-            self._spatial(h, kernel[0], stride, padding),
-            self._spatial(wd, kernel[1], stride, padding),
+            self._spatial(h, kernel[0], stride, padding, dilation),
+            self._spatial(wd, kernel[1], stride, padding, dilation),
             out,
         )
         y = self._out(name, shape)

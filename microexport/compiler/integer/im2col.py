@@ -219,7 +219,10 @@ def _column_index(k: Any, column: int, columns: int) -> Any:
     """Where depth `k` of column `column` goes in a buffer of `columns` interleaved columns:
     its group of four, then (k0, k2, k1, k3) within the group."""
     within = tirx.floormod(k, 4)
-    position = tirx.bitwise_and(within, 1) * 2 + tirx.shift_right(within, 1)
+    # floormod/floordiv, not bitwise and/shift: TVM's simplifier folds them when k is a
+    # constant (a bitwise_and of constants stays an expression, and buffer compaction then
+    # sizes the column buffer by it: "dynamic size").
+    position = tirx.floormod(within, 2) * 2 + tirx.floordiv(within, 2)
     return (tirx.floordiv(k, 4) * columns + column) * 4 + position
 
 
@@ -355,7 +358,8 @@ def fully_connected(name: str, data_shape: Sequence[int], packed: PackedWeights,
                     T.buffer_store(column_buffer, (tm.i32(builder.data[b, k]) - _i32(
                         input_zero_point)).astype("int16"), [_column_index(k, 0, 1)])
                 for k in range(depth, padded_depth):
-                    T.buffer_store(column_buffer, tirx.const(0, "int16"), [k])
+                    T.buffer_store(column_buffer, tirx.const(0, "int16"),
+                                   [_column_index(_i32(k), 0, 1)])
                 builder.row_loops(1, column_buffer, acc,
                                   lambda c, channel, b=b: [b, channel])
     return ib.get().with_attr("op_pattern", _OPAQUE)
