@@ -10,6 +10,10 @@ onnxruntime and on the scheduled TIR.
 * Register blocking (`_block_output_channels`): dense layers and convolutions accumulate
   `SPATIAL_BLOCK` adjacent outputs together; every output must still be right, also where the
   channel count is not a multiple of the block (not blocked) or padding is involved.
+* `bind_repeated_loads`: an integer subexpression that reads memory and repeats inside one
+  stored value (an inlined requantization read three times by the next one's rounding shift) is
+  computed once, into a `Bind` before the store; TVM's CommonSubexprElim leaves such
+  expressions alone. Nothing only evaluated under a condition is moved out of it.
 """
 
 from __future__ import annotations
@@ -196,3 +200,57 @@ def test_register_blocked_reductions_match_onnxruntime(name: str, tmp_path: Path
     _, (expected,) = run_reference(path, {"x": x})
     comparison = compare("y", microexport.run(archive, {"x": x})["y"], expected)
     assert comparison.passed, comparison.max_abs_error
+
+
+def test_repeated_loads_bound_once_per_store() -> None:
+    """A repeated expression reading memory is bound once and every occurrence reads the bound
+    variable; a repeated bare load, an expression repeated only in the arms of a select or of an
+    if_then_else (whose C evaluates one arm) or as the second operand of && or ||, and a float
+    expression stay as they are."""
+    import tvm
+    from tvm import ir, tirx
+
+    from microexport.compiler.schedules import bind_repeated_loads
+
+    pointers = [tirx.Var(name, ir.PointerType(ir.PrimType(dtype)))
+                for name, dtype in (("a", "int32"), ("f", "float32"), ("out", "int32"))]
+    a, f, out = (tirx.decl_buffer((8,), str(p.ty.element_type.dtype), data=p)
+                 for p in pointers)
+    i = tirx.Var("i", "int32")
+    shared = (a[i] * 3 + a[i + 1]) >> 2
+    guarded = a[i + 2] * 5
+    conditional = a[i + 3] * 7
+    second = a[i + 4] * 9  # the second operand of && and ||, which C may skip
+    floating = f[i] * tirx.const(2.0, "float32")
+    value = (shared + shared * tirx.Select(shared > 0, guarded, guarded + 1)
+             + tirx.if_then_else(i > 2, conditional, conditional - 1) + a[i] + a[i]
+             + (floating + floating).astype("int32")
+             + tirx.And(i > 2, second > 0).astype("int32")
+             + tirx.Or(i < 1, second < 5).astype("int32"))
+    body = tirx.For(i, 0, 6, tirx.ForKind.SERIAL, tirx.BufferStore(out, value, [i]))
+    func = tirx.PrimFunc(pointers, body)
+    result = bind_repeated_loads(tvm.IRModule({"f": func}))["f"]
+
+    binds: list[object] = []
+    stores: list[object] = []
+    tvm_ffi.structural_map(result.body, [(tirx.Bind, lambda b: binds.append(b) or b),
+                                         (tirx.BufferStore, lambda s: stores.append(s) or s)],
+                           order="pre")
+    assert len(binds) == 1 and tvm_ffi.structural_equal(binds[0].value, shared), binds
+    (store,) = stores
+
+    def occurrences(expr: object) -> int:
+        found = [0]
+
+        def visit(node: object) -> object:
+            found[0] += tvm_ffi.structural_equal(node, expr)
+            return node
+
+        tvm_ffi.structural_map(store.value, (type(expr), visit), order="pre")
+        return found[0]
+
+    assert occurrences(shared) == 0
+    assert occurrences(binds[0].var) == 3
+    assert occurrences(guarded) == 2 and occurrences(conditional) == 2
+    assert occurrences(second) == 2
+    assert occurrences(a[i]) == 2 and occurrences(floating) == 2

@@ -24,7 +24,11 @@ from microexport.compiler.quantization import (
     fusion_origins,
     fusion_recorder,
 )
-from microexport.compiler.schedules import hoist_invariant_conditions, schedule_for_c
+from microexport.compiler.schedules import (
+    bind_repeated_loads,
+    hoist_invariant_conditions,
+    schedule_for_c,
+)
 from microexport.compiler.unpacked import (
     DEFAULT_STACK_LIMIT,
     UNUSED_MARKER,
@@ -211,6 +215,7 @@ def tir_pipeline() -> tvm.transform.Pass:
             tirx.transform.StmtSimplify(),
             tirx.transform.RemoveNoOp(),
             tirx.transform.CommonSubexprElim(),
+            bind_repeated_loads,
         ]
     )
 

@@ -19,7 +19,10 @@ intermediate buffer. For a microcontroller that costs RAM, so each kernel is res
 
 After TIR lowering, `hoist_invariant_conditions` moves a condition that does not change inside a
 loop (the bounds test of padding inlined into a convolution) out of it: the loop is duplicated
-under an `if`, each copy with the condition's value known (loop unswitching).
+under an `if`, each copy with the condition's value known (loop unswitching), and
+`bind_repeated_loads`, after TVM's CommonSubexprElim, computes an integer subexpression that
+reads memory and repeats within one stored value (a requantization inlined into the next one)
+once, into a variable bound before the store.
 
 Every step is an optimisation, never a requirement: each is tried on a copy of the schedule and
 kept only if TVM accepts it (and, for step 3, only if the moved epilogue still runs over its whole
@@ -533,3 +536,172 @@ def _unswitch_loops(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.P
 # `if`, out of its loop variable's scope.
 hoist_invariant_conditions = tvm.transform.Sequential(
     [_unswitch_loops, tirx.transform.ConvertSSA()], name="microexport.HoistInvariantConditions")
+
+
+# --------------------------------------------------------------------------------------------
+# Repeated subexpressions that read memory, bound once per store
+# --------------------------------------------------------------------------------------------
+
+# A fused integer epilogue repeats its input inside one stored value: RoundingDivideByPOT reads
+# its operand three times, and a requantization inlined into the next one (a convolution's
+# into a batch norm's) is then repeated three times inside each of those (codegen's
+# min_max_as_select doubles a clamped value once more). TVM's CommonSubexprElim leaves every
+# expression that reads a buffer alone, so a conv + batch norm kernel's one store held 144
+# copies of the convolution's requantization: 60 KB of C, and nine minutes in LowerIntrin, whose
+# analyzer simplifies each select condition under the conditions of the selects around it.
+
+_PURE_CALLS = frozenset({"tirx.shift_right", "tirx.shift_left", "tirx.bitwise_and",
+                         "tirx.bitwise_or", "tirx.bitwise_xor", "tirx.bitwise_not"})
+# Bind an expression only if it has at least this many nodes (a load and an operation); a
+# bare load is never bound.
+_MIN_BOUND_SIZE = 2
+# Bindings per store at most (each round rescans the value).
+_MAX_BINDINGS = 64
+
+
+def _children(node: object) -> tuple[list[object], list[object]] | None:
+    """The operands of an expression node: (always evaluated, evaluated only under a
+    condition); None for a node whose evaluation is not plain arithmetic on its operands (a
+    call with effects, a let, vector nodes), which is never bound nor looked into."""
+    if isinstance(node, (tirx.Var, tirx.IntImm, tirx.FloatImm)):
+        return [], []
+    if isinstance(node, tvm.ir.expr.TensorLoad):
+        return list(node.indices), []
+    if isinstance(node, (tvm.ir.prim.expr.BinaryOpExpr, tvm.ir.prim.expr.CmpExpr)):
+        return [node.a, node.b], []
+    if isinstance(node, (tirx.And, tirx.Or)):  # C's && and || skip their second operand
+        return [node.a], [node.b]
+    if isinstance(node, (tirx.Not, tvm.ir.prim.expr.BitwiseNot)):
+        return [node.a], []
+    if isinstance(node, tirx.Cast):
+        return [node.value], []
+    if isinstance(node, tirx.Select):
+        # C prints a select as `c ? a : b`: its arms may rely on the condition (a bound load).
+        return [node.condition], [node.true_value, node.false_value]
+    if isinstance(node, ir.Call):
+        if node.op.same_as(_IF_THEN_ELSE):
+            return [node.args[0]], list(node.args[1:])
+        if isinstance(node.op, ir.Op) and node.op.name in _PURE_CALLS:
+            return list(node.args), []
+    return None
+
+
+class _Occurrences:
+    """Structurally equal subexpressions of some expressions: how often each occurs, how often
+    outside any conditionally evaluated operand, and whether it may be bound."""
+
+    def __init__(self) -> None:
+        self.count: dict[int, int] = {}
+        self.unguarded: dict[int, int] = {}
+        self.first: dict[int, object] = {}
+        self.order: dict[int, int] = {}
+        self.size: dict[int, int] = {}
+        self.bindable: dict[int, bool] = {}
+        self._info: dict[int, tuple[int, int, bool, bool]] = {}  # handle -> key, size, ...
+
+    def _describe(self, node: object) -> tuple[int, int, bool, bool]:
+        """(structural hash, node count, free of opaque nodes, reads memory) of `node`."""
+        handle = node.__chandle__()  # type: ignore[attr-defined]
+        if handle not in self._info:
+            parts = _children(node)
+            if parts is None:
+                info = (tvm_ffi.structural_hash(node), 1, False, False)
+            else:
+                described = [self._describe(child) for child in parts[0] + parts[1]]
+                info = (tvm_ffi.structural_hash(node), 1 + sum(d[1] for d in described),
+                        all(d[2] for d in described),
+                        isinstance(node, tvm.ir.expr.TensorLoad) or any(
+                            d[3] for d in described))
+            self._info[handle] = info
+        return self._info[handle]
+
+    def add(self, node: object, guarded: bool = False) -> None:
+        """Count `node` and its subexpressions (a tree walk: every occurrence counts)."""
+        key, size, pure, reads = self._describe(node)
+        if key not in self.count:
+            dtype = getattr(node, "ty", None)
+            dtype = str(getattr(dtype, "dtype", ""))
+            self.count[key], self.unguarded[key] = 0, 0
+            self.first[key], self.order[key], self.size[key] = node, len(self.order), size
+            self.bindable[key] = (pure and reads and size >= _MIN_BOUND_SIZE
+                                  and not isinstance(node, tvm.ir.expr.TensorLoad)
+                                  and dtype.startswith(("int", "uint")) and "x" not in dtype)
+        self.count[key] += 1
+        self.unguarded[key] += not guarded
+        parts = _children(node)
+        if parts is None:
+            return
+        for child in parts[0]:
+            self.add(child, guarded)
+        for child in parts[1]:
+            self.add(child, True)
+
+    def largest_repeated(self) -> object | None:
+        """The largest bindable expression occurring twice or more, once at least outside a
+        conditional operand (so binding it evaluates nothing that was not evaluated)."""
+        keys = [k for k, n in self.count.items()
+                if n >= 2 and self.unguarded[k] and self.bindable[k]]
+        if not keys:
+            return None
+        return self.first[max(keys, key=lambda k: (self.size[k], -self.order[k]))]
+
+
+def _replace(expr: tirx.PrimExpr, target: tirx.PrimExpr, var: tirx.Var) -> tirx.PrimExpr:
+    """`expr` with every subexpression structurally equal to `target` replaced by `var`."""
+    key = tvm_ffi.structural_hash(target)
+
+    def visit(node: object) -> object:
+        if (_children(node) is not None and tvm_ffi.structural_hash(node) == key
+                and tvm_ffi.structural_equal(node, target)):
+            return var
+        return node
+
+    return tvm_ffi.structural_map(expr, (tvm.ir.expr.Expr, visit), order="pre")
+
+
+def _bind_repeated(store: tirx.BufferStore) -> tirx.Stmt:
+    """`store` preceded by `Bind`s of the repeated integer subexpressions of its value that
+    read memory, each occurrence replaced by the bound variable. Within one stored value every
+    load reads the memory as it was before the store, so evaluating a repeated part once, just
+    before, gives the same value."""
+    value = store.value
+    bindings: list[tuple[tirx.Var, tirx.PrimExpr]] = []
+    for _ in range(_MAX_BINDINGS):
+        found = _Occurrences()
+        found.add(value)
+        for _, bound in bindings:
+            found.add(bound)
+        target = found.largest_repeated()
+        if target is None:
+            break
+        var = tirx.Var("shared", str(target.ty.dtype))  # type: ignore[attr-defined]
+        value = _replace(value, target, var)
+        bindings = [(v, _replace(bound, target, var)) for v, bound in bindings]
+        bindings.append((var, target))
+    if not bindings:
+        return store
+    # Each binding after the ones its expression uses (later, smaller ones usually).
+    ordered: list[tuple[tirx.Var, tirx.PrimExpr]] = []
+    pending = list(reversed(bindings))
+    while pending:
+        for index, (var, bound) in enumerate(pending):
+            if not any(_count_nodes(bound, tirx.Var, lambda v, o=other: v.same_as(o))
+                       for other, _ in pending if other is not var):
+                ordered.append(pending.pop(index))
+                break
+        else:  # unreachable: a binding never uses itself
+            return store
+    return tirx.SeqStmt([tirx.Bind(var, bound) for var, bound in ordered]
+                        + [tirx.BufferStore(store.buffer, value, store.indices)])
+
+
+@tirx.transform.prim_func_pass(opt_level=0, name="microexport.BindRepeatedLoads")
+def _bind_repeated_loads(func: tirx.PrimFunc, mod: tvm.IRModule,
+                         ctx: tvm.transform.PassContext) -> tirx.PrimFunc:
+    del mod, ctx
+    return tvm_ffi.structural_map(func, (tirx.BufferStore, _bind_repeated))
+
+
+bind_repeated_loads = _bind_repeated_loads
+"""TIR pass (after CommonSubexprElim): in each store, integer subexpressions that read memory
+and occur more than once are computed once into a `Bind` before the store."""

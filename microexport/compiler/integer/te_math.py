@@ -75,11 +75,15 @@ def rounding_divide_by_pot(x: Expr, exponent: int | Expr) -> Expr:
     # A run-time exponent (per-channel shifts): gemmlowp's own form, all in 32 bits (an int64
     # shift by a variable amount costs a Cortex-M several instructions or a library call).
     # The mask is unsigned so that an exponent of 31 does not overflow.
+    # The two 0/1 terms are comparisons cast to integers, not selects (same values): `x`, an
+    # inlined requantization that holds selects itself, would otherwise sit in select
+    # conditions, and TVM's analyzer-based passes (LowerIntrin) simplify every select condition
+    # under the conditions of the selects around it, exponentially in the nesting: a conv +
+    # batch norm kernel spent minutes in LowerIntrin (tests/test_onnx_integer.py's exported CNN).
     mask = (tirx.const(1, "uint32") << exponent.astype("uint32")) - tirx.const(1, "uint32")
     remainder = tirx.bitwise_and(x.astype("uint32"), mask)
-    threshold = (mask >> tirx.const(1, "uint32")) + select(
-        x < i32(0), tirx.const(1, "uint32"), tirx.const(0, "uint32"))
-    return (x >> exponent) + select(remainder > threshold, i32(1), i32(0))
+    threshold = (mask >> tirx.const(1, "uint32")) + (x < i32(0)).astype("uint32")
+    return (x >> exponent) + (remainder > threshold).astype("int32")
 
 
 def multiply_by_quantized_multiplier(x: Expr, multiplier: int | Expr, shift: int | Expr
