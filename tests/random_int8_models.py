@@ -9,9 +9,10 @@ residual ADDs, and a fully connected head whose depth is a multiple of four or n
 weights come from the seed; `build` writes the float model and quantizes it (int8 activations
 and weights, per-channel, a fixed-seed calibration set) as tests/int8_models.py does.
 `check_layers` compiles it and compares every output with TFLite Micro's: status "pass",
-"mismatch" (any output bit differs), "unsupported" (a one-line error of ours) or "crash" (a
-traceback or C that does not build). `shrink` drops layers while the failure stays the same, so
-a failure becomes a short list of layers (its JSON, `layers_to_json`, is a reproducer).
+"mismatch" (any output bit differs), "unsupported" (a one-line error of ours), "crash" (a
+traceback or C that does not build) or "reference-error" (TFLite Micro refuses the model).
+`shrink` drops layers while the failure stays the same, so a failure becomes a short list of
+layers (its JSON, `layers_to_json`, is a reproducer).
 """
 
 from __future__ import annotations
@@ -152,8 +153,11 @@ def check_layers(shape: tuple[int, int, int, int], layers: list[Layer],
             report = microexport.test(str(path), board="host", seed=seed,
                                       reference="tflite-micro")
         except Error as err:
-            crash = "compiling '" in err.one_line() and "failed" in err.one_line()
-            return ("crash" if crash else "unsupported"), err.one_line()
+            line = err.one_line()
+            if "tflite-micro cannot run" in line:  # the reference refuses the model, not us
+                return "reference-error", line
+            crash = "compiling '" in line and "failed" in line
+            return ("crash" if crash else "unsupported"), line
         except Exception as err:  # noqa: BLE001 - a traceback is the finding
             return "crash", f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     bad = [f"{o.name}: max abs error {o.max_abs_error:.3g}" for o in report.outputs
