@@ -22,7 +22,8 @@ TFLite Micro cannot run one); a failing one is reported by seed, not shrunk.
 `--format tflite-int8` checks `random_int8_models` models (one per seed: chains of int8 CONV_2D,
 DEPTHWISE_CONV_2D, pools, PAD, residual ADD and a FULLY_CONNECTED head, quantized by
 ai-edge-quantizer) bit for bit against TFLite Micro; a failing one is shrunk to its fewest layers
-and its JSON (`random_int8_models.layers_from_json`) is the reproducer.
+and its JSON (`random_int8_models.layers_from_json`; copy it to tests/fuzz_reproducers/int8/)
+is the reproducer.
 """
 
 from __future__ import annotations

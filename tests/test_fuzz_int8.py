@@ -10,7 +10,7 @@ import pytest
 import random_int8_models as fuzz
 from support import require_module
 
-REPRODUCERS = sorted((Path(__file__).parent / "fuzz_reproducers").glob("int8_*.json"))
+REPRODUCERS = sorted((Path(__file__).parent / "fuzz_reproducers" / "int8").glob("*.json"))
 SEEDS = range(40)
 
 
@@ -22,9 +22,9 @@ def _quantizer() -> None:
 
 @pytest.mark.parametrize("path", REPRODUCERS, ids=[p.stem for p in REPRODUCERS])
 def test_reproducer(path: Path) -> None:
-    """int8_fc_depth_6: a fully connected layer of depth 6 (int16 column, padded to 8) zeroed
-    the padding at the wrong places of the column, overwriting depth 5. int8_conv_1x1_one_channel:
-    a 1x1 conv of one input channel indexed its column with an unfolded constant expression,
+    """fc_depth_6: a fully connected layer of depth 6 (int16 column, padded to 8) zeroed the
+    padding at the wrong places of the column, overwriting depth 5. conv_1x1_one_channel: a 1x1
+    conv of one input channel indexed its column with an unfolded constant expression,
     which buffer compaction took for a dynamic size (refused)."""
     shape, layers, seed = fuzz.layers_from_json(path.read_text())
     assert fuzz.check_layers(shape, layers, seed) == ("pass", "")
