@@ -209,3 +209,30 @@ def test_which_results_are_rounded() -> None:
     assert edges.rounded_results == 5
     assert ops == ["Add", "Relu", "Reshape", "Mul", "ReduceMax", "Sub", "Exp", "ReduceSum",
                    "Div"]
+
+
+def test_a_result_the_frontend_folds_is_rounded(tmp_path: Path) -> None:
+    """Operators on constants too large for our ONNX folding are folded by TVM's frontend: their
+    rounding is folded with them (numpy's float16 rounding of the constant)."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    half, n = TensorProto.FLOAT16, 2048
+    c1 = (np.arange(n) / 7).astype(np.float16)
+    c2 = np.full(n, 1.1, np.float16)
+    path = _save(tmp_path / "folded.onnx",
+                 [helper.make_node("Mul", ["c1", "c2"], ["p"]),
+                  helper.make_node("Add", ["p", "x"], ["y"])],
+                 [helper.make_tensor_value_info("x", half, [n])],
+                 [helper.make_tensor_value_info("y", half, [n])],
+                 [numpy_helper.from_array(c1, "c1"), numpy_helper.from_array(c2, "c2")])
+    x = np.ones(n, np.float16)
+    once = (c1.astype(np.float32) * c2.astype(np.float32) + 1).astype(np.float16)
+    import onnx
+
+    want = ReferenceEvaluator(onnx.load(str(path))).run(None, {"x": x})[0]
+    assert (once != want).sum() >= 5  # rounding the product matters here
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="folded").archive
+    got = microexport.run(archive, {"x": x}, board="host", build_dir=tmp_path / "build")["y"]
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))

@@ -397,7 +397,7 @@ def half_converters(edges: HalfEdges) -> Iterator[None]:
         @classmethod
         def _impl_v1(cls, bb: Any, inputs: Any, attr: dict, params: Any) -> Any:
             if isinstance(inputs[0], ir.Constant):  # the frontend folded the operator
-                value = inputs[0].data.numpy()
+                value = inputs[0].value.numpy()
                 return relax.const(value.astype("float16").astype(value.dtype))
             result = bb.emit_te(half.round_to_float16, inputs[0], powers(),
                                 primfunc_name_hint="round_to_float16")
