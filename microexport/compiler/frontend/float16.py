@@ -164,12 +164,14 @@ def widen_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, HalfEdges]:
 
 # Operators whose float16 result is one of their float16 input values (or a small integer, or a
 # float16 attribute): exact in float16, nothing to round. Cast to float16 rounds by itself
-# (`_round_half_casts`); CastLike to a float16 is rounded here like an arithmetic result.
+# (`_round_half_casts`). CastLike is not rounded: TVM's frontend passes a CastLike of a value
+# computed from shapes through as a shape, which no other operator (our rounding) may read; a
+# CastLike from float32 to float16 keeps float32 precision (rounded if it is a model output).
 _EXACT_OPS = frozenset({
     "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Gather",
     "GatherElements", "GatherND", "Concat", "Split", "Expand", "Tile", "Pad", "DepthToSpace",
     "SpaceToDepth", "Relu", "Abs", "Neg", "Max", "Min", "Where", "MaxPool", "ReduceMax",
-    "ReduceMin", "Clip", "Sign", "Constant", "ConstantOfShape", "Cast", "ScatterND",
+    "ReduceMin", "Clip", "Sign", "Constant", "ConstantOfShape", "Cast", "CastLike", "ScatterND",
     "ScatterElements", "Scatter", "Trilu", "Compress", "ReverseSequence", "Ceil", "Floor",
     "Round", "TopK", "OneHot", "EyeLike", "Shape", "Size",
 })
