@@ -17,7 +17,9 @@ the table of bench/RESULTS.md (`--no-write`: print it only).
 `--format tflite` checks `random_models.write_random_tflite` graphs (float32 NHWC: CONV_2D,
 DEPTHWISE_CONV_2D, pools, PAD, CONCATENATION, TRANSPOSE, ADD/SUB/MUL with fused activations,
 FULLY_CONNECTED, SOFTMAX, float16 weights through DEQUANTIZE) against TFLite Micro (LiteRT where
-TFLite Micro cannot run one); a failing one is reported by seed, not shrunk.
+TFLite Micro cannot run one); a failing one is shrunk to the earliest produced tensor that
+still fails (`random_models.shrink_tflite_seed`), its reproducer `{"format": "tflite", "seed":
+S, "output_at": N}` (`check_tflite_seeds([S], output_at=N)` is its regression test).
 
 `--format tflite-int8` checks `random_int8_models` models (one per seed: chains of int8 CONV_2D,
 DEPTHWISE_CONV_2D, pools, PAD, residual ADD and a FULLY_CONNECTED head, quantized by
@@ -70,9 +72,15 @@ def _check(args: tuple[int, int, int, str, str, int]) -> list[dict[str, Any]]:
         return [_check_int8(seed, shrink_budget) for seed in range(first, first + count)]
     if fmt == "tflite":
         checked = random_models.check_tflite_seeds(list(range(first, first + count)))
-        return [{"graph": f"tflite{seed}", "nodes": None, "status": status, "detail": detail,
-                 "attribution": "", "reproducer": None}
-                for seed, (status, detail) in checked.items()]
+        results = []
+        for seed, (status, detail) in checked.items():
+            reproducer = None
+            if status in ("mismatch", "crash"):
+                cut = random_models.shrink_tflite_seed(seed, status)
+                reproducer = json.dumps({"format": "tflite", "seed": seed, "output_at": cut})
+            results.append({"graph": f"tflite{seed}", "nodes": None, "status": status,
+                            "detail": detail, "attribution": "", "reproducer": reproducer})
+        return results
     graphs = [random_models.random_graph(seed, max_nodes)
               for seed in range(first, first + count)]
     original = {g.name: g for g in graphs}

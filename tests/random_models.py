@@ -987,8 +987,11 @@ class _TfliteGraph:
             y = self.op("SOFTMAX", [y], (1, units), self.w.options("SoftmaxOptions", beta=1.0))
         return y
 
-    def build(self, max_ops: int = 6) -> tuple[list[int], list[int]]:
-        """Inputs and outputs (tensor indices) of a random graph."""
+    def build(self, max_ops: int = 6, output_at: int | None = None
+              ) -> tuple[list[int], list[int]]:
+        """Inputs and outputs (tensor indices) of a random graph; with `output_at`, the only
+        output is the `output_at`-th tensor it produces (the operators after it are dead: a
+        shrunk graph, `shrink_tflite_seed`)."""
         rng = self.rng
         shape = (1, int(rng.integers(2, 9)), int(rng.integers(2, 9)), int(rng.integers(1, 5)))
         x = self.tensor(shape)
@@ -1010,6 +1013,8 @@ class _TfliteGraph:
             produced.append(self.unary(x))
         if rng.random() < 0.3:
             produced.append(self.dense(produced[-1]))
+        if output_at is not None:
+            return inputs, [produced[min(output_at, len(produced) - 1)]]
         outputs = [produced[-1]]
         for _ in range(int(rng.integers(0, 3))):
             candidate = produced[int(rng.integers(len(produced)))]
@@ -1018,16 +1023,17 @@ class _TfliteGraph:
         return inputs, outputs
 
 
-def write_random_tflite(seeds: list[int], path: Path) -> dict[int, list[str]]:
-    """A .tflite model computing the random graph of every seed side by side; returns each
-    seed's output tensor names."""
+def write_random_tflite(seeds: list[int], path: Path, output_at: int | None = None
+                        ) -> dict[int, list[str]]:
+    """A .tflite model computing the random graph of every seed side by side (cut after its
+    `output_at`-th produced tensor when given); returns each seed's output tensor names."""
     from zoo import TfliteWriter
 
     writer = TfliteWriter()
     inputs, outputs, names = [], [], {}
     for seed in seeds:
         graph = _TfliteGraph(writer, seed)
-        graph_inputs, graph_outputs = graph.build()
+        graph_inputs, graph_outputs = graph.build(output_at=output_at)
         inputs += graph_inputs
         outputs += graph_outputs
         names[seed] = [writer.tensors[t].name for t in graph_outputs]
@@ -1035,7 +1041,18 @@ def write_random_tflite(seeds: list[int], path: Path) -> dict[int, list[str]]:
     return names
 
 
-def check_tflite_seeds(seeds: list[int], seed: int = 0) -> dict[int, tuple[str, str]]:
+def shrink_tflite_seed(graph_seed: int, status: str, seed: int = 0, budget: int = 8
+                       ) -> int | None:
+    """The earliest cut (`output_at`) of the graph of `graph_seed` that still fails with
+    `status`: its reproducer is (graph_seed, cut); None when no cut does."""
+    for cut in range(budget):
+        if check_tflite_seeds([graph_seed], seed, output_at=cut)[graph_seed][0] == status:
+            return cut
+    return None
+
+
+def check_tflite_seeds(seeds: list[int], seed: int = 0, output_at: int | None = None
+                       ) -> dict[int, tuple[str, str]]:
     """Compile the TFLite graphs of `seeds` as one model, run it on the host, compare with
     TFLite Micro (LiteRT where TFLite Micro cannot run it): seed → (status, detail), status as
     in `Outcome`. A failing batch is bisected down to single seeds (each its own reproducer:
@@ -1045,14 +1062,14 @@ def check_tflite_seeds(seeds: list[int], seed: int = 0) -> dict[int, tuple[str, 
 
     with tempfile.TemporaryDirectory(prefix="microexport-fuzz-") as tmp:
         path = Path(tmp) / "model.tflite"
-        names = write_random_tflite(seeds, path)
+        names = write_random_tflite(seeds, path, output_at)
         try:
             report = microexport.test(path, seed=seed)
         except Exception as err:  # noqa: BLE001 - find which graph, then say what happened
             if len(seeds) > 1:
                 half = len(seeds) // 2
-                return {**check_tflite_seeds(seeds[:half], seed),
-                        **check_tflite_seeds(seeds[half:], seed)}
+                return {**check_tflite_seeds(seeds[:half], seed, output_at),
+                        **check_tflite_seeds(seeds[half:], seed, output_at)}
             text = err.one_line() if isinstance(err, Error) else (
                 f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
             crash = not isinstance(err, Error) or ("compiling '" in text and "failed" in text)

@@ -7,8 +7,9 @@ compared with TFLite Micro; the shrunk reproducers of bugs found so far
 ones (about 0.35 s per graph on 2 idle cores, 1 s under load; the environment variables
 MICROEXPORT_FUZZ_GRAPHS / MICROEXPORT_FUZZ_TFLITE_GRAPHS change the counts); bench/fuzz.py runs
 thousands. A failing ONNX graph is shrunk and written to the test's temporary directory (the
-assertion message names it); a failing TFLite graph is named by its seed
-(`random_models.write_random_tflite([seed], path)` rebuilds it).
+assertion message names it); a failing TFLite graph is cut after the earliest tensor that still
+fails (`random_models.shrink_tflite_seed`; `write_random_tflite([seed], path, output_at=N)`
+rebuilds it: `check_tflite_seeds([seed], output_at=N)` is its regression test).
 """
 
 from __future__ import annotations
@@ -118,8 +119,21 @@ def test_random_tflite_graphs_match_tflite_micro(first: int) -> None:
     seeds = list(range(first, min(first + TFLITE_BATCH, TFLITE_GRAPHS)))
     results = random_models.check_tflite_seeds(seeds)
     failed = {seed: result for seed, result in results.items() if result[0] != "pass"}
-    assert not failed, "\n".join(f"TFLite seed {seed}: {status}: {detail}"
-                                 for seed, (status, detail) in failed.items())
+    assert not failed, "\n".join(
+        f"TFLite seed {seed}: {status}: {detail} (reproducer: seed {seed}, output_at "
+        f"{random_models.shrink_tflite_seed(seed, status)})"
+        for seed, (status, detail) in failed.items())
+
+
+def test_tflite_graph_cut_after_a_produced_tensor(tmp_path: Path) -> None:
+    """The TFLite shrinker's cut: the graph of a seed with the `output_at`-th tensor it
+    produces as its only output, still matching TFLite Micro."""
+    require_module("tflite_micro", "tflite")
+    require_program("gcc", "gcc")
+    full = random_models.write_random_tflite([3], tmp_path / "full.tflite")
+    cut = random_models.write_random_tflite([3], tmp_path / "cut.tflite", output_at=0)
+    assert len(cut[3]) == 1 and cut[3][0] != full[3][0]
+    assert random_models.check_tflite_seeds([3], output_at=0) == {3: ("pass", "")}
 
 
 @pytest.mark.parametrize("path", REPRODUCERS, ids=[p.stem for p in REPRODUCERS])
