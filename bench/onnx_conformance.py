@@ -363,12 +363,78 @@ def _commit() -> str | None:
     return head + ("+" if dirty else "")
 
 
+# The MCU operator set of the correctness issue (issue 11, point 3): every node test of these
+# operators should pass, except for types C has no type for and non-tensor values.
+MCU_OPERATORS = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "MaxPool", "GlobalAveragePool",
+    "GlobalMaxPool", "LpPool", "GlobalLpPool", "BatchNormalization", "LayerNormalization",
+    "InstanceNormalization", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Gelu", "Softplus", "Softsign", "Mish",
+    "ThresholdedRelu", "Swish", "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean",
+    "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+    "ReduceLogSumExp", "ReduceSumSquare", "Pad", "Slice", "Split", "Concat", "Transpose",
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Resize", "Clip", "Cast",
+    "CastLike", "CumSum", "Where", "Gather", "Expand", "Tile", "LSTM", "GRU", "RNN",
+    "QuantizeLinear", "DequantizeLinear", "If",
+})
+
+
+# Refusals of what an MCU deployment does not have: C types, non-tensor values, training.
+BY_DESIGN = re.compile(r"which C has no type for|is not a tensor|as a sequence|as an optional|"
+                       r"training_mode|zero_point param datatype|Unsupported (input|output) "
+                       r"datatype")
+
+
+def tested_operator(test_dir: Path) -> str | None:
+    """The operator a node test tests: its model's only node, or for an `_expanded` test
+    (the operator written out as a function body) that of its unexpanded twin."""
+    import onnx
+
+    twin = re.sub(r"_expanded(_ver\d+)?$", "", test_dir.name)
+    model = test_dir.parent / twin / "model.onnx"
+    if not model.is_file():
+        return None
+    nodes = onnx.load(str(model), load_external_data=False).graph.node
+    return nodes[0].op_type if len(nodes) == 1 else None
+
+
+def mcu_lines(results: list[dict[str, Any]], frozen: list[dict[str, Any]] | None,
+              node_dir: Path) -> list[str]:
+    """The section's paragraph on the MCU operator set: how many of its tests pass, and why
+    the others do not."""
+    rescued = {r["name"] for r in frozen or [] if r["status"] == PASS}
+    mcu = [r for r in results if tested_operator(node_dir / r["name"]) in MCU_OPERATORS]
+    if not mcu:
+        return []
+    passed = sum(r["status"] == PASS for r in mcu)
+    with_frozen = sum(r["status"] == PASS or r["name"] in rescued for r in mcu)
+    failing = [r for r in mcu if r["status"] != PASS and r["name"] not in rescued]
+    by_design = [r for r in failing if BY_DESIGN.search(r["detail"])]
+    others = Counter(f"{r['status'].removeprefix(ERROR_PREFIX)}: {message_class(r['detail'])}"
+                     for r in failing if r not in by_design)
+    lines = [f"MCU operator set (`MCU_OPERATORS` in the script: convolutions, pools, "
+             f"normalizations, activations, Softmax, Reduce*, shape operators, Resize, Clip, "
+             f"Cast, CumSum, Where, Gather, Expand, Tile, LSTM, GRU, RNN, Q/DQ, If; "
+             f"`_expanded` tests counted with their operator): **{passed} / {len(mcu)} pass "
+             f"as they come, {with_frozen} with parameter inputs frozen**. Of the "
+             f"{len(failing)} others, {len(by_design)} are one-line refusals by design: a "
+             f"type C has no type for (float8, float4, int2/int4 and their quantization), a "
+             f"value that is not a tensor (sequence, optional), BatchNormalization in training "
+             f"mode" + ("; the rest:" if others else "."), ""]
+    if others:
+        lines += ["| tests | error |", "|---|---|"]
+        lines += [f"| {count} | {text.replace('|', '/')} |" for text, count in
+                  others.most_common()] + [""]
+    return lines
+
+
 def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
             baseline: tuple[str, list[dict[str, Any]]] | None = None,
-            commit: str | None = None, frozen: list[dict[str, Any]] | None = None) -> str:
+            commit: str | None = None, frozen: list[dict[str, Any]] | None = None,
+            node_dir: Path | None = None) -> str:
     """The markdown section for bench/RESULTS.md (`baseline`: a label and earlier results to
     show the headline of; `commit`: what was measured; `frozen`: the reruns with integer
-    inputs frozen)."""
+    inputs frozen; `node_dir`: the generated tests, to break out the MCU operator set)."""
     import onnx
 
     total = len(results)
@@ -393,6 +459,8 @@ def summary(results: list[dict[str, Any]], seconds: float, jobs: int,
                   f"deployment would fix them: **{passed} / {total} pass "
                   f"({100 * passed / max(total, 1):.1f}%)** ({len(rescued)} more of the "
                   f"{len(frozen)} failing tests with such inputs).", ""]
+    if node_dir is not None:
+        lines += mcu_lines(results, frozen, node_dir)
     if baseline is not None:
         lines += [f"{baseline[0]}: {headline(baseline[1])}", ""]
     lines += [
@@ -490,13 +558,13 @@ def main(argv: list[str] | None = None) -> int:
         frozen = run_frozen(tests, previous, args, frozen_json)
         write_section(summary(sorted(previous.values(), key=lambda r: r["name"]),
                               run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline,
-                              run.get("commit"), frozen))
+                              run.get("commit"), frozen, node_dir))
         return 0
     if args.summary_only:
         run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
         text = summary(sorted(previous.values(), key=lambda r: r["name"]),
                        run.get("seconds", 0.0), run.get("jobs", args.jobs), baseline,
-                       run.get("commit"), frozen)
+                       run.get("commit"), frozen, node_dir)
         write_section(text)
         print(text.split("\n\n")[2])
         return 0
@@ -518,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "commit": commit}), encoding="utf-8")
         frozen = run_frozen(tests, merged, args, frozen_json)
     text = summary(results if partial else list(merged.values()), seconds, args.jobs, baseline,
-                   commit, None if partial else frozen)
+                   commit, None if partial else frozen, node_dir)
     if args.no_write or partial:
         print(text)
     else:
