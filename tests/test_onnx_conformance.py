@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow
 # ReduceMax, Reshape/Resize with a run-time target shape).
 PASSING = (
     "test_abs", "test_add_bcast", "test_attention_3d",
+    "test_attention_4d_causal_fp16_expanded",  # float16 rounded per operator (was one ULP off)
     "test_attention_causal_boolmask_nan_robustness_expanded", "test_averagepool_2d_pads",
     "test_batchnorm_example", "test_layer_normalization_2d_axis0", "test_mish",
     "test_bitshift_left_int32_shift_ge_width", "test_bitshift_right_int32_negative_shift",
