@@ -259,7 +259,8 @@ def unpack_function(
     func: tirx.PrimFunc, stack_limit: int = DEFAULT_STACK_LIMIT
 ) -> tuple[tirx.PrimFunc, ScratchLayout]:
     """Apply the unpacked-API rewrite to one flattened kernel; internal buffers of at most
-    `stack_limit` bytes stay C locals, internal buffers nothing reads are dropped."""
+    `stack_limit` bytes stay C locals (not those narrower than a word whose address goes to
+    a called function), internal buffers nothing reads are dropped."""
     func = drop_write_only_buffers(func)
 
     escaping = _passed_to_extern_calls(func.body)
