@@ -338,3 +338,127 @@ def test_resize_left_to_tvm_is_refused_where_it_would_be_wrong(tmp_path: Path) -
     with pytest.raises(ModelError, match="size ratio") as err:
         microexport.compile(str(path), output=tmp_path / "e.tar")
     assert "\n" not in str(err.value)
+
+
+# (kernel_shape, attributes) of the MaxPool nodes with Indices of one model, on a 2-D input.
+MAXPOOL_INDICES_CASES = [
+    ([3, 3], {}),
+    ([2, 2], {"strides": [2, 2], "storage_order": 1}),
+    ([3, 3], {"pads": [1, 0, 2, 1], "strides": [2, 1]}),
+    ([2, 3], {"dilations": [2, 1], "storage_order": 1}),
+    ([3, 2], {"strides": [2, 2], "ceil_mode": 1}),
+    ([3, 3], {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ([2, 2], {"auto_pad": "SAME_LOWER", "storage_order": 1}),
+]
+
+
+def _ort_outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ort = require_module("onnxruntime", "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds),
+                    strict=True))
+
+
+def test_maxpool_indices(tmp_path: Path) -> None:
+    """MaxPool's Indices output (our kernel): pads, strides, dilations, ceil_mode, auto_pad,
+    both storage orders, on a batch of 2 with many ties (small integer values; the first
+    position in row-major order wins, as in ONNX's reference), 1-D and 3-D too: equal to
+    onnxruntime."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper
+
+    nodes, outputs = [], []
+    for index, (kernel, attrs) in enumerate(MAXPOOL_INDICES_CASES):
+        y, z = f"y_{index}", f"z_{index}"
+        nodes.append(helper.make_node("MaxPool", ["x"], [y, z], kernel_shape=kernel, **attrs))
+        outputs += [helper.make_tensor_value_info(y, TensorProto.FLOAT, None),
+                    helper.make_tensor_value_info(z, TensorProto.INT64, None)]
+    nodes += [helper.make_node("MaxPool", ["line"], ["y_1d", "z_1d"], kernel_shape=[3],
+                               strides=[2], pads=[1, 1]),
+              helper.make_node("MaxPool", ["cube"], ["y_3d", "z_3d"], kernel_shape=[2, 2, 2],
+                               storage_order=1, pads=[0, 1, 0, 1, 0, 0])]
+    outputs += [helper.make_tensor_value_info(name, elem, None)
+                for name, elem in (("y_1d", TensorProto.FLOAT), ("z_1d", TensorProto.INT64),
+                                   ("y_3d", TensorProto.FLOAT), ("z_3d", TensorProto.INT64))]
+    graph = helper.make_graph(
+        nodes, "maxpools",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 7, 6]),
+         helper.make_tensor_value_info("line", TensorProto.FLOAT, [1, 2, 9]),
+         helper.make_tensor_value_info("cube", TensorProto.FLOAT, [1, 2, 3, 4, 5])],
+        outputs)
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18)]))  # the outputs' shapes
+    model.ir_version = 8
+    path = tmp_path / "maxpool.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.integers(-3, 4, (2, 3, 7, 6)).astype(np.float32),
+             "line": rng.integers(-2, 3, (1, 2, 9)).astype(np.float32),
+             "cube": rng.integers(-2, 3, (1, 2, 3, 4, 5)).astype(np.float32)}
+    want = _ort_outputs(path, feeds)
+    got = _run(path, feeds, tmp_path)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_convtranspose_output_shape(tmp_path: Path) -> None:
+    """ConvTranspose with output_shape: the pads derived as the ONNX specification says
+    (larger than the full output: the extra rows are output_padding's zeros plus bias;
+    smaller: pads; NOTSET, SAME_UPPER and SAME_LOWER splits; dilations): against onnxruntime."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)  # 2 in, 3 out
+    bias = rng.standard_normal(3).astype(np.float32)
+    cases = [  # (output_shape, attributes)
+        ([10, 8], {"strides": [3, 2]}),  # the node test: one extra row and column
+        ([7, 5], {"strides": [3, 2]}),  # cropped: positive pads
+        ([6, 6], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+        ([8, 7], {"strides": [2, 2], "auto_pad": "SAME_UPPER", "dilations": [2, 1]}),
+        ([6, 6], {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    ]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], [f"y_{i}"], output_shape=shape,
+                              **attrs) for i, (shape, attrs) in enumerate(cases)]
+    graph = helper.make_graph(
+        nodes, "convtransposes", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                [1, 2, 3, 3])],
+        [helper.make_tensor_value_info(f"y_{i}", TensorProto.FLOAT, [1, 3, *shape])
+         for i, (shape, _) in enumerate(cases)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    path = _save(graph, tmp_path / "convtranspose.onnx")
+    feeds = {"x": rng.standard_normal((1, 2, 3, 3)).astype(np.float32)}
+    want = _ort_outputs(path, feeds)
+    got = _run(path, feeds, tmp_path)
+    for index, (shape, _) in enumerate(cases):
+        name = f"y_{index}"
+        assert want[name].shape[2:] == tuple(shape), name  # the reference honours output_shape
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize(("shape", "stride", "auto_pad", "message"), [
+    ([9, 9], 2, "SAME_UPPER", "leading pads"),  # zero rows before the output
+    ([5, 5], 1, "NOTSET", "a stride or more beyond"),  # onnxruntime refuses it too
+])
+def test_convtranspose_output_shape_refused(tmp_path: Path, shape: list[int], stride: int,
+                                            auto_pad: str, message: str) -> None:
+    """An output_shape whose pads would start before the output (SAME_UPPER, larger output;
+    onnxruntime and the ONNX reference disagree there) or that asks for a stride or more of
+    extra rows is a one-line ModelError naming the node."""
+    require_module("onnx", "onnx")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", output_shape=shape,
+                            strides=[stride, stride], auto_pad=auto_pad)
+    graph = helper.make_graph(
+        [node], "leading", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3]),
+                            helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, *shape])])
+    path = _save(graph, tmp_path / "leading.onnx")
+    with pytest.raises(ModelError, match=f"'up'.*{message}") as err:
+        microexport.compile(str(path), output=tmp_path / "m.tar", name="ops")
+    assert "\n" not in str(err.value)

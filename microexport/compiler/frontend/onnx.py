@@ -22,7 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microexport.compiler.frontend import blocked_quantization, cumsum, resize
+from microexport.compiler.frontend import (
+    blocked_quantization,
+    convtranspose,
+    cumsum,
+    maxpool_indices,
+    resize,
+)
 from microexport.compiler.frontend.common import (
     Constants,
     ImportedModel,
@@ -95,6 +101,8 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     _check_operators(model)
     _check_frontend_gaps(model)
     _rewrite_one_sided_isinf(model.graph)
+    # TVM's converter ignores ConvTranspose's output_shape: explicit pads instead
+    convtranspose.resolve_output_shapes(model.graph, lambda: _inferred_shapes(model))
     _guard_bit_shifts(model)
     _rewrite_float_floor_mod(model)
     try:
@@ -623,9 +631,9 @@ def _convert(model: onnx.ModelProto, inputs: list[TensorSpec], path: Path) -> An
 @contextlib.contextmanager
 def _our_converters() -> Iterator[None]:
     """TVM's ONNX frontend with our converters (`recurrent.onnx_converters`,
-    `cumsum`, `blocked_quantization` and `resize.onnx_converters`) in its converter map,
-    which it rebuilds with `_get_convert_map()` on every lookup: the module's function is
-    replaced for the duration of one import."""
+    `cumsum`, `blocked_quantization`, `resize.onnx_converters` and `maxpool_indices`) in its
+    converter map, which it rebuilds with `_get_convert_map()` on every lookup: the module's
+    function is replaced for the duration of one import."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     stock = onnx_frontend._get_convert_map
@@ -634,7 +642,8 @@ def _our_converters() -> Iterator[None]:
         converters = stock()
         return {**converters, **onnx_converters(), **cumsum.onnx_converters(),
                 **blocked_quantization.onnx_converters(converters),
-                **resize.onnx_converters(converters)}
+                **resize.onnx_converters(converters),
+                **maxpool_indices.onnx_converters(converters)}
 
     onnx_frontend._get_convert_map = extended
     try:
