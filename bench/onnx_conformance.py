@@ -416,11 +416,12 @@ def mcu_lines(results: list[dict[str, Any]], frozen: list[dict[str, Any]] | None
              f"normalizations, activations, Softmax, Reduce*, shape operators, Resize, Clip, "
              f"Cast, CumSum, Where, Gather, Expand, Tile, LSTM, GRU, RNN, Q/DQ, If; "
              f"`_expanded` tests counted with their operator): **{passed} / {len(mcu)} pass "
-             f"as they come, {with_frozen} with parameter inputs frozen**. Of the "
-             f"{len(failing)} others, {len(by_design)} are one-line refusals by design: a "
-             f"type C has no type for (float8, float4, int2/int4 and their quantization), a "
-             f"value that is not a tensor (sequence, optional), BatchNormalization in training "
-             f"mode" + ("; the rest:" if others else "."), ""]
+             f"as they come, {with_frozen} with parameter inputs frozen**" + (
+                 f". Of the {len(failing)} others, {len(by_design)} are one-line refusals by "
+                 f"design: a type C has no type for (float8, float4, int2/int4 and their "
+                 f"quantization), a value that is not a tensor (sequence, optional), "
+                 f"BatchNormalization in training mode" + ("; the rest:" if others else ".")
+                 if failing else "."), ""]
     if others:
         lines += ["| tests | error |", "|---|---|"]
         lines += [f"| {count} | {text.replace('|', '/')} |" for text, count in
