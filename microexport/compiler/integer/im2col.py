@@ -16,8 +16,9 @@ do the same). This module builds those kernels as TIR directly, with TVM's IR bu
   array initialised with the bias; the requantization epilogue is TIR (`kernels.Output`);
 - fully connected: the int8 input row read directly (`me_dot_s8s8_Rx1`, the zero point folded
   into the bias by `fold_zero_point`) when the depth is a multiple of four, else an int16 column;
-- depthwise: `me_dw_s8_4ch_window`, four channels of one output pixel over the taps of its
-  window inside the input (clipped once per pixel), the sums in registers.
+- depthwise: four channels of one output pixel per call, the sums in registers: over the whole
+  window unrolled (`me_dw_s8_4ch_RxC`) away from the border, over the taps inside the input
+  (`me_dw_s8_4ch_window`, clipped once per pixel) at it.
 
 Every micro-kernel call is a `call_extern` in the TIR (and so in its JSON), and the arithmetic is
 the reference kernels' int32 sum, so results are bit-exact with TFLite Micro on every core.
@@ -371,9 +372,11 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
                      dilation: Sequence[int], padding: Sequence[int], input_zero_point: int
                      ) -> tirx.PrimFunc:
     """DEPTHWISE_CONV_2D with a depth multiplier of 1 and channels a multiple of four: per output
-    pixel and group of four channels, one `me_dw_s8_4ch_window` call over the taps of the window
-    inside the input (its rows and columns clipped once per pixel, as TFLite Micro does,
-    instead of a bounds test per tap). Weights [1, H, W, C] are used as they are."""
+    pixel and group of four channels, one micro-kernel call: `me_dw_s8_4ch_RxC` (unrolled)
+    when the whole window lies inside the input and has at most `MAX_UNROLLED_TAPS` taps, else
+    `me_dw_s8_4ch_window` over the taps inside the input (rows and columns clipped once per
+    pixel, as TFLite Micro does, instead of a bounds test per tap). Weights [1, H, W, C] are
+    used as they are."""
     batch, height, width, channels = (int(d) for d in data_shape)
     _, out_h, out_w, _ = (int(d) for d in out_shape)
     kernel_h, kernel_w = kernel
@@ -401,8 +404,9 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
             origin_y = y * strides[0] - top
             origin_x = x * strides[1] - left
 
-            def groups(first_y: Any, first_x: Any, rows: Any, cols: Any,
-                       whole: bool) -> None:
+            def groups(first_y: Any, first_x: Any, window: Sequence[Any]) -> None:
+                # `window`: the clipped (rows, cols) for me_dw_s8_4ch_window, or none for the
+                # unrolled whole-window kernel
                 with T.serial(0, channels // 4) as group:
                     IRBuilder.name("group", group)
                     channel = group * 4
@@ -410,10 +414,9 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
                         start = builder.bias[channel + j] if builder.bias is not None \
                                 else _i32(0)
                         T.buffer_store(acc, start, [j])
-                    window = [rows, cols] if not whole else []
                     T.evaluate(tirx.call_extern(
-                        "void", f"me_dw_s8_4ch_{kernel_h}x{kernel_w}" if whole
-                        else DEPTHWISE_WINDOW,
+                        "void", DEPTHWISE_WINDOW if window
+                        else f"me_dw_s8_4ch_{kernel_h}x{kernel_w}",
                         _pointer(builder.data, _element(builder.data, [
                             n, origin_y + first_y * dilation[0],
                             origin_x + first_x * dilation[1], channel]), 4, "r"),
@@ -430,7 +433,7 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
             rows = end_tap(origin_y, height, kernel_h, dilation[0]) - first_y
             cols = end_tap(origin_x, width, kernel_w, dilation[1]) - first_x
             if kernel_h * kernel_w > MAX_UNROLLED_TAPS:
-                groups(first_y, first_x, rows, cols, whole=False)
+                groups(first_y, first_x, [rows, cols])
             else:
                 # A pixel whose whole window lies inside the input: the unrolled micro-kernel,
                 # every tap a load at a fixed offset. At the borders the window is clipped
@@ -440,9 +443,9 @@ def depthwise_conv2d(name: str, data_shape: Sequence[int], kernel: Sequence[int]
                                   origin_x >= 0, origin_x + (kernel_w - 1) * dilation[1] < width)
                 with T.If(inside):
                     with T.Then():
-                        groups(_i32(0), _i32(0), rows, cols, whole=True)
+                        groups(_i32(0), _i32(0), [])
                     with T.Else():
-                        groups(first_y, first_x, rows, cols, whole=False)
+                        groups(first_y, first_x, [rows, cols])
     return ib.get().with_attr("op_pattern", _OPAQUE)
 
 
