@@ -206,12 +206,12 @@ class _KernelAnalyzer:
                 return
             self.counts["macs"] += rows * cols * depth * times
             self.counts["read"] += (rows + column_bytes * cols) * depth * times
-        elif (window := _DEPTHWISE_WINDOW.fullmatch(name)) is not None:  # 4 channels, R x C
-            rows, cols = int(window.group(1)), int(window.group(2))
-            self.counts["macs"] += 4 * rows * cols * times
-            self.counts["read"] += 8 * rows * cols * times
-        elif name == "me_dw_s8_4ch_window":  # four channels over rows x cols taps
-            rows, cols = int_value(call["args"][7]), int_value(call["args"][8])
+        elif name.startswith("me_dw_s8_4ch_"):  # four channels over rows x cols taps
+            whole = _DEPTHWISE_WINDOW.fullmatch(name)
+            if whole is not None:  # me_dw_s8_4ch_RxC: a whole window
+                rows, cols = int(whole.group(1)), int(whole.group(2))
+            else:  # me_dw_s8_4ch_window: its rows and cols are arguments
+                rows, cols = int_value(call["args"][7]), int_value(call["args"][8])
             if rows is None or cols is None:  # clipped at run time: counted as one tap
                 self.stats.approximate = True
                 rows = cols = 1

@@ -98,8 +98,7 @@ def pack_rows(weights: np.ndarray, widest: int) -> PackedWeights:
 def dot_kernels_used(source: str, kind: str = "s8s16") -> list[tuple[int, int]]:
     """The (rows, cols) shapes of the `me_dot_<kind>_RxC` micro-kernels that C `source`
     calls, sorted."""
-    found = re.findall(rf"\bme_dot_{kind}_(\d+)x(\d+)\(", source)
-    return sorted({(int(r), int(c)) for r, c in found})
+    return _shapes_called(source, f"me_dot_{kind}_")
 
 
 def fc_reads_input_directly(depth: int) -> bool:
@@ -120,7 +119,12 @@ def fold_zero_point(weights: np.ndarray, bias: np.ndarray | None, zero_point: in
 
 def depthwise_windows_used(source: str) -> list[tuple[int, int]]:
     """The (rows, cols) of the unrolled `me_dw_s8_4ch_RxC` micro-kernels C `source` calls."""
-    found = re.findall(r"\bme_dw_s8_4ch_(\d+)x(\d+)\(", source)
+    return _shapes_called(source, "me_dw_s8_4ch_")
+
+
+def _shapes_called(source: str, prefix: str) -> list[tuple[int, int]]:
+    """The sorted (rows, cols) of the `<prefix>RxC(` calls in C `source`."""
+    found = re.findall(rf"\b{prefix}(\d+)x(\d+)\(", source)
     return sorted({(int(r), int(c)) for r, c in found})
 
 
