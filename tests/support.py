@@ -33,3 +33,11 @@ def require_module(module: str, extra: str) -> object:
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
+
+
+def require_board(board: str) -> None:
+    """What running on `board` needs: nothing more for the host, the Arm toolchain and QEMU
+    for an emulated board (skip locally if missing, fail under CI)."""
+    if board != "host":
+        require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
+        require_program("qemu-system-arm", "qemu-system-arm")

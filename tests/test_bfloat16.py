@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_module, require_program
+from support import require_board, require_module
 
 import microexport
 
@@ -88,9 +88,7 @@ def test_bfloat16_model_matches_the_onnx_reference(board: str, tmp_path: Path) -
     decoded, computed in float32 and rounded at the Cast and at the end; within two bfloat16
     ULPs of the ONNX reference (which rounds after every bfloat16 operation)."""
     require_module("onnx", "onnx")
-    if board != "host":
-        require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
-        require_program("qemu-system-arm", "qemu-system-arm")
+    require_board(board)
     import ml_dtypes
     from onnx import TensorProto, helper, numpy_helper
     from onnx.reference import ReferenceEvaluator

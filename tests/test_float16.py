@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_module, require_program
+from support import require_board, require_module
 
 import microexport
 
@@ -78,9 +78,7 @@ def test_float16_model_matches_onnxruntime(board: str, tmp_path: Path) -> None:
     through Cast(to=FLOAT16): the encoder rounds to nearest even exactly like numpy."""
     require_module("onnx", "onnx")
     require_module("onnxruntime", "onnxruntime")
-    if board != "host":
-        require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
-        require_program("qemu-system-arm", "qemu-system-arm")
+    require_board(board)
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(16)

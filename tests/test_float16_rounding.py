@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_module, require_program
+from support import require_board, require_module
 
 import microexport
 
@@ -72,9 +72,7 @@ def test_float16_chain_matches_the_reference_bit_for_bit(board: str, tmp_path: P
     float16's rounding of it."""
     require_module("onnx", "onnx")
     require_module("onnxruntime", "onnxruntime")
-    if board != "host":
-        require_program("arm-none-eabi-gcc", "gcc-arm-none-eabi")
-        require_program("qemu-system-arm", "qemu-system-arm")
+    require_board(board)
     import onnx
     import onnxruntime
     from onnx.reference import ReferenceEvaluator
