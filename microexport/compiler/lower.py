@@ -31,10 +31,9 @@ from microexport.compiler.schedules import (
 )
 from microexport.compiler.unpacked import (
     DEFAULT_STACK_LIMIT,
-    UNUSED_MARKER,
     ScratchLayout,
-    _used_vars,
     bind_buffer_offsets,
+    drop_unread_params,
     make_unpacked,
 )
 from microexport.errors import DynamicShape, ModelError, UnsupportedOperator
@@ -529,35 +528,16 @@ def drop_empty_arguments(schedule: Schedule, kernels: tvm.IRModule
     funcs = {}
     dropped: dict[str, set[int]] = {}
     for gv, func in kernels.functions.items():
-        indices = wanted.get(gv.name_hint)
-        removed = {func.params[i].__chandle__() for i in indices or ()}
-        stmts = list(func.body.seq) if isinstance(func.body, tirx.SeqStmt) else [func.body]
-        kept = [stmt for stmt in stmts if not _declares_or_marks(stmt, removed)]
-        if not removed or len(kept) == len(stmts) or removed & _used_vars(tirx.SeqStmt(kept)):
-            funcs[gv] = func
-            continue
-        params = [p for i, p in enumerate(func.params) if i not in indices]
-        funcs[gv] = tirx.PrimFunc(params, tirx.SeqStmt(kept), func.ret_type, func.attrs)
-        dropped[gv.name_hint] = set(indices or ())
+        indices = wanted.get(gv.name_hint) or set()
+        smaller = drop_unread_params(func, indices) if indices else None
+        funcs[gv] = smaller or func
+        if smaller is not None:
+            dropped[gv.name_hint] = indices
     calls = tuple(
         KernelCall(call.kernel, tuple(name for i, name in enumerate(call.inputs)
                                       if i not in dropped.get(call.kernel, ())), call.outputs)
         for call in schedule.calls)
     return dataclasses.replace(schedule, calls=calls), tvm.IRModule(funcs)
-
-
-def _declares_or_marks(stmt: tirx.Stmt, params: set[int]) -> bool:
-    """Whether `stmt` is a buffer declared on one of `params` (by handle) or the
-    `microexport_unused` marker of one."""
-    if isinstance(stmt, tirx.DeclBuffer):
-        return isinstance(stmt.data, tirx.Var) and stmt.data.__chandle__() in params
-    if isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, ir.Call):
-        call = stmt.value
-        return (isinstance(call.op, ir.Op) and call.op.name == "tirx.call_extern"
-                and str(call.args[0].value) == UNUSED_MARKER
-                and any(isinstance(a, tirx.Var) and a.__chandle__() in params
-                        for a in call.args[1:]))
-    return False
 
 
 def _with_views(quantization: dict[str, TensorQuantization], views: dict[str, str],

@@ -415,6 +415,33 @@ def _var_names(func: tirx.PrimFunc) -> set[str]:
     return names
 
 
+def drop_unread_params(func: tirx.PrimFunc, indices: set[int]) -> tirx.PrimFunc | None:
+    """The unpacked kernel `func` without its parameters at `indices` (their buffer
+    declarations and unused-parameter markers removed), or None when its body still reads one
+    of them or they were not plain parameters."""
+    removed = {func.params[i].__chandle__() for i in indices}
+    stmts = list(func.body.seq) if isinstance(func.body, tirx.SeqStmt) else [func.body]
+    kept = [stmt for stmt in stmts if not _declares_or_marks(stmt, removed)]
+    if len(kept) == len(stmts) or removed & _used_vars(tirx.SeqStmt(kept)):
+        return None
+    params = [p for i, p in enumerate(func.params) if i not in indices]
+    return tirx.PrimFunc(params, tirx.SeqStmt(kept), func.ret_type, func.attrs)
+
+
+def _declares_or_marks(stmt: tirx.Stmt, params: set[int]) -> bool:
+    """Whether `stmt` is a buffer declared on one of `params` (by handle) or the
+    `microexport_unused` marker of one."""
+    if isinstance(stmt, tirx.DeclBuffer):
+        return isinstance(stmt.data, tirx.Var) and stmt.data.__chandle__() in params
+    if isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, ir.Call):
+        call = stmt.value
+        return (isinstance(call.op, ir.Op) and call.op.name == "tirx.call_extern"
+                and str(call.args[0].value) == UNUSED_MARKER
+                and any(isinstance(a, tirx.Var) and a.__chandle__() in params
+                        for a in call.args[1:]))
+    return False
+
+
 def _passed_to_extern_calls(node: object) -> set[int]:
     """The buffers (by handle: in TVM 0.27 a buffer is the variable `tvm_access_ptr` names) whose
     address `node` takes (`tvm_access_ptr`, or `address_of` an element) to hand to a function."""
