@@ -33,6 +33,7 @@ from microexport.compiler.frontend.common import (
     require,
     resolve_shape,
 )
+from microexport.compiler.frontend.lstm_integer import unidirectional_sequence_lstm
 from microexport.compiler.frontend.recurrent import tflite_unidirectional_sequence_lstm
 from microexport.compiler.frontend.tflite_integer import (
     DATA_MOVEMENT_OPERATORS,
@@ -43,6 +44,10 @@ from microexport.compiler.quantization import TensorQuantization, same_data, tfl
 from microexport.errors import Error, ModelError, UnsupportedOperator
 from microexport.model import TensorSpec
 
+# Every quantized operator with an integer converter: the integer operators of tflite_integer
+# and the integer LSTM (its own module).
+_INTEGER_CONVERTERS = {**INTEGER_OPERATORS,
+                       "UNIDIRECTIONAL_SEQUENCE_LSTM": unidirectional_sequence_lstm}
 _QUOTED = re.compile(r"'([A-Za-z0-9_:]+)'")
 _NOT_QUANTIZED_OPS = {"DEQUANTIZE", "QUANTIZE"}
 # What the flatbuffers reader raises on a corrupt or truncated buffer (offsets past the end,
@@ -348,7 +353,7 @@ def _converter_class() -> type:
         # Quantized operators we import (integer kernels, or operators that only move the
         # integers), plus those TVM's converter lowers through float (QDQ).
         _SUPPORTED_QUANTIZED_OPS = frozenset(OperatorConverter._SUPPORTED_QUANTIZED_OPS) | {
-            *INTEGER_OPERATORS, *DATA_MOVEMENT_OPERATORS}
+            *_INTEGER_CONVERTERS, *DATA_MOVEMENT_OPERATORS}
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -359,7 +364,7 @@ def _converter_class() -> type:
             self.convert_map["EXPAND_DIMS"] = self._expand_dims
             self.convert_map["UNIDIRECTIONAL_SEQUENCE_LSTM"] = self._sequence_lstm(
                 self.convert_map.get("UNIDIRECTIONAL_SEQUENCE_LSTM"))
-            for name, integer in INTEGER_OPERATORS.items():
+            for name, integer in _INTEGER_CONVERTERS.items():
                 self.convert_map[name] = self._integer_or_stock(
                     name, integer, self.convert_map.get(name))
             self.convert_map = {

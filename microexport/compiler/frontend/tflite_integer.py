@@ -532,11 +532,35 @@ def _lookup(converter: Any, op: Any, name: str, table: Callable[[float, int, flo
 
 
 def _logistic(converter: Any, op: Any) -> Any:
+    if _dtype(converter, _io(converter, op)[1]) == "int16":
+        return _int16_sigmoid_or_tanh(converter, op, tanh=False)
     return _lookup(converter, op, "LOGISTIC", lambda si, zi, so, zo: fp.logistic_table(si, zi))
 
 
 def _tanh(converter: Any, op: Any) -> Any:
+    if _dtype(converter, _io(converter, op)[1]) == "int16":
+        return _int16_sigmoid_or_tanh(converter, op, tanh=True)
     return _lookup(converter, op, "TANH", lambda si, zi, so, zo: fp.tanh_table(si, zi))
+
+
+def _int16_sigmoid_or_tanh(converter: Any, op: Any, tanh: bool) -> Any:
+    """16x8 LOGISTIC or TANH: TFLite's interpolation in the uint16 sigmoid table, which needs
+    zero points of 0 and an output scale of 2**-15 (as TFLite Micro requires)."""
+    name = "TANH" if tanh else "LOGISTIC"
+    inputs, output = _io(converter, op)
+    if _dtype(converter, inputs[0]) != "int16":
+        raise QuantizationError(f"{name} from {_dtype(converter, inputs[0])} to int16")
+    (si, zi), (so, zo) = _scalar_params(converter, [inputs[0], output])
+    power, exact = fp.checked_log2(so)
+    if zi != 0 or zo != 0 or not exact or power != -15:
+        raise QuantizationError(f"int16 {name} needs zero points of 0 and an output scale of "
+                                f"2**-15 (got input zero point {zi}, output scale {so:g} and "
+                                f"zero point {zo})")
+    scaling = fp.int16_activation_scaling(si, tanh)
+    return _emit(converter, f"{name.lower()}_int16",
+                 [_expr(converter, inputs[0]), _const(fp.sigmoid_table_uint16())],
+                 lambda x, table: kernels.int16_activation(
+                     x, table, scaling.multiplier, scaling.left_shift, tanh))
 
 
 def _hard_swish(converter: Any, op: Any) -> Any:

@@ -499,3 +499,71 @@ def int16_softmax_params(input_scale: float, beta: float) -> Int16SoftmaxParams:
     reciprocal = int16_lookup_table(_one_over_one_plus, float(f32(1.0) / f32(span)), INT16_MIN,
                                     float(f32(2.0) / f32(span)), 0)
     return Int16SoftmaxParams(multiplier, shift, exp_table, reciprocal)
+
+
+# --- int16 sigmoid and tanh (16x8 LOGISTIC and TANH, the gates of the integer LSTM) ----------
+
+SIGMOID_TABLE_SIZE = 256
+SIGMOID_TABLE_STEP = 1.0 / 24.0  # the table samples sigmoid at i/24, i = 0..255
+
+
+def sigmoid_table_uint16() -> np.ndarray:
+    """The uint16[256] table of sigmoid(i/24) in 0.16 fixed point that TFLite's int16 LOGISTIC
+    and TANH (and so its integer LSTM) interpolate linearly, built here from its definition.
+
+    A chord between two samples of the concave sigmoid (x > 0) lies below the curve, by at
+    most h²/8·|σ''| (h = 1/24). Each sample is raised by half that bound, so that the
+    interpolation error is centred on zero, and rounded to nearest:
+    round(65536·(σ(x) − σ''(x)·h²/16)) (σ'' = σ(1−σ)(1−2σ) is negative there). The last entry,
+    read only by interpolation just below saturation, is the largest uint16 (σ → 1). The result
+    is checked against TFLite Micro on every int16 input of LOGISTIC and TANH (the tests).
+    """
+    x = np.arange(SIGMOID_TABLE_SIZE, dtype=np.float64) * SIGMOID_TABLE_STEP
+    sigmoid = 1.0 / (1.0 + np.exp(-x))
+    second_derivative = sigmoid * (1.0 - sigmoid) * (1.0 - 2.0 * sigmoid)
+    raised = sigmoid - second_derivative * SIGMOID_TABLE_STEP ** 2 / 16.0
+    table = np.round(65536.0 * raised)
+    table[-1] = 0xFFFF
+    return np.minimum(table, 0xFFFF).astype(np.uint16)
+
+
+def checked_log2(scale: float) -> tuple[int, bool]:
+    """TFLite's CheckedLog2: log2 of a float32 scale rounded to an integer, and whether the
+    scale is a power of two (the rounding moved it by less than 0.001)."""
+    log2 = math.log2(float(f32(scale)))
+    rounded = round_half_away(log2)
+    return rounded, abs(log2 - rounded) < 1e-3
+
+
+@dataclass(frozen=True)
+class Int16ActivationScaling:
+    """How an int16 LOGISTIC/TANH input becomes the table's argument: `(x * multiplier +
+    rounding) >> left_shift` (the names are TFLite's; the shift is a right shift)."""
+
+    multiplier: int
+    left_shift: int
+
+
+def int16_activation_scaling(input_scale: float, tanh: bool) -> Int16ActivationScaling:
+    """TFLite Micro's Prepare of int16 LOGISTIC (`tanh=False`) or TANH: a power-of-two input
+    scale of 2**-12 (either function) or 2**-11 (tanh) multiplies by 3 << shift; any other
+    scale by the integer part of scale·3·4096, doubled until it exceeds 32767/2."""
+    rounded, power_of_two = checked_log2(input_scale)
+    left_shift = 12 + rounded
+    if power_of_two and left_shift in ((0, 1) if tanh else (0,)):
+        return Int16ActivationScaling(3 << left_shift, 0)
+    multiplier = float(f32(input_scale)) * 4096.0 * 3.0
+    left_shift = 0
+    while multiplier <= 32767.0 / 2.0 and left_shift <= 30:
+        left_shift += 1
+        multiplier *= 2.0
+    return Int16ActivationScaling(int(multiplier), left_shift)
+
+
+def lstm_tanh_scaling(cell_state_scale_power: int) -> Int16ActivationScaling:
+    """The scaling of TFLite Micro's integer LSTM for tanh of a state with scale
+    2**cell_state_scale_power (the cell state; -12 for the cell gate's Q3.12 input)."""
+    left_shift = 15 + cell_state_scale_power - 3
+    if left_shift < 0:
+        return Int16ActivationScaling(3, -left_shift)
+    return Int16ActivationScaling(3 << left_shift, 0)

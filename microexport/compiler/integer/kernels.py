@@ -507,3 +507,86 @@ def softmax_int16(data: Tensor, exp_table: Tensor, reciprocal_table: Tensor, mul
         return tm.clamp(result, 0, 32767).astype("int16")
 
     return te.compute(shape, value, name="softmax")
+
+
+# --- int16 sigmoid / tanh and the integer LSTM (TFLite Micro's lstm_eval) --------------------
+
+def int16_activation(data: Tensor, table: Tensor, multiplier: int, left_shift: int,
+                     tanh: bool) -> Tensor:
+    """int16 LOGISTIC or TANH (Q0.15 output) through the uint16 sigmoid table."""
+    function = tm.tanh_int16 if tanh else tm.sigmoid_int16
+    return te.compute(data.shape, lambda *i: function(table, data[i], multiplier, left_shift),
+                      name="tanh_int16" if tanh else "logistic_int16")
+
+
+@dataclass(frozen=True)
+class LstmGate:
+    """One gate's two fully connected layers (input and hidden state to Q3.12 int16)."""
+
+    input_zero_point: int
+    hidden_zero_point: int
+    input_weight_zero_point: int
+    recurrent_weight_zero_point: int
+    from_input: Output  # multiplier and shift of input scale × weight scale / 2**-12
+    from_hidden: Output
+
+
+def lstm_gate(data: Tensor, hidden: Tensor, input_weight: Tensor, bias: Tensor,
+              recurrent_weight: Tensor, gate: LstmGate) -> Tensor:
+    """A gate's input before its nonlinearity, int16 [batch, units]: the input's fully connected
+    layer (with the gate's bias) plus the hidden state's (no bias), each requantized to Q3.12
+    and clamped to int16, summed with int16 saturation (TFLite Micro's CalculateLstmGate)."""
+    from_input = fully_connected(data, input_weight, bias, gate.from_input,
+                                 input_zero_point=gate.input_zero_point,
+                                 weight_zero_point=gate.input_weight_zero_point)
+    from_hidden = fully_connected(hidden, recurrent_weight, None, gate.from_hidden,
+                                  input_zero_point=gate.hidden_zero_point,
+                                  weight_zero_point=gate.recurrent_weight_zero_point)
+    return te.compute(
+        from_input.shape,
+        lambda b, u: tm.clamp(tm.i32(from_input[b, u]) + tm.i32(from_hidden[b, u]),
+                              -32768, 32767).astype("int16"),
+        name="lstm_gate")
+
+
+@dataclass(frozen=True)
+class LstmCell:
+    """The compile-time parameters of an integer LSTM's state update."""
+
+    forget_times_cell: Output  # Q0.15 × cell scale → cell scale (int16)
+    input_times_candidate: Output  # Q0.15 × Q0.15 → cell scale (int16)
+    cell_clip: int | None  # |cell| limit in cell-scale units; None: no clipping
+    cell_tanh: tuple[int, int]  # (multiplier, left_shift) of tanh(cell)
+    output_times_tanh: Output  # Q0.15 × Q0.15 → hidden state (int8, its zero point)
+
+
+_GATE_SCALING = (3, 0)  # a Q3.12 gate input: sigmoid and tanh multiply it by 3, no shift
+
+
+def lstm_cell(input_gate: Tensor, forget_gate: Tensor, cell_gate: Tensor, cell: Tensor,
+              table: Tensor, params: LstmCell) -> Tensor:
+    """The new cell state, int16: forget·cell + input·candidate, each product requantized to
+    the cell scale and clamped to int16, the sum saturated to int16 and clipped."""
+    def value(b: Any, u: Any) -> Any:
+        forget = tm.sigmoid_int16(table, forget_gate[b, u], *_GATE_SCALING)
+        gate_in = tm.sigmoid_int16(table, input_gate[b, u], *_GATE_SCALING)
+        candidate = tm.tanh_int16(table, cell_gate[b, u], *_GATE_SCALING)
+        kept = params.forget_times_cell(tm.i32(forget) * tm.i32(cell[b, u]), u)
+        added = params.input_times_candidate(tm.i32(gate_in) * tm.i32(candidate), u)
+        total = tm.clamp(tm.i32(kept) + tm.i32(added), -32768, 32767)
+        if params.cell_clip is not None:
+            total = tm.clamp(total, -params.cell_clip, params.cell_clip)
+        return total.astype("int16")
+
+    return te.compute(cell.shape, value, name="lstm_cell")
+
+
+def lstm_hidden(output_gate: Tensor, cell: Tensor, table: Tensor, params: LstmCell) -> Tensor:
+    """The new hidden state (the step's output), int8: sigmoid(output gate) · tanh(cell),
+    requantized to the hidden state's scale and zero point."""
+    def value(b: Any, u: Any) -> Any:
+        gate = tm.sigmoid_int16(table, output_gate[b, u], *_GATE_SCALING)
+        squashed = tm.tanh_int16(table, cell[b, u], *params.cell_tanh)
+        return params.output_times_tanh(tm.i32(squashed) * tm.i32(gate), u)
+
+    return te.compute(cell.shape, value, name="lstm_hidden")

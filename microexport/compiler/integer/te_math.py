@@ -170,3 +170,49 @@ def round_to_int(x: Expr, ties_to_even: bool) -> Expr:
     else:
         up, down = fraction >= half, fraction <= 0 - half
     return whole + select(up, i32(1), select(down, i32(-1), i32(0)))
+
+
+def _scaled_int16(x: Expr, multiplier: int, left_shift: int) -> Expr:
+    """An int16 activation input scaled for the sigmoid table: `(x * multiplier + rounding)
+    >> left_shift` (`fixedpoint.Int16ActivationScaling`)."""
+    rounding = 1 << (left_shift - 1) if left_shift > 0 else 0
+    return (i32(x) * i32(multiplier) + i32(rounding)) >> i32(left_shift)
+
+
+def _interpolated_sigmoid(table: Any, magnitude: Expr, fraction_bits: int
+                          ) -> tuple[Expr, Expr]:
+    """Linear interpolation in the uint16 sigmoid table at `magnitude` (≥ 0, with
+    `fraction_bits` bits below the table step), scaled by 2**fraction_bits, and whether
+    `magnitude` lies past the table (where the caller saturates). All terms stay below 2**26:
+    int32 arithmetic is exact."""
+    last = i32(254)
+    step = tirx.min(magnitude >> i32(fraction_bits), last)  # an index that is always valid
+    fraction = tirx.bitwise_and(magnitude, i32((1 << fraction_bits) - 1))
+    below = i32(table[step])
+    above = i32(table[step + i32(1)])
+    return (below << i32(fraction_bits)) + fraction * (above - below), \
+        (magnitude >> i32(fraction_bits)) > last
+
+
+def sigmoid_int16(table: Any, x: Expr, multiplier: int, left_shift: int) -> Expr:
+    """TFLite's int16 LOGISTIC (Q0.15 output) of an int16 `x`, from the uint16 sigmoid table
+    (`fixedpoint.sigmoid_table_uint16`): 9 bits of interpolation, σ(−x) = 1 − σ(x)."""
+    value = _scaled_int16(x, multiplier, left_shift)
+    magnitude = select(value < i32(0), i32(0) - value, value)
+    interpolated, saturated = _interpolated_sigmoid(table, magnitude, 9)
+    result = select(saturated, i32(0x7FFF << 10), interpolated)
+    positive = (result + i32(1 << 9)) >> i32(10)
+    negative = (i32(1 << 25) - result + i32((1 << 9) - 1)) >> i32(10)
+    return select(value >= i32(0), positive, negative).astype("int16")
+
+
+def tanh_int16(table: Any, x: Expr, multiplier: int, left_shift: int) -> Expr:
+    """TFLite's int16 TANH (Q0.15 output) of an int16 `x` from the same table,
+    tanh(x) = 2σ(2x) − 1: 8 bits of interpolation, odd symmetry."""
+    value = _scaled_int16(x, multiplier, left_shift)
+    magnitude = select(value < i32(0), i32(0) - value, value)
+    interpolated, saturated = _interpolated_sigmoid(table, magnitude, 8)
+    result = select(saturated, i32(0xFFFF << 8), interpolated)
+    positive = (result - i32(1 << 23) + i32(1 << 7)) >> i32(8)
+    negative = (i32(1 << 23) - result + i32((1 << 7) - 1)) >> i32(8)
+    return select(value >= i32(0), positive, negative).astype("int16")

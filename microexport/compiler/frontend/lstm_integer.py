@@ -1,0 +1,220 @@
+"""The int8 UNIDIRECTIONAL_SEQUENCE_LSTM as integer kernels, bit-exact with TFLite Micro.
+
+TFLite's converter writes an int8 LSTM with int8 input, output and hidden state, int8 per-tensor
+weights, int32 gate biases and an int16 cell state whose scale is a power of two. TFLite Micro
+runs it (lstm_eval) in fixed point with scales of its own choosing, which this converter
+reproduces:
+
+* each gate's input is the input's fully connected layer (with the gate's bias) plus the hidden
+  state's, both requantized to Q3.12 int16 and summed with saturation (`kernels.lstm_gate`);
+* the gates' nonlinearities are TFLite's int16 sigmoid and tanh, which interpolate one uint16
+  table (`fixedpoint.sigmoid_table_uint16`), and their outputs are Q0.15;
+* the cell state is forget·cell + input·candidate requantized to the cell scale, saturated and
+  clipped (`kernels.lstm_cell`); the hidden state, the step's output, is
+  sigmoid(output gate)·tanh(cell) requantized to the hidden state's int8 parameters
+  (`kernels.lstm_hidden`).
+
+The time axis is unrolled (static sequence length), one gate, cell and hidden kernel call per
+step; identical kernels are shared by every step. The state starts from TFLite Micro's reset
+values on every call: the hidden state at its zero point, the cell state at zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from microexport.compiler.frontend.recurrent import (
+    _TFL_BIASES,
+    _TFL_CELL_STATE,
+    _TFL_INPUT,
+    _TFL_INPUT_WEIGHTS,
+    _TFL_LAYER_NORM,
+    _TFL_OUTPUT_STATE,
+    _TFL_PEEPHOLES,
+    _TFL_PROJECTION_BIAS,
+    _TFL_PROJECTION_WEIGHTS,
+    _TFL_RECURRENT_WEIGHTS,
+    _TFL_TANH,
+    _lstm_options,
+    _split,
+)
+from microexport.compiler.frontend.tflite_integer import (
+    QuantizationError,
+    _const,
+    _dtype,
+    _emit,
+    _expr,
+    quantization,
+)
+from microexport.compiler.integer import fixedpoint as fp
+from microexport.compiler.integer import kernels
+from microexport.compiler.quantization import TensorQuantization
+
+NAME = "UNIDIRECTIONAL_SEQUENCE_LSTM"
+GATE_INPUT_SCALE = 2.0 ** -12  # Q3.12: what the fully connected layers produce
+GATE_OUTPUT_SCALE = 2.0 ** -15  # Q0.15: what sigmoid and tanh produce
+INT16 = (-32768, 32767)
+
+
+def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
+    """The int8 UNIDIRECTIONAL_SEQUENCE_LSTM of a TFLite `converter` (TVM's OperatorConverter
+    with microexport's additions) as integer kernels: the output sequence, int8."""
+    from tvm import relax
+
+    tensors = list(converter.get_input_tensors(op)) + [None] * 24
+    present = [t is not None and t.tensor_idx != -1 for t in tensors[:24]]
+    _check_layout(converter, op, tensors, present)
+    options = _lstm_options(op)
+    x = tensors[_TFL_INPUT]
+    x_q = quantization(x)
+    hidden_q = quantization(tensors[_TFL_OUTPUT_STATE])
+    cell_q = quantization(tensors[_TFL_CELL_STATE])
+    assert x_q is not None and hidden_q is not None and cell_q is not None  # _check_layout
+    x_scale, x_zero = x_q.per_tensor_scale, x_q.per_tensor_zero_point
+    hidden_scale, hidden_zero = hidden_q.per_tensor_scale, hidden_q.per_tensor_zero_point
+    cell_scale = cell_q.per_tensor_scale
+    power, exact = fp.checked_log2(cell_scale)
+    if not exact:
+        raise QuantizationError(f"{NAME}: the cell state's scale {cell_scale:g} is not a power "
+                                "of two (TFLite Micro requires one): requantize the model")
+
+    gate_params, weights = [], []
+    for gate in range(4):
+        w_in = tensors[_TFL_INPUT_WEIGHTS[gate]]
+        w_rec = tensors[_TFL_RECURRENT_WEIGHTS[gate]]
+        in_q, rec_q = _weight_quantization(w_in), _weight_quantization(w_rec)
+        gate_params.append(kernels.LstmGate(
+            input_zero_point=x_zero, hidden_zero_point=hidden_zero,
+            input_weight_zero_point=in_q.per_tensor_zero_point,
+            recurrent_weight_zero_point=rec_q.per_tensor_zero_point,
+            from_input=_int16_output(x_scale, in_q.per_tensor_scale),
+            from_hidden=_int16_output(hidden_scale, rec_q.per_tensor_scale)))
+        weights.append((_const(np.asarray(converter.get_tensor_value(w_in), np.int8)),
+                        _const(np.asarray(converter.get_tensor_value(tensors[_TFL_BIASES[gate]]),
+                                          np.int32)),
+                        _const(np.asarray(converter.get_tensor_value(w_rec), np.int8))))
+    cell = _cell_params(options, cell_scale, power, hidden_scale, hidden_zero)
+
+    bb = converter.bb
+    data = _expr(converter, x)
+    shape = [int(d) for d in converter.get_tensor_shape(x)]
+    time_axis = 0 if options.TimeMajor() else 1
+    steps, batch = shape[time_axis], shape[1 - time_axis]
+    units = int(converter.get_tensor_shape(tensors[_TFL_RECURRENT_WEIGHTS[0]])[0])
+    table = _const(fp.sigmoid_table_uint16())
+    hidden = relax.const(np.full((batch, units), hidden_zero, np.int8), "int8")
+    cell_state = relax.const(np.zeros((batch, units), np.int16), "int16")
+    outputs = []
+    for part in _split(bb, data, steps, time_axis):
+        step = bb.emit(relax.op.squeeze(part, axis=[time_axis]))
+        gates = []
+        for params, (w_in, bias, w_rec) in zip(gate_params, weights, strict=True):
+            gate = _emit(converter, "lstm_gate_int8", [step, hidden, w_in, bias, w_rec],
+                         lambda *t, params=params: kernels.lstm_gate(*t, params))
+            _note(converter, gate, GATE_INPUT_SCALE, 0)
+            gates.append(gate)
+        cell_state = _emit(converter, "lstm_cell_int16", [*gates[:3], cell_state, table],
+                           lambda *t: kernels.lstm_cell(*t, cell))
+        _note(converter, cell_state, cell_scale, 0)
+        hidden = _emit(converter, "lstm_hidden_int8", [gates[3], cell_state, table],
+                       lambda *t: kernels.lstm_hidden(*t, cell))
+        _note(converter, hidden, hidden_scale, hidden_zero)
+        outputs.append(hidden)
+    return relax.op.stack(outputs, axis=time_axis)
+
+
+def _check_layout(converter: Any, op: Any, tensors: list[Any], present: list[bool]) -> None:
+    """Refuse, in one line, what TFLite Micro's integer LSTM does not run either."""
+    options = _lstm_options(op)
+    if options.FusedActivationFunction() != _TFL_TANH:
+        raise QuantizationError(f"{NAME} with fused activation "
+                                f"{options.FusedActivationFunction()} (only TANH)")
+    diagonal = getattr(options, "DiagonalRecurrentTensors", None)
+    if diagonal is not None and diagonal():
+        raise QuantizationError(f"{NAME} with diagonal recurrent tensors")
+    missing = [slot for slot in (*_TFL_INPUT_WEIGHTS, *_TFL_RECURRENT_WEIGHTS, *_TFL_BIASES)
+               if not present[slot]]
+    if missing:
+        raise QuantizationError(f"int8 {NAME} without inputs {missing} (coupled input-forget "
+                                "gates: TFLite Micro's integer LSTM needs all four gates)")
+    extras = [slot for slot in (*_TFL_PEEPHOLES, _TFL_PROJECTION_WEIGHTS, _TFL_PROJECTION_BIAS,
+                                *_TFL_LAYER_NORM) if present[slot]]
+    if extras:
+        raise QuantizationError(f"int8 {NAME} with peepholes, projection or layer "
+                                f"normalization (inputs {extras}): not supported")
+    types = {"input": _dtype(converter, tensors[_TFL_INPUT]),
+             "hidden state": _dtype(converter, tensors[_TFL_OUTPUT_STATE]),
+             "output": _dtype(converter, converter.get_output_tensors(op)[0]),
+             "cell state": _dtype(converter, tensors[_TFL_CELL_STATE]),
+             "bias": _dtype(converter, tensors[_TFL_BIASES[0]])}
+    wanted = {"input": "int8", "hidden state": "int8", "output": "int8",
+              "cell state": "int16", "bias": "int32"}
+    for role, dtype in types.items():
+        if dtype != wanted[role]:
+            raise QuantizationError(f"{NAME} with an {dtype} {role} (the integer LSTM has int8 "
+                                    "input, output and hidden state, an int16 cell state and "
+                                    "int32 biases)")
+    for slot in (*_TFL_INPUT_WEIGHTS, *_TFL_RECURRENT_WEIGHTS):
+        if _dtype(converter, tensors[slot]) != "int8":
+            raise QuantizationError(f"{NAME} with {_dtype(converter, tensors[slot])} weights "
+                                    "(int8 only)")
+        if converter.has_expr(tensors[slot].tensor_idx):
+            raise QuantizationError(f"{NAME} with weights computed at run time")
+    for slot, role in ((_TFL_INPUT, "input"), (_TFL_OUTPUT_STATE, "hidden state"),
+                       (_TFL_CELL_STATE, "cell state")):
+        q = quantization(tensors[slot])
+        if q is None or q.scale.size != 1:
+            raise QuantizationError(f"{NAME}: the {role} needs one scale and zero point")
+    cell_q = quantization(tensors[_TFL_CELL_STATE])
+    if cell_q is not None and cell_q.per_tensor_zero_point != 0:
+        raise QuantizationError(f"{NAME}: the cell state's zero point must be 0")
+
+
+def _weight_quantization(tensor: Any) -> Any:
+    q = quantization(tensor)
+    if q is None:
+        raise QuantizationError(f"{NAME} with weights that have no quantization parameters")
+    if q.scale.size != 1:
+        raise QuantizationError(f"{NAME} with per-channel weights (TFLite Micro's integer LSTM "
+                                "takes one scale per weight tensor)")
+    return q
+
+
+def _int16_output(input_scale: float, weight_scale: float) -> kernels.Output:
+    """A gate's fully connected layer to Q3.12: TFLite Micro's multiplier of the float32
+    product of the scales over 2**-12, clamped to int16."""
+    product = float(fp.f32(input_scale) * fp.f32(weight_scale))
+    multiplier, shift = fp.quantize_multiplier(product / GATE_INPUT_SCALE)
+    return kernels.Output(multiplier, shift, 0, *INT16, "int16")
+
+
+def _product_output(scale: float, output_scale: float, zero_point: int, low: int, high: int,
+                    dtype: str) -> kernels.Output:
+    """An elementwise product of a Q0.15 value and a value of `scale`, requantized to
+    `output_scale` (TFLite Micro's CreateInterGateMulParams: scales multiplied in double)."""
+    multiplier, shift = fp.quantize_multiplier(
+        GATE_OUTPUT_SCALE * float(fp.f32(scale)) / float(fp.f32(output_scale)))
+    return kernels.Output(multiplier, shift, zero_point, low, high, dtype)
+
+
+def _cell_params(options: Any, cell_scale: float, power: int, hidden_scale: float,
+                 hidden_zero: int) -> kernels.LstmCell:
+    clip = float(fp.f32(options.CellClip()))
+    quantized_clip = None
+    if clip > 0:  # C's conversion to int16 truncates toward zero
+        quantized_clip = int(min(max(clip / float(fp.f32(cell_scale)), -32768.0), 32767.0))
+    tanh = fp.lstm_tanh_scaling(power)
+    return kernels.LstmCell(
+        forget_times_cell=_product_output(cell_scale, cell_scale, 0, *INT16, "int16"),
+        input_times_candidate=_product_output(GATE_OUTPUT_SCALE, cell_scale, 0, *INT16, "int16"),
+        cell_clip=quantized_clip,
+        cell_tanh=(tanh.multiplier, tanh.left_shift),
+        output_times_tanh=_product_output(GATE_OUTPUT_SCALE, hidden_scale, hidden_zero, -128,
+                                          127, "int8"))
+
+
+def _note(converter: Any, value: Any, scale: float, zero_point: int) -> None:
+    """Record an LSTM intermediate's quantization (graph.json describes every tensor)."""
+    converter.quantization.setdefault(value, TensorQuantization((scale,), (zero_point,), None))
