@@ -374,7 +374,7 @@ def _quantized_model(name: str) -> Callable[[Path], Path]:
 
 
 for _name in ("vww_mobilenet_int8", "dscnn_kws_int8", "residual_int8", "shape_ops_int8",
-              "int16x8_model"):
+              "int16x8_model", "lstm_int8"):
     MODELS[_name] = _quantized_model(_name)
 
 

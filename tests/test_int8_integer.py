@@ -3,7 +3,7 @@ bit-exact with TFLite Micro's reference kernels (max abs difference 0), on the h
 
 Models: the real int8 models of `int8_models.py` (float models quantized by ai-edge-quantizer),
 the hand-quantized zoo CNN, and single-operator models for the lookup-table activations run on
-all 256 int8 values. What the integer path does not support yet is a one-line error naming it.
+all 256 int8 values. (The integer LSTM and int16 sigmoid/tanh: test_int8_lstm.py.)
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from zoo import TfliteWriter, int8_tflite
 
 import microexport
 from microexport.compiler.integer import fixedpoint
-from microexport.errors import UnsupportedOperator
 
 MODELS = {model.name: model for model in INT8_MODELS}
 BIT_EXACT = ["vww_mobilenet_int8", "dscnn_kws_int8", "residual_int8", "shape_ops_int8",
-             "int16x8_model"]
+             "int16x8_model", "lstm_int8"]
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +130,6 @@ def test_fixed_point_helpers_against_known_values() -> None:
     assert fixedpoint.rounding_divide_by_pot(5, 1) == 3
     assert fixedpoint.saturating_rounding_doubling_high_mul(-(1 << 31), -(1 << 31)) == (1 << 31) - 1
     assert fixedpoint.exp_on_negative_values(0, 5) == (1 << 31) - 1
-
-
-@pytest.mark.parametrize("name,operator", [("lstm_int8", "UNIDIRECTIONAL_SEQUENCE_LSTM")])
-def test_not_yet_integer_is_one_line_naming_the_operator(name: str, operator: str,
-                                                         built: Callable) -> None:
-    path, _ = built(name)
-    with pytest.raises(UnsupportedOperator) as err:
-        microexport.compile(str(path))
-    message = str(err.value)
-    assert operator in message and "\n" not in message
 
 
 @pytest.mark.parametrize("input_scale", [8 / 32768, 0.001, 0.0003])

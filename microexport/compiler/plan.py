@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from microexport.compiler.lower import Schedule
@@ -126,20 +126,26 @@ UNLIMITED = (PoolSpec(),)
 
 
 def first_fit(
-    order: Sequence[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED
+    order: Sequence[Interval], alignment: int, pools: Sequence[PoolSpec] = UNLIMITED,
+    neighbours: Mapping[str, Sequence[Interval]] | None = None,
 ) -> Placement:
     """Place buffers in `order`, each in the first pool where it fits within the pool's limit,
-    at the lowest aligned offset free during its life. PoolOverflow if it fits nowhere."""
-    placed: list[tuple[Interval, int, int]] = []
+    at the lowest aligned offset free during its life. PoolOverflow if it fits nowhere.
+    `neighbours` (from `overlapping`, for callers that place the same buffers many times): each
+    buffer's name → the buffers alive at the same time."""
+    if neighbours is None:
+        neighbours = overlapping(order)
     placement: Placement = {}
     for buf in order:
         for index, pool in enumerate(pools):
-            offset = _lowest_offset(buf, [(o, p) for o, i, p in placed if i == index], alignment)
+            busy = sorted((offset, offset + other.nbytes) for other in neighbours[buf.name]
+                          for pool_index, offset in [placement.get(other.name, (-1, 0))]
+                          if pool_index == index)
+            offset = _lowest_offset(buf.nbytes, busy, alignment)
             # Pools are rounded up to the alignment, so the aligned end must fit the limit.
             end = align(offset + buf.nbytes, alignment)
             if pool.size_limit is None or end <= pool.size_limit:
                 placement[buf.name] = (index, offset)
-                placed.append((buf, index, offset))
                 break
         else:
             limits = ", ".join(f"{p.name} ({p.size_limit} B)" for p in pools)
@@ -150,11 +156,24 @@ def first_fit(
     return placement
 
 
-def _lowest_offset(buf: Interval, placed: list[tuple[Interval, int]], alignment: int) -> int:
-    busy = sorted((off, off + other.nbytes) for other, off in placed if other.overlaps(buf))
+def overlapping(intervals: Sequence[Interval]) -> dict[str, list[Interval]]:
+    """Each buffer's name → the other buffers whose lives overlap its own."""
+    by_start = sorted(intervals, key=lambda b: (b.first, b.name))
+    neighbours: dict[str, list[Interval]] = {buf.name: [] for buf in intervals}
+    for position, buf in enumerate(by_start):
+        for other in by_start[position + 1:]:
+            if other.first > buf.last:  # every later one starts later still
+                break
+            neighbours[buf.name].append(other)
+            neighbours[other.name].append(buf)
+    return neighbours
+
+
+def _lowest_offset(nbytes: int, busy: list[tuple[int, int]], alignment: int) -> int:
+    """The lowest aligned offset where `nbytes` fit between the sorted busy ranges."""
     offset = 0
     for start, end in busy:
-        if offset + buf.nbytes <= start:
+        if offset + nbytes <= start:
             break
         offset = max(offset, align(end, alignment))
     return offset
@@ -217,7 +236,8 @@ def hill_climb(
     grow the total. Seeded, so the result is the same on every run."""
     rng = random.Random(HILL_CLIMB_SEED)
     order = sorted(intervals, key=lambda b: (-b.nbytes, b.first, b.name))
-    best = first_fit(order, alignment, pools)
+    neighbours = overlapping(intervals)
+    best = first_fit(order, alignment, pools, neighbours)
     best_size = pool_size(intervals, best)
     if len(order) < 2:
         return best
@@ -225,7 +245,7 @@ def hill_climb(
         i, j = rng.sample(range(len(order)), 2)
         order[i], order[j] = order[j], order[i]
         try:
-            placement = first_fit(order, alignment, pools)
+            placement = first_fit(order, alignment, pools, neighbours)
         except PoolOverflow:
             placement = None
         if placement is not None and pool_size(intervals, placement) <= best_size:

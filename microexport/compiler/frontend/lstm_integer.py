@@ -107,22 +107,46 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     hidden = relax.const(np.full((batch, units), hidden_zero, np.int8), "int8")
     cell_state = relax.const(np.zeros((batch, units), np.int16), "int16")
     outputs = []
+    kernel = _StepKernels(converter)
     for part in _split(bb, data, steps, time_axis):
         step = bb.emit(relax.op.squeeze(part, axis=[time_axis]))
         gates = []
-        for params, (w_in, bias, w_rec) in zip(gate_params, weights, strict=True):
-            gate = _emit(converter, "lstm_gate_int8", [step, hidden, w_in, bias, w_rec],
-                         lambda *t, params=params: kernels.lstm_gate(*t, params))
+        for index, (params, (w_in, bias, w_rec)) in enumerate(
+                zip(gate_params, weights, strict=True)):
+            gate = kernel(f"lstm_gate{index}_int8", [step, hidden, w_in, bias, w_rec],
+                          lambda *t, params=params: kernels.lstm_gate(*t, params))
             _note(converter, gate, GATE_INPUT_SCALE, 0)
             gates.append(gate)
-        cell_state = _emit(converter, "lstm_cell_int16", [*gates[:3], cell_state, table],
-                           lambda *t: kernels.lstm_cell(*t, cell))
+        cell_state = kernel("lstm_cell_int16", [*gates[:3], cell_state, table],
+                            lambda *t: kernels.lstm_cell(*t, cell))
         _note(converter, cell_state, cell_scale, 0)
-        hidden = _emit(converter, "lstm_hidden_int8", [gates[3], cell_state, table],
-                       lambda *t: kernels.lstm_hidden(*t, cell))
+        hidden = kernel("lstm_hidden_int8", [gates[3], cell_state, table],
+                        lambda *t: kernels.lstm_hidden(*t, cell))
         _note(converter, hidden, hidden_scale, hidden_zero)
         outputs.append(hidden)
     return relax.op.stack(outputs, axis=time_axis)
+
+
+class _StepKernels:
+    """Emits the calls of each step's kernels: the first call of a kernel builds its TIR
+    function from TE, later steps call the same function (building it again for every step
+    would cost a TE-to-TIR conversion each, only to be deduplicated)."""
+
+    def __init__(self, converter: Any) -> None:
+        self.converter = converter
+        self.built: dict[str, tuple[Any, Any]] = {}  # name → (function, output struct info)
+
+    def __call__(self, name: str, args: list[Any], build: Any) -> Any:
+        from tvm import relax
+
+        bb = self.converter.bb
+        if name not in self.built:
+            value = _emit(self.converter, name, args, build)
+            call = bb.lookup_binding(value)
+            self.built[name] = (call.args[0], call.ty_args[0])
+            return value
+        function, output = self.built[name]
+        return bb.emit(relax.call_tir(function, relax.Tuple(args), output))
 
 
 def _check_layout(converter: Any, op: Any, tensors: list[Any], present: list[bool]) -> None:
