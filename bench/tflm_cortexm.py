@@ -88,7 +88,8 @@ THIRD_PARTY = ("flatbuffers", "gemmlowp", "ruy", "kissfft", "cmsis_nn", "cmsis/C
 KERNEL_STEMS = ("activations", "add", "conv", "depthwise_conv", "fully_connected", "kernel_util",
                 "pooling", "reshape", "softmax", "batch_matmul", "concatenation", "dequantize",
                 "expand_dims", "hard_swish", "leaky_relu", "logistic", "mul", "pad", "quantize",
-                "reduce", "split", "squeeze", "strided_slice", "sub", "tanh", "transpose")
+                "reduce", "split", "squeeze", "strided_slice", "sub", "tanh", "transpose",
+                "unidirectional_sequence_lstm", "lstm_eval")
 # TFLite builtin operator → MicroMutableOpResolver method.
 RESOLVER_METHODS = {
     "ADD": "AddAdd",
@@ -119,6 +120,7 @@ RESOLVER_METHODS = {
     "SUB": "AddSub",
     "TANH": "AddTanh",
     "TRANSPOSE": "AddTranspose",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
 }
 
 

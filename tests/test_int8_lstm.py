@@ -192,3 +192,39 @@ def test_int8_lstm_cell_scale_not_a_power_of_two_is_one_line(tmp_path: Path) -> 
     with pytest.raises(UnsupportedOperator) as err:
         microexport.compile(str(path))
     assert "not a power of two" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_int8_lstm_graph_describes_every_tensor(tmp_path: Path) -> None:
+    """graph.json (derived from the TIR JSON, which reloads losslessly) gives every tensor
+    between the LSTM's kernels its quantization: input steps as the input, gate inputs Q3.12,
+    the cell state at its power-of-two scale, hidden states as the hidden state."""
+    import json
+    import tarfile
+
+    from microexport.archive import graph as graph_module
+    from microexport.archive import tir_json
+
+    config = LSTMS["time_major_batches"]
+    path = lstm_model(tmp_path, seed=3, **config)
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="lstm").archive
+    with tarfile.open(archive) as tar:
+        graph = json.load(tar.extractfile("./src/graph.json"))
+        text = tar.extractfile("./src/tir-codegen.json").read().decode()
+    assert tir_json.dump(tir_json.load(text), "codegen") == text
+    assert graph_module.graph_from_tir(text) == graph
+    tensors = {t["name"]: t for t in graph["tensors"]}
+    expected = {"split": ([config["input_q"][0]], [config["input_q"][1]]),
+                "gate": ([2.0 ** -12], [0]), "cell": ([2.0 ** config["cell_power"]], [0]),
+                "hidden": ([config["hidden_q"][0]], [config["hidden_q"][1]])}
+    seen = set()
+    for node in graph["nodes"]:
+        kind = next((k for k in expected if f"_{k}" in node["kernel"]), None)
+        for output in node["outputs"]:
+            quant = tensors[output].get("quantization")
+            assert quant is not None, (node["kernel"], output)
+            if kind is not None:
+                want_scale, want_zero = expected[kind]
+                assert quant["scale"] == pytest.approx(want_scale, rel=1e-7), node["kernel"]
+                assert quant["zero_point"] == want_zero, node["kernel"]
+                seen.add(kind)
+    assert seen == set(expected)

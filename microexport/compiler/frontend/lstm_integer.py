@@ -110,6 +110,8 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     kernel = _StepKernels(converter)
     for part in _split(bb, data, steps, time_axis):
         step = bb.emit(relax.op.squeeze(part, axis=[time_axis]))
+        for value in (part, step):  # one time step of the input: the input's quantization
+            _note(converter, value, x_scale, x_zero)
         gates = []
         for index, (params, (w_in, bias, w_rec)) in enumerate(
                 zip(gate_params, weights, strict=True)):
