@@ -213,12 +213,14 @@ def test_int8_lstm_graph_describes_every_tensor(tmp_path: Path) -> None:
     assert tir_json.dump(tir_json.load(text), "codegen") == text
     assert graph_module.graph_from_tir(text) == graph
     tensors = {t["name"]: t for t in graph["tensors"]}
-    expected = {"split": ([config["input_q"][0]], [config["input_q"][1]]),
-                "gate": ([2.0 ** -12], [0]), "cell": ([2.0 ** config["cell_power"]], [0]),
-                "hidden": ([config["hidden_q"][0]], [config["hidden_q"][1]])}
+    expected = {  # kernel name part → its outputs' (scales, zero points)
+        "_split": ([config["input_q"][0]], [config["input_q"][1]]),
+        "_fc": ([2.0 ** -12], [0]),  # the gates' fully connected layers
+        "_lstm_cell": ([2.0 ** config["cell_power"]], [0]),
+        "_lstm_hidden_int8": ([config["hidden_q"][0]], [config["hidden_q"][1]])}
     seen = set()
     for node in graph["nodes"]:
-        kind = next((k for k in expected if f"_{k}" in node["kernel"]), None)
+        kind = next((k for k in expected if k in node["kernel"]), None)
         for output in node["outputs"]:
             quant = tensors[output].get("quantization")
             assert quant is not None, (node["kernel"], output)

@@ -6,7 +6,8 @@ runs it (lstm_eval) in fixed point with scales of its own choosing, which this c
 reproduces:
 
 * each gate's input is the input's fully connected layer (with the gate's bias) plus the hidden
-  state's, both requantized to Q3.12 int16 and summed with saturation (`kernels.lstm_gate`);
+  state's, both requantized to Q3.12 int16 (the int8 FULLY_CONNECTED micro-kernels over packed
+  weights) and summed with int16 saturation;
 * the gates' nonlinearities are TFLite's int16 sigmoid and tanh, which interpolate one uint16
   table (`fixedpoint.sigmoid_table_uint16`), and their outputs are Q0.15;
 * the cell state is forget·cell + input·candidate requantized to the cell scale, saturated and
@@ -14,13 +15,15 @@ reproduces:
   sigmoid(output gate)·tanh(cell) requantized to the hidden state's int8 parameters
   (`kernels.lstm_hidden`).
 
-The time axis is unrolled (static sequence length), one gate, cell and hidden kernel call per
-step; identical kernels are shared by every step. The state starts from TFLite Micro's reset
-values on every call: the hidden state at its zero point, the cell state at zero.
+The time axis is unrolled (static sequence length): per step eight fully connected calls, one
+cell and one hidden kernel call, the same functions for every step. The state starts from
+TFLite Micro's reset values on every call: the hidden state at its zero point, the cell state
+at zero.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,10 +49,11 @@ from microexport.compiler.frontend.tflite_integer import (
     _dtype,
     _emit,
     _expr,
+    micro_kernels_enabled,
     quantization,
 )
 from microexport.compiler.integer import fixedpoint as fp
-from microexport.compiler.integer import kernels
+from microexport.compiler.integer import im2col, kernels
 from microexport.compiler.quantization import TensorQuantization
 
 NAME = "UNIDIRECTIONAL_SEQUENCE_LSTM"
@@ -80,21 +84,20 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
         raise QuantizationError(f"{NAME}: the cell state's scale {cell_scale:g} is not a power "
                                 "of two (TFLite Micro requires one): requantize the model")
 
-    gate_params, weights = [], []
-    for gate in range(4):
-        w_in = tensors[_TFL_INPUT_WEIGHTS[gate]]
-        w_rec = tensors[_TFL_RECURRENT_WEIGHTS[gate]]
-        in_q, rec_q = _weight_quantization(w_in), _weight_quantization(w_rec)
-        gate_params.append(kernels.LstmGate(
-            input_zero_point=x_zero, hidden_zero_point=hidden_zero,
-            input_weight_zero_point=in_q.per_tensor_zero_point,
-            recurrent_weight_zero_point=rec_q.per_tensor_zero_point,
-            from_input=_int16_output(x_scale, in_q.per_tensor_scale),
-            from_hidden=_int16_output(hidden_scale, rec_q.per_tensor_scale)))
-        weights.append((_const(np.asarray(converter.get_tensor_value(w_in), np.int8)),
-                        _const(np.asarray(converter.get_tensor_value(tensors[_TFL_BIASES[gate]]),
-                                          np.int32)),
-                        _const(np.asarray(converter.get_tensor_value(w_rec), np.int8))))
+    def layer(slot: int, bias_slot: int | None, scale: float, zero_point: int) -> _Projection:
+        w = tensors[slot]
+        q = _weight_quantization(w)
+        bias = (np.asarray(converter.get_tensor_value(tensors[bias_slot]), np.int32)
+                if bias_slot is not None else None)
+        return _Projection(np.asarray(converter.get_tensor_value(w), np.int8), bias,
+                           zero_point, q.per_tensor_zero_point,
+                           _int16_output(scale, q.per_tensor_scale))
+
+    # gates in TFLite's order: input, forget, cell, output; of the input and of the hidden state
+    from_input = [layer(_TFL_INPUT_WEIGHTS[g], _TFL_BIASES[g], x_scale, x_zero)
+                  for g in range(4)]
+    from_hidden = [layer(_TFL_RECURRENT_WEIGHTS[g], None, hidden_scale, hidden_zero)
+                   for g in range(4)]
     cell = _cell_params(options, cell_scale, power, hidden_scale, hidden_zero)
 
     bb = converter.bb
@@ -106,39 +109,59 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     table = _const(fp.sigmoid_table_uint16())
     hidden = relax.const(np.full((batch, units), hidden_zero, np.int8), "int8")
     cell_state = relax.const(np.zeros((batch, units), np.int16), "int16")
+    kernels_of = _StepKernels(converter, micro_kernels_enabled())
     outputs = []
-    kernel = _StepKernels(converter)
     for part in _split(bb, data, steps, time_axis):
         step = bb.emit(relax.op.squeeze(part, axis=[time_axis]))
         for value in (part, step):  # one time step of the input: the input's quantization
             _note(converter, value, x_scale, x_zero)
-        gates = []
-        for index, (params, (w_in, bias, w_rec)) in enumerate(
-                zip(gate_params, weights, strict=True)):
-            gate = kernel(f"lstm_gate{index}_int8", [step, hidden, w_in, bias, w_rec],
-                          lambda *t, params=params: kernels.lstm_gate(*t, params))
-            _note(converter, gate, GATE_INPUT_SCALE, 0)
-            gates.append(gate)
-        cell_state = kernel("lstm_cell_int16", [*gates[:3], cell_state, table],
-                            lambda *t: kernels.lstm_cell(*t, cell))
+        gates = []  # per gate: its input's and its hidden state's fully connected layer
+        for gate in range(4):
+            # The reset hidden state is its zero point, which the layer subtracts: its first
+            # product is zero (a constant; a call on constants would be folded by running it).
+            of_hidden = (relax.const(np.zeros((batch, units), np.int16), "int16")
+                         if not outputs else kernels_of.fully_connected(
+                             f"lstm_hidden_fc{gate}", hidden, from_hidden[gate]))
+            pair = (kernels_of.fully_connected(f"lstm_input_fc{gate}", step, from_input[gate]),
+                    of_hidden)
+            for value in pair:
+                _note(converter, value, GATE_INPUT_SCALE, 0)
+            gates.append(pair)
+        cell_state = kernels_of.call("lstm_cell_int16",
+                                     [*gates[0], *gates[1], *gates[2], cell_state, table],
+                                     lambda *t: kernels.lstm_cell(*t, cell))
         _note(converter, cell_state, cell_scale, 0)
-        hidden = kernel("lstm_hidden_int8", [gates[3], cell_state, table],
-                        lambda *t: kernels.lstm_hidden(*t, cell))
+        hidden = kernels_of.call("lstm_hidden_int8", [*gates[3], cell_state, table],
+                                 lambda *t: kernels.lstm_hidden(*t, cell))
         _note(converter, hidden, hidden_scale, hidden_zero)
         outputs.append(hidden)
     return relax.op.stack(outputs, axis=time_axis)
 
 
+@dataclass(frozen=True)
+class _Projection:
+    """One gate's fully connected layer of the input or of the hidden state, to Q3.12."""
+
+    weights: np.ndarray  # int8 [units, depth]
+    bias: np.ndarray | None  # int32 [units] (the input's layer only)
+    zero_point: int  # of the input it reads
+    weight_zero_point: int
+    output: kernels.Output
+
+
 class _StepKernels:
-    """Emits the calls of each step's kernels: the first call of a kernel builds its TIR
-    function from TE, later steps call the same function (building it again for every step
-    would cost a TE-to-TIR conversion each, only to be deduplicated)."""
+    """Emits the kernel calls of each time step. A kernel's TIR function is built on its first
+    call and called again by every later step (building it per step would cost a TE-to-TIR
+    conversion each, only to be deduplicated); the constants of a layer are made once."""
 
-    def __init__(self, converter: Any) -> None:
+    def __init__(self, converter: Any, micro_kernels: bool) -> None:
         self.converter = converter
-        self.built: dict[str, tuple[Any, Any]] = {}  # name → (function, output struct info)
+        self.micro_kernels = micro_kernels
+        self.built: dict[str, tuple[Any, Any]] = {}  # name → (function, output type)
+        self.constants: dict[str, list[Any]] = {}  # fully connected layer → its constants
 
-    def __call__(self, name: str, args: list[Any], build: Any) -> Any:
+    def call(self, name: str, args: list[Any], build: Any) -> Any:
+        """A call of the TE kernel `build(*args)`."""
         from tvm import relax
 
         bb = self.converter.bb
@@ -149,6 +172,38 @@ class _StepKernels:
             return value
         function, output = self.built[name]
         return bb.emit(relax.call_tir(function, relax.Tuple(args), output))
+
+    def fully_connected(self, name: str, data: Any, layer: _Projection) -> Any:
+        """`layer` of `data` ([batch, depth] int8), Q3.12 int16: a micro-kernel call over
+        packed weights (as int8 FULLY_CONNECTED), or the TE kernel within
+        `te_kernels_only`."""
+        from tvm import relax
+
+        if not self.micro_kernels or layer.weight_zero_point != 0:
+            if name not in self.constants:
+                self.constants[name] = [_const(layer.weights)] + (
+                    [_const(layer.bias)] if layer.bias is not None else [])
+            weights, *bias = self.constants[name]
+            return self.call(name, [data, weights, *bias], lambda x, w, *b: kernels.fully_connected(
+                x, w, b[0] if b else None, layer.output, input_zero_point=layer.zero_point,
+                weight_zero_point=layer.weight_zero_point))
+        if name not in self.built:
+            batch, depth = (int(d) for d in data.ty.shape)
+            units = int(layer.weights.shape[0])
+            packed = im2col.pack_rows(layer.weights, 4)
+            bias = layer.bias
+            if im2col.fc_reads_input_directly(depth):  # the zero point goes into the bias
+                bias = im2col.fold_zero_point(layer.weights, bias, layer.zero_point)
+            function = im2col.fully_connected(
+                name, [batch, depth], packed, [batch, units], lambda m, s: layer.output,
+                has_bias=bias is not None, per_channel=False, input_zero_point=layer.zero_point)
+            self.built[name] = (self.converter.bb.add_func(function, name),
+                                relax.TensorType([batch, units], "int16"))
+            self.constants[name] = [_const(packed.data)] + (
+                [_const(bias)] if bias is not None else [])
+        function, output = self.built[name]
+        return self.converter.bb.emit(
+            relax.call_tir(function, relax.Tuple([data, *self.constants[name]]), output))
 
 
 def _check_layout(converter: Any, op: Any, tensors: list[Any], present: list[bool]) -> None:

@@ -285,6 +285,11 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
 _MICRO_KERNELS: ContextVar[bool] = ContextVar("microexport_micro_kernels", default=True)
 
 
+def micro_kernels_enabled() -> bool:
+    """Whether int8 layers import as micro-kernel calls here (False within `te_kernels_only`)."""
+    return _MICRO_KERNELS.get()
+
+
 @contextmanager
 def te_kernels_only() -> Iterator[None]:
     """Within this context, quantized TFLite models import without micro-kernel calls."""

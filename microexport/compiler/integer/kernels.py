@@ -520,36 +520,6 @@ def int16_activation(data: Tensor, table: Tensor, multiplier: int, left_shift: i
 
 
 @dataclass(frozen=True)
-class LstmGate:
-    """One gate's two fully connected layers (input and hidden state to Q3.12 int16)."""
-
-    input_zero_point: int
-    hidden_zero_point: int
-    input_weight_zero_point: int
-    recurrent_weight_zero_point: int
-    from_input: Output  # multiplier and shift of input scale × weight scale / 2**-12
-    from_hidden: Output
-
-
-def lstm_gate(data: Tensor, hidden: Tensor, input_weight: Tensor, bias: Tensor,
-              recurrent_weight: Tensor, gate: LstmGate) -> Tensor:
-    """A gate's input before its nonlinearity, int16 [batch, units]: the input's fully connected
-    layer (with the gate's bias) plus the hidden state's (no bias), each requantized to Q3.12
-    and clamped to int16, summed with int16 saturation (TFLite Micro's CalculateLstmGate)."""
-    from_input = fully_connected(data, input_weight, bias, gate.from_input,
-                                 input_zero_point=gate.input_zero_point,
-                                 weight_zero_point=gate.input_weight_zero_point)
-    from_hidden = fully_connected(hidden, recurrent_weight, None, gate.from_hidden,
-                                  input_zero_point=gate.hidden_zero_point,
-                                  weight_zero_point=gate.recurrent_weight_zero_point)
-    return te.compute(
-        from_input.shape,
-        lambda b, u: tm.clamp(tm.i32(from_input[b, u]) + tm.i32(from_hidden[b, u]),
-                              -32768, 32767).astype("int16"),
-        name="lstm_gate")
-
-
-@dataclass(frozen=True)
 class LstmCell:
     """The compile-time parameters of an integer LSTM's state update."""
 
@@ -563,14 +533,23 @@ class LstmCell:
 _GATE_SCALING = (3, 0)  # a Q3.12 gate input: sigmoid and tanh multiply it by 3, no shift
 
 
-def lstm_cell(input_gate: Tensor, forget_gate: Tensor, cell_gate: Tensor, cell: Tensor,
-              table: Tensor, params: LstmCell) -> Tensor:
-    """The new cell state, int16: forget·cell + input·candidate, each product requantized to
-    the cell scale and clamped to int16, the sum saturated to int16 and clipped."""
+def _gate_input(from_input: Tensor, from_hidden: Tensor, b: Any, u: Any) -> tm.Expr:
+    """A gate's input before its nonlinearity: its two fully connected layers' Q3.12 outputs
+    summed with int16 saturation (TFLite Micro's CalculateLstmGate)."""
+    return tm.clamp(tm.i32(from_input[b, u]) + tm.i32(from_hidden[b, u]), -32768, 32767)
+
+
+def lstm_cell(input_x: Tensor, input_h: Tensor, forget_x: Tensor, forget_h: Tensor,
+              cell_x: Tensor, cell_h: Tensor, cell: Tensor, table: Tensor, params: LstmCell
+              ) -> Tensor:
+    """The new cell state, int16, from the input, forget and cell gates' fully connected
+    outputs (`<gate>_x` of the input, `<gate>_h` of the hidden state, Q3.12 int16 each):
+    forget·cell + input·candidate, each product requantized to the cell scale and clamped to
+    int16, the sum saturated to int16 and clipped."""
     def value(b: Any, u: Any) -> Any:
-        forget = tm.sigmoid_int16(table, forget_gate[b, u], *_GATE_SCALING)
-        gate_in = tm.sigmoid_int16(table, input_gate[b, u], *_GATE_SCALING)
-        candidate = tm.tanh_int16(table, cell_gate[b, u], *_GATE_SCALING)
+        forget = tm.sigmoid_int16(table, _gate_input(forget_x, forget_h, b, u), *_GATE_SCALING)
+        gate_in = tm.sigmoid_int16(table, _gate_input(input_x, input_h, b, u), *_GATE_SCALING)
+        candidate = tm.tanh_int16(table, _gate_input(cell_x, cell_h, b, u), *_GATE_SCALING)
         kept = params.forget_times_cell(tm.i32(forget) * tm.i32(cell[b, u]), u)
         added = params.input_times_candidate(tm.i32(gate_in) * tm.i32(candidate), u)
         total = tm.clamp(tm.i32(kept) + tm.i32(added), -32768, 32767)
@@ -581,11 +560,12 @@ def lstm_cell(input_gate: Tensor, forget_gate: Tensor, cell_gate: Tensor, cell: 
     return te.compute(cell.shape, value, name="lstm_cell")
 
 
-def lstm_hidden(output_gate: Tensor, cell: Tensor, table: Tensor, params: LstmCell) -> Tensor:
+def lstm_hidden(output_x: Tensor, output_h: Tensor, cell: Tensor, table: Tensor,
+                params: LstmCell) -> Tensor:
     """The new hidden state (the step's output), int8: sigmoid(output gate) · tanh(cell),
     requantized to the hidden state's scale and zero point."""
     def value(b: Any, u: Any) -> Any:
-        gate = tm.sigmoid_int16(table, output_gate[b, u], *_GATE_SCALING)
+        gate = tm.sigmoid_int16(table, _gate_input(output_x, output_h, b, u), *_GATE_SCALING)
         squashed = tm.tanh_int16(table, cell[b, u], *params.cell_tanh)
         return params.output_times_tanh(tm.i32(squashed) * tm.i32(gate), u)
 
