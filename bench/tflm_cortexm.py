@@ -410,8 +410,9 @@ def model_operators(path: Path) -> list[str]:
 
 
 def count_macs(path: Path) -> int:
-    """Multiply-accumulates of a TFLite model's CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED
-    and BATCH_MATMUL operators (from the tensor shapes)."""
+    """Multiply-accumulates of a TFLite model's CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
+    BATCH_MATMUL and UNIDIRECTIONAL_SEQUENCE_LSTM operators (from the tensor shapes; an LSTM:
+    the four gates' input and recurrent layers at every step)."""
     model, names = _read_model(path), _builtin_names()
     total = 0
     for graph in model.subgraphs:
@@ -427,6 +428,8 @@ def count_macs(path: Path) -> int:
                 total += int(np.prod(out)) * shape[1][-1]
             elif kind == "BATCH_MATMUL":
                 total += int(np.prod(out)) * shape[0][-1]
+            elif kind == "UNIDIRECTIONAL_SEQUENCE_LSTM":  # out (.., .., units), input (.., .., F)
+                total += int(np.prod(out)) * 4 * (shape[0][-1] + out[-1])
     return total
 
 

@@ -449,15 +449,22 @@ def softmax(data: Tensor, exp_table: Tensor) -> Tensor:
     return te.compute(shape, value, name="softmax")
 
 
-def _row_stage(rows: Sequence[int], value: Any, name: str) -> Tensor:
-    """A per-row intermediate of softmax, kept as its own loop (a unit reduction, which the
-    C schedule does not inline): inlining the Newton-Raphson steps into each other and into the
-    per-element loop would copy every step's expression several times per use."""
-    def stage(*r: Any) -> Any:
+def _kept_stage(shape: Sequence[int], value: Any, name: str) -> Tensor:
+    """An intermediate kept as its own loop (a unit reduction, which the C schedule does not
+    inline): an expression used several times downstream is computed once per element instead
+    of being copied into every use."""
+    def stage(*index: Any) -> Any:
         unit = te.reduce_axis((0, 1), name="unit")
-        return te.sum(value(*r), axis=[unit])
+        return te.sum(value(*index), axis=[unit])
 
-    return te.compute(rows, stage, name=name)
+    return te.compute(shape, stage, name=name)
+
+
+def _row_stage(rows: Sequence[int], value: Any, name: str) -> Tensor:
+    """A per-row intermediate of softmax, kept (`_kept_stage`): inlining the Newton-Raphson
+    steps into each other and into the per-element loop would copy every step's expression
+    several times per use."""
+    return _kept_stage(rows, value, name)
 
 
 def _newton_step(rows: Sequence[int], half_denominator: Tensor, previous: Tensor, name: str
@@ -545,28 +552,38 @@ def lstm_cell(input_x: Tensor, input_h: Tensor, forget_x: Tensor, forget_h: Tens
     """The new cell state, int16, from the input, forget and cell gates' fully connected
     outputs (`<gate>_x` of the input, `<gate>_h` of the hidden state, Q3.12 int16 each):
     forget·cell + input·candidate, each product requantized to the cell scale and clamped to
-    int16, the sum saturated to int16 and clipped."""
+    int16, the sum saturated to int16 and clipped. The three gates are kept stages: each
+    product's requantization reads its operands more than once."""
+    shape = [int(d) for d in cell.shape]
+
+    def gate(x: Tensor, h: Tensor, function: Any, name: str) -> Tensor:
+        return _kept_stage(shape, lambda b, u: function(
+            table, _gate_input(x, h, b, u), *_GATE_SCALING), name)
+
+    forget = gate(forget_x, forget_h, tm.sigmoid_int16, "forget_gate")
+    gate_in = gate(input_x, input_h, tm.sigmoid_int16, "input_gate")
+    candidate = gate(cell_x, cell_h, tm.tanh_int16, "cell_gate")
+
     def value(b: Any, u: Any) -> Any:
-        forget = tm.sigmoid_int16(table, _gate_input(forget_x, forget_h, b, u), *_GATE_SCALING)
-        gate_in = tm.sigmoid_int16(table, _gate_input(input_x, input_h, b, u), *_GATE_SCALING)
-        candidate = tm.tanh_int16(table, _gate_input(cell_x, cell_h, b, u), *_GATE_SCALING)
-        kept = params.forget_times_cell(tm.i32(forget) * tm.i32(cell[b, u]), u)
-        added = params.input_times_candidate(tm.i32(gate_in) * tm.i32(candidate), u)
+        kept = params.forget_times_cell(tm.i32(forget[b, u]) * tm.i32(cell[b, u]), u)
+        added = params.input_times_candidate(tm.i32(gate_in[b, u]) * tm.i32(candidate[b, u]),
+                                             u)
         total = tm.clamp(tm.i32(kept) + tm.i32(added), -32768, 32767)
         if params.cell_clip is not None:
             total = tm.clamp(total, -params.cell_clip, params.cell_clip)
         return total.astype("int16")
 
-    return te.compute(cell.shape, value, name="lstm_cell")
+    return te.compute(shape, value, name="lstm_cell")
 
 
 def lstm_hidden(output_x: Tensor, output_h: Tensor, cell: Tensor, table: Tensor,
                 params: LstmCell) -> Tensor:
     """The new hidden state (the step's output), int8: sigmoid(output gate) · tanh(cell),
-    requantized to the hidden state's scale and zero point."""
-    def value(b: Any, u: Any) -> Any:
-        gate = tm.sigmoid_int16(table, _gate_input(output_x, output_h, b, u), *_GATE_SCALING)
-        squashed = tm.tanh_int16(table, cell[b, u], *params.cell_tanh)
-        return params.output_times_tanh(tm.i32(squashed) * tm.i32(gate), u)
-
-    return te.compute(cell.shape, value, name="lstm_hidden")
+    requantized to the hidden state's scale and zero point (both factors kept stages)."""
+    shape = [int(d) for d in cell.shape]
+    gate = _kept_stage(shape, lambda b, u: tm.sigmoid_int16(
+        table, _gate_input(output_x, output_h, b, u), *_GATE_SCALING), "output_gate")
+    squashed = _kept_stage(shape, lambda b, u: tm.tanh_int16(table, cell[b, u],
+                                                             *params.cell_tanh), "cell_tanh")
+    return te.compute(shape, lambda b, u: params.output_times_tanh(
+        tm.i32(squashed[b, u]) * tm.i32(gate[b, u]), u), name="lstm_hidden")
