@@ -8,7 +8,7 @@ scaling path. The LSTM tests then compare whole sequences (every hidden state, n
 classifier's argmax) on single-operator int8 LSTMs with random weights, over the layouts and
 quantizations TFLite Micro runs: batch- and time-major, several batches, cell-state scales from
 2**-8 to 2**-15 (each tanh scaling path), with and without cell clipping, asymmetric input and
-hidden state, saturating inputs.
+hidden state, saturating inputs, and 16x8 (int16 activations, int64 biases).
 """
 
 from __future__ import annotations
@@ -78,14 +78,17 @@ def test_int16_logistic_with_another_output_scale_is_one_line(tmp_path: Path) ->
 def lstm_model(directory: Path, *, batch: int, steps: int, features: int, units: int,
                time_major: bool, cell_power: int, cell_clip: float, input_q: tuple[float, int],
                hidden_q: tuple[float, int], seed: int, per_channel: bool = False,
-               cifg: bool = False) -> Path:
-    """An int8 UNIDIRECTIONAL_SEQUENCE_LSTM with random int8 weights as TFLite's converter lays
-    one out (per-tensor symmetric weights, int32 biases at input × weight scale, int8 hidden
-    state, int16 cell state of scale 2**cell_power); its output sequence is the model's."""
+               cifg: bool = False, activations: str = "int8") -> Path:
+    """An int8 (or 16x8: `activations="int16"`) UNIDIRECTIONAL_SEQUENCE_LSTM with random int8
+    weights as TFLite's converter lays one out (per-tensor symmetric weights, int32 (int64)
+    biases at input × weight scale, an int8 (int16) hidden state, an int16 cell state of scale
+    2**cell_power); its output sequence is the model's."""
     rng = np.random.default_rng(seed)
     writer = SignedTfliteWriter()
+    bias_type = "int64" if activations == "int16" else "int32"
+    bias_range = 4000 * (256 if activations == "int16" else 1)
     shape = (steps, batch, features) if time_major else (batch, steps, features)
-    x = writer.tensor("x", shape, "int8", None, [input_q[0]], [input_q[1]])
+    x = writer.tensor("x", shape, activations, None, [input_q[0]], [input_q[1]])
 
     def weights(name: str, columns: int, input_scale: float) -> tuple[int, float]:
         scale = float(rng.uniform(0.004, 0.02)) * 16 / columns
@@ -103,14 +106,15 @@ def lstm_model(directory: Path, *, batch: int, steps: int, features: int, units:
             continue
         slots[1 + gate], bias_scale = weights(f"w_in{gate}", features, input_q[0])
         slots[5 + gate], _ = weights(f"w_rec{gate}", units, hidden_q[0])
-        bias = rng.integers(-4000, 4000, size=units).astype(np.int32)
-        slots[12 + gate] = writer.tensor(f"b{gate}", (units,), "int32", bias, [bias_scale], [0])
-    slots[18] = writer.tensor("h", (batch, units), "int8", None, [hidden_q[0]], [hidden_q[1]],
-                              variable=True)
+        bias = rng.integers(-bias_range, bias_range, size=units).astype(bias_type)
+        slots[12 + gate] = writer.tensor(f"b{gate}", (units,), bias_type, bias, [bias_scale],
+                                         [0])
+    slots[18] = writer.tensor("h", (batch, units), activations, None, [hidden_q[0]],
+                              [hidden_q[1]], variable=True)
     slots[19] = writer.tensor("c", (batch, units), "int16", None, [2.0 ** cell_power], [0],
                               variable=True)
     out_shape = (steps, batch, units) if time_major else (batch, steps, units)
-    y = writer.tensor("y", out_shape, "int8", None, [hidden_q[0]], [hidden_q[1]])
+    y = writer.tensor("y", out_shape, activations, None, [hidden_q[0]], [hidden_q[1]])
     options = writer.options("UnidirectionalSequenceLSTMOptions", fusedActivationFunction=4,
                              cellClip=cell_clip, projClip=0.0, timeMajor=time_major)
     writer.operator("UNIDIRECTIONAL_SEQUENCE_LSTM", slots, [y], options)
@@ -137,6 +141,13 @@ LSTMS = {
     "coarse_cell_clipped": dict(batch=2, steps=6, features=4, units=8, time_major=True,
                                 cell_power=-8, cell_clip=1.3, input_q=(0.03, -100),
                                 hidden_q=(0.01, 20)),
+    # 16x8: int16 input, hidden state and output, int64 biases and accumulators
+    "int16x8": dict(batch=2, steps=8, features=6, units=10, time_major=False, cell_power=-11,
+                    cell_clip=0.0, input_q=(2.0 ** -11, 0), hidden_q=(2.0 ** -15, 0),
+                    activations="int16"),
+    "int16x8_time_major_clipped": dict(batch=1, steps=9, features=12, units=8, time_major=True,
+                                       cell_power=-10, cell_clip=1.1, input_q=(0.0003, 0),
+                                       hidden_q=(0.00004, 0), activations="int16"),
 }
 
 
@@ -148,25 +159,33 @@ def test_int8_lstm_sequence_bit_exact_on_host(name: str, tmp_path: Path) -> None
     rng = np.random.default_rng(7)
     shape = ((config["steps"], config["batch"], config["features"]) if config["time_major"]
              else (config["batch"], config["steps"], config["features"]))
-    x = rng.integers(-128, 128, size=shape).astype(np.int8)
-    x.reshape(-1)[:5] = [-128, 127, 127, -128, 127]  # saturating inputs too
+    dtype = np.dtype(config.get("activations", "int8"))
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max + 1, size=shape).astype(dtype)
+    x.reshape(-1)[:5] = [info.min, info.max, info.max, info.min, info.max]  # saturating too
     want = tflm_reference(path, {"x": x})["y"]
     assert len(np.unique(want)) > 20, "a degenerate sequence would test little"
     archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="lstm").archive
     got = microexport.run(archive, {"x": x}, board="host", build_dir=tmp_path / "build")["y"]
-    assert got.dtype == np.int8 and got.shape == want.shape
+    assert got.dtype == dtype and got.shape == want.shape
     assert np.array_equal(got, want), (np.flatnonzero(got != want)[:10],
                                        np.abs(got.astype(int) - want).max())
 
 
-@pytest.mark.parametrize("board", ["mps2_an385", "mps2_an386"])
-def test_int8_lstm_sequence_bit_exact_in_qemu(board: str, tmp_path: Path) -> None:
-    """Cortex-M3 and M4F, C built with -Werror: the same bits as TFLite Micro."""
+@pytest.mark.parametrize("board,name", [("mps2_an385", "time_major_batches"),
+                                        ("mps2_an386", "time_major_batches"),
+                                        ("mps2_an386", "int16x8")])
+def test_int8_lstm_sequence_bit_exact_in_qemu(board: str, name: str, tmp_path: Path) -> None:
+    """Cortex-M3 and M4F (micro-kernels: plain C and SMLAD), C built with -Werror: the same
+    bits as TFLite Micro."""
     require_module("tflite_micro", "tflite")
     require_board(board)
-    config = LSTMS["time_major_batches"]
+    config = LSTMS[name]
     path = lstm_model(tmp_path, seed=11, **config)
-    x = np.random.default_rng(9).integers(-128, 128, size=(7, 3, 6)).astype(np.int8)
+    shape = ((config["steps"], config["batch"], config["features"]) if config["time_major"]
+             else (config["batch"], config["steps"], config["features"]))
+    info = np.iinfo(config.get("activations", "int8"))
+    x = np.random.default_rng(9).integers(info.min, info.max + 1, size=shape).astype(info.dtype)
     want = tflm_reference(path, {"x": x})["y"]
     archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="lstm").archive
     got = microexport.run(archive, {"x": x}, board=board, build_dir=tmp_path / "build")["y"]

@@ -1,18 +1,20 @@
-"""The int8 UNIDIRECTIONAL_SEQUENCE_LSTM as integer kernels, bit-exact with TFLite Micro.
+"""The int8 and 16x8 UNIDIRECTIONAL_SEQUENCE_LSTM as integer kernels, bit-exact with TFLite
+Micro.
 
 TFLite's converter writes an int8 LSTM with int8 input, output and hidden state, int8 per-tensor
-weights, int32 gate biases and an int16 cell state whose scale is a power of two. TFLite Micro
+weights, int32 gate biases and an int16 cell state whose scale is a power of two (16x8: int16
+input, output and hidden state with zero points 0, int64 biases and accumulators). TFLite Micro
 runs it (lstm_eval) in fixed point with scales of its own choosing, which this converter
 reproduces:
 
 * each gate's input is the input's fully connected layer (with the gate's bias) plus the hidden
-  state's, both requantized to Q3.12 int16 (the int8 FULLY_CONNECTED micro-kernels over packed
+  state's, both requantized to Q3.12 int16 (int8: the FULLY_CONNECTED micro-kernels over packed
   weights) and summed with int16 saturation;
 * the gates' nonlinearities are TFLite's int16 sigmoid and tanh, which interpolate one uint16
   table (`fixedpoint.sigmoid_table_uint16`), and their outputs are Q0.15;
 * the cell state is forget·cell + input·candidate requantized to the cell scale, saturated and
   clipped (`kernels.lstm_cell`); the hidden state, the step's output, is
-  sigmoid(output gate)·tanh(cell) requantized to the hidden state's int8 parameters
+  sigmoid(output gate)·tanh(cell) requantized to the hidden state's parameters
   (`kernels.lstm_hidden`).
 
 The time axis is unrolled (static sequence length): per step eight fully connected calls, one
@@ -57,14 +59,17 @@ from microexport.compiler.integer import im2col, kernels
 from microexport.compiler.quantization import TensorQuantization
 
 NAME = "UNIDIRECTIONAL_SEQUENCE_LSTM"
+_BIAS_TYPES = {"int8": "int32", "int16": "int64"}  # by activation type (16x8: int64 biases)
 GATE_INPUT_SCALE = 2.0 ** -12  # Q3.12: what the fully connected layers produce
 GATE_OUTPUT_SCALE = 2.0 ** -15  # Q0.15: what sigmoid and tanh produce
 INT16 = (-32768, 32767)
+_RANGES = {"int8": (-128, 127), "int16": INT16}
 
 
 def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
-    """The int8 UNIDIRECTIONAL_SEQUENCE_LSTM of a TFLite `converter` (TVM's OperatorConverter
-    with microexport's additions) as integer kernels: the output sequence, int8."""
+    """The int8 (or 16x8) UNIDIRECTIONAL_SEQUENCE_LSTM of a TFLite `converter` (TVM's
+    OperatorConverter with microexport's additions) as integer kernels: the output sequence,
+    of the input's type."""
     from tvm import relax
 
     tensors = list(converter.get_input_tensors(op)) + [None] * 24
@@ -84,21 +89,24 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
         raise QuantizationError(f"{NAME}: the cell state's scale {cell_scale:g} is not a power "
                                 "of two (TFLite Micro requires one): requantize the model")
 
+    activations = _dtype(converter, x)  # int8, or int16 (16x8: int64 accumulators)
+    wide = activations == "int16"
+
     def layer(slot: int, bias_slot: int | None, scale: float, zero_point: int) -> _Projection:
         w = tensors[slot]
         q = _weight_quantization(w)
-        bias = (np.asarray(converter.get_tensor_value(tensors[bias_slot]), np.int32)
-                if bias_slot is not None else None)
+        bias = (np.asarray(converter.get_tensor_value(tensors[bias_slot]),
+                           _BIAS_TYPES[activations]) if bias_slot is not None else None)
         return _Projection(np.asarray(converter.get_tensor_value(w), np.int8), bias,
                            zero_point, q.per_tensor_zero_point,
-                           _int16_output(scale, q.per_tensor_scale))
+                           _int16_output(scale, q.per_tensor_scale, wide))
 
     # gates in TFLite's order: input, forget, cell, output; of the input and of the hidden state
     from_input = [layer(_TFL_INPUT_WEIGHTS[g], _TFL_BIASES[g], x_scale, x_zero)
                   for g in range(4)]
     from_hidden = [layer(_TFL_RECURRENT_WEIGHTS[g], None, hidden_scale, hidden_zero)
                    for g in range(4)]
-    cell = _cell_params(options, cell_scale, power, hidden_scale, hidden_zero)
+    cell = _cell_params(options, cell_scale, power, hidden_scale, hidden_zero, activations)
 
     bb = converter.bb
     data = _expr(converter, x)
@@ -107,9 +115,10 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     steps, batch = shape[time_axis], shape[1 - time_axis]
     units = int(converter.get_tensor_shape(tensors[_TFL_RECURRENT_WEIGHTS[0]])[0])
     table = _const(fp.sigmoid_table_uint16())
-    hidden = relax.const(np.full((batch, units), hidden_zero, np.int8), "int8")
+    hidden = relax.const(np.full((batch, units), hidden_zero, activations), activations)
     cell_state = relax.const(np.zeros((batch, units), np.int16), "int16")
-    kernels_of = _StepKernels(converter, micro_kernels_enabled())
+    # the micro-kernels multiply int8 by int8; 16x8 layers are TE kernels
+    kernels_of = _StepKernels(converter, micro_kernels_enabled() and not wide)
     outputs = []
     for part in _split(bb, data, steps, time_axis):
         step = bb.emit(relax.op.squeeze(part, axis=[time_axis]))
@@ -230,13 +239,14 @@ def _check_layout(converter: Any, op: Any, tensors: list[Any], present: list[boo
              "output": _dtype(converter, converter.get_output_tensors(op)[0]),
              "cell state": _dtype(converter, tensors[_TFL_CELL_STATE]),
              "bias": _dtype(converter, tensors[_TFL_BIASES[0]])}
-    wanted = {"input": "int8", "hidden state": "int8", "output": "int8",
-              "cell state": "int16", "bias": "int32"}
+    activations = types["input"]
+    wanted = {"input": activations, "hidden state": activations, "output": activations,
+              "cell state": "int16", "bias": _BIAS_TYPES.get(activations, "int32")}
     for role, dtype in types.items():
         if dtype != wanted[role]:
             raise QuantizationError(f"{NAME} with an {dtype} {role} (the integer LSTM has int8 "
-                                    "input, output and hidden state, an int16 cell state and "
-                                    "int32 biases)")
+                                    "input, output and hidden state and int32 biases, or int16 "
+                                    "ones and int64 biases (16x8), and an int16 cell state)")
     for slot in (*_TFL_INPUT_WEIGHTS, *_TFL_RECURRENT_WEIGHTS):
         if _dtype(converter, tensors[slot]) != "int8":
             raise QuantizationError(f"{NAME} with {_dtype(converter, tensors[slot])} weights "
@@ -251,6 +261,11 @@ def _check_layout(converter: Any, op: Any, tensors: list[Any], present: list[boo
     cell_q = quantization(tensors[_TFL_CELL_STATE])
     if cell_q is not None and cell_q.per_tensor_zero_point != 0:
         raise QuantizationError(f"{NAME}: the cell state's zero point must be 0")
+    if activations == "int16":
+        for slot, role in ((_TFL_INPUT, "input"), (_TFL_OUTPUT_STATE, "hidden state")):
+            q = quantization(tensors[slot])
+            if q is not None and q.per_tensor_zero_point != 0:
+                raise QuantizationError(f"16x8 {NAME}: the {role}'s zero point must be 0")
 
 
 def _weight_quantization(tensor: Any) -> Any:
@@ -263,12 +278,15 @@ def _weight_quantization(tensor: Any) -> Any:
     return q
 
 
-def _int16_output(input_scale: float, weight_scale: float) -> kernels.Output:
+def _int16_output(input_scale: float, weight_scale: float, wide: bool) -> kernels.Output:
     """A gate's fully connected layer to Q3.12: TFLite Micro's multiplier of the float32
-    product of the scales over 2**-12, clamped to int16."""
+    product of the scales over 2**-12, clamped to int16; `wide` (16x8): an int64 accumulator
+    rescaled with TFLite's reduced multiplier."""
     product = float(fp.f32(input_scale) * fp.f32(weight_scale))
     multiplier, shift = fp.quantize_multiplier(product / GATE_INPUT_SCALE)
-    return kernels.Output(multiplier, shift, 0, *INT16, "int16")
+    if wide:
+        multiplier, shift = fp.reduced_multiplier(multiplier, shift)
+    return kernels.Output(multiplier, shift, 0, *INT16, "int16", wide)
 
 
 def _product_output(scale: float, output_scale: float, zero_point: int, low: int, high: int,
@@ -281,7 +299,7 @@ def _product_output(scale: float, output_scale: float, zero_point: int, low: int
 
 
 def _cell_params(options: Any, cell_scale: float, power: int, hidden_scale: float,
-                 hidden_zero: int) -> kernels.LstmCell:
+                 hidden_zero: int, activations: str) -> kernels.LstmCell:
     clip = float(fp.f32(options.CellClip()))
     quantized_clip = None
     if clip > 0:  # C's conversion to int16 truncates toward zero
@@ -292,8 +310,8 @@ def _cell_params(options: Any, cell_scale: float, power: int, hidden_scale: floa
         input_times_candidate=_product_output(GATE_OUTPUT_SCALE, cell_scale, 0, *INT16, "int16"),
         cell_clip=quantized_clip,
         cell_tanh=(tanh.multiplier, tanh.left_shift),
-        output_times_tanh=_product_output(GATE_OUTPUT_SCALE, hidden_scale, hidden_zero, -128,
-                                          127, "int8"))
+        output_times_tanh=_product_output(GATE_OUTPUT_SCALE, hidden_scale, hidden_zero,
+                                          *_RANGES[activations], activations))
 
 
 def _note(converter: Any, value: Any, scale: float, zero_point: int) -> None:
