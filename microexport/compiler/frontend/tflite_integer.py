@@ -572,12 +572,36 @@ def _hard_swish(converter: Any, op: Any) -> Any:
     return _lookup(converter, op, "HARD_SWISH", fp.hard_swish_table)
 
 
+def _int16_io(converter: Any, op: Any, name: str) -> tuple[Any, Any] | None:
+    """(input, output) of an elementwise operator with int16 input (None for int8 input, which
+    uses a 256-entry table); both must be int16."""
+    inputs, output = _io(converter, op)
+    source, target = _dtype(converter, inputs[0]), _dtype(converter, output)
+    if source != "int16":
+        return None
+    if target != "int16":
+        raise QuantizationError(f"{name} from int16 to {target} (int16 to int16 only)")
+    return inputs[0], output
+
+
 def _leaky_relu(converter: Any, op: Any) -> Any:
     from tflite.LeakyReluOptions import LeakyReluOptions
 
     alpha = float(_options(op, LeakyReluOptions).Alpha())
-    return _lookup(converter, op, "LEAKY_RELU",
-                   lambda si, zi, so, zo: fp.leaky_relu_table(alpha, si, zi, so, zo))
+    int16 = _int16_io(converter, op, "LEAKY_RELU")
+    if int16 is None:
+        return _lookup(converter, op, "LEAKY_RELU",
+                       lambda si, zi, so, zo: fp.leaky_relu_table(alpha, si, zi, so, zo))
+    # int16: TFLite Micro's elementwise arithmetic (the int8 table's, per element at run time).
+    (si, zi), (so, zo) = _scalar_params(converter, list(int16))
+    alpha_multiplier, alpha_shift = fp.quantize_multiplier(
+        float(fp.f32(si) * fp.f32(alpha) / fp.f32(so)))
+    identity = fp.quantize_multiplier(float(fp.f32(si) / fp.f32(so)))
+    negative = alpha_multiplier < 0
+    alpha_pair = (-alpha_multiplier if negative else alpha_multiplier, alpha_shift)
+    return _emit(converter, "leaky_relu_int16", [_expr(converter, int16[0])],
+                 lambda x: kernels.leaky_relu(x, zi, identity, alpha_pair, negative, zo,
+                                              "int16"))
 
 
 def _relu_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
@@ -593,11 +617,30 @@ def _relu6_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
 
 
 def _relu(converter: Any, op: Any) -> Any:
-    return _lookup(converter, op, "RELU", _relu_table)
+    int16 = _int16_io(converter, op, "RELU")
+    if int16 is None:
+        return _lookup(converter, op, "RELU", _relu_table)
+    # int16: rescale by input/output scale and clamp below at 0, TFLite Micro's ReluQuantized
+    # (which, like us, refuses non-zero int16 zero points).
+    (si, zi), (so, zo) = _scalar_params(converter, list(int16))
+    if zi or zo:
+        raise QuantizationError(f"int16 RELU needs zero points 0 (got {zi} and {zo})")
+    m, s = fp.quantize_multiplier(float(fp.f32(si) / fp.f32(so)))
+    out = kernels.Output(m, s, 0, 0, 32767, "int16")
+    return _emit(converter, "relu_int16", [_expr(converter, int16[0])],
+                 lambda x: kernels.requantize(x, 0, out))
 
 
 def _relu6(converter: Any, op: Any) -> Any:
-    return _lookup(converter, op, "RELU6", _relu6_table)
+    int16 = _int16_io(converter, op, "RELU6")
+    if int16 is None:
+        return _lookup(converter, op, "RELU6", _relu6_table)
+    # int16: TFLite Micro clamps between the input's quantized 0 and 6 and does not rescale
+    # (the output's quantization is not read), so neither do we.
+    (si, zi), = _scalar_params(converter, [int16[0]])
+    six = min(32767, max(-32768, zi + fp.round_half_away(float(fp.f32(6.0) / fp.f32(si)))))
+    return _emit(converter, "relu6_int16", [_expr(converter, int16[0])],
+                 lambda x: kernels.clamp(x, zi, six))
 
 
 def _softmax(converter: Any, op: Any) -> Any:
@@ -689,7 +732,13 @@ def _concatenation(converter: Any, op: Any) -> Any:
     for tensor in inputs:
         (si, zi), = _scalar_params(converter, [tensor])
         expr = _expr(converter, tensor)
-        if fp.f32(si) != fp.f32(so) or zi != zo:
+        if dtype == "int16":
+            # TFLite Micro (and TFLite) copy int16 inputs as they are, whatever their scales,
+            # and only require zero points of 0: so do we. int8 inputs of another quantization
+            # are still requantized below (TFLite Micro refuses them).
+            if zi or zo:
+                raise QuantizationError("int16 CONCATENATION needs zero points 0")
+        elif fp.f32(si) != fp.f32(so) or zi != zo:
             m, s = fp.quantize_multiplier(float(si) / float(so))
             info = np.iinfo(dtype)
             out = kernels.Output(m, s, zo, int(info.min), int(info.max), dtype)
@@ -704,14 +753,27 @@ def _batch_matmul(converter: Any, op: Any) -> Any:
 
     inputs, output = _io(converter, op)
     dtype = _dtype(converter, output)
-    if dtype != "int8":
-        raise QuantizationError(f"{dtype} BATCH_MATMUL (int8 only)")
+    types = [_dtype(converter, t) for t in (inputs[0], inputs[1], output)]
+    if types not in (["int8"] * 3, ["int16"] * 3):
+        raise QuantizationError(f"BATCH_MATMUL of {types[0]} x {types[1]} → {types[2]} "
+                                "(int8 or int16 throughout only)")
     (sl, zl), (sr, zr), (so, zo) = _scalar_params(converter, [inputs[0], inputs[1], output])
     options = _options(op, BatchMatMulOptions)
     m, s = fp.quantize_multiplier(float(fp.f32(sl) * fp.f32(sr)) / float(so))
-    out = kernels.Output(m, s, zo, -128, 127, dtype)
+    if dtype == "int8":
+        out = kernels.Output(m, s, zo, -128, 127, dtype)
+    else:
+        # int16 (TFLite Micro's EvalInt16): int64 accumulator, the 64-bit
+        # MultiplyByQuantizedMultiplier (multiplier reduced to Q0.15, one rounding shift).
+        if zl or zr or zo:
+            raise QuantizationError("int16 BATCH_MATMUL needs zero points 0")
+        reduced, right_shift = fp.reduced_multiplier(m, s)
+        if right_shift < 1:
+            raise QuantizationError("int16 BATCH_MATMUL whose input scales' product is 2**14 "
+                                    "times its output scale or more: use a larger output scale")
+        out = kernels.Output(reduced, right_shift, 0, -32768, 32767, dtype, wide=True)
     adj_x, adj_y = bool(options.AdjX()), bool(options.AdjY())
-    return _emit(converter, "batch_matmul_int8",
+    return _emit(converter, f"batch_matmul_{dtype}",
                  [_expr(converter, inputs[0]), _expr(converter, inputs[1])],
                  lambda a, b: kernels.batch_matmul(a, b, zl, zr, out, adj_x, adj_y))
 

@@ -158,8 +158,10 @@ def fully_connected(data: Tensor, weight: Tensor, bias: Tensor | None, output: O
 
 def batch_matmul(lhs: Tensor, rhs: Tensor, lhs_zero_point: int, rhs_zero_point: int,
                  output: Output, adj_x: bool, adj_y: bool) -> Tensor:
-    """BATCH_MATMUL of two int8 tensors with numpy broadcasting of the batch dimensions;
-    `adj_x`/`adj_y` transpose the last two axes of an operand (per-tensor `output`)."""
+    """BATCH_MATMUL of two int8 (or, with a `wide` output, int16) tensors with numpy
+    broadcasting of the batch dimensions; `adj_x`/`adj_y` transpose the last two axes of an
+    operand (per-tensor `output`). int16 operands accumulate in int64, as TFLite Micro does."""
+    widen = tm.i64 if output.wide else tm.i32
     ls, rs = [int(d) for d in lhs.shape], [int(d) for d in rhs.shape]
     rows, depth = (ls[-1], ls[-2]) if adj_x else (ls[-2], ls[-1])
     cols = rs[-2] if adj_y else rs[-1]
@@ -179,7 +181,7 @@ def batch_matmul(lhs: Tensor, rhs: Tensor, lhs_zero_point: int, rhs_zero_point: 
         *b, i, j = index
         a = element(lhs, b, (rk, i) if adj_x else (i, rk))
         c = element(rhs, b, (j, rk) if adj_y else (rk, j))
-        return te.sum((tm.i32(a) - tm.i32(lhs_zero_point)) * (tm.i32(c) - tm.i32(rhs_zero_point)),
+        return te.sum((widen(a) - widen(lhs_zero_point)) * (widen(c) - widen(rhs_zero_point)),
                       axis=[rk])
 
     acc = te.compute((*batch, rows, cols), value, name="batch_matmul_acc")
@@ -344,6 +346,32 @@ def lookup(data: Tensor, table: Tensor) -> Tensor:
     """An int8 elementwise function as a 256-entry table indexed by `x + 128`."""
     return te.compute(data.shape, lambda *i: table[tm.i32(data[i]) + tm.i32(128)],
                       name="lookup")
+
+
+def clamp(data: Tensor, low: int, high: int) -> Tensor:
+    """Every element limited to [low, high] (RELU6 of int16: no rescaling)."""
+    return te.compute(data.shape, lambda *i: tm.clamp(tm.i32(data[i]), low, high).astype(
+        data.dtype), name="clamp")
+
+
+def leaky_relu(data: Tensor, input_zero_point: int, identity: tuple[int, int],
+               alpha: tuple[int, int], negative_alpha: bool, output_zero_point: int,
+               dtype: str) -> Tensor:
+    """TFLite's quantized LEAKY_RELU: `x - input_zero_point` rescaled by the identity
+    (multiplier, shift) where it is ≥ 0 and by alpha's (a non-negative multiplier, negated
+    afterwards for a negative alpha) below, plus the output zero point, saturated to `dtype`."""
+    low, high = int(tirx.min_value(dtype).value), int(tirx.max_value(dtype).value)
+
+    def value(*i: Any) -> Any:
+        x = tm.i32(data[i]) - tm.i32(input_zero_point)
+        positive = tm.multiply_by_quantized_multiplier(x, *identity)
+        negative = tm.multiply_by_quantized_multiplier(x, *alpha)
+        if negative_alpha:
+            negative = tm.i32(0) - negative
+        rescaled = tm.select(x >= tm.i32(0), positive, negative)
+        return tm.clamp(rescaled + tm.i32(output_zero_point), low, high).astype(dtype)
+
+    return te.compute(data.shape, value, name="leaky_relu")
 
 
 def requantize(data: Tensor, input_zero_point: int, output: Output) -> Tensor:
