@@ -65,22 +65,15 @@ def _assert_matches_tflm(path: Path, inputs: dict[str, np.ndarray], directory: P
 RATIOS = [(0.001, 0.0004), (0.0004, 0.0031), (0.002, 0.002)]
 
 
-@pytest.mark.parametrize("scales", RATIOS)
-def test_int16_relu_matches_tflm_on_every_input(scales: tuple[float, float],
-                                                tmp_path: Path) -> None:
+# RELU6: 0.001: 6 is 6000; 1e-4: 6 is past 32767 (the clamp saturates); an output scale that
+# differs from the input's, which TFLite Micro's int16 RELU6 ignores.
+@pytest.mark.parametrize("op,scales", [
+    *(("RELU", ratio) for ratio in RATIOS),
+    *(("RELU6", ratio) for ratio in [(0.001, 0.001), (0.0003, 0.0007), (1e-4, 1e-4)])])
+def test_int16_relu_and_relu6_match_tflm_on_every_input(op: str, scales: tuple[float, float],
+                                                        tmp_path: Path) -> None:
     require_module("tflite_micro", "tflite")
-    path = _single_op(tmp_path, "RELU", [("x", ALL_INT16.shape, scales[0])],
-                      (ALL_INT16.shape, scales[1]))
-    _assert_matches_tflm(path, {"x": ALL_INT16}, tmp_path)
-
-
-# 0.001: 6 is 6000; 1e-4: 6 is past 32767 (the clamp saturates); the output scale differs from
-# the input's, which TFLite Micro's int16 RELU6 ignores.
-@pytest.mark.parametrize("scales", [(0.001, 0.001), (0.0003, 0.0007), (1e-4, 1e-4)])
-def test_int16_relu6_matches_tflm_on_every_input(scales: tuple[float, float],
-                                                 tmp_path: Path) -> None:
-    require_module("tflite_micro", "tflite")
-    path = _single_op(tmp_path, "RELU6", [("x", ALL_INT16.shape, scales[0])],
+    path = _single_op(tmp_path, op, [("x", ALL_INT16.shape, scales[0])],
                       (ALL_INT16.shape, scales[1]))
     _assert_matches_tflm(path, {"x": ALL_INT16}, tmp_path)
 

@@ -594,14 +594,10 @@ def _leaky_relu(converter: Any, op: Any) -> Any:
                        lambda si, zi, so, zo: fp.leaky_relu_table(alpha, si, zi, so, zo))
     # int16: TFLite Micro's elementwise arithmetic (the int8 table's, per element at run time).
     (si, zi), (so, zo) = _scalar_params(converter, list(int16))
-    alpha_multiplier, alpha_shift = fp.quantize_multiplier(
-        float(fp.f32(si) * fp.f32(alpha) / fp.f32(so)))
-    identity = fp.quantize_multiplier(float(fp.f32(si) / fp.f32(so)))
-    negative = alpha_multiplier < 0
-    alpha_pair = (-alpha_multiplier if negative else alpha_multiplier, alpha_shift)
+    params = fp.leaky_relu_params(alpha, si, so)
     return _emit(converter, "leaky_relu_int16", [_expr(converter, int16[0])],
-                 lambda x: kernels.leaky_relu(x, zi, identity, alpha_pair, negative, zo,
-                                              "int16"))
+                 lambda x: kernels.leaky_relu(x, zi, params.identity, params.alpha,
+                                              params.negative_alpha, zo, "int16"))
 
 
 def _relu_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
@@ -611,8 +607,13 @@ def _relu_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
                      for v in fp.INT8_VALUES], dtype=np.int8)
 
 
+def _quantized_six(si: float, zi: int) -> int:
+    """6 in the input's quantization (RELU6 clamps there, without rescaling)."""
+    return zi + fp.round_half_away(float(fp.f32(6.0) / fp.f32(si)))
+
+
 def _relu6_table(si: float, zi: int, so: float, zo: int) -> np.ndarray:
-    six = zi + fp.round_half_away(float(fp.f32(6.0) / fp.f32(si)))
+    six = _quantized_six(si, zi)
     return np.array([min(max(v, zi), six) for v in fp.INT8_VALUES], dtype=np.int8)
 
 
@@ -638,7 +639,7 @@ def _relu6(converter: Any, op: Any) -> Any:
     # int16: TFLite Micro clamps between the input's quantized 0 and 6 and does not rescale
     # (the output's quantization is not read), so neither do we.
     (si, zi), = _scalar_params(converter, [int16[0]])
-    six = min(32767, max(-32768, zi + fp.round_half_away(float(fp.f32(6.0) / fp.f32(si)))))
+    six = min(32767, max(-32768, _quantized_six(si, zi)))
     return _emit(converter, "relu6_int16", [_expr(converter, int16[0])],
                  lambda x: kernels.clamp(x, zi, six))
 

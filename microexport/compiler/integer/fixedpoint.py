@@ -354,24 +354,40 @@ def hard_swish_table(input_scale: float, input_zero_point: int, output_scale: fl
     return np.array(table, dtype=np.int8)
 
 
+@dataclass(frozen=True)
+class LeakyReluParams:
+    """TFLite's LEAKY_RELU rescalings: (multiplier, shift) of input/output scale for x >= 0
+    and of alpha·input/output scale below, that multiplier made non-negative and the result
+    negated afterwards when alpha is negative."""
+
+    identity: tuple[int, int]
+    alpha: tuple[int, int]
+    negative_alpha: bool
+
+
+def leaky_relu_params(alpha: float, input_scale: float, output_scale: float
+                      ) -> LeakyReluParams:
+    """The compile-time parameters of quantized LEAKY_RELU (int8 table or int16 kernel)."""
+    alpha_multiplier, alpha_shift = quantize_multiplier(
+        float(f32(input_scale) * f32(alpha) / f32(output_scale)))
+    identity = quantize_multiplier(float(f32(input_scale) / f32(output_scale)))
+    negative_alpha = alpha_multiplier < 0
+    return LeakyReluParams(identity, (abs(alpha_multiplier), alpha_shift), negative_alpha)
+
+
 def leaky_relu_table(alpha: float, input_scale: float, input_zero_point: int,
                      output_scale: float, output_zero_point: int) -> np.ndarray:
     """LEAKY_RELU of every int8 input, as int8[256]."""
-    alpha_multiplier, alpha_shift = quantize_multiplier(
-        float(f32(input_scale) * f32(alpha) / f32(output_scale)))
-    identity_multiplier, identity_shift = quantize_multiplier(
-        float(f32(input_scale) / f32(output_scale)))
-    negative_alpha = alpha_multiplier < 0
-    safe_alpha = -alpha_multiplier if negative_alpha else alpha_multiplier
+    params = leaky_relu_params(alpha, input_scale, output_scale)
     table = []
     for value in INT8_VALUES:
         x = value - input_zero_point
         out = output_zero_point
         if x >= 0:
-            out += multiply_by_quantized_multiplier(x, identity_multiplier, identity_shift)
+            out += multiply_by_quantized_multiplier(x, *params.identity)
         else:
-            scaled = multiply_by_quantized_multiplier(x, safe_alpha, alpha_shift)
-            out += -scaled if negative_alpha else scaled
+            scaled = multiply_by_quantized_multiplier(x, *params.alpha)
+            out += -scaled if params.negative_alpha else scaled
         table.append(max(-128, min(127, out)))
     return np.array(table, dtype=np.int8)
 
