@@ -5,10 +5,13 @@ TFLite Micro's arena.
 
 For every model of tests/int8_models.py (float models quantized by ai-edge-quantizer) prints:
 
-- our constant pool bytes by type, against the .tflite's buffer bytes (weights, biases) and
-  against its buffers plus the quantization parameters of the constant tensors (float32 scale
-  and int64 zero point per channel: the data TFLite Micro turns into per-channel multipliers
-  and shifts at init, in its arena);
+- our constant pool bytes, against the .tflite's buffer bytes (weights, biases) and against its
+  buffers plus the quantization parameters of the constant tensors (float32 scale and int64
+  zero point per channel: the data TFLite Micro turns into per-channel multipliers and shifts
+  at init, in its arena), with the part of the pool that is per-channel int32 multipliers and
+  shifts (8 B per channel of every per-channel constant);
+- the bytes of the fixed tables of the C library the model's kernels read (the same for every
+  model, outside the pool: compiler/integer/library.py);
 - our workspace + I/O bytes against TFLite Micro's arena on the 64-bit host (its
   RecordingMicroAllocator). The arena on the Cortex-M4F, whose bookkeeping is smaller, is
   measured by `bench/tflm_cortexm.py --models <name> --boards mps2_an386`.
@@ -19,32 +22,19 @@ All figures are measured in this run.
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from pathlib import Path
 
 from common import markdown_table
-from int8_models import INT8_MODELS, read_model
+from int8_models import INT8_MODELS, read_model, tflite_weight_bytes
 
 from microexport.api import import_model
+from microexport.compiler.integer import library
 from microexport.compiler.lower import lower
 from microexport.compiler.plan import plan_memory
 from microexport.deploy.reference import tflm_arena_bytes
 from microexport.errors import Error
-
-
-def tflite_weight_bytes(path: Path) -> tuple[int, int]:
-    """(buffer bytes of the constant tensors, bytes of their quantization parameters)."""
-    model = read_model(path)
-    data = parameters = 0
-    for tensor in model.subgraphs[0].tensors:
-        buffer = model.buffers[tensor.buffer]
-        size = len(buffer.data) if buffer is not None and buffer.data is not None else 0
-        data += size
-        quant = tensor.quantization
-        if size and quant is not None and quant.scale is not None:
-            zero_points = len(quant.zeroPoint) if quant.zeroPoint is not None else 0
-            parameters += 4 * len(quant.scale) + 8 * zero_points
-    return data, parameters
 
 
 def measure(name: str, directory: Path) -> list[object]:
@@ -55,10 +45,13 @@ def measure(name: str, directory: Path) -> list[object]:
     try:
         imported = import_model(path, None)
     except Error as error:
-        return [name, data, parameters, f"n/a ({error})"] + ["n/a"] * 8
+        return [name, data, parameters, f"n/a ({error})"] + ["n/a"] * 10
     lowered = lower(imported)
     plan = plan_memory(lowered.schedule, lowered.scratch)
     pool = sum(array.nbytes for array in lowered.schedule.constants.values())
+    requantization = 8 * per_channel_count(path)
+    called = set(re.findall(library.LIBRARY_CALL, lowered.kernels.script()))
+    tables = sum(t.values().nbytes for t in library.TABLES if t.reader in called)
     io_bytes = sum(t.nbytes for t in imported.inputs + imported.outputs)
     ours = plan.workspace_bytes + io_bytes
     # inputs and outputs planned inside the workspace, as TFLite Micro's arena holds them
@@ -68,9 +61,22 @@ def measure(name: str, directory: Path) -> list[object]:
     def ratio(value: int) -> str:
         return f"{value / arena:.3f}" if arena else "n/a"
 
-    return [name, data, parameters, pool, f"{pool / data:.3f}",
-            f"{pool / (data + parameters):.3f}", ours, shared, arena or "n/a", ratio(ours),
-            ratio(shared)]
+    return [name, data, parameters, pool, requantization, f"{pool / data:.3f}",
+            f"{(pool - requantization) / data:.3f}", f"{pool / (data + parameters):.3f}", tables,
+            ours, shared, arena or "n/a", ratio(ours), ratio(shared)]
+
+
+INT8 = 9  # TensorType of the TFLite schema
+
+
+def per_channel_count(path: Path) -> int:
+    """Output channels of the per-channel quantized int8 weights of a .tflite file (each has
+    a multiplier and a shift; its bias shares them)."""
+    model = read_model(path)
+    return sum(len(t.quantization.scale) for t in model.subgraphs[0].tensors
+               if t.type == INT8 and t.quantization is not None
+               and t.quantization.scale is not None and len(t.quantization.scale) > 1
+               and model.buffers[t.buffer].data is not None)
 
 
 def main() -> None:
@@ -84,7 +90,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(name, Path(tmp) / name) for name in args.models.split(",")]
     header = ["model", ".tflite buffers B", ".tflite quantization params B", "our constants B",
-              "constants/buffers", "constants/(buffers + params)", "ours RAM B (workspace + I/O)",
+              "of which per-channel multipliers and shifts B", "constants/buffers",
+              "(constants - per-channel multipliers and shifts)/buffers",
+              "constants/(buffers + params)", "C library tables read B",
+              "ours RAM B (workspace + I/O)",
               "ours RAM B (--io-in-workspace)", "TFLM host arena B", "ours/TFLM host arena",
               "io-in-ws/TFLM host arena"]
     print(markdown_table(header, rows))

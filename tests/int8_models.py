@@ -530,6 +530,23 @@ def read_model(path: Path) -> object:
     return read_model_bytes(Path(path).read_bytes())
 
 
+def tflite_weight_bytes(path: Path) -> tuple[int, int]:
+    """What a .tflite file spends on its constants: (bytes of the buffers of its constant
+    tensors, bytes of their quantization parameters: a float32 scale and an int64 zero point
+    per channel, from which TFLite Micro computes its per-channel multipliers and shifts)."""
+    model = read_model(path)
+    data = parameters = 0
+    for tensor in model.subgraphs[0].tensors:
+        buffer = model.buffers[tensor.buffer]
+        size = len(buffer.data) if buffer is not None and buffer.data is not None else 0
+        data += size
+        quant = tensor.quantization
+        if size and quant is not None and quant.scale is not None:
+            zero_points = len(quant.zeroPoint) if quant.zeroPoint is not None else 0
+            parameters += 4 * len(quant.scale) + 8 * zero_points
+    return data, parameters
+
+
 def read_model_bytes(data: bytes) -> object:
     """The `ModelT` (flatbuffer object API) of a serialized TFLite model."""
     return _schema().ModelT.InitFromPackedBuf(data, 0)

@@ -16,6 +16,7 @@ import tvm
 import tvm_ffi
 from tvm import ir, tirx
 
+from microexport.compiler.integer import library
 from microexport.compiler.integer.im2col import (
     MICROKERNEL_CALL,
     depthwise_windows_used,
@@ -38,6 +39,7 @@ _DROPPED_LINES = (
     re.compile(r"^void\* __tvm_ffi__library_ctx = NULL;$"),
     # TVM declares every `call_extern` callee; the micro-kernels are defined by the template.
     re.compile(r"^(TVM_DLL )?void " + MICROKERNEL_CALL + r".*\);$"),
+    re.compile(r"^(TVM_DLL )?u?int(16|32)_t " + library.LIBRARY_CALL + r".*\);$"),
 )
 _EXTERN_C_GUARD = re.compile(r'^#ifdef __cplusplus\nextern "C"\n#endif\n', re.MULTILINE)
 # `TVM_DLL float expf(float);` style re-declarations of libm functions.
@@ -199,7 +201,8 @@ def make_tvm_free(
                  "body": body, "dot_kernels": dot_kernels_used(body),
                  "direct_dot_kernels": dot_kernels_used(body, "s8s8"),
                  "depthwise_windows": depthwise_windows_used(body),
-                 "uses_microkernels": uses_microkernels(body)}
+                 "uses_microkernels": uses_microkernels(body),
+                 **library.template_variables(body)}
     source = render(glue_environment(templates), LIB_TEMPLATE, variables)
     return GeneratedC(filename=filename, source=source)
 

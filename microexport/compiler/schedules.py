@@ -583,6 +583,8 @@ def _children(node: object) -> tuple[list[object], list[object]] | None:
             return [node.args[0]], list(node.args[1:])
         if isinstance(node.op, ir.Op) and node.op.name in _PURE_CALLS:
             return list(node.args), []
+        if isinstance(node.op, ir.Op) and node.op.name == "tirx.call_pure_extern":
+            return list(node.args[1:]), []  # after the callee's name (a function of its args)
     return None
 
 

@@ -11,7 +11,8 @@ reproduces:
   state's, both requantized to Q3.12 int16 (int8: the FULLY_CONNECTED micro-kernels over packed
   weights) and summed with int16 saturation;
 * the gates' nonlinearities are TFLite's int16 sigmoid and tanh, which interpolate one uint16
-  table (`fixedpoint.sigmoid_table_uint16`), and their outputs are Q0.15;
+  table (`fixedpoint.sigmoid_table_uint16`, kept in the C library: `library.SIGMOID_U16`),
+  and their outputs are Q0.15;
 * the cell state is forget·cell + input·candidate requantized to the cell scale, saturated and
   clipped (`kernels.lstm_cell`); the hidden state, the step's output, is
   sigmoid(output gate)·tanh(cell) requantized to the hidden state's parameters
@@ -51,11 +52,12 @@ from microexport.compiler.frontend.tflite_integer import (
     _dtype,
     _emit,
     _expr,
+    fixed_tables,
     micro_kernels_enabled,
     quantization,
 )
 from microexport.compiler.integer import fixedpoint as fp
-from microexport.compiler.integer import im2col, kernels
+from microexport.compiler.integer import im2col, kernels, library
 from microexport.compiler.quantization import TensorQuantization
 
 NAME = "UNIDIRECTIONAL_SEQUENCE_LSTM"
@@ -114,7 +116,7 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
     time_axis = 0 if options.TimeMajor() else 1
     steps, batch = shape[time_axis], shape[1 - time_axis]
     units = int(converter.get_tensor_shape(tensors[_TFL_RECURRENT_WEIGHTS[0]])[0])
-    table = _const(fp.sigmoid_table_uint16())
+    table_args, tables = fixed_tables([library.SIGMOID_U16])
     hidden = relax.const(np.full((batch, units), hidden_zero, activations), activations)
     cell_state = relax.const(np.zeros((batch, units), np.int16), "int16")
     # the micro-kernels multiply int8 by int8; 16x8 layers are TE kernels
@@ -136,12 +138,12 @@ def unidirectional_sequence_lstm(converter: Any, op: Any) -> Any:
             for value in pair:
                 _note(converter, value, GATE_INPUT_SCALE, 0)
             gates.append(pair)
-        cell_state = kernels_of.call("lstm_cell_int16",
-                                     [*gates[0], *gates[1], *gates[2], cell_state, table],
-                                     lambda *t: kernels.lstm_cell(*t, cell))
+        cell_state = kernels_of.call(
+            "lstm_cell_int16", [*gates[0], *gates[1], *gates[2], cell_state, *table_args],
+            lambda *t: kernels.lstm_cell(*t[:7], *tables(t[7:]), cell))
         _note(converter, cell_state, cell_scale, 0)
-        hidden = kernels_of.call("lstm_hidden_int8", [*gates[3], cell_state, table],
-                                 lambda *t: kernels.lstm_hidden(*t, cell))
+        hidden = kernels_of.call("lstm_hidden_int8", [*gates[3], cell_state, *table_args],
+                                 lambda *t: kernels.lstm_hidden(*t[:3], *tables(t[3:]), cell))
         _note(converter, hidden, hidden_scale, hidden_zero)
         outputs.append(hidden)
     return relax.op.stack(outputs, axis=time_axis)

@@ -44,6 +44,8 @@ from microexport.errors import ModelError
 if TYPE_CHECKING:
     import onnx
 
+    from microexport.compiler.integer import fixedpoint as fp
+
 INTEGER_DOMAIN = "ai.microexport.integer"
 """The domain of the nodes `rewrite_integer` puts in place of quantized patterns."""
 INTEGER_OP = "IntegerKernel"
@@ -750,12 +752,12 @@ class _Rewriter:
         axis = _attr(node, "axis", -1 if _opset(self.model) >= 13 else 1)
         if shape is None or axis % len(shape) != len(shape) - 1:
             raise _Unmatched  # opset < 13 flattens from `axis`: only the last axis here
-        table = fp.softmax_tables(q_in.scale, 1.0).exp
+        exp = fp.softmax_exp_params(q_in.scale, 1.0)
         # TFLite's kernel writes int8 in steps of 1/256 from -128; onnxruntime quantizes the
         # output with scale 1/255 (or as calibrated): requantized from there.
         multiplier, shift = fp.quantize_multiplier((1 / 256) / q_out.scale)
         self._replace(node, [node, user], [source], user.output[0],
-                      _SoftmaxEmitter(table, q_out, multiplier, shift).emit, "softmax")
+                      _SoftmaxEmitter(exp, q_out, multiplier, shift).emit, "softmax")
 
     def _qdq_batch_norm(self, node: Any) -> None:
         """BatchNormalization (inference, constant statistics) on NCHW: per channel
@@ -1400,7 +1402,7 @@ class _ConcatEmitter:
 class _SoftmaxEmitter:
     """TFLite's int8 softmax over the last axis, requantized to `q_out`."""
 
-    exp_table: np.ndarray
+    exp: fp.SoftmaxExp
     q_out: QParams
     multiplier: int
     shift: int
@@ -1413,12 +1415,15 @@ class _SoftmaxEmitter:
                              int(info.max), self.q_out.dtype)
         same = self.q_out == QParams(1 / 256, -128, "int8")
 
-        def build(x: Any, table: Any) -> Any:
-            result = kernels.softmax(x, table)
+        from microexport.compiler.frontend.tflite_integer import softmax_exp
+
+        extra, exp_of = softmax_exp(self.exp)
+
+        def build(x: Any, *table: Any) -> Any:
+            result = kernels.softmax(x, exp_of(*table))
             return result if same else kernels.requantize(result, -128, out)
 
-        return bb.emit_te(build, args[0], _const(self.exp_table),
-                          primfunc_name_hint="softmax_int")
+        return bb.emit_te(build, args[0], *extra, primfunc_name_hint="softmax_int")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from microexport.compiler.integer import fixedpoint as fp
-from microexport.compiler.integer import im2col, kernels
+from microexport.compiler.integer import im2col, kernels, library
 
 _INTEGER_TYPES = ("int8", "int16")
 # TFLite's ActivationFunctionType codes.
@@ -288,6 +288,25 @@ _MICRO_KERNELS: ContextVar[bool] = ContextVar("microexport_micro_kernels", defau
 def micro_kernels_enabled() -> bool:
     """Whether int8 layers import as micro-kernel calls here (False within `te_kernels_only`)."""
     return _MICRO_KERNELS.get()
+
+
+def fixed_tables(tables: Sequence[library.LibraryTable]
+                 ) -> tuple[list[Any], Callable[[Sequence[Any]], Sequence[Any]]]:
+    """The fixed `tables` for a kernel: (extra Relax arguments, a function from the kernel's
+    extra TE arguments to what it reads as tables). The tables of the C library, or within
+    `te_kernels_only` constants (TVM's LLVM build cannot call the library)."""
+    if _MICRO_KERNELS.get():
+        return [], lambda extra: tables
+    return [_const(table.values()) for table in tables], lambda extra: extra
+
+
+def softmax_exp(params: fp.SoftmaxExp) -> tuple[list[Any], Callable[..., Any]]:
+    """int8 SOFTMAX's exponentials for `kernels.softmax`: (extra Relax arguments, a function
+    from the kernel's extra TE arguments to `exp_of`). Computed per element by the C library,
+    or within `te_kernels_only` read from a constant table."""
+    if _MICRO_KERNELS.get():
+        return [], lambda: lambda diff: library.softmax_exp_s8(diff, params)
+    return [_const(fp.softmax_exp_table(params))], kernels.exp_table_reader
 
 
 @contextmanager
@@ -562,10 +581,10 @@ def _int16_sigmoid_or_tanh(converter: Any, op: Any, tanh: bool) -> Any:
                                 f"2**-15 (got input zero point {zi}, output scale {so:g} and "
                                 f"zero point {zo})")
     scaling = fp.int16_activation_scaling(si, tanh)
-    return _emit(converter, f"{name.lower()}_int16",
-                 [_expr(converter, inputs[0]), _const(fp.sigmoid_table_uint16())],
-                 lambda x, table: kernels.int16_activation(
-                     x, table, scaling.multiplier, scaling.left_shift, tanh))
+    extra, tables = fixed_tables([library.SIGMOID_U16])
+    return _emit(converter, f"{name.lower()}_int16", [_expr(converter, inputs[0]), *extra],
+                 lambda x, *t: kernels.int16_activation(
+                     x, tables(t)[0], scaling.multiplier, scaling.left_shift, tanh))
 
 
 def _hard_swish(converter: Any, op: Any) -> Any:
@@ -657,9 +676,9 @@ def _softmax(converter: Any, op: Any) -> Any:
     if zo != -128 or fp.f32(so) != fp.f32(1.0 / 256):
         raise QuantizationError("int8 SOFTMAX output must have scale 1/256 and zero point -128")
     beta = float(_options(op, SoftmaxOptions).Beta())
-    tables = fp.softmax_tables(si, beta)
-    return _emit(converter, "softmax_int8",
-                 [_expr(converter, inputs[0]), _const(tables.exp)], kernels.softmax)
+    extra, exp_of = softmax_exp(fp.softmax_exp_params(si, beta))
+    return _emit(converter, "softmax_int8", [_expr(converter, inputs[0]), *extra],
+                 lambda x, *table: kernels.softmax(x, exp_of(*table)))
 
 
 def _softmax_int16(converter: Any, op: Any) -> Any:
@@ -671,10 +690,10 @@ def _softmax_int16(converter: Any, op: Any) -> Any:
         raise QuantizationError("int16 SOFTMAX needs zero points 0 and output scale 1/32768")
     beta = float(_options(op, SoftmaxOptions).Beta())
     params = fp.int16_softmax_params(si, beta)
-    return _emit(converter, "softmax_int16",
-                 [_expr(converter, inputs[0]), _const(params.exp_table),
-                  _const(params.reciprocal_table)],
-                 lambda x, e, r: kernels.softmax_int16(x, e, r, params.multiplier, params.shift))
+    extra, tables = fixed_tables([library.SOFTMAX_EXP_S16, library.SOFTMAX_RECIPROCAL_S16])
+    return _emit(converter, "softmax_int16", [_expr(converter, inputs[0]), *extra],
+                 lambda x, *t: kernels.softmax_int16(x, *tables(t), params.multiplier,
+                                                     params.shift))
 
 
 def _mean(converter: Any, op: Any) -> Any:

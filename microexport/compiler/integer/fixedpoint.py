@@ -11,6 +11,7 @@ precision TFLite Micro uses (float32 or double), which matters for bit-exactness
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ INT16_MIN = -(1 << 15)
 INT16_MAX = (1 << 15) - 1
 
 # (exponent, Q0.31 multiplier of exp(-2**exponent)) for the barrel shifter of exp().
-_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
                (2, 39332535), (3, 720401), (4, 242))
-_EXP_MINUS_ONE_EIGHTH = 1895147668  # exp(-1/8) in Q0.31
-_ONE_THIRD = 715827883  # 1/3 in Q0.31
+EXP_MINUS_ONE_EIGHTH = 1895147668  # exp(-1/8) in Q0.31
+ONE_THIRD = 715827883  # 1/3 in Q0.31
 _FORTY_EIGHT_SEVENTEENTHS = 1515870810  # 48/17 in Q2.29
 _MINUS_THIRTY_TWO_SEVENTEENTHS = -1010580540  # -32/17 in Q2.29
 
@@ -185,10 +186,10 @@ def _exp_on_interval_between_negative_one_quarter_and_0_excl(a: int) -> int:
     x4 = saturating_rounding_doubling_high_mul(x2, x2)
     x4_over_4 = saturating_rounding_multiply_by_pot(x4, -2)
     polynomial = saturating_rounding_multiply_by_pot(
-        wrap32(saturating_rounding_doubling_high_mul(wrap32(x4_over_4 + x3), _ONE_THIRD) + x2),
+        wrap32(saturating_rounding_doubling_high_mul(wrap32(x4_over_4 + x3), ONE_THIRD) + x2),
         -1)
-    return wrap32(_EXP_MINUS_ONE_EIGHTH + saturating_rounding_doubling_high_mul(
-        _EXP_MINUS_ONE_EIGHTH, wrap32(x + polynomial)))
+    return wrap32(EXP_MINUS_ONE_EIGHTH + saturating_rounding_doubling_high_mul(
+        EXP_MINUS_ONE_EIGHTH, wrap32(x + polynomial)))
 
 
 def exp_on_negative_values(a: int, integer_bits: int) -> int:
@@ -199,7 +200,7 @@ def exp_on_negative_values(a: int, integer_bits: int) -> int:
     result = _exp_on_interval_between_negative_one_quarter_and_0_excl(
         rescale(a_mod_quarter_minus_one_quarter, integer_bits, 0))
     remainder = wrap32(a_mod_quarter_minus_one_quarter - a)
-    for exponent, multiplier in _EXP_BARREL:
+    for exponent, multiplier in EXP_BARREL:
         if integer_bits > exponent and remainder & (1 << (fractional_bits + exponent)):
             result = saturating_rounding_doubling_high_mul(result, multiplier)
     if integer_bits > 5 and a < -(1 << (36 - integer_bits)):
@@ -393,28 +394,39 @@ def leaky_relu_table(alpha: float, input_scale: float, input_zero_point: int,
 
 
 @dataclass(frozen=True)
-class SoftmaxTables:
-    """Per input difference d = x - max(row) in [-255, 0] (index d + 255): exp(d) in Q0.31;
-    0 where d is below TFLite's cut-off (the kernel rescales it to Q12.19 for the row sum)."""
+class SoftmaxExp:
+    """How int8 SOFTMAX takes exp of an input difference d = x - max(row) <= 0: d rescaled by
+    `multiplier` and `left_shift` (beta times the input scale) to Q5.26, then gemmlowp's
+    exp_on_negative_values to Q0.31; 0 below TFLite's cut-off `diff_min`."""
 
-    exp: np.ndarray  # int32[256]
+    multiplier: int
+    left_shift: int
+    diff_min: int
 
 
-def softmax_tables(input_scale: float, beta: float) -> SoftmaxTables:
-    """The exponentials of int8 SOFTMAX for every possible input difference."""
-    scaled_diff_integer_bits = 5
-    real = min(float(beta) * float(input_scale) * (1 << (31 - scaled_diff_integer_bits)),
+SOFTMAX_DIFF_INTEGER_BITS = 5
+
+
+def softmax_exp_params(input_scale: float, beta: float) -> SoftmaxExp:
+    """The compile-time parameters of int8 SOFTMAX's exponentials."""
+    real = min(float(beta) * float(input_scale) * (1 << (31 - SOFTMAX_DIFF_INTEGER_BITS)),
                (1 << 31) - 1.0)
     multiplier, left_shift = quantize_multiplier(real)
-    diff_min = -input_radius(scaled_diff_integer_bits, left_shift)
-    exp = []
-    for diff in range(-255, 1):
-        if diff >= diff_min:
-            rescaled = multiply_by_quantized_multiplier(diff, multiplier, left_shift)
-            exp.append(exp_on_negative_values(rescaled, scaled_diff_integer_bits))
-        else:
-            exp.append(0)
-    return SoftmaxTables(np.array(exp, dtype=np.int32))
+    return SoftmaxExp(multiplier, left_shift,
+                      -input_radius(SOFTMAX_DIFF_INTEGER_BITS, left_shift))
+
+
+def softmax_exp(diff: int, params: SoftmaxExp) -> int:
+    """exp(diff) in Q0.31 as int8 SOFTMAX computes it (`SoftmaxExp`)."""
+    if diff < params.diff_min:
+        return 0
+    rescaled = multiply_by_quantized_multiplier(diff, params.multiplier, params.left_shift)
+    return exp_on_negative_values(rescaled, SOFTMAX_DIFF_INTEGER_BITS)
+
+
+def softmax_exp_table(params: SoftmaxExp) -> np.ndarray:
+    """int32[256]: `softmax_exp` of every possible int8 difference d in [-255, 0], at d + 255."""
+    return np.array([softmax_exp(diff, params) for diff in range(-255, 1)], dtype=np.int32)
 
 
 def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:
@@ -497,24 +509,40 @@ def int16_lookup(table: np.ndarray, value: int) -> int:
 
 @dataclass(frozen=True)
 class Int16SoftmaxParams:
-    """int16 SOFTMAX: the rescaling of input differences to [-10, 0] and its two tables."""
+    """int16 SOFTMAX: the rescaling of input differences to [-10, 0], the input range of its
+    exp table (`int16_softmax_exp_table`)."""
 
     multiplier: int
     shift: int
-    exp_table: np.ndarray  # int16[513]: exp over [-10, 0]
-    reciprocal_table: np.ndarray  # int16[513]: 1 / (1 + x) over [0, 1]
+
+
+_INT16_SPAN = INT16_MAX - INT16_MIN
+
+
+def _read_only(table: np.ndarray) -> np.ndarray:
+    """`table` made immutable: the fixed tables are cached and shared."""
+    table.flags.writeable = False
+    return table
 
 
 def int16_softmax_params(input_scale: float, beta: float) -> Int16SoftmaxParams:
     """The compile-time parameters of TFLite's int16 SOFTMAX (output scale 1/32768)."""
-    span = INT16_MAX - INT16_MIN
-    multiplier, shift = quantize_multiplier(
-        float(f32(input_scale)) * float(f32(beta)) / (10.0 / 65535.0))
-    exp_table = int16_lookup_table(_expf, float(f32(10.0) / f32(span)), INT16_MAX,
-                                   float(f32(2.0) / f32(span)), 0)
-    reciprocal = int16_lookup_table(_one_over_one_plus, float(f32(1.0) / f32(span)), INT16_MIN,
-                                    float(f32(2.0) / f32(span)), 0)
-    return Int16SoftmaxParams(multiplier, shift, exp_table, reciprocal)
+    return Int16SoftmaxParams(*quantize_multiplier(
+        float(f32(input_scale)) * float(f32(beta)) / (10.0 / 65535.0)))
+
+
+@functools.cache
+def int16_softmax_exp_table() -> np.ndarray:
+    """int16[513]: exp over [-10, 0], the same for every int16 SOFTMAX."""
+    return _read_only(int16_lookup_table(_expf, float(f32(10.0) / f32(_INT16_SPAN)), INT16_MAX,
+                                         float(f32(2.0) / f32(_INT16_SPAN)), 0))
+
+
+@functools.cache
+def int16_softmax_reciprocal_table() -> np.ndarray:
+    """int16[513]: 1 / (1 + x) over [0, 1], the same for every int16 SOFTMAX."""
+    return _read_only(int16_lookup_table(_one_over_one_plus, float(f32(1.0) / f32(_INT16_SPAN)),
+                                         INT16_MIN, float(f32(2.0) / f32(_INT16_SPAN)), 0))
 
 
 # --- int16 sigmoid and tanh (16x8 LOGISTIC and TANH, the gates of the integer LSTM) ----------
@@ -523,6 +551,7 @@ SIGMOID_TABLE_SIZE = 256
 SIGMOID_TABLE_STEP = 1.0 / 24.0  # the table samples sigmoid at i/24, i = 0..255
 
 
+@functools.cache
 def sigmoid_table_uint16() -> np.ndarray:
     """The uint16[256] table of sigmoid(i/24) in 0.16 fixed point that TFLite's int16 LOGISTIC
     and TANH (and so its integer LSTM) interpolate linearly, built here from its definition.
@@ -540,7 +569,7 @@ def sigmoid_table_uint16() -> np.ndarray:
     raised = sigmoid - second_derivative * SIGMOID_TABLE_STEP ** 2 / 16.0
     table = np.round(65536.0 * raised)
     table[-1] = 0xFFFF
-    return np.minimum(table, 0xFFFF).astype(np.uint16)
+    return _read_only(np.minimum(table, 0xFFFF).astype(np.uint16))
 
 
 def checked_log2(scale: float) -> tuple[int, bool]:

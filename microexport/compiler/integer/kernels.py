@@ -12,7 +12,7 @@ requantize with TFLite's 64-bit MultiplyByQuantizedMultiplier (`Output.wide`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -440,10 +440,12 @@ def mean(data: Tensor, axes: Sequence[int], keep_dims: bool, *, input_zero_point
         name="mean")
 
 
-def softmax(data: Tensor, exp_table: Tensor) -> Tensor:
-    """int8 SOFTMAX over the last axis (output scale 1/256, zero point -128): exponentials of
-    the differences to the row maximum from tables, the row sum's reciprocal by gemmlowp's
-    Newton-Raphson, and the rounding shift of TFLite's reference kernel."""
+def softmax(data: Tensor, exp_of: Callable[[tm.Expr], tm.Expr]) -> Tensor:
+    """int8 SOFTMAX over the last axis (output scale 1/256, zero point -128): exp of each
+    difference to the row maximum by `exp_of` (int32 difference <= 0 → Q0.31:
+    `library.softmax_exp_s8`, or `exp_table_reader` within `te_kernels_only`), the row sum's
+    reciprocal by gemmlowp's Newton-Raphson, and the rounding shift of TFLite's reference
+    kernel."""
     shape = [int(d) for d in data.shape]
     rows, depth = shape[:-1], shape[-1]
     rd = te.reduce_axis((0, depth), name="rd")
@@ -452,8 +454,10 @@ def softmax(data: Tensor, exp_table: Tensor) -> Tensor:
     rs = te.reduce_axis((0, depth), name="rs")
     total = te.compute(
         rows,
-        lambda *r: te.sum(tm.saturating_rounding_multiply_by_pot(
-            exp_table[tm.i32(data[(*r, rs)]) - biggest[r] + 255], -12), axis=[rs]),
+        # gemmlowp's rescaling of each exp (>= 0) from Q0.31 to Q12.19: for a non-negative
+        # value RoundingDivideByPOT(x, 12) is (x + 2**11) >> 12 (no sign test, one use of x)
+        lambda *r: te.sum(tm.i32((tm.i64(exp_of(tm.i32(data[(*r, rs)]) - biggest[r]))
+                                  + tm.i64(1 << 11)) >> tm.i64(12)), axis=[rs]),
         name="row_sum")
     headroom = _row_stage(rows, lambda *r: tm.count_leading_zeros(total[r]), "headroom")
     # gemmlowp's RoundingHalfSum(sum normalised to [1, 2) minus one, One): with the sum
@@ -466,15 +470,25 @@ def softmax(data: Tensor, exp_table: Tensor) -> Tensor:
         estimate = _newton_step(rows, half_denominator, estimate, f"reciprocal_{step + 1}")
     scale = _per_row(rows, estimate, tm.reciprocal_result, "reciprocal")
 
+    # The output's right shift, kept per row: inlined as `35 - headroom`, TVM's analyzer bounds
+    # `x >> (c - y)` to [-1, 0] and drops the clamp to 127 below (the top class of a confident
+    # row came out as int8(128) = -128). A shift by a loaded value is bounded correctly.
+    exponent = _row_stage(rows, lambda *r: (tm.i32(12) - headroom[r]) + tm.i32(31 - 8),
+                          "output_shift")
+
     def value(*i: Any) -> Any:
         r = i[:-1]
-        exp = exp_table[tm.i32(data[i]) - biggest[r] + 255]
-        exponent = (tm.i32(12) - headroom[r]) + tm.i32(31 - 8)
-        out = tm.rounding_divide_by_pot(
-            tm.saturating_rounding_doubling_high_mul(scale[r], exp), exponent)
+        exp = exp_of(tm.i32(data[i]) - biggest[r])
+        out = tm.rounding_divide_by_pot(  # exp >= 0: never the saturating INT32_MIN case
+            tm.saturating_rounding_doubling_high_mul(scale[r], exp, False), exponent[r])
         return tm.clamp(out - tm.i32(128), -128, 127).astype("int8")
 
     return te.compute(shape, value, name="softmax")
+
+
+def exp_table_reader(exp_table: Tensor) -> Callable[[tm.Expr], tm.Expr]:
+    """`softmax`'s `exp_of` from a table of `fixedpoint.softmax_exp_table`."""
+    return lambda diff: exp_table[diff + tm.i32(255)]
 
 
 def _kept_stage(shape: Sequence[int], value: Any, name: str) -> Tensor:
@@ -533,10 +547,12 @@ def softmax_int16(data: Tensor, exp_table: Tensor, reciprocal_table: Tensor, mul
         return tm.int16_lookup(reciprocal_table, centred)
 
     reciprocal = _row_stage(rows, reciprocal_of, "reciprocal")
+    # kept per row, as in `softmax`: TVM's analyzer misjudges a shift by `31 - headroom`
+    output_shift = _row_stage(rows, lambda *r: tm.i32(31) - headroom[r], "output_shift")
 
     def value(*i: Any) -> Any:
         r = i[:-1]
-        right_shift = tm.i64(tm.i32(31) - headroom[r])
+        right_shift = tm.i64(output_shift[r])
         rounding = tm.i64(1) << (right_shift - tm.i64(1))
         result = tm.i32((tm.i64(exps[i]) * tm.i64(reciprocal[r]) + rounding) >> right_shift)
         return tm.clamp(result, 0, 32767).astype("int16")
