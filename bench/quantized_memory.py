@@ -50,7 +50,8 @@ def measure(name: str, directory: Path) -> list[object]:
     plan = plan_memory(lowered.schedule, lowered.scratch)
     pool = sum(array.nbytes for array in lowered.schedule.constants.values())
     requantization = 8 * per_channel_count(path)
-    called = set(re.findall(library.LIBRARY_CALL, lowered.kernels.script()))
+    text = lowered.kernels.script()
+    called = {t.reader for t in library.TABLES if f"\"{t.reader}\"" in text}
     tables = sum(t.values().nbytes for t in library.TABLES if t.reader in called)
     io_bytes = sum(t.nbytes for t in imported.inputs + imported.outputs)
     ours = plan.workspace_bytes + io_bytes

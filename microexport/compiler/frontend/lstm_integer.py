@@ -61,6 +61,7 @@ from microexport.compiler.integer import im2col, kernels, library
 from microexport.compiler.quantization import TensorQuantization
 
 NAME = "UNIDIRECTIONAL_SEQUENCE_LSTM"
+_OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps leaves the call alone
 _BIAS_TYPES = {"int8": "int32", "int16": "int64"}  # by activation type (16x8: int64 biases)
 GATE_INPUT_SCALE = 2.0 ** -12  # Q3.12: what the fully connected layers produce
 GATE_OUTPUT_SCALE = 2.0 ** -15  # Q0.15: what sigmoid and tanh produce
@@ -179,6 +180,11 @@ class _StepKernels:
         if name not in self.built:
             value = _emit(self.converter, name, args, build)
             call = bb.lookup_binding(value)
+            # Not fused with what follows (FuseOps would fuse the last step's state update
+            # with the stacking of the outputs: every step's hidden state is then an input of
+            # one kernel, 416 B more RAM on lstm_int8).
+            bb.update_func(call.args[0], bb.get()[call.args[0]].with_attr("op_pattern",
+                                                                          _OPAQUE))
             self.built[name] = (call.args[0], call.ty_args[0])
             return value
         function, output = self.built[name]
