@@ -22,7 +22,6 @@ All figures are measured in this run.
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 from pathlib import Path
 
