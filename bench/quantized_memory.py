@@ -3,7 +3,9 @@ TFLite Micro's arena.
 
     python bench/quantized_memory.py [--models vww_mobilenet_int8,...]
 
-For every model of tests/int8_models.py (float models quantized by ai-edge-quantizer) prints:
+For every int8 model of the tests and benchmarks (the float models of tests/int8_models.py
+quantized by ai-edge-quantizer, the zoo's hand-quantized CNN, the single-layer models of
+bench/tflm_cortexm.py) prints:
 
 - our constant pool bytes, against the .tflite's buffer bytes (weights, biases) and against its
   buffers plus the quantization parameters of the constant tensors (float32 scale and int64
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from common import markdown_table
@@ -36,10 +39,21 @@ from microexport.deploy.reference import tflm_arena_bytes
 from microexport.errors import Error
 
 
-def measure(name: str, directory: Path) -> list[object]:
-    model = {m.name: m for m in INT8_MODELS}[name]
+def builders() -> dict[str, Callable[[Path], Path]]:
+    """The int8 models: the real ones of tests/int8_models.py, then the zoo's hand-quantized
+    CNN and the single-layer models of bench/tflm_cortexm.py."""
+    from tflm_cortexm import MODELS
+
+    found: dict[str, Callable[[Path], Path]] = {
+        m.name: (lambda directory, m=m: m.build(directory)[0]) for m in INT8_MODELS}
+    for name in ("int8_tflite", "conv_int8", "dw_int8", "fc_int8"):
+        found[name] = MODELS[name]
+    return found
+
+
+def measure(name: str, build: Callable[[Path], Path], directory: Path) -> list[object]:
     directory.mkdir(parents=True, exist_ok=True)
-    path, _ = model.build(directory)
+    path = build(directory)
     data, parameters = tflite_weight_bytes(path)
     try:
         imported = import_model(path, None)
@@ -80,7 +94,8 @@ def per_channel_count(path: Path) -> int:
 
 
 def main() -> None:
-    names = [m.name for m in INT8_MODELS]
+    models = builders()
+    names = list(models)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(names))
     args = parser.parse_args()
@@ -88,7 +103,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown models {', '.join(unknown)} (models: {', '.join(names)})")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(name, Path(tmp) / name) for name in args.models.split(",")]
+        rows = [measure(name, models[name], Path(tmp) / name)
+                for name in args.models.split(",")]
     header = ["model", ".tflite buffers B", ".tflite quantization params B", "our constants B",
               "of which per-channel multipliers and shifts B", "constants/buffers",
               "(constants - per-channel multipliers and shifts)/buffers",

@@ -55,6 +55,12 @@ def test_zoo_int8_cnn_bit_exact_on_host(tmp_path: Path) -> None:
     report = microexport.test(str(path), board="host")
     assert report.reference == "tflite-micro"
     assert all(o.max_abs_error == 0 for o in report.outputs), report.summary()
+    # and its constants, as the real models' (test_memory_within_tflite_and_tflm)
+    compiled = microexport.compile(str(path), output=tmp_path / "m.tar", name="m")
+    with tarfile.open(compiled.archive) as tar:
+        constants = json.load(tar.extractfile("./metadata.json"))["memory"]["constants_bytes"]
+    data, parameters = tflite_weight_bytes(path)
+    assert constants <= 1.05 * (data + parameters), (constants, data, parameters)
 
 
 @pytest.mark.parametrize("board", ["mps2_an385", "mps2_an386", "mps2_an500", "mps3_an547"])
