@@ -281,7 +281,8 @@ def _accumulating(converter: Any, op: Any, kind: str) -> Any:
 
 # Whether int8 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED import as micro-kernel calls
 # (`im2col`, for our C) or as the TE kernels of `kernels`, the same integers computed the plain
-# way, for TVM's own LLVM build (`--reference tvm`), which cannot call the C micro-kernels.
+# way, for TVM's own LLVM build (`--reference tvm`), which cannot call the C micro-kernels; the
+# same for the functions and fixed tables of the C library (`library`).
 _MICRO_KERNELS: ContextVar[bool] = ContextVar("microexport_micro_kernels", default=True)
 
 
@@ -311,7 +312,8 @@ def softmax_exp(params: fp.SoftmaxExp) -> tuple[list[Any], Callable[..., Any]]:
 
 @contextmanager
 def te_kernels_only() -> Iterator[None]:
-    """Within this context, quantized TFLite models import without micro-kernel calls."""
+    """Within this context, quantized models import without calls into our C: no micro-kernels,
+    no functions or tables of the C library (`fixed_tables`, `softmax_exp`)."""
     token = _MICRO_KERNELS.set(False)
     try:
         yield
