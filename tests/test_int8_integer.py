@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from int8_models import INT8_MODELS, tflite_weight_bytes, tflm_reference
 from support import require_module, require_program
+from test_no_undefined_behaviour import require_sanitizers, sanitized_host_platform
 from zoo import TfliteWriter, int8_tflite
 
 import microexport
@@ -165,6 +166,25 @@ def test_int8_softmax_matches_tflm_on_every_difference(input_scale: float, beta:
     got = microexport.run(compiled.archive, {"x": data}, board="host",
                           build_dir=tmp_path / "build")["y"]
     assert np.array_equal(got, want), np.argwhere(got != want)[:5]
+    # no undefined behaviour on the way (a left shift of a negative Newton-Raphson term was)
+    require_sanitizers(tmp_path)
+    run = sanitized_host_platform().execute_archive(compiled.archive, {"x": data},
+                                                    tmp_path / "sanitized")
+    assert np.array_equal(run.outputs["y"], want)
+
+
+@pytest.mark.parametrize("name", BIT_EXACT)
+def test_real_int8_model_bit_exact_under_sanitizers(name: str, built: Callable,
+                                                     tmp_path: Path) -> None:
+    """Built with AddressSanitizer and UndefinedBehaviorSanitizer (the first finding aborts):
+    no undefined behaviour in the integer kernels, the micro-kernels or the C library, and the
+    same bits as TFLM."""
+    require_sanitizers(tmp_path)
+    path, inputs = built(name)
+    archive = microexport.compile(str(path), output=tmp_path / "m.tar", name="m").archive
+    run = sanitized_host_platform().execute_archive(archive, inputs, tmp_path / "work")
+    for output, expected in tflm_reference(path, inputs).items():
+        assert np.array_equal(run.outputs[output], expected), output
 
 
 @pytest.mark.parametrize("name", ["shape_ops_int8", "int16x8_model"])

@@ -103,7 +103,7 @@ def saturating_rounding_multiply_by_pot(x: Expr, exponent: int) -> Expr:
     """gemmlowp's SaturatingRoundingMultiplyByPOT with a compile-time exponent."""
     if exponent > 0:
         threshold = (1 << (31 - exponent)) - 1
-        shifted = x << i32(exponent)
+        shifted = x * i32(1 << exponent)  # not `x << exponent`: undefined for a negative x in C
         return select(x > i32(threshold), i32(INT32_MAX),
                       select(x < i32(-threshold), i32(INT32_MIN), shifted))
     if exponent < 0:
