@@ -32,6 +32,7 @@ Results are within one quantization step of onnxruntime, whose kernels round dif
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from microexport.compiler.quantization import TensorQuantization
 from microexport.errors import ModelError
 
 if TYPE_CHECKING:
@@ -76,6 +78,9 @@ class QParams:
     zero_point: int
     dtype: str
 
+    def tensor_quantization(self) -> TensorQuantization:
+        return TensorQuantization((self.scale,), (self.zero_point,), None)
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -90,9 +95,11 @@ class Weights:
 
 @dataclass
 class IntegerGraph:
-    """What `rewrite_integer` found: the emitter of each integer node, by key."""
+    """What `rewrite_integer` found: the emitter of each integer node, by key, and the
+    quantization of each node's inputs and then of its output (None: a float value)."""
 
     emitters: dict[str, Emit]
+    quantization: dict[str, tuple[TensorQuantization | None, ...]]
 
     def __bool__(self) -> bool:
         return bool(self.emitters)
@@ -112,7 +119,7 @@ def rewrite_integer(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
 
     if not any(node.op_type in ("DequantizeLinear", "QLinearConv", "QLinearMatMul")
                or node.domain == _MICROSOFT for node in model.graph.node):
-        return model, IntegerGraph({})
+        return model, IntegerGraph({}, {})
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for value in out.graph.input:
@@ -124,23 +131,34 @@ def rewrite_integer(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
     rewriter = _Rewriter(out)
     rewriter.run()
     if not rewriter.emitters:
-        return model, IntegerGraph({})
+        return model, IntegerGraph({}, {})
     if not any(o.domain == INTEGER_DOMAIN for o in out.opset_import):
         out.opset_import.append(onnx.helper.make_opsetid(INTEGER_DOMAIN, 1))
-    return out, IntegerGraph(rewriter.emitters)
+    return out, IntegerGraph(rewriter.emitters, rewriter.quantization)
+
+
+# While `integer_converters` is active: the Relax values the emitters create that stand for
+# quantized tensors (weights and biases, intermediates), and their quantization. The emitters are
+# built before TVM's import, which calls them; this is how they hand their values back.
+_NOTED: contextvars.ContextVar[dict[Any, TensorQuantization] | None] = contextvars.ContextVar(
+    "integer_quantization", default=None)
 
 
 @contextlib.contextmanager
-def integer_converters(graph: IntegerGraph) -> Iterator[None]:
+def integer_converters(graph: IntegerGraph) -> Iterator[dict[Any, TensorQuantization]]:
     """While active, TVM's ONNX frontend converts `INTEGER_OP` nodes with `graph`'s emitters.
+    Yields the dict it fills with the quantization of the Relax values (`Var`s and `Constant`s)
+    that stand for integer tensors, for `finish_import` (compiler/quantization.py).
 
     The frontend looks its converter table up through the module function `_get_convert_map`
     on every node, so the table is extended by replacing that function for the duration (the
     import runs in one thread)."""
+    from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    found: dict[Any, TensorQuantization] = {}
     if not graph:
-        yield
+        yield found
         return
     original = onnx_frontend._get_convert_map
     emitters = graph.emitters
@@ -151,7 +169,17 @@ def integer_converters(graph: IntegerGraph) -> Iterator[None]:
         @classmethod
         def _impl_v1(cls, bb: Any, inputs: Any, attr: dict, params: Any) -> Any:
             key = attr["key"].decode() if isinstance(attr["key"], bytes) else attr["key"]
-            return emitters[key](bb, [inputs[i] for i in range(len(inputs))])
+            # A stock converter's result (MaxPool or Transpose on the integers) is a call the
+            # frontend binds only where it is used: bound here, to carry its quantization.
+            args = [bb.emit(value) if isinstance(value, relax.Call) else value
+                    for value in (inputs[i] for i in range(len(inputs)))]
+            result = emitters[key](bb, args)
+            if isinstance(result, relax.Call):
+                result = bb.emit(result)
+            for value, q in zip([*args, result], graph.quantization[key], strict=True):
+                if q is not None and isinstance(value, relax.Var | relax.Constant):
+                    found.setdefault(value, q)
+            return result
 
     def extended() -> dict[str, Any]:
         table = dict(original())
@@ -159,9 +187,11 @@ def integer_converters(graph: IntegerGraph) -> Iterator[None]:
         return table
 
     onnx_frontend._get_convert_map = extended
+    noted = _NOTED.set(found)
     try:
-        yield
+        yield found
     finally:
+        _NOTED.reset(noted)
         onnx_frontend._get_convert_map = original
 
 
@@ -218,6 +248,7 @@ class _Rewriter:
         self.outputs = {value.name for value in self.graph.output}
         self.shapes = _inferred_shapes(model)
         self.emitters: dict[str, Emit] = {}
+        self.quantization: dict[str, tuple[TensorQuantization | None, ...]] = {}
         self.removed: set[int] = set()  # id() of replaced nodes
         self.replacement: dict[int, list[Any]] = {}  # id(node) -> nodes in its place
         self.integer_values: set[str] = set()  # values the integer nodes produce or read
@@ -402,13 +433,16 @@ class _Rewriter:
     # -- replacing ---------------------------------------------------------------------------
 
     def _replace(self, first: Any, removed: Sequence[Any], inputs: list[str], output: str,
-                 emit: Emit, what: str) -> None:
+                 emit: Emit, what: str, params: Sequence[QParams | None]) -> None:
         """Put an integer node computing `output` from `inputs` in place of `first`, and drop
-        the nodes `removed` (the float operator, its activation, its QuantizeLinear)."""
+        the nodes `removed` (the float operator, its activation, its QuantizeLinear).
+        `params` are the parameters of `inputs` and then of `output` (None: a float value)."""
         from onnx import helper
 
         key = f"{what}_{next(self.counter)}"
         self.emitters[key] = emit
+        self.quantization[key] = tuple(None if q is None else q.tensor_quantization()
+                                       for q in params)
         node = helper.make_node(INTEGER_OP, inputs, [output], name=f"{output}__{what}",
                                 domain=INTEGER_DOMAIN, key=key)
         self.replacement.setdefault(id(first), []).append(node)
@@ -442,7 +476,7 @@ class _Rewriter:
         q_node, q_out, activation, bounds = self._quantized_output(node.output[0])
         emit = self._conv_emitter(node, q_in, weights, bias, q_out, bounds)
         self._replace(node, [node, q_node, *([activation] if activation else [])], [source],
-                      q_node.output[0], emit, "conv")
+                      q_node.output[0], emit, "conv", [q_in, q_out])
 
     def _qlinear_conv(self, node: Any) -> None:
         x, sx, zx, w, sw, zw, sy, zy = (list(node.input) + [""] * 9)[:8]
@@ -455,7 +489,7 @@ class _Rewriter:
             bias = Weights(values, np.ones(1, np.float32), np.zeros(1, np.int64), 0)
         emit = self._conv_emitter(node, q_in, weights, bias, q_out, (-np.inf, np.inf),
                                   bias_is_accumulator=True)
-        self._replace(node, [node], [x], node.output[0], emit, "conv")
+        self._replace(node, [node], [x], node.output[0], emit, "conv", [q_in, q_out])
 
     def _qlinear_weights(self, values: str, scale: str, zero: str, axis: int) -> Weights:
         array = self._const(values)
@@ -517,7 +551,7 @@ class _Rewriter:
         q_node, q_out, activation, bounds = self._quantized_output(node.output[0])
         emit = self._dense_emitter(node, q_in, weights, transposed, bias, q_out, bounds)
         self._replace(node, [node, q_node, *([activation] if activation else [])], [source],
-                      q_node.output[0], emit, "dense")
+                      q_node.output[0], emit, "dense", [q_in, q_out])
 
     def _qlinear_matmul(self, node: Any) -> None:
         a, sa, za, b, sb, zb, sy, zy = (list(node.input) + [""] * 8)[:8]
@@ -527,7 +561,7 @@ class _Rewriter:
         if weights.values.ndim != 2:
             raise _Unmatched
         emit = self._dense_emitter(node, q_in, weights, False, None, q_out, (-np.inf, np.inf))
-        self._replace(node, [node], [a], node.output[0], emit, "dense")
+        self._replace(node, [node], [a], node.output[0], emit, "dense", [q_in, q_out])
 
     def _qgemm(self, node: Any) -> None:
         """com.microsoft's QGemm (int32 bias in the accumulator's scale, quantized output)."""
@@ -545,7 +579,7 @@ class _Rewriter:
             bias = Weights(self._const(c), np.ones(1, np.float32), np.zeros(1, np.int64), 0)
         emit = self._dense_emitter(node, q_in, weights, transposed, bias, q_out,
                                    (-np.inf, np.inf), bias_is_accumulator=True)
-        self._replace(node, [node], [a], node.output[0], emit, "dense")
+        self._replace(node, [node], [a], node.output[0], emit, "dense", [q_in, q_out])
 
     def _dense_emitter(self, node: Any, q_in: QParams, weights: Weights, transposed: bool,
                        bias: Weights | None, q_out: QParams, bounds: tuple[float, float],
@@ -581,7 +615,7 @@ class _Rewriter:
         q_node, q_out, activation, bounds = self._quantized_output(node.output[0])
         emit = self._add_emitter(params[0], params[1], q_out, bounds)
         self._replace(node, [node, q_node, *([activation] if activation else [])], sources,
-                      q_node.output[0], emit, "add")
+                      q_node.output[0], emit, "add", [*params, q_out])
 
     def _qdq_mul(self, node: Any) -> None:
         """Mul: the product of the offset inputs rescaled by sa * sb / so (TFLite's MUL)."""
@@ -600,7 +634,7 @@ class _Rewriter:
                 args[0], args[1], primfunc_name_hint="mul_int")
 
         self._replace(node, [node, q_node, *([activation] if activation else [])], [a, b],
-                      q_node.output[0], emit, "mul")
+                      q_node.output[0], emit, "mul", [qa, qb, q_out])
 
     def _qdq_concat(self, node: Any) -> None:
         """Concat: inputs whose parameters differ from the output's are requantized first,
@@ -625,7 +659,8 @@ class _Rewriter:
                 multiplier, shift = fp.quantize_multiplier(q.scale / q_out.scale)
                 rescale.append((q.zero_point, multiplier, shift))
         emit = _ConcatEmitter(_attr(node, "axis", 0), tuple(rescale), q_out).emit
-        self._replace(node, [node, user], sources, user.output[0], emit, "concat")
+        self._replace(node, [node, user], sources, user.output[0], emit, "concat",
+                      [*params, q_out])
 
     def _qlinear_add(self, node: Any) -> None:
         a, sa, za, b, sb, zb, sy, zy = (list(node.input) + [""] * 8)[:8]
@@ -633,7 +668,7 @@ class _Rewriter:
         qb = self._scalar_q(sb, zb, self._dtype_of(b))
         q_out = self._scalar_q(sy, zy, qa.dtype)
         emit = self._add_emitter(qa, qb, q_out, (-np.inf, np.inf))
-        self._replace(node, [node], [a, b], node.output[0], emit, "add")
+        self._replace(node, [node], [a, b], node.output[0], emit, "add", [qa, qb, q_out])
 
     def _add_emitter(self, qa: QParams, qb: QParams, q_out: QParams,
                      bounds: tuple[float, float]) -> Emit:
@@ -664,7 +699,7 @@ class _Rewriter:
         q_node, q_out, activation, bounds = self._quantized_output(node.output[0])
         emit = self._pool_emitter(node, node.op_type, q_in, q_out, bounds)
         self._replace(node, [node, q_node, *([activation] if activation else [])], [source],
-                      q_node.output[0], emit, "pool")
+                      q_node.output[0], emit, "pool", [q_in, q_out])
 
     def _qlinear_pool(self, node: Any) -> None:
         x, sx, zx, sy, zy = (list(node.input) + [""] * 5)[:5]
@@ -674,7 +709,7 @@ class _Rewriter:
         q_out = self._scalar_q(sy, zy, q_in.dtype)
         kind = "AveragePool" if node.op_type == "QLinearAveragePool" else "GlobalAveragePool"
         emit = self._pool_emitter(node, kind, q_in, q_out, (-np.inf, np.inf))
-        self._replace(node, [node], [x], node.output[0], emit, "pool")
+        self._replace(node, [node], [x], node.output[0], emit, "pool", [q_in, q_out])
 
     def _pool_emitter(self, node: Any, kind: str, q_in: QParams, q_out: QParams,
                       bounds: tuple[float, float]) -> Emit:
@@ -719,7 +754,8 @@ class _Rewriter:
         low, high = self._clamp(q_out, bounds)
         multiplier, shift = fp.quantize_multiplier(q_in.scale / q_out.scale)
         emit = _RequantizeEmitter(q_in.zero_point, multiplier, shift, q_out, low, high).emit
-        self._replace(node, [node, user], [source], user.output[0], emit, "clamp")
+        self._replace(node, [node, user], [source], user.output[0], emit, "clamp",
+                      [q_in, q_out])
 
     def _qdq_table(self, node: Any) -> None:
         """DequantizeLinear → an elementwise function of one input → QuantizeLinear: a lookup
@@ -734,7 +770,8 @@ class _Rewriter:
         q_out = self._scalar_q(user.input[1], zero, _output_dtype(user))
         table = _function_table(node, q_in, q_out, self.model.opset_import)
         self._replace(node, [node, user], [source], user.output[0],
-                      _LookupEmitter(table, int(np.iinfo(q_in.dtype).min)).emit, "table")
+                      _LookupEmitter(table, int(np.iinfo(q_in.dtype).min)).emit, "table",
+                      [q_in, q_out])
 
     def _qdq_softmax(self, node: Any) -> None:
         """Softmax over the last axis: TFLite's integer softmax (exponentials of the
@@ -757,7 +794,8 @@ class _Rewriter:
         # output with scale 1/255 (or as calibrated): requantized from there.
         multiplier, shift = fp.quantize_multiplier((1 / 256) / q_out.scale)
         self._replace(node, [node, user], [source], user.output[0],
-                      _SoftmaxEmitter(exp, q_out, multiplier, shift).emit, "softmax")
+                      _SoftmaxEmitter(exp, q_out, multiplier, shift).emit, "softmax",
+                      [q_in, q_out])
 
     def _qdq_batch_norm(self, node: Any) -> None:
         """BatchNormalization (inference, constant statistics) on NCHW: per channel
@@ -788,7 +826,7 @@ class _Rewriter:
                                  np.array([sh for _, sh in pairs], np.int32),
                                  q_in.zero_point, q_out, low, high).emit
         self._replace(node, [node, q_node, *([activation] if activation else [])], [source],
-                      q_node.output[0], emit, "batch_norm")
+                      q_node.output[0], emit, "batch_norm", [q_in, q_out])
 
     def _const_or_dequantized(self, name: str) -> np.ndarray:
         """A float constant, or the float value of DequantizeLinear of a constant."""
@@ -843,7 +881,7 @@ class _Rewriter:
                 if self.shapes.get(node.input[0], (None, None))[1] not in (None, "float32"):
                     continue
                 self._replace(node, [node], [node.input[0]], node.output[0],
-                              _quantize_emitter(q), "quantize")
+                              _quantize_emitter(q), "quantize", [None, q])
             elif node.op_type == "DequantizeLinear" and node.input[0] in self.integer_values:
                 try:
                     q = self._scalar_q(node.input[1], zero, self._dtype_of(node.input[0]))
@@ -853,7 +891,7 @@ class _Rewriter:
                     continue
 
                 self._replace(node, [node], [node.input[0]], node.output[0],
-                              _dequantize_emitter(q), "dequantize")
+                              _dequantize_emitter(q), "dequantize", [q, None])
 
     def _drop_orphans(self) -> None:
         """Remove QuantizeLinear/DequantizeLinear nodes whose results nothing reads any more."""
@@ -1101,9 +1139,9 @@ class _ConvEmitter:
                              f"want {self.in_channels} NCHW channels")
         padding = _padding(self.pads, shape[2:], self.kernel, self.strides, self.dilation)
         multiplier, shift, arrays = fp.per_channel_or_scalar(self.multipliers)
-        extra = [_const(self.weights)]
+        extra = [_const(self.weights, self.weight_quantization)]
         if self.bias is not None:
-            extra.append(_const(self.bias))
+            extra.append(_const(self.bias, self.bias_quantization))
         extra += [_const(a) for a in arrays]
         has_bias = self.bias is not None
 
@@ -1157,9 +1195,9 @@ class _DenseEmitter:
         out_shape = (*shape[:-1], units)
         if len(shape) != 2:
             data = bb.normalize(relax.op.reshape(data, (-1, depth)))
-        extra = [_const(self.weights)]
+        extra = [_const(self.weights, self.weight_quantization)]
         if self.bias is not None:
-            extra.append(_const(self.bias))
+            extra.append(_const(self.bias, self.bias_quantization))
         extra += [_const(a) for a in arrays]
         has_bias = self.bias is not None
 
