@@ -106,18 +106,20 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
     _guard_bit_shifts(model)
     _rewrite_float_floor_mod(model)
     try:
-        with integer_converters(integer), half_converters(halves):
+        with integer_converters(integer) as quantization, half_converters(halves):
             mod = _convert(model, inputs, path)
     except UnsupportedOperator as err:  # TVM's converter fails: its ONNX function may not
         if err.op in expanded or not _has_function(model, err.op):
             raise
         model = fold_shape_computations(expand_functions(model, {err.op}, expanded), inputs)
         _check_operators(model)
-        with integer_converters(integer), half_converters(halves):
+        with integer_converters(integer) as quantization, half_converters(halves):
             mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
+    # `quantization`: the integer kernels' tensors and the quantized initializers they read
     imported = label_half_edges(
-        finish_import(mod, [i.name for i in inputs], output_names, "onnx", path), halves)
+        finish_import(mod, [i.name for i in inputs], output_names, "onnx", path,
+                      quantization), halves)
     _check_output_shapes(model, imported, path)
     return imported
 

@@ -153,7 +153,7 @@ def integer_converters(graph: IntegerGraph) -> Iterator[dict[Any, TensorQuantiza
     The frontend looks its converter table up through the module function `_get_convert_map`
     on every node, so the table is extended by replacing that function for the duration (the
     import runs in one thread)."""
-    from tvm import relax
+    from tvm import ir
     from tvm.relax.frontend.onnx import onnx_frontend
 
     found: dict[Any, TensorQuantization] = {}
@@ -171,13 +171,13 @@ def integer_converters(graph: IntegerGraph) -> Iterator[dict[Any, TensorQuantiza
             key = attr["key"].decode() if isinstance(attr["key"], bytes) else attr["key"]
             # A stock converter's result (MaxPool or Transpose on the integers) is a call the
             # frontend binds only where it is used: bound here, to carry its quantization.
-            args = [bb.emit(value) if isinstance(value, relax.Call) else value
+            args = [bb.emit(value) if isinstance(value, ir.Call) else value
                     for value in (inputs[i] for i in range(len(inputs)))]
             result = emitters[key](bb, args)
-            if isinstance(result, relax.Call):
+            if isinstance(result, ir.Call):
                 result = bb.emit(result)
             for value, q in zip([*args, result], graph.quantization[key], strict=True):
-                if q is not None and isinstance(value, relax.Var | relax.Constant):
+                if q is not None and isinstance(value, ir.Var | ir.Constant):
                     found.setdefault(value, q)
             return result
 
@@ -530,7 +530,9 @@ class _Rewriter:
         return _ConvEmitter(layout, bias_values, multipliers, q_out, low, high, kernel,
                             strides, dilation, pads, q_in.zero_point,
                             out_channels // group if depthwise else 0,
-                            group * int(w.shape[1])).emit
+                            group * int(w.shape[1]),
+                            _stored_weight_quantization(weights, 3 if depthwise else 0),
+                            _bias_quantization(bias, q_in, weights)).emit
 
     def _qdq_dense(self, node: Any) -> None:
         if len(node.input) < 2:
@@ -604,7 +606,8 @@ class _Rewriter:
         multipliers = _multipliers(q_in.scale, scales, q_out.scale)
         low, high = self._clamp(q_out, bounds)
         return _DenseEmitter(np.ascontiguousarray(matrix), bias_values, multipliers, q_out,
-                             low, high, q_in.zero_point).emit
+                             low, high, q_in, _stored_weight_quantization(weights, 0),
+                             _bias_quantization(bias, q_in, weights)).emit
 
     def _qdq_add(self, node: Any) -> None:
         sources, params = [], []
@@ -1044,6 +1047,23 @@ def _bias(bias: Weights | None, input_scale: float, weight_scales: np.ndarray,
     return quantized.astype(np.int32)
 
 
+def _stored_weight_quantization(weights: Weights, axis: int) -> TensorQuantization:
+    """The quantization of `weights` as an emitter stores them: their zero points subtracted
+    (`_offset_weights`: 0), per channel along `axis` of the stored (transposed) layout."""
+    scale = tuple(float(s) for s in weights.scale)
+    return TensorQuantization(scale, (0,) * len(scale), axis if len(scale) > 1 else None)
+
+
+def _bias_quantization(bias: Weights | None, q_in: QParams, weights: Weights
+                       ) -> TensorQuantization | None:
+    """The quantization of the int32 bias `_bias` stores: the accumulator's, input scale x
+    weight scale (the exact product, as the multipliers use it), zero point 0."""
+    if bias is None:
+        return None
+    scale = tuple(float(np.float32(q_in.scale)) * float(s) for s in weights.scale)
+    return TensorQuantization(scale, (0,) * len(scale), 0 if len(scale) > 1 else None)
+
+
 def _function_table(node: Any, q_in: QParams, q_out: QParams, opsets: Any) -> np.ndarray:
     """`node`'s function of every value of the input's integer type, dequantized, evaluated
     by onnx's reference evaluator in float32 and quantized (half to even, saturating)."""
@@ -1090,10 +1110,22 @@ def _multipliers(input_scale: float, weight_scales: np.ndarray, output_scale: fl
 # emitters: TE kernels on the Relax block builder
 # --------------------------------------------------------------------------------------------
 
-def _const(array: np.ndarray) -> Any:
+def _const(array: np.ndarray, quantization: TensorQuantization | None = None) -> Any:
+    """A Relax constant holding `array`; `quantization`: that of a quantized initializer it
+    holds (`_NOTED`), None for what we compute (multipliers, shifts, tables)."""
     from tvm import relax
 
-    return relax.const(np.ascontiguousarray(array), str(array.dtype))
+    const = relax.const(np.ascontiguousarray(array), str(array.dtype))
+    if quantization is not None:
+        _note(const, quantization)
+    return const
+
+
+def _note(value: Any, quantization: TensorQuantization) -> None:
+    """Record the quantization of a Relax value an emitter creates (see `_NOTED`)."""
+    noted = _NOTED.get()
+    if noted is not None:
+        noted.setdefault(value, quantization)
 
 
 def _to_nhwc(data: Any) -> Any:
@@ -1128,6 +1160,8 @@ class _ConvEmitter:
     input_zero_point: int
     depth_multiplier: int  # 0: not depthwise
     in_channels: int
+    weight_quantization: TensorQuantization
+    bias_quantization: TensorQuantization | None
 
     def emit(self, bb: Any, args: list[Any]) -> Any:
         from microexport.compiler.integer import fixedpoint as fp
@@ -1177,7 +1211,9 @@ class _DenseEmitter:
     q_out: QParams
     low: int
     high: int
-    input_zero_point: int
+    q_in: QParams
+    weight_quantization: TensorQuantization
+    bias_quantization: TensorQuantization | None
 
     def emit(self, bb: Any, args: list[Any]) -> Any:
         from tvm import relax
@@ -1193,8 +1229,11 @@ class _DenseEmitter:
             raise ModelError(f"a quantized MatMul/Gemm on an input of shape {shape} with "
                              f"weights of depth {depth}")
         out_shape = (*shape[:-1], units)
+        # The rows reshaped in and out are the input's and output's tensors (a fused kernel
+        # may begin or end with either: they carry the quantization).
         if len(shape) != 2:
-            data = bb.normalize(relax.op.reshape(data, (-1, depth)))
+            data = bb.emit(relax.op.reshape(data, (-1, depth)))
+            _note(data, self.q_in.tensor_quantization())
         extra = [_const(self.weights, self.weight_quantization)]
         if self.bias is not None:
             extra.append(_const(self.bias, self.bias_quantization))
@@ -1207,11 +1246,13 @@ class _DenseEmitter:
             m, s = (rest_list[0], rest_list[1]) if arrays else (multiplier, shift)
             out = kernels.Output(m, s, self.q_out.zero_point, self.low, self.high,
                                  self.q_out.dtype)
-            return kernels.fully_connected(x, w, b, out, input_zero_point=self.input_zero_point,
+            return kernels.fully_connected(x, w, b, out,
+                                           input_zero_point=self.q_in.zero_point,
                                            weight_zero_point=0)
 
         result = bb.emit_te(build, data, *extra, primfunc_name_hint="dense_int")
         if len(shape) != 2:
+            _note(result, self.q_out.tensor_quantization())
             result = bb.normalize(relax.op.reshape(result, out_shape))
         return result
 
@@ -1431,6 +1472,7 @@ class _ConcatEmitter:
                                      int(info.max), self.q_out.dtype)
                 arg = bb.emit_te(_requantizer(zero, out), arg,
                                  primfunc_name_hint="requantize_int")
+                _note(arg, self.q_out.tensor_quantization())  # an input in the output's terms
             parts.append(arg)
         rank = len(_shape(args[0]))
         return bb.normalize(relax.op.concat(parts, axis=self.axis % rank))
