@@ -7,11 +7,14 @@ uint8 weights with zero points, QDQ and QOperator (QLinearConv, QLinearMatMul, c
 QLinearAdd / QLinearGlobalAveragePool / QGemm). The compiled C runs on the host (one model also
 on Cortex-M3 in QEMU); its outputs are within one quantization step of onnxruntime's (whose
 kernels requantize in float and round half to even), and no kernel between the float model
-edges (quantize / dequantize) does float arithmetic.
+edges (quantize / dequantize) does float arithmetic. graph.json and the TIR JSON carry the scales
+and zero points the ONNX file states for every integer tensor and quantized initializer.
 """
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import re
 import tarfile
@@ -511,3 +514,291 @@ def test_softmax(config: str, tmp_path: Path) -> None:
         (want,) = onnxruntime_outputs(tmp_path / "q.onnx", inputs)
         got = microexport.run(archive, inputs)["y"]
         assert float(np.abs(got - want).max()) <= step * 1.0001
+
+
+# --------------------------------------------------------------------------------------------
+# the quantization in graph.json and the TIR JSON, read back from the ONNX file
+# --------------------------------------------------------------------------------------------
+
+Params = tuple[tuple[float, ...], tuple[int, ...], int | None]  # scales, zero points, axis
+
+# QLinear operator → (value, scale, zero point) positions: an input index, or "y" for output 0;
+# then the input index of its int32 bias (None: none), of its input and of its weights.
+_QLINEAR: dict[str, list[tuple[int | str, int, int]]] = {
+    "QLinearConv": [(0, 1, 2), (3, 4, 5), ("y", 6, 7)],
+    "QLinearMatMul": [(0, 1, 2), (3, 4, 5), ("y", 6, 7)],
+    "QLinearAdd": [(0, 1, 2), (3, 4, 5), ("y", 6, 7)],
+    "QLinearAveragePool": [(0, 1, 2), ("y", 3, 4)],
+    "QLinearGlobalAveragePool": [(0, 1, 2), ("y", 3, 4)],
+    "QGemm": [(0, 1, 2), (3, 4, 5), ("y", 7, 8)],
+}
+_QLINEAR_BIAS = {"QLinearConv": 8, "QGemm": 6}
+
+
+def _onnx_quantization(path: Path) -> tuple[dict[str, tuple[Params, str]],
+                                            dict[str, np.ndarray], dict[str, Params]]:
+    """What the quantized ONNX file itself says: every value's quantization as its
+    QuantizeLinear, DequantizeLinear or QLinear nodes state it ((scales, zero points, per-channel
+    axis or None), integer type), the initializers, and each int32 bias's quantization (input
+    scale x weight scale, zero point 0) from the scales of the operator that adds it."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {name: node for node in model.graph.node for name in node.output}
+    stated: dict[str, tuple[Params, str]] = {}
+
+    def state(name: str, scale: str, zero: str, axis: int | None) -> None:
+        s = tuple(float(v) for v in inits[scale].reshape(-1))
+        z = inits[zero].reshape(-1)
+        if len(s) == 1:
+            axis = None
+        elif axis is not None and name in inits:
+            axis %= inits[name].ndim
+        entry = ((s, tuple(int(v) for v in z), axis), str(z.dtype))
+        assert stated.setdefault(name, entry) == entry, (name, stated[name], entry)
+
+    biases: dict[str, Params] = {}
+
+    def bias(name: str, x_scale: str, w_scale: str) -> None:
+        w = tuple(float(v) for v in inits[w_scale].reshape(-1))
+        x = float(inits[x_scale].reshape(-1)[0])
+        biases[name] = (tuple(x * s for s in w), (0,) * len(w), 0 if len(w) > 1 else None)
+
+    for node in model.graph.node:
+        op, args = node.op_type, list(node.input)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if op == "QuantizeLinear":
+            state(node.output[0], args[1], args[2], axis)
+        elif op == "DequantizeLinear":
+            state(args[0], args[1], args[2], axis)
+        elif op in _QLINEAR:
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            weight_axis = {"QLinearConv": 0, "QGemm": 0 if trans_b else 1}.get(op, 1)
+            for value, scale, zero in _QLINEAR[op]:
+                name = node.output[0] if value == "y" else args[value]
+                state(name, args[scale], args[zero], weight_axis if value == 3 else None)
+            position = _QLINEAR_BIAS.get(op)
+            if position is not None and len(args) > position and args[position]:
+                bias(args[position], args[1], args[4])
+        elif op in ("Conv", "Gemm") and len(args) > 2:
+            # QDQ: the int32 bias's DequantizeLinear, after those of the input and weights
+            b, x, w = (producers[name] for name in (args[2], args[0], args[1]))
+            if inits[b.input[0]].dtype == np.int32:
+                bias(b.input[0], x.input[1], w.input[1])
+                stated_scale = inits[b.input[1]].reshape(-1)
+                np.testing.assert_allclose(biases[b.input[0]][0], stated_scale, rtol=1e-6)
+    return stated, inits, biases
+
+
+def _onnx_value_sizes(path: Path, names: list[str], dtypes: list[str],
+                      inputs: dict[str, np.ndarray]) -> dict[str, int]:
+    """The element count of each named value, from onnxruntime (every one made an output)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    for name, dtype in zip(names, dtypes, strict=True):
+        model.graph.output.append(helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return {name: int(value.size) for name, value in
+            zip(names, session.run(names, inputs), strict=True)}
+
+
+def _dequantized(values: np.ndarray, params: Params) -> np.ndarray:
+    scale, zero, axis = params
+    shape = [1] * values.ndim
+    if axis is not None:
+        shape[axis] = -1
+    return (values.astype(np.float64) - np.reshape(zero, shape)) * np.reshape(scale, shape)
+
+
+def _graph_params(tensor: dict) -> Params | None:
+    q = tensor.get("quantization")
+    return None if q is None else (tuple(q["scale"]), tuple(q["zero_point"]), q["axis"])
+
+
+def _archive_graph(archive: Path) -> tuple[dict, str]:
+    with tarfile.open(archive) as tar:
+        graph = json.load(tar.extractfile("./src/graph.json"))
+        tir = tar.extractfile("./src/tir-codegen.json").read().decode()
+    return graph, tir
+
+
+QUANTIZATION_CASES = [("cnn", "qdq_s8_per_channel"), ("cnn", "qdq_u8_u8_weights"),
+                      ("cnn", "qoperator_u8"), ("mlp", "qdq_s8_per_channel"),
+                      ("mlp", "qoperator_u8")]
+
+
+@pytest.mark.parametrize(("model", "config"), QUANTIZATION_CASES)
+def test_graph_json_carries_the_onnx_quantization(model: str, config: str,
+                                                  built: Callable) -> None:
+    """Every integer tensor between the kernels has the scale and zero point the ONNX file
+    states for the value it holds (its element count and type the same, in execution order; a
+    fused kernel's output is its last operator's); float tensors have none. graph.json is
+    derived from the TIR JSON alone."""
+    _check_tensors(*built(model, config))
+
+
+@pytest.mark.parametrize(("model", "config"), QUANTIZATION_CASES)
+def test_constants_carry_the_quantization_of_their_initializers(model: str, config: str,
+                                                                built: Callable) -> None:
+    """A constant holding a quantized initializer (transposed, its zero points subtracted or
+    not) carries scales and zero points that dequantize it to exactly the initializer's real
+    values, per channel along the channel axis of the constant as stored; an int32 bias the
+    accumulator's quantization, input scale x weight scale and zero point 0. Constants
+    microexport computes (multipliers, shifts, tables) carry none."""
+    path, archive, _ = built(model, config)
+    _check_constants(path, archive)
+
+
+def test_concat_and_transpose_carry_the_onnx_quantization(tmp_path: Path) -> None:
+    """Concat's inputs requantized to its output's parameters, a Mul, a table, and a Transpose
+    on the integers (TVM's converter) fused after them: all carry the ONNX quantization."""
+    from onnx import helper
+
+    require_module("onnxruntime", "onnx")
+    node = helper.make_node
+    middle = [node("Sigmoid", ["c"], ["g"]), node("Mul", ["c", "g"], ["m"]),
+              node("Relu", ["c"], ["r"]), node("Concat", ["m", "r"], ["k"], axis=1),
+              node("Transpose", ["k"], ["t"], perm=[0, 1, 3, 2]),
+              node("Conv", ["t", "w3", "b3"], ["s"])]
+    rng = np.random.default_rng(SEED + 6)
+    extra = [_init("w3", rng.normal(size=(4, 8, 1, 1)) * 0.3), _init("b3", np.zeros(4))]
+    shapes = _conv_chain_model(tmp_path / "float.onnx", middle, SEED + 4, extra)
+    quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", shapes, "qdq_s8_per_channel")
+    archive = microexport.compile(str(tmp_path / "q.onnx"), output=tmp_path / "m.tar",
+                                  name="q").archive
+    kernels = _check_tensors(tmp_path / "q.onnx", archive, shapes)
+    assert any("concatenate_transpose" in kernel for kernel in kernels), kernels
+    _check_constants(tmp_path / "q.onnx", archive)
+
+
+def _check_tensors(path: Path, archive: Path, shapes: dict[str, tuple[int, ...]]
+                   ) -> list[str]:
+    """The checks of `test_graph_json_carries_the_onnx_quantization`; the kernels called."""
+    import jsonschema
+    import onnx
+
+    from microexport.archive import graph as graph_module
+
+    graph, tir = _archive_graph(archive)
+    stated, inits, _ = _onnx_quantization(path)
+    activations = [name for name in stated if name not in inits]
+    sizes = _onnx_value_sizes(path, activations, [stated[n][1] for n in activations],
+                              sample_inputs(shapes, 1)[0])
+    order = [name for node in onnx.load(str(path)).graph.node for name in node.output
+             if name in sizes]
+    keys = [(sizes[name], stated[name][1], stated[name][0]) for name in order]
+    tensors = {t["name"]: t for t in graph["tensors"]}
+    produced = []
+    for node in graph["nodes"]:
+        for output in node["outputs"]:
+            tensor = tensors[output]
+            if tensor["dtype"] not in ("int8", "uint8"):
+                assert "quantization" not in tensor, output
+                continue
+            key = (int(np.prod(tensor["shape"])), tensor["dtype"], _graph_params(tensor))
+            assert key in keys, (output, node["kernel"], key)
+            produced.append(key)
+    assert len(produced) >= 5, produced
+    position = 0  # `produced` is a subsequence of the ONNX values in graph order
+    for key in produced:
+        position = keys.index(key, position) + 1
+    for name in (*graph["inputs"], *graph["outputs"]):  # the float edges
+        assert "quantization" not in tensors[name]
+    assert graph_module.graph_from_tir(tir) == graph
+    assert '"microexport.quantization"' in tir
+    jsonschema.validate(graph, graph_module.graph_schema())
+    return [node["kernel"] for node in graph["nodes"]]
+
+
+def _check_constants(path: Path, archive: Path) -> None:
+    """The checks of `test_constants_carry_the_quantization_of_their_initializers`."""
+    graph, _ = _archive_graph(archive)
+    stated, inits, biases = _onnx_quantization(path)
+    weights = {name: (inits[name], stated[name][0]) for name in stated  # int32: biases
+               if name in inits and inits[name].dtype != np.int32}
+    tensors = {t["name"]: t for t in graph["tensors"]}
+    matched = set()
+    for const in graph["constants"]:
+        data = np.frombuffer(base64.b64decode(const["data"]), const["dtype"]).reshape(
+            const["shape"])
+        got = _graph_params(tensors[const["name"]])
+        found = []
+        for name, (values, params) in weights.items():
+            shape = [1] * values.ndim
+            if params[2] is not None:
+                shape[params[2]] = -1
+            offset = values.astype(np.int64) - np.reshape(params[1], shape)
+            for order in itertools.permutations(range(values.ndim)):
+                for stored in (values.astype(np.int64), offset):
+                    if stored.transpose(order).shape == data.shape and np.array_equal(
+                            stored.transpose(order), data):
+                        found.append((name, params, order))
+        for name, (scale, zero, axis) in biases.items():
+            if const["dtype"] == "int32" and np.array_equal(inits[name].reshape(-1),
+                                                            data.reshape(-1)):
+                found.append((name, (scale, zero, axis), None))
+        if not found:
+            assert got is None, (const["name"], got)
+            continue
+        assert got is not None, (const["name"], [name for name, _, _ in found])
+        for name, (scale, zero, axis), order in found:
+            if order is None:  # a bias: exactly the accumulator's quantization
+                ok = got == (scale, zero, axis)
+            else:
+                ok = got[0] == scale and (axis is None) == (got[2] is None) and (
+                    axis is None or got[2] == order.index(axis)) and np.array_equal(
+                    _dequantized(data, got),
+                    _dequantized(inits[name], (scale, zero, axis)).transpose(order))
+            if ok:
+                matched.add(name)
+                break
+        else:
+            raise AssertionError((const["name"], got, found))
+    assert matched == {*weights, *biases}, sorted({*weights, *biases} - matched)
+
+
+def test_integer_model_edges_carry_their_quantization(tmp_path: Path) -> None:
+    """A model taking and returning integers (uint8 → DequantizeLinear → Conv →
+    QuantizeLinear → int8): the input has its DequantizeLinear's parameters, the output its
+    QuantizeLinear's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED + 9)
+
+    def const(name: str, value: object, dtype: object) -> object:
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    node = helper.make_node
+    nodes = [node("DequantizeLinear", ["x", "sx", "zx"], ["xd"]),
+             node("DequantizeLinear", ["wq", "sw"], ["wd"]),
+             node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+             node("QuantizeLinear", ["c", "sy", "zy"], ["y"])]
+    inits = [const("sx", 0.02, np.float32), const("zx", 131, np.uint8),
+             const("wq", rng.integers(-127, 128, (3, 2, 3, 3)), np.int8),
+             const("sw", 0.004, np.float32),
+             const("sy", 0.05, np.float32), const("zy", -7, np.int8)]
+    graph = helper.make_graph(
+        nodes, "edges", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 3, 5, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "edges.onnx"))
+    archive = microexport.compile(str(tmp_path / "edges.onnx"), output=tmp_path / "m.tar",
+                                  name="q").archive
+    graph_json, _ = _archive_graph(archive)
+    tensors = {t["name"]: t for t in graph_json["tensors"]}
+    (x,), (y,) = graph_json["inputs"], graph_json["outputs"]
+    assert _graph_params(tensors[x]) == ((float(np.float32(0.02)),), (131,), None)
+    assert _graph_params(tensors[y]) == ((float(np.float32(0.05)),), (-7,), None)
+    (weights,) = (c for c in graph_json["constants"] if c["dtype"] == "int8")
+    assert _graph_params(tensors[weights["name"]]) == ((float(np.float32(0.004)),), (0,), None)

@@ -8,7 +8,8 @@ or `Constant` object. Those objects survive the Relax passes except where FuseOp
 of bindings by one call: `FusionOrigins` (a pass instrument) maps the variables FuseOps creates
 back to the bindings they replace, so the tensor between two fused kernels gets the parameters of
 the last TFLite operator of the producing group. Constants we synthesise ourselves (fixed-point
-multipliers and shifts, lookup tables) were never TFLite tensors and carry none.
+multipliers and shifts, lookup tables) were never TFLite tensors and carry none. The integer
+path of quantized ONNX models (`frontend/onnx_integer.py`) records its tensors the same way.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ from microexport.model import TensorSpec
 if TYPE_CHECKING:
     import onnx
 
+    from microexport.compiler.quantization import TensorQuantization
+
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Nodes our own rewrites put into the graph (converted by our converters).
 _OUR_DOMAINS = ("ai.microexport.integer", "ai.microexport.float16")
@@ -117,11 +119,21 @@ def load_onnx(path: Path, input_shapes: Shapes, constants: Constants | None = No
             mod = _convert(model, inputs, path)
     output_names = [o.name for o in model.graph.output]
     # `quantization`: the integer kernels' tensors and the quantized initializers they read
+    _quantize_aliases(mod, quantization)
     imported = label_half_edges(
         finish_import(mod, [i.name for i in inputs], output_names, "onnx", path,
                       quantization), halves)
     _check_output_shapes(model, imported, path)
     return imported
+
+
+def _quantize_aliases(mod: Any, quantization: dict[Any, TensorQuantization]) -> None:
+    """Give a Var bound to a quantized Var (`gv = lv`: the frontend binds the model output so)
+    that Var's quantization: later passes may keep the alias and drop the Var it names."""
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            if binding.value in quantization:
+                quantization.setdefault(binding.var, quantization[binding.value])
 
 
 def _read(path: Path) -> onnx.ModelProto:
