@@ -101,7 +101,8 @@ class Schedule:
     constants: dict[str, np.ndarray]
     # kernels the schedule adds itself (copies into outputs), by kernel name, block-level TIR
     extra_kernels: dict[str, tirx.PrimFunc] = dataclasses.field(default_factory=dict)
-    # tensor → its quantization in the source model (quantized TFLite and ONNX models; views included)
+    # tensor → its quantization in the source model (quantized TFLite and ONNX models; views
+    # included)
     quantization: dict[str, TensorQuantization] = dataclasses.field(default_factory=dict)
     branches: tuple[Branch, ...] = ()
 
