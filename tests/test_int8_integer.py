@@ -58,8 +58,7 @@ def test_zoo_int8_cnn_bit_exact_on_host(tmp_path: Path) -> None:
     assert all(o.max_abs_error == 0 for o in report.outputs), report.summary()
     # and its constants, as the real models' (test_memory_within_tflite_and_tflm)
     compiled = microexport.compile(str(path), output=tmp_path / "m.tar", name="m")
-    with tarfile.open(compiled.archive) as tar:
-        constants = json.load(tar.extractfile("./metadata.json"))["memory"]["constants_bytes"]
+    constants = compiled.model.memory.constants_bytes
     data, parameters = tflite_weight_bytes(path)
     assert constants <= 1.05 * (data + parameters), (constants, data, parameters)
 
@@ -159,10 +158,9 @@ def test_int8_softmax_matches_tflm_on_every_difference(input_scale: float, beta:
     want = tflm_reference(path, {"x": data})["y"]
     compiled = microexport.compile(str(path), output=tmp_path / "m.tar", name="sm8")
     with tarfile.open(compiled.archive) as tar:
-        metadata = json.load(tar.extractfile("./metadata.json"))
         library = tar.extractfile("./codegen/host/src/tvmgen_sm8_lib.c").read().decode()
     assert "me_softmax_exp_s8(" in library
-    assert metadata["memory"]["constants_bytes"] == 0  # no exp table
+    assert compiled.model.memory.constants_bytes == 0  # no exp table
     got = microexport.run(compiled.archive, {"x": data}, board="host",
                           build_dir=tmp_path / "build")["y"]
     assert np.array_equal(got, want), np.argwhere(got != want)[:5]

@@ -25,7 +25,7 @@ INT16_MAX = (1 << 15) - 1
 
 # (exponent, Q0.31 multiplier of exp(-2**exponent)) for the barrel shifter of exp().
 EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
-               (2, 39332535), (3, 720401), (4, 242))
+              (2, 39332535), (3, 720401), (4, 242))
 EXP_MINUS_ONE_EIGHTH = 1895147668  # exp(-1/8) in Q0.31
 ONE_THIRD = 715827883  # 1/3 in Q0.31
 _FORTY_EIGHT_SEVENTEENTHS = 1515870810  # 48/17 in Q2.29

@@ -68,17 +68,14 @@ def softmax_exp_s8(diff: tirx.PrimExpr, params: fp.SoftmaxExp) -> tirx.PrimExpr:
 LIBRARY_CALL = r"\b(" + "|".join([SOFTMAX_EXP_S8, *(t.reader for t in TABLES)]) + r")\("
 
 
-def _called(source: str, function: str) -> bool:
-    return re.search(rf"\b{function}\(", source) is not None
-
-
 def template_variables(source: str) -> dict[str, Any]:
     """What `templates/codegen/fixed_point.h.j2` renders for C `source`: the functions and
     tables it calls, with the tables' C types and values."""
+    called = set(re.findall(LIBRARY_CALL, source))
     tables = [{"name": t.name, "reader": t.reader, "ctype": f"{t.dtype}_t",
                "values": [int(v) for v in t.values()]}
-              for t in TABLES if _called(source, t.reader)]
-    exp = _called(source, SOFTMAX_EXP_S8)
+              for t in TABLES if t.reader in called]
+    exp = SOFTMAX_EXP_S8 in called
     return {"softmax_exp_s8": exp, "fixed_tables": tables, "uses_fixed_point": bool(tables) or exp,
             # gemmlowp's constants, from the Python that the tests check
             "diff_integer_bits": fp.SOFTMAX_DIFF_INTEGER_BITS, "exp_barrel": fp.EXP_BARREL,
